@@ -1,0 +1,273 @@
+//! The physical batch layout that crosses the Weir host/plugin boundary.
+//!
+//! A batch crosses the WIT interface as a schema plus one [`ColumnParts`] per
+//! column: the Arrow columnar format's own buffers (validity bitmap, offsets,
+//! values), always starting at offset 0. Host and guest both convert between
+//! Arrow arrays and this form with the functions here, so the two sides can
+//! never disagree about the layout. The WIT records that carry the parts are
+//! generated separately on each side (wasmtime `bindgen!` on the host,
+//! `wit-bindgen` in the SDK); they map field by field onto [`ColumnParts`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow_array::{Array, ArrayRef, Int64Array};
+//! use weir_columnar::{export_array, import_array};
+//!
+//! let array: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None, Some(3)]));
+//! let parts = export_array(&array).unwrap();
+//! assert_eq!(parts.null_count, 1);
+//! let back = import_array(array.data_type().clone(), parts).unwrap();
+//! assert_eq!(&back, &array);
+//! ```
+
+mod wit;
+
+/// Crates the [`wit_batch_conversions!`] expansion refers to.
+#[doc(hidden)]
+pub mod reexports {
+    pub use arrow_array;
+    pub use arrow_schema;
+}
+
+use arrow_array::{ArrayRef, make_array};
+use arrow_buffer::Buffer;
+use arrow_data::{ArrayData, transform::MutableArrayData};
+use arrow_schema::{ArrowError, DataType};
+
+/// One Arrow array in its physical layout, with offset 0.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ColumnParts {
+    /// Number of slots.
+    pub len: usize,
+    /// Number of null slots (0 when `validity` is `None`).
+    pub null_count: usize,
+    /// Validity bitmap, least-significant bit first; `None` when no slot is null.
+    pub validity: Option<Vec<u8>>,
+    /// The data type's buffers in Arrow order: `[values]` for primitive and
+    /// boolean arrays, `[offsets, values]` for strings and binaries.
+    pub buffers: Vec<Vec<u8>>,
+}
+
+/// Why a column could not cross the boundary.
+#[derive(Debug)]
+pub enum LayoutError {
+    /// The data type has no representation in the WIT contract (yet).
+    Unsupported(DataType),
+    /// The buffers do not form a valid Arrow array of the declared type.
+    Invalid(ArrowError),
+}
+
+impl std::fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayoutError::Unsupported(dt) => {
+                write!(f, "data type {dt} is not supported across the plugin boundary")
+            }
+            LayoutError::Invalid(e) => write!(f, "invalid column buffers: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+/// Whether `data_type` can cross the boundary: flat (non-nested) types only.
+pub fn is_supported(data_type: &DataType) -> bool {
+    use DataType::*;
+    matches!(
+        data_type,
+        Null | Boolean
+            | Int8
+            | Int16
+            | Int32
+            | Int64
+            | UInt8
+            | UInt16
+            | UInt32
+            | UInt64
+            | Float32
+            | Float64
+            | Utf8
+            | LargeUtf8
+            | Binary
+            | LargeBinary
+            | Date32
+            | Date64
+            | Timestamp(_, _)
+            | Decimal128(_, _)
+    )
+}
+
+/// Splits an array into its buffers, rebasing a sliced array to offset 0.
+pub fn export_array(array: &ArrayRef) -> Result<ColumnParts, LayoutError> {
+    if !is_supported(array.data_type()) {
+        return Err(LayoutError::Unsupported(array.data_type().clone()));
+    }
+    let data = array.to_data();
+    let data = if data.offset() == 0 { data } else { rebase(&data)? };
+    // A buffer may be longer than the array needs (capacity rounding, or a
+    // slice that kept offset 0); only the bytes the array covers cross.
+    let buffers = data
+        .buffers()
+        .iter()
+        .zip(buffer_byte_lens(&data))
+        .map(|(buffer, len)| buffer.as_slice()[..len.min(buffer.len())].to_vec())
+        .collect();
+    let validity = data.nulls().filter(|n| n.null_count() > 0).map(|nulls| {
+        let bytes = data.len().div_ceil(8);
+        nulls.buffer().as_slice()[..bytes].to_vec()
+    });
+    Ok(ColumnParts {
+        len: data.len(),
+        null_count: data.null_count(),
+        validity,
+        buffers,
+    })
+}
+
+/// Rebuilds an array of `data_type` from its buffers, validating everything:
+/// the parts may come from an untrusted plugin.
+pub fn import_array(data_type: DataType, parts: ColumnParts) -> Result<ArrayRef, LayoutError> {
+    if !is_supported(&data_type) {
+        return Err(LayoutError::Unsupported(data_type));
+    }
+    let data = ArrayData::builder(data_type)
+        .len(parts.len)
+        .null_bit_buffer(parts.validity.map(Buffer::from_vec))
+        .buffers(parts.buffers.into_iter().map(Buffer::from_vec).collect())
+        // Guest allocations need not meet Arrow's alignment; copy those that miss.
+        .align_buffers(true)
+        .build()
+        .map_err(LayoutError::Invalid)?;
+    if data.null_count() != parts.null_count {
+        return Err(LayoutError::Invalid(ArrowError::InvalidArgumentError(format!(
+            "declared null count {} but the validity bitmap has {}",
+            parts.null_count,
+            data.null_count()
+        ))));
+    }
+    Ok(make_array(data))
+}
+
+/// Copies a sliced array into fresh buffers that start at offset 0.
+fn rebase(data: &ArrayData) -> Result<ArrayData, LayoutError> {
+    let mut mutable = MutableArrayData::new(vec![data], false, data.len());
+    mutable
+        .try_extend(0, 0, data.len())
+        .map_err(LayoutError::Invalid)?;
+    Ok(mutable.freeze())
+}
+
+/// The number of bytes of each buffer that an offset-0 array uses.
+fn buffer_byte_lens(data: &ArrayData) -> Vec<usize> {
+    use DataType::*;
+    let len = data.len();
+    match data.data_type() {
+        Null => vec![],
+        Boolean => vec![len.div_ceil(8)],
+        Utf8 | Binary => vec![(len + 1) * 4, last_offset::<i32>(data)],
+        LargeUtf8 | LargeBinary => vec![(len + 1) * 8, last_offset::<i64>(data)],
+        other => vec![len * other.primitive_width().unwrap_or(0)],
+    }
+}
+
+fn last_offset<O: arrow_buffer::ArrowNativeType + TryInto<usize>>(data: &ArrayData) -> usize {
+    let offsets = data.buffer::<O>(0);
+    offsets
+        .get(data.len())
+        .and_then(|o| (*o).try_into().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, BooleanArray, Float64Array, StringArray, TimestampMillisecondArray};
+    use std::sync::Arc;
+
+    fn round_trip(array: ArrayRef) -> ArrayRef {
+        let parts = export_array(&array).unwrap();
+        import_array(array.data_type().clone(), parts).unwrap()
+    }
+
+    #[test]
+    fn sliced_arrays_round_trip_at_offset_zero() {
+        let strings: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("ccc"),
+            Some("dd"),
+        ]));
+        let sliced = strings.slice(1, 3);
+        let back = round_trip(sliced.clone());
+        assert_eq!(back.to_data().offset(), 0);
+        assert_eq!(&back, &sliced);
+
+        let bools: ArrayRef = Arc::new(BooleanArray::from(vec![
+            Some(true),
+            None,
+            Some(false),
+            Some(true),
+            None,
+            Some(true),
+            Some(false),
+            Some(false),
+            Some(true),
+        ]));
+        let sliced = bools.slice(3, 6);
+        assert_eq!(&round_trip(sliced.clone()), &sliced);
+    }
+
+    #[test]
+    fn primitive_and_temporal_round_trip() {
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![1.5, 2.5, -3.0]));
+        assert_eq!(&round_trip(floats.clone()), &floats);
+        let ts: ArrayRef = Arc::new(
+            TimestampMillisecondArray::from(vec![Some(1_700_000_000_000), None])
+                .with_timezone("UTC"),
+        );
+        assert_eq!(&round_trip(ts.clone()), &ts);
+    }
+
+    #[test]
+    fn corrupt_offsets_are_rejected() {
+        let parts = ColumnParts {
+            len: 2,
+            null_count: 0,
+            validity: None,
+            // offsets 0, 10, 3: not monotonic and past the values
+            buffers: vec![
+                [0i32, 10, 3].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                b"abc".to_vec(),
+            ],
+        };
+        let err = import_array(DataType::Utf8, parts).unwrap_err();
+        assert!(matches!(err, LayoutError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn short_values_buffer_is_rejected() {
+        let parts = ColumnParts {
+            len: 4,
+            null_count: 0,
+            validity: None,
+            buffers: vec![vec![0u8; 8]],
+        };
+        assert!(import_array(DataType::Int64, parts).is_err());
+    }
+
+    #[test]
+    fn nested_types_are_reported_unsupported() {
+        let dt = DataType::List(Arc::new(arrow_schema::Field::new(
+            "item",
+            DataType::Int32,
+            true,
+        )));
+        assert!(!is_supported(&dt));
+        let empty = arrow_array::new_empty_array(&dt);
+        assert!(matches!(
+            export_array(&empty),
+            Err(LayoutError::Unsupported(_))
+        ));
+        assert_eq!(empty.len(), 0);
+    }
+}

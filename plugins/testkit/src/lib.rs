@@ -1,0 +1,101 @@
+//! A test plugin that works on the raw WIT batch layout (no Arrow library),
+//! as a plugin in another language would. It passes every batch through
+//! unchanged, except for the batch holding a row whose int64 `id` column
+//! equals one of the configured trigger ids:
+//!
+//! - `trap_on_id`: the plugin panics (a Wasm trap);
+//! - `error_on_id`: it returns a `plugin-error` of kind `input`;
+//! - `corrupt_on_id`: it returns string offsets that point past the data;
+//! - `drop_column_on_id`: it returns the batch without its last column.
+//!
+//! With no trigger ids it is the identity, used to measure the cost of
+//! moving a batch host -> guest -> host.
+
+use std::cell::RefCell;
+
+use serde::Deserialize;
+use weir_sdk::bindings::exports::weir::plugin::transform::Guest;
+use weir_sdk::bindings::weir::plugin::host::{Level, log};
+use weir_sdk::bindings::weir::plugin::types::{Batch, DataType, ErrorKind, PluginError};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    trap_on_id: Option<i64>,
+    error_on_id: Option<i64>,
+    corrupt_on_id: Option<i64>,
+    drop_column_on_id: Option<i64>,
+}
+
+thread_local! {
+    static SETTINGS: RefCell<Settings> = RefCell::new(Settings::default());
+}
+
+struct Testkit;
+
+impl Guest for Testkit {
+    fn init(config: String) -> Result<(), PluginError> {
+        let settings: Settings = serde_json::from_str(&config).map_err(|e| PluginError {
+            kind: ErrorKind::Config,
+            message: format!("invalid testkit config: {e}"),
+        })?;
+        log(Level::Info, "testkit ready", &[("config".into(), config)]);
+        SETTINGS.with(|s| *s.borrow_mut() = settings);
+        Ok(())
+    }
+
+    fn process(mut input: Batch) -> Result<Vec<Batch>, PluginError> {
+        let hit = |id: Option<i64>| id.is_some_and(|id| ids(&input).contains(&id));
+        let (trap, error, corrupt, drop) = SETTINGS.with(|s| {
+            let s = s.borrow();
+            (
+                hit(s.trap_on_id),
+                hit(s.error_on_id),
+                hit(s.corrupt_on_id),
+                hit(s.drop_column_on_id),
+            )
+        });
+        if trap {
+            panic!("testkit: trap_on_id matched");
+        }
+        if error {
+            return Err(PluginError {
+                kind: ErrorKind::Input,
+                message: "testkit: error_on_id matched".into(),
+            });
+        }
+        if corrupt {
+            corrupt_first_string_column(&mut input);
+        }
+        if drop {
+            input.fields.pop();
+            input.columns.pop();
+        }
+        Ok(vec![input])
+    }
+}
+
+/// The values of the int64 column `id`, read straight from its buffer.
+fn ids(batch: &Batch) -> Vec<i64> {
+    let Some(index) = batch
+        .fields
+        .iter()
+        .position(|f| f.name == "id" && matches!(f.data_type, DataType::Int64))
+    else {
+        return Vec::new();
+    };
+    batch.columns[index].buffers[0]
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect()
+}
+
+fn corrupt_first_string_column(batch: &mut Batch) {
+    if let Some(index) = batch.fields.iter().position(|f| matches!(f.data_type, DataType::Utf8)) {
+        let offsets = &mut batch.columns[index].buffers[0];
+        let last = offsets.len() - 4;
+        offsets[last..].copy_from_slice(&i32::MAX.to_le_bytes());
+    }
+}
+
+weir_sdk::bindings::__export_transform_world!(Testkit with_types_in weir_sdk::bindings);

@@ -1,0 +1,117 @@
+//! The `weir` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weir::{Pipeline, PluginEngine, Query, QueryOutcome, WeirError};
+
+/// Weir: streaming dataflow with WebAssembly plugins over Arrow batches.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its trigger drains the input, or until Ctrl-C / SIGTERM.
+    ///
+    /// Restarting on the same checkpoint resumes exactly where the last run
+    /// stopped: a batch in flight at a crash is replayed with the same input,
+    /// and the sink never receives a batch twice.
+    Run {
+        /// Pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Do not print a progress line per batch.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check a pipeline file and its plugins without running anything.
+    Validate {
+        /// Pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            // 2: the user must fix the pipeline file; 1: anything else.
+            if matches!(e, WeirError::Config(_)) { ExitCode::from(2) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), WeirError> {
+    match command {
+        Command::Validate { pipeline } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let engine = PluginEngine::new()?;
+            for t in &pipeline.transforms {
+                engine.load_transform(&t.name, &t.plugin)?.instantiate(&t.config_json)?;
+            }
+            println!(
+                "ok: query `{}`: file source ({:?}, {} columns), {} plugin stage(s), {:?} sink, trigger {:?}",
+                pipeline.name,
+                pipeline.source.format,
+                pipeline.source.schema.fields().len(),
+                pipeline.transforms.len(),
+                pipeline.sink.kind,
+                pipeline.trigger
+            );
+            Ok(())
+        }
+        Command::Run { pipeline, quiet } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("stop requested: finishing the current batch");
+                let _ = stop_tx.send(true);
+            });
+            let name = pipeline.name.clone();
+            let query = Query::new(pipeline, PluginEngine::new()?).with_stop_signal(stop_rx);
+            let query = if quiet { query } else { query.on_progress(|p| eprintln!("{p}")) };
+            match query.run().await? {
+                QueryOutcome::Drained { batches } => {
+                    eprintln!("query `{name}`: all available input processed in {batches} batch(es)")
+                }
+                QueryOutcome::Stopped { batches } => {
+                    eprintln!("query `{name}`: stopped after {batches} batch(es)")
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

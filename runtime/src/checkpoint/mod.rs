@@ -1,0 +1,246 @@
+//! The checkpoint: the durable memory of a query, laid out as Spark's.
+//!
+//! ```text
+//! <checkpoint>/
+//! ├── metadata          query id and format version, written once
+//! ├── offsets/N         what batch N reads; written before batch N runs
+//! ├── commits/N         written after batch N's sink commit succeeded
+//! ├── sources/0/N       source-specific log (the file source: files of batch N)
+//! └── .lock             held while a query runs (local checkpoints)
+//! ```
+//!
+//! Restart follows the table in Spark's docs: `offsets/N` and `commits/N`
+//! both present means batch N is durable and the query starts at N+1;
+//! `offsets/N` without `commits/N` means batch N was in flight and is
+//! replayed with exactly the same input; nothing logged starts at batch 0.
+//! Every entry is written once with a create-if-absent put, so no entry is
+//! ever half-written or overwritten.
+
+mod lock;
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, WeirError};
+use crate::storage::Location;
+
+pub use lock::CheckpointLock;
+
+/// Version of the checkpoint layout written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `metadata`: the query's identity.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct QueryMetadata {
+    /// Stable id of the query, kept across restarts.
+    pub id: uuid::Uuid,
+    /// Query name when the checkpoint was created.
+    pub name: String,
+    /// Layout version.
+    pub format_version: u32,
+}
+
+/// `offsets/N`: what batch N reads.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct OffsetEntry {
+    /// The batch id N.
+    pub batch_id: u64,
+    /// When the batch was planned (ms since the epoch).
+    pub batch_timestamp_ms: i64,
+    /// Number of input files planned, per source (details in `sources/<i>/N`).
+    pub source_files: Vec<usize>,
+}
+
+/// `commits/N`: batch N is durable in the sink.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct CommitEntry {
+    /// The batch id N.
+    pub batch_id: u64,
+    /// Rows the sink received for this batch.
+    pub output_rows: u64,
+}
+
+/// Where a restarted query resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// A batch that was planned but not committed: replay it first.
+    pub replay: Option<u64>,
+    /// The id of the next new batch.
+    pub next_batch: u64,
+}
+
+/// An open, locked checkpoint.
+pub struct Checkpoint {
+    location: Location,
+    store: Arc<dyn ObjectStore>,
+    metadata: QueryMetadata,
+    _lock: CheckpointLock,
+}
+
+impl Checkpoint {
+    /// Opens (creating if new) the checkpoint at `location` for query
+    /// `name`, refusing if another query holds it.
+    pub async fn open(location: &Location, name: &str) -> Result<Checkpoint> {
+        let store = location.open()?;
+        let lock = CheckpointLock::acquire(location)?;
+        let mut checkpoint = Checkpoint {
+            location: location.clone(),
+            store,
+            metadata: QueryMetadata {
+                id: uuid::Uuid::new_v4(),
+                name: name.to_string(),
+                format_version: FORMAT_VERSION,
+            },
+            _lock: lock,
+        };
+        match checkpoint.read_opt::<QueryMetadata>("metadata").await? {
+            Some(existing) => {
+                if existing.format_version > FORMAT_VERSION {
+                    return Err(WeirError::CheckpointCorrupt {
+                        path: checkpoint.describe("metadata"),
+                        reason: format!(
+                            "written by a newer Weir (format {}; this build reads up to {})",
+                            existing.format_version, FORMAT_VERSION
+                        ),
+                    });
+                }
+                checkpoint.metadata = existing;
+            }
+            None => {
+                let metadata = checkpoint.metadata.clone();
+                checkpoint.write_once("metadata", &metadata).await?;
+            }
+        }
+        Ok(checkpoint)
+    }
+
+    /// The query's identity.
+    pub fn metadata(&self) -> &QueryMetadata {
+        &self.metadata
+    }
+
+    /// Where the checkpoint is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Decides where to resume, from the offset and commit logs.
+    pub async fn recover(&self) -> Result<Recovery> {
+        let offsets = self.last_id("offsets").await?;
+        let commits = self.last_id("commits").await?;
+        match (offsets, commits) {
+            (None, None) => Ok(Recovery { replay: None, next_batch: 0 }),
+            (Some(o), Some(c)) if o == c => Ok(Recovery { replay: None, next_batch: o + 1 }),
+            (Some(o), None) if o == 0 => Ok(Recovery { replay: Some(0), next_batch: 1 }),
+            (Some(o), Some(c)) if o == c + 1 => Ok(Recovery { replay: Some(o), next_batch: o + 1 }),
+            (o, c) => Err(WeirError::CheckpointCorrupt {
+                path: self.describe("offsets"),
+                reason: format!(
+                    "the logs do not line up: last offsets entry {o:?}, last commit {c:?} \
+                     (expected equal, or offsets one ahead)"
+                ),
+            }),
+        }
+    }
+
+    /// Reads `offsets/N`.
+    pub async fn offsets(&self, batch: u64) -> Result<OffsetEntry> {
+        self.read(&format!("offsets/{batch}")).await
+    }
+
+    /// Writes `offsets/N` (before batch N runs).
+    pub async fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
+        self.write_once(&format!("offsets/{}", entry.batch_id), entry).await
+    }
+
+    /// Writes `commits/N` (after batch N's sink commit).
+    pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
+        self.write_once(&format!("commits/{}", entry.batch_id), entry).await
+    }
+
+    /// Reads source `source`'s log entry for batch N.
+    pub async fn source_log<T: DeserializeOwned>(&self, source: usize, batch: u64) -> Result<T> {
+        self.read(&format!("sources/{source}/{batch}")).await
+    }
+
+    /// Writes source `source`'s log entry for batch N. It is written just
+    /// before `offsets/N` and only counts once that exists, so a leftover
+    /// from a crash in between is simply replaced.
+    pub async fn write_source_log<T: Serialize>(&self, source: usize, batch: u64, entry: &T) -> Result<()> {
+        let name = format!("sources/{source}/{batch}");
+        let bytes = to_json(&name, entry)?;
+        self.store
+            .put(&ObjectPath::from(name.as_str()), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| WeirError::storage(self.describe(&name), e))
+    }
+
+    /// The highest N in `dir/` (ignoring names that are not batch ids).
+    async fn last_id(&self, dir: &str) -> Result<Option<u64>> {
+        let prefix = ObjectPath::from(dir);
+        let entries: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| WeirError::storage(self.describe(dir), e))?;
+        Ok(entries
+            .iter()
+            .filter_map(|meta| meta.location.filename()?.parse::<u64>().ok())
+            .max())
+    }
+
+    async fn read<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        self.read_opt(name).await?.ok_or_else(|| WeirError::CheckpointCorrupt {
+            path: self.describe(name),
+            reason: "the file is missing".into(),
+        })
+    }
+
+    async fn read_opt<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let path = ObjectPath::from(name);
+        let bytes = match self.store.get(&path).await {
+            Ok(found) => found
+                .bytes()
+                .await
+                .map_err(|e| WeirError::storage(self.describe(name), e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(WeirError::storage(self.describe(name), e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| WeirError::CheckpointCorrupt { path: self.describe(name), reason: e.to_string() })
+    }
+
+    /// Creates `name` atomically; it must not exist yet.
+    async fn write_once<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let bytes = to_json(name, value)?;
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&ObjectPath::from(name), PutPayload::from(bytes), options).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(WeirError::CheckpointCorrupt {
+                path: self.describe(name),
+                reason: "it already exists: another writer used this checkpoint".into(),
+            }),
+            Err(e) => Err(WeirError::storage(self.describe(name), e)),
+        }
+    }
+
+    fn describe(&self, name: &str) -> String {
+        format!("{}/{name}", self.location)
+    }
+}
+
+fn to_json<T: Serialize>(name: &str, value: &T) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| WeirError::Internal(format!("serialising {name}: {e}")))?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}

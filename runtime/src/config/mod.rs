@@ -1,0 +1,507 @@
+//! Pipeline definitions: the TOML file a user writes, checked and resolved
+//! into a [`Pipeline`].
+//!
+//! ```toml
+//! name = "orders"
+//! checkpoint = "checkpoints/orders"   # relative paths: to this file's folder
+//!
+//! [trigger]                            # default: back-to-back micro-batches
+//! available_now = true                 # or processing_time = "30s", or once = true
+//!
+//! [source]
+//! kind = "file"
+//! path = "data/orders"
+//! format = "json"                      # json (lines) | csv | parquet
+//! schema = [ { name = "id", type = "long", nullable = false }, { name = "amount", type = "double" } ]
+//! max_files_per_trigger = 2
+//!
+//! [[transform]]
+//! name = "to_eur"
+//! plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_enrich.wasm"
+//! config = { input = "amount", output = "amount_eur", multiply = 0.92 }
+//!
+//! [sink]
+//! kind = "parquet"                     # parquet | json | console
+//! path = "out/orders"
+//! ```
+
+mod error;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::ConfigError;
+pub use schema::parse_data_type;
+
+use crate::storage::Location;
+
+/// A checked pipeline, with paths resolved.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Query name.
+    pub name: String,
+    /// Checkpoint location.
+    pub checkpoint: Location,
+    /// When batches run.
+    pub trigger: Trigger,
+    /// The input.
+    pub source: FileSourceConfig,
+    /// Plugin stages, in order.
+    pub transforms: Vec<TransformConfig>,
+    /// The output.
+    pub sink: SinkConfig,
+}
+
+/// When micro-batches run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Next batch as soon as the previous one finishes (Spark's default).
+    BackToBack,
+    /// A batch every interval; when a batch overruns, the next starts at once.
+    ProcessingTime(Duration),
+    /// Process everything present at start, in capped batches, then stop.
+    AvailableNow,
+    /// Process everything present at start in one batch, then stop
+    /// (deprecated in Spark in favour of `available_now`).
+    Once,
+}
+
+/// Input file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// Newline-delimited JSON.
+    Json,
+    /// CSV.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// What to do with a row that cannot be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRecordPolicy {
+    /// Fail the batch, naming file, line and reason.
+    #[default]
+    Fail,
+    /// Write the raw row and its reason to the dead-letter location and go on.
+    DeadLetter,
+}
+
+/// A directory of files read as a stream.
+#[derive(Debug, Clone)]
+pub struct FileSourceConfig {
+    /// Directory watched for new files.
+    pub path: Location,
+    /// File format.
+    pub format: FileFormat,
+    /// Declared schema of the rows.
+    pub schema: SchemaRef,
+    /// At most this many files per batch.
+    pub max_files_per_trigger: Option<usize>,
+    /// At most this many bytes per batch (at least one file is always taken).
+    pub max_bytes_per_trigger: Option<u64>,
+    /// Bad row handling.
+    pub on_bad_record: BadRecordPolicy,
+    /// Where bad rows go with `dead_letter`.
+    pub dead_letter: Option<Location>,
+    /// CSV: whether the first line is a header.
+    pub csv_header: bool,
+    /// CSV: field delimiter.
+    pub csv_delimiter: u8,
+}
+
+/// A plugin stage.
+#[derive(Debug, Clone)]
+pub struct TransformConfig {
+    /// Stage name, used in errors and progress.
+    pub name: String,
+    /// The component file.
+    pub plugin: PathBuf,
+    /// The stage's `config` table as JSON, handed to the plugin's `init`.
+    pub config_json: String,
+}
+
+/// Output kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Exactly-once Parquet files.
+    Parquet,
+    /// Exactly-once newline-delimited JSON files.
+    Json,
+    /// Rows printed to standard output (at-least-once).
+    Console,
+}
+
+/// The output.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Kind of sink.
+    pub kind: SinkKind,
+    /// Output directory for file sinks.
+    pub path: Option<Location>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Spanned<String>,
+    checkpoint: Spanned<String>,
+    #[serde(default)]
+    trigger: Option<Spanned<RawTrigger>>,
+    source: Spanned<RawSource>,
+    #[serde(default)]
+    transform: Vec<Spanned<RawTransform>>,
+    sink: Spanned<RawSink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    processing_time: Option<Spanned<String>>,
+    available_now: Option<bool>,
+    once: Option<bool>,
+}
+
+#[derive(Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum SourceKind {
+    File,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[allow(dead_code)] // one kind today; the field is required so files stay explicit
+    kind: SourceKind,
+    path: Spanned<String>,
+    format: FileFormat,
+    schema: Spanned<Vec<Spanned<RawField>>>,
+    max_files_per_trigger: Option<Spanned<i64>>,
+    max_bytes_per_trigger: Option<Spanned<ByteCount>>,
+    #[serde(default)]
+    on_bad_record: BadRecordPolicy,
+    dead_letter_path: Option<Spanned<String>>,
+    header: Option<bool>,
+    delimiter: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteCount {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    name: String,
+    #[serde(rename = "type")]
+    data_type: Spanned<String>,
+    #[serde(default = "yes")]
+    nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransform {
+    name: Spanned<String>,
+    plugin: Spanned<String>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    kind: Spanned<SinkKind>,
+    path: Option<Spanned<String>>,
+}
+
+impl Pipeline {
+    /// Reads and checks a pipeline file. Relative paths in it are resolved
+    /// against the file's folder; `${VAR}` in paths expands environment variables.
+    pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            column: None,
+            message: format!("cannot read the pipeline file: {e}"),
+            hint: None,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Pipeline::parse(&text, &file, base)
+    }
+
+    /// Parses pipeline TOML `text` (named `file` in errors), resolving
+    /// relative paths against `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Pipeline, ConfigError> {
+        let raw: RawPipeline = toml::from_str(text).map_err(|e| {
+            ConfigError::at(file, text, e.span(), e.message()).hint(
+                "see the pipeline reference in the README; unknown keys are refused so typos \
+                 cannot pass silently",
+            )
+        })?;
+        Resolver { file, text, base }.pipeline(raw)
+    }
+}
+
+struct Resolver<'a> {
+    file: &'a str,
+    text: &'a str,
+    base: &'a Path,
+}
+
+impl Resolver<'_> {
+    fn err<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.file, self.text, Some(spanned.span()), message)
+    }
+
+    fn pipeline(&self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
+        let name = raw.name.get_ref().trim().to_string();
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self
+                .err(&raw.name, format!("invalid query name {name:?}"))
+                .hint("use letters, digits, `_` and `-`"));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut transforms = Vec::new();
+        for t in &raw.transform {
+            let t = t.get_ref();
+            if !names.insert(t.name.get_ref().clone()) {
+                return Err(self
+                    .err(&t.name, format!("duplicate stage name `{}`", t.name.get_ref()))
+                    .hint("each [[transform]] needs its own name"));
+            }
+            transforms.push(self.transform(t)?);
+        }
+        Ok(Pipeline {
+            name,
+            checkpoint: self.location(&raw.checkpoint)?,
+            trigger: self.trigger(raw.trigger.as_ref())?,
+            source: self.source(raw.source.get_ref())?,
+            transforms,
+            sink: self.sink(&raw.sink)?,
+        })
+    }
+
+    fn trigger(&self, raw: Option<&Spanned<RawTrigger>>) -> Result<Trigger, ConfigError> {
+        let Some(spanned) = raw else { return Ok(Trigger::BackToBack) };
+        let t = spanned.get_ref();
+        let mut chosen = Vec::new();
+        if let Some(interval) = &t.processing_time {
+            let d = humantime::parse_duration(interval.get_ref()).map_err(|e| {
+                self.err(interval, format!("invalid duration {:?}: {e}", interval.get_ref()))
+                    .hint("write e.g. \"500ms\", \"30s\", \"5m\" or \"1h\"")
+            })?;
+            chosen.push(Trigger::ProcessingTime(d));
+        }
+        if t.available_now == Some(true) {
+            chosen.push(Trigger::AvailableNow);
+        }
+        if t.once == Some(true) {
+            chosen.push(Trigger::Once);
+        }
+        match chosen.len() {
+            0 => Ok(Trigger::BackToBack),
+            1 => Ok(chosen.remove(0)),
+            _ => Err(self
+                .err(spanned, "a query has one trigger, but several are set")
+                .hint("keep one of processing_time, available_now, once")),
+        }
+    }
+
+    fn source(&self, s: &RawSource) -> Result<FileSourceConfig, ConfigError> {
+        let mut fields = Vec::new();
+        for f in s.schema.get_ref() {
+            let f = f.get_ref();
+            let data_type = parse_data_type(f.data_type.get_ref()).ok_or_else(|| {
+                self.err(&f.data_type, format!("unknown column type {:?}", f.data_type.get_ref()))
+                    .hint(format!("known types: {}", schema::KNOWN_TYPES))
+            })?;
+            if !weir_columnar::is_supported(&data_type) {
+                return Err(self
+                    .err(&f.data_type, format!("column type {data_type} cannot be passed to plugins"))
+                    .hint("use a flat type: numbers, strings, binary, booleans, dates, timestamps, decimals"));
+            }
+            fields.push(Field::new(&f.name, data_type, f.nullable));
+        }
+        if fields.is_empty() {
+            return Err(self
+                .err(&s.schema, "the source schema has no columns")
+                .hint("declare the columns: schema = [ { name = \"id\", type = \"long\" } ]"));
+        }
+        let max_files = match &s.max_files_per_trigger {
+            Some(n) if *n.get_ref() < 1 => {
+                return Err(self.err(n, "max_files_per_trigger must be at least 1"));
+            }
+            Some(n) => Some(*n.get_ref() as usize),
+            None => None,
+        };
+        let max_bytes = match &s.max_bytes_per_trigger {
+            None => None,
+            Some(spanned) => Some(self.byte_count(spanned)?),
+        };
+        let csv_delimiter = match &s.delimiter {
+            None => b',',
+            Some(d) if d.get_ref().len() == 1 => d.get_ref().as_bytes()[0],
+            Some(d) => return Err(self.err(d, "delimiter must be one ASCII character")),
+        };
+        let dead_letter = s.dead_letter_path.as_ref().map(|p| self.location(p)).transpose()?;
+        Ok(FileSourceConfig {
+            path: self.location(&s.path)?,
+            format: s.format,
+            schema: Arc::new(Schema::new(fields)),
+            max_files_per_trigger: max_files,
+            max_bytes_per_trigger: max_bytes,
+            on_bad_record: s.on_bad_record,
+            dead_letter,
+            csv_header: s.header.unwrap_or(true),
+            csv_delimiter,
+        })
+    }
+
+    fn byte_count(&self, spanned: &Spanned<ByteCount>) -> Result<u64, ConfigError> {
+        let bytes = match spanned.get_ref() {
+            ByteCount::Bytes(n) if *n >= 1 => Some(*n as u64),
+            ByteCount::Bytes(_) => None,
+            ByteCount::Text(t) => t.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
+        };
+        bytes.filter(|b| *b > 0).ok_or_else(|| {
+            self.err(spanned, "invalid max_bytes_per_trigger")
+                .hint("a positive number of bytes, or a size such as \"64MiB\"")
+        })
+    }
+
+    fn transform(&self, t: &RawTransform) -> Result<TransformConfig, ConfigError> {
+        let path = self.expand(&t.plugin)?;
+        let plugin = self.base.join(path);
+        if !plugin.is_file() {
+            return Err(self
+                .err(&t.plugin, format!("plugin file {} not found", plugin.display()))
+                .hint("build the example plugins with `./dev plugins`, or point `plugin` at a .wasm component"));
+        }
+        let config_json = serde_json::to_string(&t.config)
+            .map_err(|e| self.err(&t.name, format!("config cannot be passed as JSON: {e}")))?;
+        Ok(TransformConfig { name: t.name.get_ref().clone(), plugin, config_json })
+    }
+
+    fn sink(&self, s: &Spanned<RawSink>) -> Result<SinkConfig, ConfigError> {
+        let raw = s.get_ref();
+        let kind = *raw.kind.get_ref();
+        let path = match (kind, &raw.path) {
+            (SinkKind::Console, None) => None,
+            (SinkKind::Console, Some(p)) => {
+                return Err(self.err(p, "the console sink takes no path"));
+            }
+            (_, Some(p)) => Some(self.location(p)?),
+            (_, None) => {
+                return Err(self
+                    .err(s, "this sink needs a `path`")
+                    .hint("path = \"out/my-query\" (a directory)"));
+            }
+        };
+        Ok(SinkConfig { kind, path })
+    }
+
+    fn location(&self, raw: &Spanned<String>) -> Result<Location, ConfigError> {
+        let expanded = self.expand(raw)?;
+        Location::parse(&expanded, self.base).map_err(|why| self.err(raw, why))
+    }
+
+    /// Expands `${VAR}` from the environment.
+    fn expand(&self, raw: &Spanned<String>) -> Result<String, ConfigError> {
+        let mut out = String::new();
+        let mut rest = raw.get_ref().as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| self.err(raw, "unclosed `${` in path"))?;
+            let var = &after[..end];
+            let value = std::env::var(var).map_err(|_| {
+                self.err(raw, format!("environment variable {var} is not set"))
+                    .hint(format!("export {var}=... before running, or write the path out"))
+            })?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "q"
+checkpoint = "ck"
+[source]
+kind = "file"
+path = "in"
+format = "json"
+schema = [ { name = "id", type = "long" } ]
+[sink]
+kind = "console"
+"#;
+
+    fn parse(text: &str) -> Result<Pipeline, ConfigError> {
+        Pipeline::parse(text, "p.toml", Path::new("/base"))
+    }
+
+    #[test]
+    fn minimal_pipeline_resolves_paths_against_the_file() {
+        let p = parse(MINIMAL).unwrap();
+        assert_eq!(p.trigger, Trigger::BackToBack);
+        assert_eq!(p.checkpoint, Location::Local(PathBuf::from("/base/ck")));
+    }
+
+    #[test]
+    fn unknown_key_reports_line_and_column() {
+        let text = MINIMAL.replace("format = \"json\"", "format = \"json\"\nmax_file = 3");
+        let e = parse(&text).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(8), Some(1)), "{e}");
+        assert!(e.message.contains("unknown field `max_file`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_points_at_the_value() {
+        let text = format!("{MINIMAL}[trigger]\nprocessing_time = \"30 parsecs\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.hint.unwrap().contains("30s"));
+    }
+
+    #[test]
+    fn two_triggers_are_refused() {
+        let text = format!("{MINIMAL}[trigger]\nonce = true\navailable_now = true\n");
+        assert!(parse(&text).unwrap_err().message.contains("one trigger"));
+    }
+
+    #[test]
+    fn unknown_type_lists_known_ones() {
+        let text = MINIMAL.replace("type = \"long\"", "type = \"lng\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(8));
+        assert!(e.hint.unwrap().contains("timestamp"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The one error type of the runtime library.
+//!
+//! Every error says whose move it is ([`ErrorDomain`]) and names the stage,
+//! plugin, file or checkpoint entry involved, so the operator can act on it.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+
+/// Whose fault an error is, and so who has to act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDomain {
+    /// The pipeline's author or its data: fix the pipeline file, the plugin or the input.
+    User,
+    /// Something outside Weir: storage, the file system, another process.
+    External,
+    /// A bug in Weir itself.
+    Internal,
+}
+
+/// Why a plugin call did not produce usable output. Guest errors (the
+/// plugin's own `plugin-error`) are kept apart from traps and from output
+/// the host refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginFailure {
+    /// The component could not be read, compiled or linked.
+    #[error("cannot load {path}: {reason}")]
+    Load {
+        /// Component file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The plugin returned a `plugin-error` on purpose.
+    #[error("the plugin reported a {kind} error: {message}")]
+    Guest {
+        /// `config`, `input` or `internal`.
+        kind: &'static str,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The plugin trapped (a panic, unreachable, out-of-bounds access, ...).
+    #[error("the plugin trapped: {message}")]
+    Trap {
+        /// Trap code and Wasm backtrace.
+        message: String,
+    },
+    /// The plugin returned a batch the host refused.
+    #[error("the plugin returned invalid output: {reason}")]
+    InvalidOutput {
+        /// Which check failed.
+        reason: String,
+    },
+}
+
+/// Errors from the Weir runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum WeirError {
+    /// The pipeline definition is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// A plugin stage failed.
+    #[error("plugin stage `{stage}`: {failure}")]
+    Plugin {
+        /// Stage name from the pipeline file.
+        stage: String,
+        /// What went wrong.
+        #[source]
+        failure: PluginFailure,
+    },
+
+    /// A source row could not be parsed and `on_bad_record = "fail"`.
+    #[error("bad record in {file}, line {line}: {reason}")]
+    BadRecord {
+        /// Source file.
+        file: String,
+        /// 1-based line number.
+        line: usize,
+        /// Parser message.
+        reason: String,
+    },
+
+    /// Data does not match the schema it must have.
+    #[error("schema mismatch in {context}: {reason}")]
+    Schema {
+        /// Where (source file, stage, sink).
+        context: String,
+        /// The difference.
+        reason: String,
+    },
+
+    /// Another query holds the checkpoint.
+    #[error(
+        "checkpoint {path} is in use by another running query (lock file {path}/.lock is held); \
+         stop that query or use another checkpoint location"
+    )]
+    CheckpointLocked {
+        /// Checkpoint location.
+        path: String,
+    },
+
+    /// A checkpoint file cannot be read as what it must be.
+    #[error(
+        "checkpoint file {path} is corrupt: {reason}; restore it from a backup, or start the \
+         query on a new checkpoint location (never edit checkpoint files by hand)"
+    )]
+    CheckpointCorrupt {
+        /// File inside the checkpoint.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Object storage (local directory or remote) failed.
+    #[error("storage error at {path}: {source}")]
+    Storage {
+        /// Object path.
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// A local I/O operation failed.
+    #[error("I/O error at {path}: {source}")]
+    Io {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Reading or writing a data file failed.
+    #[error("{context}: {reason}")]
+    Format {
+        /// Which file or stage.
+        context: String,
+        /// The decoder's or encoder's message.
+        reason: String,
+    },
+
+    /// An invariant of Weir itself broke.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl WeirError {
+    /// Whose fault the error is.
+    pub fn domain(&self) -> ErrorDomain {
+        match self {
+            WeirError::Config(_)
+            | WeirError::Plugin { .. }
+            | WeirError::BadRecord { .. }
+            | WeirError::Schema { .. }
+            | WeirError::CheckpointLocked { .. } => ErrorDomain::User,
+            WeirError::CheckpointCorrupt { .. }
+            | WeirError::Storage { .. }
+            | WeirError::Io { .. }
+            | WeirError::Format { .. } => ErrorDomain::External,
+            WeirError::Internal(_) => ErrorDomain::Internal,
+        }
+    }
+
+    pub(crate) fn storage(path: impl std::fmt::Display, source: object_store::Error) -> Self {
+        WeirError::Storage { path: path.to_string(), source }
+    }
+
+    pub(crate) fn format(context: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        WeirError::Format { context: context.into(), reason: reason.to_string() }
+    }
+}
+
+/// Result with [`WeirError`].
+pub type Result<T, E = WeirError> = std::result::Result<T, E>;

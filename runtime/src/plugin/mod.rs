@@ -1,0 +1,158 @@
+//! Running plugins: WebAssembly components over Arrow batches.
+//!
+//! Small typed handles, as in wasmtime: one [`PluginEngine`] per process
+//! (compiler settings, linker with the host imports); a [`TransformComponent`]
+//! per plugin file (compiled once, linked once into an `InstancePre`); a
+//! [`TransformInstance`] per stage (its own store, reused across batches).
+
+mod bindings;
+mod convert;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store};
+
+use crate::error::{PluginFailure, Result, WeirError};
+use bindings::{ErrorKind, PluginError, PluginState, TransformPlugin, TransformPluginPre};
+
+/// The compiler and linker shared by all plugins of a process.
+#[derive(Clone)]
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Arc<Linker<PluginState>>,
+}
+
+impl PluginEngine {
+    /// An engine with the host imports (`weir:plugin/host` and WASI
+    /// without ambient capabilities) linked.
+    pub fn new() -> Result<PluginEngine> {
+        let mut config = Config::new();
+        // Async component calls are not used; leaving concurrency support on
+        // makes every host->guest call several times slower (wasmtime #12836).
+        config.concurrency_support(false);
+        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+        let engine = Engine::new(&config).map_err(internal)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(internal)?;
+        TransformPlugin::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)
+            .map_err(internal)?;
+        Ok(PluginEngine { engine, linker: Arc::new(linker) })
+    }
+
+    /// Compiles the component at `path` for stage `stage` and checks it
+    /// implements the `transform-plugin` world.
+    pub fn load_transform(&self, stage: &str, path: &Path) -> Result<TransformComponent> {
+        let load_error = |reason: String| WeirError::Plugin {
+            stage: stage.to_string(),
+            failure: PluginFailure::Load { path: path.to_path_buf(), reason },
+        };
+        let component = Component::from_file(&self.engine, path).map_err(|e| load_error(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_error(format!("{e:#}")))?;
+        let pre = TransformPluginPre::new(pre).map_err(|e| {
+            load_error(format!("it does not implement the weir:plugin transform-plugin world: {e:#}"))
+        })?;
+        Ok(TransformComponent { engine: self.engine.clone(), stage: stage.to_string(), pre })
+    }
+}
+
+/// A compiled, linked transform plugin, ready to instantiate cheaply.
+pub struct TransformComponent {
+    engine: Engine,
+    stage: String,
+    pre: TransformPluginPre<PluginState>,
+}
+
+impl TransformComponent {
+    /// Instantiates the plugin and calls its `init` with `config_json`.
+    pub fn instantiate(&self, config_json: &str) -> Result<TransformInstance> {
+        let mut store = Store::new(&self.engine, PluginState::new(&self.stage));
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| plugin_error(&self.stage, trap(&store, e)))?;
+        let mut instance = TransformInstance { stage: self.stage.clone(), store, bindings };
+        let result = instance
+            .bindings
+            .weir_plugin_transform()
+            .call_init(&mut instance.store, config_json);
+        match result {
+            Ok(Ok(())) => Ok(instance),
+            Ok(Err(e)) => Err(plugin_error(&self.stage, guest(e))),
+            Err(e) => Err(plugin_error(&self.stage, trap(&instance.store, e))),
+        }
+    }
+}
+
+/// One live plugin instance of a stage; batches go through it in order.
+pub struct TransformInstance {
+    stage: String,
+    store: Store<PluginState>,
+    bindings: TransformPlugin,
+}
+
+impl TransformInstance {
+    /// Runs one batch through the plugin and validates what comes back.
+    /// After a trap the instance must not be used again.
+    pub fn process(&mut self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
+        let input = convert::batch_to_wit(batch).map_err(|reason| WeirError::Schema {
+            context: format!("input of stage `{}`", self.stage),
+            reason,
+        })?;
+        let outputs = match self
+            .bindings
+            .weir_plugin_transform()
+            .call_process(&mut self.store, &input)
+        {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(e)) => return Err(plugin_error(&self.stage, guest(e))),
+            Err(e) => return Err(plugin_error(&self.stage, trap(&self.store, e))),
+        };
+        outputs
+            .into_iter()
+            .map(|out| {
+                convert::batch_from_wit(out).map_err(|reason| {
+                    plugin_error(&self.stage, PluginFailure::InvalidOutput { reason })
+                })
+            })
+            .collect()
+    }
+
+    /// Counters the plugin reported through `counter-add`.
+    pub fn counters(&self) -> &std::collections::BTreeMap<String, i64> {
+        &self.store.data().counters
+    }
+}
+
+fn plugin_error(stage: &str, failure: PluginFailure) -> WeirError {
+    WeirError::Plugin { stage: stage.to_string(), failure }
+}
+
+fn guest(e: PluginError) -> PluginFailure {
+    let kind = match e.kind {
+        ErrorKind::Config => "config",
+        ErrorKind::Input => "input",
+        ErrorKind::Internal => "internal",
+    };
+    PluginFailure::Guest { kind, message: e.message }
+}
+
+/// Describes a trap with what the plugin printed (its panic message) and
+/// the Wasm backtrace.
+fn trap(store: &Store<PluginState>, e: wasmtime::Error) -> PluginFailure {
+    let printed = store.data().stderr_text();
+    let mut message = format!("{e:?}");
+    if !printed.is_empty() {
+        message = format!("{printed}\n{message}");
+    }
+    PluginFailure::Trap { message }
+}
+
+fn internal(e: wasmtime::Error) -> WeirError {
+    WeirError::Internal(format!("plugin engine: {e:#}"))
+}

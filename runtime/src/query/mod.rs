@@ -1,0 +1,331 @@
+//! The micro-batch loop: plan → log offsets → read → transform → sink →
+//! log commit, repeated as the trigger says.
+//!
+//! Exactly-once comes from three parts working together: the source is
+//! replayable (a batch's files are logged in `sources/0/N` before it runs),
+//! the checkpoint tells on restart which batch was in flight, and the sink
+//! is idempotent per batch id.
+
+mod progress;
+
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use object_store::PutPayload;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use tokio::sync::watch;
+
+pub use progress::{BatchProgress, PhaseDurations};
+
+use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
+use crate::config::{Pipeline, Trigger};
+use crate::error::{PluginFailure, Result, WeirError};
+use crate::faults::crash_point;
+use crate::plugin::{PluginEngine, TransformInstance};
+use crate::sink::{self, CommitOutcome, Sink};
+use crate::source::{BadRecord, FileEntry, FileSource, SourceLogEntry};
+
+/// How often a back-to-back query with no new input looks again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// How a query run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryOutcome {
+    /// A draining trigger (`available_now`, `once`) processed all input.
+    Drained {
+        /// Batches run in this process, replays included.
+        batches: u64,
+    },
+    /// The stop signal arrived; the last batch completed first.
+    Stopped {
+        /// Batches run in this process, replays included.
+        batches: u64,
+    },
+}
+
+type ProgressListener = Box<dyn FnMut(&BatchProgress) + Send>;
+
+/// A streaming query, built from a checked [`Pipeline`].
+pub struct Query {
+    pipeline: Pipeline,
+    engine: PluginEngine,
+    listener: Option<ProgressListener>,
+    stop: Option<watch::Receiver<bool>>,
+}
+
+impl Query {
+    /// A query running `pipeline`'s plugins on `engine`.
+    pub fn new(pipeline: Pipeline, engine: PluginEngine) -> Query {
+        Query { pipeline, engine, listener: None, stop: None }
+    }
+
+    /// Calls `listener` after each committed batch.
+    pub fn on_progress(mut self, listener: impl FnMut(&BatchProgress) + Send + 'static) -> Query {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Stops the query between batches once `stop` turns true.
+    pub fn with_stop_signal(mut self, stop: watch::Receiver<bool>) -> Query {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Runs until the trigger has drained the input or the stop signal.
+    pub async fn run(self) -> Result<QueryOutcome> {
+        let Query { pipeline, engine, listener, stop } = self;
+        let checkpoint = Checkpoint::open(&pipeline.checkpoint, &pipeline.name).await?;
+        let mut stages = Vec::new();
+        for t in &pipeline.transforms {
+            let component = engine.load_transform(&t.name, &t.plugin)?;
+            stages.push(Stage { name: t.name.clone(), instance: component.instantiate(&t.config_json)?, schema: None });
+        }
+        let mut runner = Runner {
+            source: FileSource::open(pipeline.source.clone())?,
+            sink: sink::open(&pipeline.sink)?,
+            checkpoint,
+            pipeline,
+            stages,
+            listener,
+            stop,
+            batches_run: 0,
+            last_batch_start: None,
+        };
+        runner.run().await
+    }
+}
+
+struct Stage {
+    name: String,
+    instance: TransformInstance,
+    /// The schema of this stage's first output; later outputs must match.
+    schema: Option<SchemaRef>,
+}
+
+struct Runner {
+    pipeline: Pipeline,
+    checkpoint: Checkpoint,
+    source: FileSource,
+    stages: Vec<Stage>,
+    sink: Box<dyn Sink>,
+    listener: Option<ProgressListener>,
+    stop: Option<watch::Receiver<bool>>,
+    batches_run: u64,
+    last_batch_start: Option<Instant>,
+}
+
+impl Runner {
+    async fn run(&mut self) -> Result<QueryOutcome> {
+        let recovery = self.checkpoint.recover().await?;
+        for batch in 0..recovery.next_batch {
+            let logged: SourceLogEntry = self.checkpoint.source_log(0, batch).await?;
+            self.source.mark_seen(&logged.files);
+        }
+        if let Some(batch) = recovery.replay {
+            let logged: SourceLogEntry = self.checkpoint.source_log(0, batch).await?;
+            tracing::info!(batch, files = logged.files.len(), "replaying the batch that was in flight");
+            self.run_batch(batch, logged.files, true).await?;
+        }
+        let mut next = recovery.next_batch;
+        let trigger = self.pipeline.trigger.clone();
+        match trigger {
+            Trigger::AvailableNow | Trigger::Once => {
+                if trigger == Trigger::Once {
+                    tracing::warn!("trigger `once` is deprecated (as in Spark); use `available_now = true`");
+                }
+                // Only what is present now; files arriving later wait for the next run.
+                let mut pending = self.source.list_new().await?;
+                while !pending.is_empty() {
+                    if self.stopped() {
+                        return Ok(QueryOutcome::Stopped { batches: self.batches_run });
+                    }
+                    let files = self.source.plan(&pending, trigger == Trigger::AvailableNow);
+                    pending.drain(..files.len());
+                    self.run_batch(next, files, false).await?;
+                    next += 1;
+                }
+                Ok(QueryOutcome::Drained { batches: self.batches_run })
+            }
+            Trigger::BackToBack | Trigger::ProcessingTime(_) => loop {
+                if self.stopped() {
+                    return Ok(QueryOutcome::Stopped { batches: self.batches_run });
+                }
+                let started = Instant::now();
+                let pending = self.source.list_new().await?;
+                let ran = !pending.is_empty();
+                if ran {
+                    let files = self.source.plan(&pending, true);
+                    self.run_batch(next, files, false).await?;
+                    next += 1;
+                }
+                let wait = match trigger {
+                    // Fixed cadence; a batch that overran its interval is followed at once.
+                    Trigger::ProcessingTime(interval) => interval.saturating_sub(started.elapsed()),
+                    _ if ran => Duration::ZERO,
+                    _ => IDLE_POLL,
+                };
+                self.sleep(wait).await;
+            },
+        }
+    }
+
+    async fn run_batch(&mut self, batch_id: u64, files: Vec<FileEntry>, replay: bool) -> Result<()> {
+        let started = Instant::now();
+        let since_previous = self.last_batch_start.map(|t| started.duration_since(t));
+        self.last_batch_start = Some(started);
+        let mut durations = PhaseDurations::default();
+
+        if !replay {
+            crash_point("before-offsets", batch_id);
+            let log = SourceLogEntry { files: files.clone() };
+            self.checkpoint.write_source_log(0, batch_id, &log).await?;
+            crash_point("after-source-log", batch_id);
+            let entry = OffsetEntry {
+                batch_id,
+                batch_timestamp_ms: now_ms(),
+                source_files: vec![files.len()],
+            };
+            self.checkpoint.write_offsets(&entry).await?;
+            crash_point("after-offsets", batch_id);
+        }
+        self.source.mark_seen(&files);
+        durations.plan = started.elapsed();
+
+        let phase = Instant::now();
+        let decoded = self.source.read(&files).await?;
+        self.write_dead_letters(batch_id, &decoded.bad_records).await?;
+        let input_rows: u64 = decoded.batches.iter().map(|b| b.num_rows() as u64).sum();
+        durations.read = phase.elapsed();
+        crash_point("after-read", batch_id);
+
+        let phase = Instant::now();
+        let mut batches = decoded.batches;
+        for stage in &mut self.stages {
+            batches = stage.process(&batches)?;
+        }
+        durations.transform = phase.elapsed();
+        crash_point("after-transform", batch_id);
+
+        let phase = Instant::now();
+        let outcome = self.sink.commit(batch_id, &batches).await?;
+        durations.sink = phase.elapsed();
+        crash_point("before-commit", batch_id);
+
+        let phase = Instant::now();
+        let output_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        self.checkpoint.write_commit(&CommitEntry { batch_id, output_rows }).await?;
+        durations.commit = phase.elapsed();
+        crash_point("after-commit", batch_id);
+
+        durations.total = started.elapsed();
+        self.batches_run += 1;
+        let rate = |d: Duration| if d.is_zero() { 0.0 } else { input_rows as f64 / d.as_secs_f64() };
+        let progress = BatchProgress {
+            batch_id,
+            replay,
+            input_files: files.len(),
+            input_rows,
+            bad_records: decoded.bad_records.len() as u64,
+            output_rows,
+            sink_skipped: outcome == CommitOutcome::AlreadyCommitted,
+            input_rows_per_second: rate(since_previous.unwrap_or(durations.total)),
+            processed_rows_per_second: rate(durations.total),
+            durations,
+        };
+        tracing::debug!(?progress, "batch committed");
+        if let Some(listener) = &mut self.listener {
+            listener(&progress);
+        }
+        Ok(())
+    }
+
+    /// Writes batch N's bad records to `<dead_letter>/batch-N.jsonl`; a
+    /// replay rewrites the same file with the same rows.
+    async fn write_dead_letters(&self, batch_id: u64, bad: &[BadRecord]) -> Result<()> {
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let location = self
+            .pipeline
+            .source
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| self.pipeline.checkpoint.join("dead_letter"));
+        let mut lines = Vec::new();
+        for record in bad {
+            serde_json::to_writer(&mut lines, record).map_err(|e| WeirError::Internal(e.to_string()))?;
+            lines.push(b'\n');
+        }
+        let name = format!("batch-{batch_id:06}.jsonl");
+        tracing::warn!(batch_id, count = bad.len(), location = %location, "bad records sent to the dead-letter location");
+        location
+            .open()?
+            .put(&ObjectPath::from(name.as_str()), PutPayload::from(lines))
+            .await
+            .map(|_| ())
+            .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+
+    async fn sleep(&mut self, wait: Duration) {
+        if wait.is_zero() {
+            return;
+        }
+        match &mut self.stop {
+            Some(rx) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = rx.changed() => {}
+                }
+            }
+            None => tokio::time::sleep(wait).await,
+        }
+    }
+}
+
+impl Stage {
+    /// Runs every non-empty batch through the plugin. Plugin calls are
+    /// synchronous and run on this task: a query owns its stages, so
+    /// blocking here only delays this query.
+    fn process(&mut self, inputs: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+        let mut outputs = Vec::new();
+        for input in inputs.iter().filter(|b| b.num_rows() > 0) {
+            for output in self.instance.process(input)? {
+                match &self.schema {
+                    None => self.schema = Some(output.schema()),
+                    Some(expected) if *expected != output.schema() => {
+                        return Err(WeirError::Plugin {
+                            stage: self.name.clone(),
+                            failure: PluginFailure::InvalidOutput {
+                                reason: format!(
+                                    "output schema changed between batches: first {:?}, now {:?}",
+                                    field_list(expected),
+                                    field_list(&output.schema())
+                                ),
+                            },
+                        });
+                    }
+                    Some(_) => {}
+                }
+                outputs.push(output);
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+fn field_list(schema: &SchemaRef) -> Vec<String> {
+    schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,74 @@
+use std::fmt;
+use std::time::Duration;
+
+/// Time spent in each phase of a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseDurations {
+    /// Listing and planning input, writing `offsets/N`.
+    pub plan: Duration,
+    /// Reading and decoding input files.
+    pub read: Duration,
+    /// Plugin stages.
+    pub transform: Duration,
+    /// Writing to the sink.
+    pub sink: Duration,
+    /// Writing `commits/N`.
+    pub commit: Duration,
+    /// The whole batch.
+    pub total: Duration,
+}
+
+/// What one micro-batch did, reported when it commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchProgress {
+    /// Batch id.
+    pub batch_id: u64,
+    /// Whether this batch was a replay of one in flight at a crash.
+    pub replay: bool,
+    /// Input files read.
+    pub input_files: usize,
+    /// Rows read from the source (without bad records).
+    pub input_rows: u64,
+    /// Rows set aside as bad records.
+    pub bad_records: u64,
+    /// Rows handed to the sink.
+    pub output_rows: u64,
+    /// Whether the sink found the batch already committed (replay).
+    pub sink_skipped: bool,
+    /// Input rows per second of wall time since the previous batch started
+    /// (Spark's `inputRowsPerSecond`).
+    pub input_rows_per_second: f64,
+    /// Input rows per second of this batch's processing time
+    /// (Spark's `processedRowsPerSecond`).
+    pub processed_rows_per_second: f64,
+    /// Per-phase durations.
+    pub durations: PhaseDurations,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+}
+
+impl fmt::Display for BatchProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.durations;
+        write!(
+            f,
+            "batch {}{}: {} rows in ({} files{}), {} rows out{}, {:.0} rows/s | plan {} read {} transform {} sink {} commit {} total {}",
+            self.batch_id,
+            if self.replay { " (replay)" } else { "" },
+            self.input_rows,
+            self.input_files,
+            if self.bad_records > 0 { format!(", {} bad records", self.bad_records) } else { String::new() },
+            self.output_rows,
+            if self.sink_skipped { " (already in sink)" } else { "" },
+            self.processed_rows_per_second,
+            ms(d.plan),
+            ms(d.read),
+            ms(d.transform),
+            ms(d.sink),
+            ms(d.commit),
+            ms(d.total),
+        )
+    }
+}

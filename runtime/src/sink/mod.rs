@@ -1,0 +1,42 @@
+//! Sinks: where rows go. Each sink kind gets a module.
+//!
+//! A sink is *idempotent per batch id*: committing batch N a second time
+//! (a replay after a crash) must leave the output as if it ran once. With
+//! the checkpoint's offset/commit logs this gives exactly-once output.
+
+mod console;
+mod file;
+
+use arrow::record_batch::RecordBatch;
+
+pub use console::ConsoleSink;
+pub use file::{FileSink, SinkLogEntry};
+
+use crate::config::{SinkConfig, SinkKind};
+use crate::error::Result;
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The rows were written.
+    Written,
+    /// The batch was already committed before (a replay); nothing written.
+    AlreadyCommitted,
+}
+
+/// A destination for the query's output.
+#[async_trait::async_trait]
+pub trait Sink: Send {
+    /// Writes batch `batch_id`'s rows; a batch id committed before is
+    /// recognised and skipped.
+    async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome>;
+}
+
+/// Opens the sink a pipeline declares.
+pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
+    Ok(match (config.kind, &config.path) {
+        (SinkKind::Console, _) => Box::new(ConsoleSink),
+        (kind, Some(path)) => Box::new(FileSink::open(path, kind)?),
+        (_, None) => unreachable!("config checks give file sinks a path"),
+    })
+}

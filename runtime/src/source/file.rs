@@ -1,0 +1,130 @@
+//! A directory of files read as a stream: each trigger picks up files not
+//! seen before, in a deterministic order (modification time, then path),
+//! capped by `max_files_per_trigger` / `max_bytes_per_trigger`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+
+use super::decode::{Decoded, decode};
+use crate::config::FileSourceConfig;
+use crate::error::{Result, WeirError};
+
+/// One input file, as recorded in the checkpoint's source log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the source directory.
+    pub path: String,
+    /// Size in bytes when planned.
+    pub size: u64,
+    /// Modification time when planned (ms since the epoch).
+    pub modified_ms: i64,
+}
+
+/// `sources/0/N` for the file source: the files of batch N.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLogEntry {
+    /// Files, in read order.
+    pub files: Vec<FileEntry>,
+}
+
+/// The file source.
+pub struct FileSource {
+    config: FileSourceConfig,
+    store: Arc<dyn ObjectStore>,
+    seen: HashSet<String>,
+}
+
+impl FileSource {
+    /// Opens the source directory (created when missing, so a query can
+    /// start before its first file arrives).
+    pub fn open(config: FileSourceConfig) -> Result<FileSource> {
+        let store = config.path.open()?;
+        Ok(FileSource { config, store, seen: HashSet::new() })
+    }
+
+    /// The source's settings.
+    pub fn config(&self) -> &FileSourceConfig {
+        &self.config
+    }
+
+    /// Remembers files as processed (from the checkpoint, or once planned).
+    pub fn mark_seen<'a>(&mut self, files: impl IntoIterator<Item = &'a FileEntry>) {
+        self.seen.extend(files.into_iter().map(|f| f.path.clone()));
+    }
+
+    /// Files not processed yet, oldest first. Hidden files (`.x`, `_x`) and
+    /// files still being written by the object store (`x#n`) are ignored.
+    pub async fn list_new(&self) -> Result<Vec<FileEntry>> {
+        let listed: Vec<_> = self
+            .store
+            .list(None)
+            .try_collect()
+            .await
+            .map_err(|e| WeirError::storage(&self.config.path, e))?;
+        let mut files: Vec<FileEntry> = listed
+            .into_iter()
+            .filter(|meta| {
+                meta.location.parts().all(|part| {
+                    let s = part.as_ref();
+                    !s.starts_with('.') && !s.starts_with('_') && !s.contains('#')
+                })
+            })
+            .map(|meta| FileEntry {
+                path: meta.location.to_string(),
+                size: meta.size,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            })
+            .filter(|f| !self.seen.contains(&f.path))
+            .collect();
+        files.sort_by(|a, b| (a.modified_ms, &a.path).cmp(&(b.modified_ms, &b.path)));
+        Ok(files)
+    }
+
+    /// The next batch's files from `candidates` (in order): all of them when
+    /// `capped` is false, else as many as the per-trigger limits allow (and
+    /// always at least one, so a large file cannot stall the stream).
+    pub fn plan(&self, candidates: &[FileEntry], capped: bool) -> Vec<FileEntry> {
+        if !capped {
+            return candidates.to_vec();
+        }
+        let max_files = self.config.max_files_per_trigger.unwrap_or(usize::MAX);
+        let max_bytes = self.config.max_bytes_per_trigger.unwrap_or(u64::MAX);
+        let mut bytes = 0u64;
+        let mut planned = Vec::new();
+        for file in candidates.iter().take(max_files) {
+            if !planned.is_empty() && bytes.saturating_add(file.size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(file.size);
+            planned.push(file.clone());
+        }
+        planned
+    }
+
+    /// Reads and decodes `files` against the declared schema.
+    pub async fn read(&self, files: &[FileEntry]) -> Result<Decoded> {
+        let mut all = Decoded::default();
+        for file in files {
+            let path = ObjectPath::from(file.path.as_str());
+            let name = format!("{}/{}", self.config.path, file.path);
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| WeirError::storage(&name, e))?
+                .bytes()
+                .await
+                .map_err(|e| WeirError::storage(&name, e))?;
+            let decoded = decode(&self.config, &name, bytes)?;
+            all.batches.extend(decoded.batches);
+            all.bad_records.extend(decoded.bad_records);
+        }
+        Ok(all)
+    }
+}
