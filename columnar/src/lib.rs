@@ -61,7 +61,10 @@ impl std::fmt::Display for LayoutError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LayoutError::Unsupported(dt) => {
-                write!(f, "data type {dt} is not supported across the plugin boundary")
+                write!(
+                    f,
+                    "data type {dt} is not supported across the plugin boundary"
+                )
             }
             LayoutError::Invalid(e) => write!(f, "invalid column buffers: {e}"),
         }
@@ -103,7 +106,11 @@ pub fn export_array(array: &ArrayRef) -> Result<ColumnParts, LayoutError> {
         return Err(LayoutError::Unsupported(array.data_type().clone()));
     }
     let data = array.to_data();
-    let data = if data.offset() == 0 { data } else { rebase(&data)? };
+    let data = if data.offset() == 0 {
+        data
+    } else {
+        rebase(&data)?
+    };
     // A buffer may be longer than the array needs (capacity rounding, or a
     // slice that kept offset 0); only the bytes the array covers cross.
     let buffers = data
@@ -112,9 +119,11 @@ pub fn export_array(array: &ArrayRef) -> Result<ColumnParts, LayoutError> {
         .zip(buffer_byte_lens(&data))
         .map(|(buffer, len)| buffer.as_slice()[..len.min(buffer.len())].to_vec())
         .collect();
+    // `sliced()` moves the bits to offset 0 (a null buffer keeps its own
+    // bit offset even when the array's is 0).
     let validity = data.nulls().filter(|n| n.null_count() > 0).map(|nulls| {
         let bytes = data.len().div_ceil(8);
-        nulls.buffer().as_slice()[..bytes].to_vec()
+        nulls.inner().sliced().as_slice()[..bytes].to_vec()
     });
     Ok(ColumnParts {
         len: data.len(),
@@ -139,11 +148,13 @@ pub fn import_array(data_type: DataType, parts: ColumnParts) -> Result<ArrayRef,
         .build()
         .map_err(LayoutError::Invalid)?;
     if data.null_count() != parts.null_count {
-        return Err(LayoutError::Invalid(ArrowError::InvalidArgumentError(format!(
-            "declared null count {} but the validity bitmap has {}",
-            parts.null_count,
-            data.null_count()
-        ))));
+        return Err(LayoutError::Invalid(ArrowError::InvalidArgumentError(
+            format!(
+                "declared null count {} but the validity bitmap has {}",
+                parts.null_count,
+                data.null_count()
+            ),
+        )));
     }
     Ok(make_array(data))
 }

@@ -1,1 +1,139 @@
-fn main(){}
+//! Plugin call benchmarks. Every number is measured side by side in one run
+//! and printed as a ratio, so machine speed cancels out:
+//!
+//! 1. the `enrich` map transform as a Wasm component vs the same Rust code
+//!    compiled natively, on 8192-row batches (goal: >= 0.8x native);
+//! 2. a batch's round trip host -> guest -> host (the `testkit` identity
+//!    plugin, which does not touch Arrow) vs one memcpy of the same bytes,
+//!    at 1 MiB and 16 MiB (goal: >= 0.5x);
+//! 3. the fixed cost of one plugin call on an empty batch (goal: < 2 us).
+//!
+//! Run with `./dev bench` (or `cargo bench -p weir --bench plugin_calls`).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use weir::PluginEngine;
+use weir::plugin::TransformInstance;
+use weir_sdk::{Config, Transform};
+
+/// Median time of `f` over repeated runs lasting about `budget`.
+fn median(budget: Duration, mut f: impl FnMut()) -> Duration {
+    for _ in 0..3 {
+        f();
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 10 {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn orders(rows: usize) -> RecordBatch {
+    let ids: Vec<i64> = (0..rows as i64).collect();
+    let names: Vec<String> = (0..rows).map(|i| format!("customer-{}", i % 997)).collect();
+    let amounts: Vec<f64> = (0..rows).map(|i| (i % 1000) as f64 * 1.25).collect();
+    RecordBatch::try_from_iter(vec![
+        ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+        ("name", Arc::new(StringArray::from(names)) as ArrayRef),
+        ("amount", Arc::new(Float64Array::from(amounts)) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+fn instance(engine: &PluginEngine, path: &str, config: &str) -> TransformInstance {
+    engine
+        .load_transform("bench", path.as_ref())
+        .unwrap()
+        .instantiate(config)
+        .unwrap()
+}
+
+fn us(d: Duration) -> String {
+    format!("{:>9.2} us", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let budget = Duration::from_millis(
+        std::env::var("WEIR_BENCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+    );
+    let engine = PluginEngine::new().unwrap();
+    println!(
+        "weir plugin benchmarks (median per call; ratios are native/Wasm or memcpy/Wasm throughput)\n"
+    );
+
+    // 1. Map transform, Wasm vs native.
+    let config = r#"{"input": "amount", "output": "amount_eur", "multiply": 0.92, "add": 0.0}"#;
+    let batch = orders(8192);
+    let mut native = weir_plugin_enrich::Enrich::new(Config::from_json(config)).unwrap();
+    let mut wasm = instance(&engine, weir_fixtures::ENRICH, config);
+    assert_eq!(
+        native.process(batch.clone()).unwrap(),
+        wasm.process(&batch).unwrap(),
+        "Wasm and native results differ"
+    );
+    let t_native = median(budget, || {
+        black_box(native.process(black_box(batch.clone())).unwrap());
+    });
+    let t_wasm = median(budget, || {
+        black_box(wasm.process(black_box(&batch)).unwrap());
+    });
+    println!("1. enrich map, 8192 rows (id, name, amount -> + amount_eur)");
+    println!(
+        "   native {}   wasm {}   wasm = {:.2}x native (goal >= 0.8x)\n",
+        us(t_native),
+        us(t_wasm),
+        ratio(t_native, t_wasm)
+    );
+
+    // 2. Transfer host -> guest -> host vs memcpy.
+    let mut identity = instance(&engine, weir_fixtures::TESTKIT, "{}");
+    println!("2. batch round trip host -> guest -> host (identity plugin) vs one memcpy");
+    for mib in [1usize, 16] {
+        let rows = mib * 1024 * 1024 / 8;
+        let batch = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(Int64Array::from_iter_values(0..rows as i64)) as ArrayRef,
+        )])
+        .unwrap();
+        let src = vec![7u8; mib * 1024 * 1024];
+        let mut dst = vec![0u8; src.len()];
+        let t_copy = median(budget, || {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        });
+        let t_trip = median(budget, || {
+            black_box(identity.process(black_box(&batch)).unwrap());
+        });
+        println!(
+            "   {mib:>2} MiB: memcpy {}   round trip {}   = {:.2}x memcpy (goal >= 0.5x)",
+            us(t_copy),
+            us(t_trip),
+            ratio(t_copy, t_trip)
+        );
+    }
+
+    // 3. Fixed cost of a call.
+    let empty = orders(0);
+    let t_empty = median(budget, || {
+        black_box(identity.process(black_box(&empty)).unwrap());
+    });
+    println!(
+        "\n3. one call on an empty 3-column batch: {} (goal < 2 us)",
+        us(t_empty)
+    );
+}
+
+/// Throughput of `candidate` relative to `baseline` (1.0 = as fast).
+fn ratio(baseline: Duration, candidate: Duration) -> f64 {
+    baseline.as_secs_f64() / candidate.as_secs_f64()
+}

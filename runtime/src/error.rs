@@ -32,7 +32,7 @@ pub enum PluginFailure {
         reason: String,
     },
     /// The plugin returned a `plugin-error` on purpose.
-    #[error("the plugin reported a {kind} error: {message}")]
+    #[error("the plugin returned an error ({kind}): {message}")]
     Guest {
         /// `config`, `input` or `internal`.
         kind: &'static str,
@@ -164,11 +164,17 @@ impl WeirError {
     }
 
     pub(crate) fn storage(path: impl std::fmt::Display, source: object_store::Error) -> Self {
-        WeirError::Storage { path: path.to_string(), source }
+        WeirError::Storage {
+            path: path.to_string(),
+            source,
+        }
     }
 
     pub(crate) fn format(context: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        WeirError::Format { context: context.into(), reason: reason.to_string() }
+        WeirError::Format {
+            context: context.into(),
+            reason: reason.to_string(),
+        }
     }
 }
 

@@ -29,7 +29,11 @@ impl Location {
             ));
         }
         let path = Path::new(raw);
-        let absolute = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        };
         Ok(Location::Local(absolute))
     }
 
@@ -38,8 +42,10 @@ impl Location {
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>> {
         match self {
             Location::Local(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|source| WeirError::Io { path: dir.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|source| WeirError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
                 let fs = LocalFileSystem::new_with_prefix(dir)
                     .map_err(|e| WeirError::storage(dir.display(), e))?;
                 Ok(Arc::new(fs))

@@ -24,17 +24,26 @@ pub struct Error {
 impl Error {
     /// A configuration error.
     pub fn config(message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Config, message: message.into() }
+        Error {
+            kind: ErrorKind::Config,
+            message: message.into(),
+        }
     }
 
     /// An error caused by the input rows.
     pub fn input(message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Input, message: message.into() }
+        Error {
+            kind: ErrorKind::Input,
+            message: message.into(),
+        }
     }
 
     /// An error inside the plugin.
     pub fn internal(message: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Internal, message: message.into() }
+        Error {
+            kind: ErrorKind::Internal,
+            message: message.into(),
+        }
     }
 }
 
@@ -59,6 +68,9 @@ impl From<Error> for PluginError {
             ErrorKind::Input => WitErrorKind::Input,
             ErrorKind::Internal => WitErrorKind::Internal,
         };
-        PluginError { kind, message: e.message }
+        PluginError {
+            kind,
+            message: e.message,
+        }
     }
 }

@@ -111,9 +111,13 @@ pub trait Transform: Sized + 'static {
 #[macro_export]
 macro_rules! export_transform {
     ($ty:ty) => {
+        // Exports exist only in the Wasm build: natively (tests, benchmarks)
+        // the crate is a plain library and the type is called directly.
+        #[cfg(target_family = "wasm")]
         #[doc(hidden)]
         struct __WeirTransformExport;
 
+        #[cfg(target_family = "wasm")]
         impl $crate::bindings::exports::weir::plugin::transform::Guest for __WeirTransformExport {
             fn init(
                 config: ::std::string::String,
@@ -131,6 +135,7 @@ macro_rules! export_transform {
             }
         }
 
+        #[cfg(target_family = "wasm")]
         $crate::bindings::__export_transform_world!(
             __WeirTransformExport with_types_in $crate::bindings
         );
@@ -158,7 +163,8 @@ pub mod __private {
     }
 
     pub fn process<T: Transform>(input: Batch) -> Result<Vec<Batch>, PluginError> {
-        let batch = convert::batch_from_wit(input).map_err(|e| PluginError::from(Error::internal(e)))?;
+        let batch =
+            convert::batch_from_wit(input).map_err(|e| PluginError::from(Error::internal(e)))?;
         let outputs = INSTANCE.with(|slot| {
             let mut slot = slot.borrow_mut();
             let transform = slot

@@ -1,1 +1,9 @@
+//! Weir's integration tests: one binary, one module per area. They run the
+//! real `weir` binary and real Wasm components built from `plugins/`.
 
+mod bad_input;
+mod common;
+mod crash;
+mod golden;
+mod plugins;
+mod triggers;

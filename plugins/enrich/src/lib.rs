@@ -46,7 +46,10 @@ pub struct Enrich {
 
 impl Transform for Enrich {
     fn new(config: Config) -> Result<Self, Error> {
-        Ok(Enrich { config: config.parse()?, schema: None })
+        Ok(Enrich {
+            config: config.parse()?,
+            schema: None,
+        })
     }
 
     fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, Error> {
@@ -56,7 +59,9 @@ impl Transform for Enrich {
         let (m, a) = (self.config.multiply, self.config.add);
         let computed: Float64Array = match input.data_type() {
             DataType::Float64 => input.as_primitive::<Float64Type>().unary(|v| v * m + a),
-            DataType::Int64 => input.as_primitive::<Int64Type>().unary(|v| v as f64 * m + a),
+            DataType::Int64 => input
+                .as_primitive::<Int64Type>()
+                .unary(|v| v as f64 * m + a),
             other => {
                 return Err(Error::input(format!(
                     "column `{}` has type {other}; expected int64 or float64",
@@ -83,7 +88,11 @@ impl Enrich {
             .map(|f| f.is_nullable())
             .unwrap_or(true);
         let mut fields = input.fields().to_vec();
-        fields.push(Arc::new(Field::new(&self.config.output, DataType::Float64, nullable)));
+        fields.push(Arc::new(Field::new(
+            &self.config.output,
+            DataType::Float64,
+            nullable,
+        )));
         let out = Arc::new(Schema::new(fields));
         self.schema = Some((input.clone(), out.clone()));
         out

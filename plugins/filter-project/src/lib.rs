@@ -96,7 +96,9 @@ pub struct FilterProject {
 
 impl Transform for FilterProject {
     fn new(config: Config) -> Result<Self, Error> {
-        Ok(FilterProject { config: config.parse()? })
+        Ok(FilterProject {
+            config: config.parse()?,
+        })
     }
 
     fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, Error> {

@@ -91,7 +91,11 @@ fn ids(batch: &Batch) -> Vec<i64> {
 }
 
 fn corrupt_first_string_column(batch: &mut Batch) {
-    if let Some(index) = batch.fields.iter().position(|f| matches!(f.data_type, DataType::Utf8)) {
+    if let Some(index) = batch
+        .fields
+        .iter()
+        .position(|f| matches!(f.data_type, DataType::Utf8))
+    {
         let offsets = &mut batch.columns[index].buffers[0];
         let last = offsets.len() - 4;
         offsets[last..].copy_from_slice(&i32::MAX.to_le_bytes());

@@ -38,7 +38,9 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -60,7 +62,11 @@ fn main() -> ExitCode {
                 source = cause.source();
             }
             // 2: the user must fix the pipeline file; 1: anything else.
-            if matches!(e, WeirError::Config(_)) { ExitCode::from(2) } else { ExitCode::FAILURE }
+            if matches!(e, WeirError::Config(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -70,9 +76,18 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let engine = PluginEngine::new()?;
-            for t in &pipeline.transforms {
-                engine.load_transform(&t.name, &t.plugin)?.instantiate(&t.config_json)?;
-            }
+            let transforms = pipeline.transforms.clone();
+            // Plugin code runs off the async workers (WASI's sync host calls need that).
+            tokio::task::spawn_blocking(move || {
+                transforms.iter().try_for_each(|t| {
+                    engine
+                        .load_transform(&t.name, &t.plugin)?
+                        .instantiate(&t.config_json)
+                        .map(drop)
+                })
+            })
+            .await
+            .map_err(|e| WeirError::Internal(e.to_string()))??;
             println!(
                 "ok: query `{}`: file source ({:?}, {} columns), {} plugin stage(s), {:?} sink, trigger {:?}",
                 pipeline.name,
@@ -94,10 +109,16 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             });
             let name = pipeline.name.clone();
             let query = Query::new(pipeline, PluginEngine::new()?).with_stop_signal(stop_rx);
-            let query = if quiet { query } else { query.on_progress(|p| eprintln!("{p}")) };
+            let query = if quiet {
+                query
+            } else {
+                query.on_progress(|p| eprintln!("{p}"))
+            };
             match query.run().await? {
                 QueryOutcome::Drained { batches } => {
-                    eprintln!("query `{name}`: all available input processed in {batches} batch(es)")
+                    eprintln!(
+                        "query `{name}`: all available input processed in {batches} batch(es)"
+                    )
                 }
                 QueryOutcome::Stopped { batches } => {
                     eprintln!("query `{name}`: stopped after {batches} batch(es)")

@@ -22,12 +22,15 @@ impl CheckpointLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| WeirError::Io { path: path.clone(), source })?;
+            .map_err(|source| WeirError::Io {
+                path: path.clone(),
+                source,
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(CheckpointLock { _file: Some(file) }),
-            Err(TryLockError::WouldBlock) => {
-                Err(WeirError::CheckpointLocked { path: location.to_string() })
-            }
+            Err(TryLockError::WouldBlock) => Err(WeirError::CheckpointLocked {
+                path: location.to_string(),
+            }),
             Err(TryLockError::Error(source)) => Err(WeirError::Io { path, source }),
         }
     }

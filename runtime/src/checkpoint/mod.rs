@@ -135,10 +135,22 @@ impl Checkpoint {
         let offsets = self.last_id("offsets").await?;
         let commits = self.last_id("commits").await?;
         match (offsets, commits) {
-            (None, None) => Ok(Recovery { replay: None, next_batch: 0 }),
-            (Some(o), Some(c)) if o == c => Ok(Recovery { replay: None, next_batch: o + 1 }),
-            (Some(o), None) if o == 0 => Ok(Recovery { replay: Some(0), next_batch: 1 }),
-            (Some(o), Some(c)) if o == c + 1 => Ok(Recovery { replay: Some(o), next_batch: o + 1 }),
+            (None, None) => Ok(Recovery {
+                replay: None,
+                next_batch: 0,
+            }),
+            (Some(o), Some(c)) if o == c => Ok(Recovery {
+                replay: None,
+                next_batch: o + 1,
+            }),
+            (Some(0), None) => Ok(Recovery {
+                replay: Some(0),
+                next_batch: 1,
+            }),
+            (Some(o), Some(c)) if o == c + 1 => Ok(Recovery {
+                replay: Some(o),
+                next_batch: o + 1,
+            }),
             (o, c) => Err(WeirError::CheckpointCorrupt {
                 path: self.describe("offsets"),
                 reason: format!(
@@ -156,12 +168,14 @@ impl Checkpoint {
 
     /// Writes `offsets/N` (before batch N runs).
     pub async fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
-        self.write_once(&format!("offsets/{}", entry.batch_id), entry).await
+        self.write_once(&format!("offsets/{}", entry.batch_id), entry)
+            .await
     }
 
     /// Writes `commits/N` (after batch N's sink commit).
     pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
-        self.write_once(&format!("commits/{}", entry.batch_id), entry).await
+        self.write_once(&format!("commits/{}", entry.batch_id), entry)
+            .await
     }
 
     /// Reads source `source`'s log entry for batch N.
@@ -172,7 +186,12 @@ impl Checkpoint {
     /// Writes source `source`'s log entry for batch N. It is written just
     /// before `offsets/N` and only counts once that exists, so a leftover
     /// from a crash in between is simply replaced.
-    pub async fn write_source_log<T: Serialize>(&self, source: usize, batch: u64, entry: &T) -> Result<()> {
+    pub async fn write_source_log<T: Serialize>(
+        &self,
+        source: usize,
+        batch: u64,
+        entry: &T,
+    ) -> Result<()> {
         let name = format!("sources/{source}/{batch}");
         let bytes = to_json(&name, entry)?;
         self.store
@@ -198,10 +217,12 @@ impl Checkpoint {
     }
 
     async fn read<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
-        self.read_opt(name).await?.ok_or_else(|| WeirError::CheckpointCorrupt {
-            path: self.describe(name),
-            reason: "the file is missing".into(),
-        })
+        self.read_opt(name)
+            .await?
+            .ok_or_else(|| WeirError::CheckpointCorrupt {
+                path: self.describe(name),
+                reason: "the file is missing".into(),
+            })
     }
 
     async fn read_opt<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
@@ -216,14 +237,24 @@ impl Checkpoint {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| WeirError::CheckpointCorrupt { path: self.describe(name), reason: e.to_string() })
+            .map_err(|e| WeirError::CheckpointCorrupt {
+                path: self.describe(name),
+                reason: e.to_string(),
+            })
     }
 
     /// Creates `name` atomically; it must not exist yet.
     async fn write_once<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let bytes = to_json(name, value)?;
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&ObjectPath::from(name), PutPayload::from(bytes), options).await {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&ObjectPath::from(name), PutPayload::from(bytes), options)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => Err(WeirError::CheckpointCorrupt {
                 path: self.describe(name),

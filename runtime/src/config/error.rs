@@ -19,7 +19,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// An error at byte `span` of `text`.
-    pub(crate) fn at(file: &str, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub(crate) fn at(
+        file: &str,
+        text: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column) = match span {
             Some(span) => {
                 let (l, c) = line_column(text, span.start);
@@ -27,7 +32,13 @@ impl ConfigError {
             }
             None => (None, None),
         };
-        ConfigError { file: file.to_string(), line, column, message: message.into(), hint: None }
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     /// Adds a hint.

@@ -274,7 +274,9 @@ impl Resolver<'_> {
     fn pipeline(&self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
         let name = raw.name.get_ref().trim().to_string();
         if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(self
                 .err(&raw.name, format!("invalid query name {name:?}"))
@@ -286,7 +288,10 @@ impl Resolver<'_> {
             let t = t.get_ref();
             if !names.insert(t.name.get_ref().clone()) {
                 return Err(self
-                    .err(&t.name, format!("duplicate stage name `{}`", t.name.get_ref()))
+                    .err(
+                        &t.name,
+                        format!("duplicate stage name `{}`", t.name.get_ref()),
+                    )
                     .hint("each [[transform]] needs its own name"));
             }
             transforms.push(self.transform(t)?);
@@ -302,13 +307,18 @@ impl Resolver<'_> {
     }
 
     fn trigger(&self, raw: Option<&Spanned<RawTrigger>>) -> Result<Trigger, ConfigError> {
-        let Some(spanned) = raw else { return Ok(Trigger::BackToBack) };
+        let Some(spanned) = raw else {
+            return Ok(Trigger::BackToBack);
+        };
         let t = spanned.get_ref();
         let mut chosen = Vec::new();
         if let Some(interval) = &t.processing_time {
             let d = humantime::parse_duration(interval.get_ref()).map_err(|e| {
-                self.err(interval, format!("invalid duration {:?}: {e}", interval.get_ref()))
-                    .hint("write e.g. \"500ms\", \"30s\", \"5m\" or \"1h\"")
+                self.err(
+                    interval,
+                    format!("invalid duration {:?}: {e}", interval.get_ref()),
+                )
+                .hint("write e.g. \"500ms\", \"30s\", \"5m\" or \"1h\"")
             })?;
             chosen.push(Trigger::ProcessingTime(d));
         }
@@ -332,8 +342,11 @@ impl Resolver<'_> {
         for f in s.schema.get_ref() {
             let f = f.get_ref();
             let data_type = parse_data_type(f.data_type.get_ref()).ok_or_else(|| {
-                self.err(&f.data_type, format!("unknown column type {:?}", f.data_type.get_ref()))
-                    .hint(format!("known types: {}", schema::KNOWN_TYPES))
+                self.err(
+                    &f.data_type,
+                    format!("unknown column type {:?}", f.data_type.get_ref()),
+                )
+                .hint(format!("known types: {}", schema::KNOWN_TYPES))
             })?;
             if !weir_columnar::is_supported(&data_type) {
                 return Err(self
@@ -363,7 +376,11 @@ impl Resolver<'_> {
             Some(d) if d.get_ref().len() == 1 => d.get_ref().as_bytes()[0],
             Some(d) => return Err(self.err(d, "delimiter must be one ASCII character")),
         };
-        let dead_letter = s.dead_letter_path.as_ref().map(|p| self.location(p)).transpose()?;
+        let dead_letter = s
+            .dead_letter_path
+            .as_ref()
+            .map(|p| self.location(p))
+            .transpose()?;
         Ok(FileSourceConfig {
             path: self.location(&s.path)?,
             format: s.format,
@@ -399,7 +416,11 @@ impl Resolver<'_> {
         }
         let config_json = serde_json::to_string(&t.config)
             .map_err(|e| self.err(&t.name, format!("config cannot be passed as JSON: {e}")))?;
-        Ok(TransformConfig { name: t.name.get_ref().clone(), plugin, config_json })
+        Ok(TransformConfig {
+            name: t.name.get_ref().clone(),
+            plugin,
+            config_json,
+        })
     }
 
     fn sink(&self, s: &Spanned<RawSink>) -> Result<SinkConfig, ConfigError> {
@@ -438,7 +459,9 @@ impl Resolver<'_> {
             let var = &after[..end];
             let value = std::env::var(var).map_err(|_| {
                 self.err(raw, format!("environment variable {var} is not set"))
-                    .hint(format!("export {var}=... before running, or write the path out"))
+                    .hint(format!(
+                        "export {var}=... before running, or write the path out"
+                    ))
             })?;
             out.push_str(&value);
             rest = &after[end + 1..];

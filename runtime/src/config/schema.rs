@@ -26,8 +26,14 @@ pub fn parse_data_type(name: &str) -> Option<DataType> {
         "binary" | "bytes" => Some(DataType::Binary),
         "date" | "date32" => Some(DataType::Date32),
         // Spark's TIMESTAMP: microseconds, an instant in UTC.
-        "timestamp" => Some(DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("+00:00")))),
-        "timestamp_ms" => Some(DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from("+00:00")))),
+        "timestamp" => Some(DataType::Timestamp(
+            TimeUnit::Microsecond,
+            Some(Arc::from("+00:00")),
+        )),
+        "timestamp_ms" => Some(DataType::Timestamp(
+            TimeUnit::Millisecond,
+            Some(Arc::from("+00:00")),
+        )),
         _ => None,
     };
     alias.or_else(|| DataType::from_str(name.trim()).ok())
@@ -45,7 +51,10 @@ mod tests {
     fn aliases_and_arrow_names() {
         assert_eq!(parse_data_type("long"), Some(DataType::Int64));
         assert_eq!(parse_data_type("Int64"), Some(DataType::Int64));
-        assert_eq!(parse_data_type("Decimal128(10, 2)"), Some(DataType::Decimal128(10, 2)));
+        assert_eq!(
+            parse_data_type("Decimal128(10, 2)"),
+            Some(DataType::Decimal128(10, 2))
+        );
         assert_eq!(
             parse_data_type("Timestamp(Millisecond, None)"),
             Some(DataType::Timestamp(TimeUnit::Millisecond, None))

@@ -45,20 +45,30 @@ impl PluginState {
 
     /// What the plugin wrote to stderr so far (its panic message, after a trap).
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_string()
     }
 }
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl weir::plugin::types::Host for PluginState {}
 
 impl weir::plugin::host::Host for PluginState {
-    fn log(&mut self, level: weir::plugin::host::Level, message: String, fields: Vec<(String, String)>) {
+    fn log(
+        &mut self,
+        level: weir::plugin::host::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) {
         use weir::plugin::host::Level;
         let stage = self.stage.as_str();
         match level {

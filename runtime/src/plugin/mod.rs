@@ -39,7 +39,10 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(internal)?;
         TransformPlugin::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)
             .map_err(internal)?;
-        Ok(PluginEngine { engine, linker: Arc::new(linker) })
+        Ok(PluginEngine {
+            engine,
+            linker: Arc::new(linker),
+        })
     }
 
     /// Compiles the component at `path` for stage `stage` and checks it
@@ -47,17 +50,27 @@ impl PluginEngine {
     pub fn load_transform(&self, stage: &str, path: &Path) -> Result<TransformComponent> {
         let load_error = |reason: String| WeirError::Plugin {
             stage: stage.to_string(),
-            failure: PluginFailure::Load { path: path.to_path_buf(), reason },
+            failure: PluginFailure::Load {
+                path: path.to_path_buf(),
+                reason,
+            },
         };
-        let component = Component::from_file(&self.engine, path).map_err(|e| load_error(format!("{e:#}")))?;
+        let component =
+            Component::from_file(&self.engine, path).map_err(|e| load_error(format!("{e:#}")))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_error(format!("{e:#}")))?;
         let pre = TransformPluginPre::new(pre).map_err(|e| {
-            load_error(format!("it does not implement the weir:plugin transform-plugin world: {e:#}"))
+            load_error(format!(
+                "it does not implement the weir:plugin transform-plugin world: {e:#}"
+            ))
         })?;
-        Ok(TransformComponent { engine: self.engine.clone(), stage: stage.to_string(), pre })
+        Ok(TransformComponent {
+            engine: self.engine.clone(),
+            stage: stage.to_string(),
+            pre,
+        })
     }
 }
 
@@ -76,7 +89,11 @@ impl TransformComponent {
             .pre
             .instantiate(&mut store)
             .map_err(|e| plugin_error(&self.stage, trap(&store, e)))?;
-        let mut instance = TransformInstance { stage: self.stage.clone(), store, bindings };
+        let mut instance = TransformInstance {
+            stage: self.stage.clone(),
+            store,
+            bindings,
+        };
         let result = instance
             .bindings
             .weir_plugin_transform()
@@ -130,7 +147,10 @@ impl TransformInstance {
 }
 
 fn plugin_error(stage: &str, failure: PluginFailure) -> WeirError {
-    WeirError::Plugin { stage: stage.to_string(), failure }
+    WeirError::Plugin {
+        stage: stage.to_string(),
+        failure,
+    }
 }
 
 fn guest(e: PluginError) -> PluginFailure {
@@ -139,7 +159,10 @@ fn guest(e: PluginError) -> PluginFailure {
         ErrorKind::Input => "input",
         ErrorKind::Internal => "internal",
     };
-    PluginFailure::Guest { kind, message: e.message }
+    PluginFailure::Guest {
+        kind,
+        message: e.message,
+    }
 }
 
 /// Describes a trap with what the plugin printed (its panic message) and

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use object_store::PutPayload;
 use object_store::ObjectStoreExt;
+use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
 use tokio::sync::watch;
 
@@ -58,7 +58,12 @@ pub struct Query {
 impl Query {
     /// A query running `pipeline`'s plugins on `engine`.
     pub fn new(pipeline: Pipeline, engine: PluginEngine) -> Query {
-        Query { pipeline, engine, listener: None, stop: None }
+        Query {
+            pipeline,
+            engine,
+            listener: None,
+            stop: None,
+        }
     }
 
     /// Calls `listener` after each committed batch.
@@ -75,13 +80,30 @@ impl Query {
 
     /// Runs until the trigger has drained the input or the stop signal.
     pub async fn run(self) -> Result<QueryOutcome> {
-        let Query { pipeline, engine, listener, stop } = self;
+        let Query {
+            pipeline,
+            engine,
+            listener,
+            stop,
+        } = self;
         let checkpoint = Checkpoint::open(&pipeline.checkpoint, &pipeline.name).await?;
-        let mut stages = Vec::new();
-        for t in &pipeline.transforms {
-            let component = engine.load_transform(&t.name, &t.plugin)?;
-            stages.push(Stage { name: t.name.clone(), instance: component.instantiate(&t.config_json)?, schema: None });
-        }
+        let transforms = pipeline.transforms.clone();
+        let stages = off_runtime(move || {
+            transforms
+                .iter()
+                .map(|t| {
+                    let instance = engine
+                        .load_transform(&t.name, &t.plugin)?
+                        .instantiate(&t.config_json)?;
+                    Ok(Stage {
+                        name: t.name.clone(),
+                        instance,
+                        schema: None,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?;
         let mut runner = Runner {
             source: FileSource::open(pipeline.source.clone())?,
             sink: sink::open(&pipeline.sink)?,
@@ -125,7 +147,11 @@ impl Runner {
         }
         if let Some(batch) = recovery.replay {
             let logged: SourceLogEntry = self.checkpoint.source_log(0, batch).await?;
-            tracing::info!(batch, files = logged.files.len(), "replaying the batch that was in flight");
+            tracing::info!(
+                batch,
+                files = logged.files.len(),
+                "replaying the batch that was in flight"
+            );
             self.run_batch(batch, logged.files, true).await?;
         }
         let mut next = recovery.next_batch;
@@ -133,24 +159,32 @@ impl Runner {
         match trigger {
             Trigger::AvailableNow | Trigger::Once => {
                 if trigger == Trigger::Once {
-                    tracing::warn!("trigger `once` is deprecated (as in Spark); use `available_now = true`");
+                    tracing::warn!(
+                        "trigger `once` is deprecated (as in Spark); use `available_now = true`"
+                    );
                 }
                 // Only what is present now; files arriving later wait for the next run.
                 let mut pending = self.source.list_new().await?;
                 while !pending.is_empty() {
                     if self.stopped() {
-                        return Ok(QueryOutcome::Stopped { batches: self.batches_run });
+                        return Ok(QueryOutcome::Stopped {
+                            batches: self.batches_run,
+                        });
                     }
                     let files = self.source.plan(&pending, trigger == Trigger::AvailableNow);
                     pending.drain(..files.len());
                     self.run_batch(next, files, false).await?;
                     next += 1;
                 }
-                Ok(QueryOutcome::Drained { batches: self.batches_run })
+                Ok(QueryOutcome::Drained {
+                    batches: self.batches_run,
+                })
             }
             Trigger::BackToBack | Trigger::ProcessingTime(_) => loop {
                 if self.stopped() {
-                    return Ok(QueryOutcome::Stopped { batches: self.batches_run });
+                    return Ok(QueryOutcome::Stopped {
+                        batches: self.batches_run,
+                    });
                 }
                 let started = Instant::now();
                 let pending = self.source.list_new().await?;
@@ -171,7 +205,12 @@ impl Runner {
         }
     }
 
-    async fn run_batch(&mut self, batch_id: u64, files: Vec<FileEntry>, replay: bool) -> Result<()> {
+    async fn run_batch(
+        &mut self,
+        batch_id: u64,
+        files: Vec<FileEntry>,
+        replay: bool,
+    ) -> Result<()> {
         let started = Instant::now();
         let since_previous = self.last_batch_start.map(|t| started.duration_since(t));
         self.last_batch_start = Some(started);
@@ -179,7 +218,9 @@ impl Runner {
 
         if !replay {
             crash_point("before-offsets", batch_id);
-            let log = SourceLogEntry { files: files.clone() };
+            let log = SourceLogEntry {
+                files: files.clone(),
+            };
             self.checkpoint.write_source_log(0, batch_id, &log).await?;
             crash_point("after-source-log", batch_id);
             let entry = OffsetEntry {
@@ -195,16 +236,25 @@ impl Runner {
 
         let phase = Instant::now();
         let decoded = self.source.read(&files).await?;
-        self.write_dead_letters(batch_id, &decoded.bad_records).await?;
+        self.write_dead_letters(batch_id, &decoded.bad_records)
+            .await?;
         let input_rows: u64 = decoded.batches.iter().map(|b| b.num_rows() as u64).sum();
         durations.read = phase.elapsed();
         crash_point("after-read", batch_id);
 
         let phase = Instant::now();
-        let mut batches = decoded.batches;
-        for stage in &mut self.stages {
-            batches = stage.process(&batches)?;
-        }
+        let mut stages = std::mem::take(&mut self.stages);
+        let input = decoded.batches;
+        let (stages, output) = off_runtime(move || {
+            let mut batches = Ok(input);
+            for stage in &mut stages {
+                batches = batches.and_then(|b| stage.process(&b));
+            }
+            Ok((stages, batches))
+        })
+        .await?;
+        self.stages = stages;
+        let batches = output?;
         durations.transform = phase.elapsed();
         crash_point("after-transform", batch_id);
 
@@ -215,13 +265,24 @@ impl Runner {
 
         let phase = Instant::now();
         let output_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        self.checkpoint.write_commit(&CommitEntry { batch_id, output_rows }).await?;
+        self.checkpoint
+            .write_commit(&CommitEntry {
+                batch_id,
+                output_rows,
+            })
+            .await?;
         durations.commit = phase.elapsed();
         crash_point("after-commit", batch_id);
 
         durations.total = started.elapsed();
         self.batches_run += 1;
-        let rate = |d: Duration| if d.is_zero() { 0.0 } else { input_rows as f64 / d.as_secs_f64() };
+        let rate = |d: Duration| {
+            if d.is_zero() {
+                0.0
+            } else {
+                input_rows as f64 / d.as_secs_f64()
+            }
+        };
         let progress = BatchProgress {
             batch_id,
             replay,
@@ -255,7 +316,8 @@ impl Runner {
             .unwrap_or_else(|| self.pipeline.checkpoint.join("dead_letter"));
         let mut lines = Vec::new();
         for record in bad {
-            serde_json::to_writer(&mut lines, record).map_err(|e| WeirError::Internal(e.to_string()))?;
+            serde_json::to_writer(&mut lines, record)
+                .map_err(|e| WeirError::Internal(e.to_string()))?;
             lines.push(b'\n');
         }
         let name = format!("batch-{batch_id:06}.jsonl");
@@ -289,9 +351,7 @@ impl Runner {
 }
 
 impl Stage {
-    /// Runs every non-empty batch through the plugin. Plugin calls are
-    /// synchronous and run on this task: a query owns its stages, so
-    /// blocking here only delays this query.
+    /// Runs every non-empty batch through the plugin (on a blocking thread).
     fn process(&mut self, inputs: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
         let mut outputs = Vec::new();
         for input in inputs.iter().filter(|b| b.num_rows() > 0) {
@@ -319,8 +379,23 @@ impl Stage {
     }
 }
 
+/// Runs plugin code on tokio's blocking pool. Plugin calls are synchronous,
+/// and WASI's synchronous host functions (a plugin writing to stderr, say)
+/// must not run on an async worker thread.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| WeirError::Internal(format!("plugin task failed: {e}")))?
+}
+
 fn field_list(schema: &SchemaRef) -> Vec<String> {
-    schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect()
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect()
 }
 
 fn now_ms() -> i64 {

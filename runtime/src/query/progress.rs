@@ -59,9 +59,17 @@ impl fmt::Display for BatchProgress {
             if self.replay { " (replay)" } else { "" },
             self.input_rows,
             self.input_files,
-            if self.bad_records > 0 { format!(", {} bad records", self.bad_records) } else { String::new() },
+            if self.bad_records > 0 {
+                format!(", {} bad records", self.bad_records)
+            } else {
+                String::new()
+            },
             self.output_rows,
-            if self.sink_skipped { " (already in sink)" } else { "" },
+            if self.sink_skipped {
+                " (already in sink)"
+            } else {
+                ""
+            },
             self.processed_rows_per_second,
             ms(d.plan),
             ms(d.read),

@@ -46,7 +46,11 @@ pub struct FileSink {
 impl FileSink {
     /// Opens (creating) the output directory.
     pub fn open(location: &Location, kind: SinkKind) -> Result<FileSink> {
-        Ok(FileSink { location: location.clone(), store: location.open()?, kind })
+        Ok(FileSink {
+            location: location.clone(),
+            store: location.open()?,
+            kind,
+        })
     }
 
     fn extension(&self) -> &'static str {
@@ -60,19 +64,29 @@ impl FileSink {
         let context = || format!("encoding output for {}", self.location);
         match self.kind {
             SinkKind::Parquet => {
-                let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .build();
                 let mut writer = ArrowWriter::try_new(Vec::new(), batches[0].schema(), Some(props))
                     .map_err(|e| WeirError::format(context(), e))?;
                 for batch in batches {
-                    writer.write(batch).map_err(|e| WeirError::format(context(), e))?;
+                    writer
+                        .write(batch)
+                        .map_err(|e| WeirError::format(context(), e))?;
                 }
-                writer.into_inner().map_err(|e| WeirError::format(context(), e))
+                writer
+                    .into_inner()
+                    .map_err(|e| WeirError::format(context(), e))
             }
             _ => {
                 let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
                 let refs: Vec<&RecordBatch> = batches.iter().collect();
-                writer.write_batches(&refs).map_err(|e| WeirError::format(context(), e))?;
-                writer.finish().map_err(|e| WeirError::format(context(), e))?;
+                writer
+                    .write_batches(&refs)
+                    .map_err(|e| WeirError::format(context(), e))?;
+                writer
+                    .finish()
+                    .map_err(|e| WeirError::format(context(), e))?;
                 Ok(writer.into_inner())
             }
         }
@@ -86,9 +100,18 @@ impl Sink for FileSink {
         match self.store.head(&log_path).await {
             Ok(_) => return Ok(CommitOutcome::AlreadyCommitted),
             Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(WeirError::storage(format!("{}/{log_path}", self.location), e)),
+            Err(e) => {
+                return Err(WeirError::storage(
+                    format!("{}/{log_path}", self.location),
+                    e,
+                ));
+            }
         }
-        let batches: Vec<RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).cloned().collect();
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .cloned()
+            .collect();
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let name = format!("part-{batch_id:06}.{}", self.extension());
         let data_path = ObjectPath::from(name.as_str());
@@ -108,13 +131,31 @@ impl Sink for FileSink {
             }
         }
         crash_point("sink-after-data", batch_id);
-        let entry = SinkLogEntry { batch_id, files, rows: rows as u64 };
+        let entry = SinkLogEntry {
+            batch_id,
+            files,
+            rows: rows as u64,
+        };
         let bytes = serde_json::to_vec(&entry).map_err(|e| WeirError::Internal(e.to_string()))?;
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&log_path, PutPayload::from(bytes), options).await {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&log_path, PutPayload::from(bytes), options)
+            .await
+        {
             Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => return Ok(CommitOutcome::AlreadyCommitted),
-            Err(e) => return Err(WeirError::storage(format!("{}/{log_path}", self.location), e)),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return Ok(CommitOutcome::AlreadyCommitted);
+            }
+            Err(e) => {
+                return Err(WeirError::storage(
+                    format!("{}/{log_path}", self.location),
+                    e,
+                ));
+            }
         }
         crash_point("sink-after-log", batch_id);
         Ok(CommitOutcome::Written)

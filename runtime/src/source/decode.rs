@@ -45,17 +45,27 @@ pub struct Decoded {
 pub(crate) fn decode(config: &FileSourceConfig, file: &str, bytes: Bytes) -> Result<Decoded> {
     let schema = &config.schema;
     match config.format {
-        FileFormat::Parquet => Ok(Decoded { batches: decode_parquet(schema, file, bytes)?, bad_records: vec![] }),
+        FileFormat::Parquet => Ok(Decoded {
+            batches: decode_parquet(schema, file, bytes)?,
+            bad_records: vec![],
+        }),
         FileFormat::Json | FileFormat::Csv => {
             if let Ok(batches) = decode_text(config, &bytes, config.csv_header) {
-                return Ok(Decoded { batches, bad_records: vec![] });
+                return Ok(Decoded {
+                    batches,
+                    bad_records: vec![],
+                });
             }
             decode_lines(config, file, &bytes)
         }
     }
 }
 
-fn decode_text(config: &FileSourceConfig, bytes: &[u8], header: bool) -> Result<Vec<RecordBatch>, String> {
+fn decode_text(
+    config: &FileSourceConfig,
+    bytes: &[u8],
+    header: bool,
+) -> Result<Vec<RecordBatch>, String> {
     let schema = config.schema.clone();
     match config.format {
         FileFormat::Json => {
@@ -105,9 +115,18 @@ fn decode_lines(config: &FileSourceConfig, file: &str, bytes: &[u8]) -> Result<D
                 good.push('\n');
             }
             Err(reason) => {
-                let bad = BadRecord { file: file.to_string(), line: index + 1, reason, raw: line.to_string() };
+                let bad = BadRecord {
+                    file: file.to_string(),
+                    line: index + 1,
+                    reason,
+                    raw: line.to_string(),
+                };
                 if config.on_bad_record == BadRecordPolicy::Fail {
-                    return Err(WeirError::BadRecord { file: bad.file, line: bad.line, reason: bad.reason });
+                    return Err(WeirError::BadRecord {
+                        file: bad.file,
+                        line: bad.line,
+                        reason: bad.reason,
+                    });
                 }
                 bad_records.push(bad);
             }
@@ -116,12 +135,17 @@ fn decode_lines(config: &FileSourceConfig, file: &str, bytes: &[u8]) -> Result<D
     if bad_records.is_empty() {
         // Every line parses alone, yet the file did not: a record spans
         // lines (e.g. a quoted CSV newline) or the file is cut short.
-        let reason = decode_text(config, bytes, config.csv_header).err().unwrap_or_default();
+        let reason = decode_text(config, bytes, config.csv_header)
+            .err()
+            .unwrap_or_default();
         return Err(WeirError::format(format!("decoding {file}"), reason));
     }
     let batches = decode_text(config, good.as_bytes(), false)
         .map_err(|reason| WeirError::format(format!("decoding {file}"), reason))?;
-    Ok(Decoded { batches, bad_records })
+    Ok(Decoded {
+        batches,
+        bad_records,
+    })
 }
 
 /// Reads a Parquet file and conforms it to the declared schema: columns by
@@ -145,7 +169,9 @@ fn decode_parquet(schema: &SchemaRef, file: &str, bytes: Bytes) -> Result<Vec<Re
                     context: file.to_string(),
                     reason: format!("column `{}`: {e}", field.name()),
                 }),
-                None if field.is_nullable() => Ok(new_null_array(field.data_type(), batch.num_rows())),
+                None if field.is_nullable() => {
+                    Ok(new_null_array(field.data_type(), batch.num_rows()))
+                }
                 None => Err(WeirError::Schema {
                     context: file.to_string(),
                     reason: format!("required column `{}` is missing", field.name()),

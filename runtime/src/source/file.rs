@@ -45,7 +45,11 @@ impl FileSource {
     /// start before its first file arrives).
     pub fn open(config: FileSourceConfig) -> Result<FileSource> {
         let store = config.path.open()?;
-        Ok(FileSource { config, store, seen: HashSet::new() })
+        Ok(FileSource {
+            config,
+            store,
+            seen: HashSet::new(),
+        })
     }
 
     /// The source's settings.

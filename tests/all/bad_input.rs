@@ -1,0 +1,239 @@
+//! Bad input gets a clear error and loses nothing: malformed rows, bad
+//! pipeline files, misbehaving plugins, corrupt checkpoint files.
+
+use std::fs;
+
+use crate::common::{Scenario, Spec, assert_exit, assert_ok, enrich_stage, testkit_stage};
+
+const GOOD: &str = "{\"id\": 1, \"name\": \"a\", \"amount\": 1.5}\n{\"id\": 2, \"name\": \"b\", \"amount\": 2.5}\n";
+const BAD_LINE_3: &str = "{\"id\": 1, \"name\": \"a\", \"amount\": 1.5}\n{\"id\": 2, \"name\": \"b\", \"amount\": 2.5}\n{\"id\": 3, \"name\": \"c\", \"amount\": \"lots\"}\n{\"id\": 4, \"name\": \"d\", \"amount\": 4.5}\n";
+
+#[test]
+fn malformed_json_row_fails_the_batch_with_file_and_line_then_a_fix_resumes() {
+    let s = Scenario::new(Spec::default());
+    s.input("a.json", GOOD);
+    s.input("b.json", BAD_LINE_3);
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("bad record in"), "{err}");
+    assert!(err.contains("b.json, line 3"), "{err}");
+    assert!(s.committed_batches().is_empty());
+
+    // Fixing the file and rerunning replays the same batch: nothing lost.
+    s.input("b.json", &BAD_LINE_3.replace("\"lots\"", "3.5"));
+    let err = assert_ok(&s.run());
+    assert!(err.contains("batch 0 (replay)"), "{err}");
+    assert_eq!(s.output_ids(), vec![1, 2, 1, 2, 3, 4]);
+}
+
+#[test]
+fn dead_letter_keeps_good_rows_and_records_bad_ones() {
+    let s = Scenario::new(Spec {
+        source_extra: "on_bad_record = \"dead_letter\"\ndead_letter_path = \"dead\"".into(),
+        ..Spec::default()
+    });
+    s.input("b.json", BAD_LINE_3);
+    let err = assert_ok(&s.run());
+    assert!(err.contains("1 bad records"), "{err}");
+    assert_eq!(s.output_ids(), vec![1, 2, 4]);
+    let dead = fs::read_to_string(s.path("dead/batch-000000.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    assert_eq!(record["line"], 3);
+    assert!(
+        record["file"].as_str().unwrap().ends_with("in/b.json"),
+        "{record}"
+    );
+    assert!(
+        record["raw"].as_str().unwrap().contains("\"lots\""),
+        "{record}"
+    );
+    assert!(!record["reason"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn malformed_csv_row_names_its_line() {
+    let s = Scenario::new(Spec {
+        format: "csv",
+        ..Spec::default()
+    });
+    s.input("a.csv", "id,name,amount\n1,a,1.5\n2,b,x\n");
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("a.csv, line 3"), "{err}");
+}
+
+#[test]
+fn csv_source_reads_rows() {
+    let s = Scenario::new(Spec {
+        format: "csv",
+        ..Spec::default()
+    });
+    s.input("a.csv", "id,name,amount\n1,a,1.5\n2,,2.5\n");
+    assert_ok(&s.run());
+    let rows = s.output_rows();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["amount_x2"], 4.0);
+    assert_eq!(rows[1]["id"], 2);
+}
+
+#[test]
+fn toml_syntax_error_reports_line_and_column() {
+    let s = Scenario::new(Spec::default());
+    let text = fs::read_to_string(s.pipeline_path())
+        .unwrap()
+        .replace("format = \"json\"", "format = json\"");
+    fs::write(s.pipeline_path(), text).unwrap();
+    let err = assert_exit(&s.command("validate").output().unwrap(), 2);
+    assert!(err.contains("pipeline.toml:10:"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+}
+
+#[test]
+fn unknown_key_reports_line_and_column_and_the_known_keys() {
+    let s = Scenario::new(Spec {
+        source_extra: "max_file_per_trigger = 3".into(),
+        ..Spec::default()
+    });
+    let err = assert_exit(&s.command("validate").output().unwrap(), 2);
+    assert!(err.contains("pipeline.toml:17:1"), "{err}");
+    assert!(
+        err.contains("unknown field `max_file_per_trigger`"),
+        "{err}"
+    );
+    assert!(err.contains("max_files_per_trigger"), "{err}");
+}
+
+#[test]
+fn missing_plugin_file_is_a_config_error_with_a_hint() {
+    let s = Scenario::new(Spec {
+        transforms: vec![enrich_stage().replace("weir_plugin_enrich.wasm", "nope.wasm")],
+        ..Spec::default()
+    });
+    let err = assert_exit(&s.command("validate").output().unwrap(), 2);
+    assert!(err.contains("nope.wasm not found"), "{err}");
+    assert!(err.contains("./dev plugins"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_component_fails_to_load_clearly() {
+    let s = Scenario::new(Spec {
+        transforms: vec![
+            enrich_stage().replace("${WEIR_PLUGIN_DIR}/weir_plugin_enrich.wasm", "junk.wasm"),
+        ],
+        ..Spec::default()
+    });
+    fs::write(s.path("junk.wasm"), b"definitely not wasm").unwrap();
+    let err = assert_exit(&s.command("validate").output().unwrap(), 1);
+    assert!(err.contains("plugin stage `double`: cannot load"), "{err}");
+}
+
+#[test]
+fn invalid_plugin_config_is_reported_by_the_plugin() {
+    let s = Scenario::new(Spec {
+        transforms: vec![enrich_stage().replace("input = \"amount\", ", "")],
+        ..Spec::default()
+    });
+    let err = assert_exit(&s.command("validate").output().unwrap(), 1);
+    assert!(err.contains("plugin stage `double`"), "{err}");
+    assert!(err.contains("missing field `input`"), "{err}");
+}
+
+/// 3 files x 2 rows (ids 1..=6), 1 file per batch, through `testkit`.
+fn testkit_scenario(config: &str) -> Scenario {
+    let s = Scenario::new(Spec {
+        max_files: Some(1),
+        transforms: vec![testkit_stage(config)],
+        ..Spec::default()
+    });
+    s.json_inputs(3, 2);
+    s
+}
+
+/// The query stopped at batch 1 (ids 3, 4); batch 0 stays committed; a
+/// rerun with a plugin that behaves finishes with every row exactly once.
+fn assert_stopped_at_batch_1_then_recovers(s: &mut Scenario) {
+    assert_eq!(s.committed_batches(), vec![0]);
+    assert_eq!(s.output_ids(), vec![1, 2]);
+    s.spec.transforms = vec![testkit_stage("")];
+    s.write_pipeline();
+    let err = assert_ok(&s.run());
+    assert!(err.contains("batch 1 (replay)"), "{err}");
+    assert_eq!(s.output_ids(), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn plugin_trap_stops_the_query_with_the_plugin_name_and_panic_message() {
+    let mut s = testkit_scenario("trap_on_id = 3");
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains("plugin stage `kit`: the plugin trapped"),
+        "{err}"
+    );
+    assert!(err.contains("testkit: trap_on_id matched"), "{err}");
+    assert_stopped_at_batch_1_then_recovers(&mut s);
+}
+
+#[test]
+fn plugin_error_is_reported_apart_from_traps() {
+    let mut s = testkit_scenario("error_on_id = 4");
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains(
+            "plugin stage `kit`: the plugin returned an error (input): testkit: error_on_id matched"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("trapped"), "{err}");
+    assert_stopped_at_batch_1_then_recovers(&mut s);
+}
+
+#[test]
+fn corrupt_plugin_output_is_refused() {
+    let mut s = testkit_scenario("corrupt_on_id = 3");
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains("plugin stage `kit`: the plugin returned invalid output"),
+        "{err}"
+    );
+    assert!(err.contains("column `name`"), "{err}");
+    assert_stopped_at_batch_1_then_recovers(&mut s);
+}
+
+#[test]
+fn plugin_output_schema_change_is_refused() {
+    let mut s = testkit_scenario("drop_column_on_id = 3");
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains("output schema changed between batches"),
+        "{err}"
+    );
+    assert_stopped_at_batch_1_then_recovers(&mut s);
+}
+
+#[test]
+fn corrupt_checkpoint_files_are_named_in_the_error() {
+    let s = Scenario::new(Spec::default());
+    s.json_inputs(4, 1);
+    assert_ok(&s.run());
+
+    let sources = s.path("ck/sources/0/1");
+    let original = fs::read(&sources).unwrap();
+    fs::write(&sources, b"{ not json").unwrap();
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("checkpoint file"), "{err}");
+    assert!(err.contains("sources/0/1 is corrupt"), "{err}");
+    fs::write(&sources, original).unwrap();
+
+    fs::write(s.path("ck/metadata"), b"\0\0\0").unwrap();
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("metadata is corrupt"), "{err}");
+}
+
+#[test]
+fn a_gap_in_the_checkpoint_logs_is_reported_not_guessed_around() {
+    let s = Scenario::new(Spec::default());
+    s.json_inputs(6, 1);
+    assert_ok(&s.run());
+    fs::remove_file(s.path("ck/commits/1")).unwrap();
+    fs::remove_file(s.path("ck/commits/2")).unwrap();
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("the logs do not line up"), "{err}");
+}

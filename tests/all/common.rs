@@ -1,0 +1,265 @@
+//! Shared helpers: a scratch directory with a pipeline, input files and a
+//! `weir` command, and readers for what the sinks wrote.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `weir` binary under test.
+pub fn weir() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.env("WEIR_PLUGIN_DIR", weir_fixtures::PLUGIN_DIR)
+        .env_remove("WEIR_CRASH_AT");
+    cmd
+}
+
+/// Stderr of a finished command, for assertions and failure messages.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the command succeeded and returns its stderr.
+pub fn assert_ok(output: &Output) -> String {
+    let err = stderr(output);
+    assert!(
+        output.status.success(),
+        "weir failed ({}):\n{err}",
+        output.status
+    );
+    err
+}
+
+/// Asserts the command failed with exit code `code` and returns its stderr.
+pub fn assert_exit(output: &Output, code: i32) -> String {
+    let err = stderr(output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "unexpected exit ({}):\n{err}",
+        output.status
+    );
+    err
+}
+
+/// A pipeline in a scratch directory: `in/` input, `ck/` checkpoint, `out/` output.
+pub struct Scenario {
+    dir: tempfile::TempDir,
+    /// Pipeline options.
+    pub spec: Spec,
+}
+
+/// The parts of the test pipeline that tests vary.
+#[derive(Clone)]
+pub struct Spec {
+    pub trigger: &'static str,
+    pub format: &'static str,
+    pub max_files: Option<usize>,
+    pub source_extra: String,
+    pub transforms: Vec<String>,
+    pub sink: &'static str,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            trigger: "available_now = true",
+            format: "json",
+            max_files: Some(2),
+            source_extra: String::new(),
+            transforms: vec![enrich_stage()],
+            sink: "json",
+        }
+    }
+}
+
+/// The `enrich` plugin adding `amount_x2 = amount * 2 + 1`.
+pub fn enrich_stage() -> String {
+    r#"
+[[transform]]
+name = "double"
+plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_enrich.wasm"
+config = { input = "amount", output = "amount_x2", multiply = 2.0, add = 1.0 }
+"#
+    .to_string()
+}
+
+/// The `testkit` plugin with `config` (a TOML inline table body).
+pub fn testkit_stage(config: &str) -> String {
+    format!(
+        r#"
+[[transform]]
+name = "kit"
+plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_testkit.wasm"
+config = {{ {config} }}
+"#
+    )
+}
+
+impl Scenario {
+    pub fn new(spec: Spec) -> Scenario {
+        let scenario = Scenario {
+            dir: tempfile::tempdir().unwrap(),
+            spec,
+        };
+        fs::create_dir_all(scenario.path("in")).unwrap();
+        scenario.write_pipeline();
+        scenario
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn pipeline_path(&self) -> PathBuf {
+        self.path("pipeline.toml")
+    }
+
+    /// Rewrites `pipeline.toml` from `self.spec`.
+    pub fn write_pipeline(&self) {
+        let s = &self.spec;
+        let max_files = s
+            .max_files
+            .map(|n| format!("max_files_per_trigger = {n}"))
+            .unwrap_or_default();
+        let sink_path = if s.sink == "console" {
+            String::new()
+        } else {
+            "path = \"out\"".into()
+        };
+        let text = format!(
+            r#"name = "test-query"
+checkpoint = "ck"
+
+[trigger]
+{trigger}
+
+[source]
+kind = "file"
+path = "in"
+format = "{format}"
+{max_files}
+schema = [
+  {{ name = "id", type = "long", nullable = false }},
+  {{ name = "name", type = "string" }},
+  {{ name = "amount", type = "double" }},
+]
+{extra}
+{transforms}
+[sink]
+kind = "{sink}"
+{sink_path}
+"#,
+            trigger = s.trigger,
+            format = s.format,
+            extra = s.source_extra,
+            transforms = s.transforms.join("\n"),
+            sink = s.sink,
+        );
+        fs::write(self.pipeline_path(), text).unwrap();
+    }
+
+    /// Writes input file `in/<name>`.
+    pub fn input(&self, name: &str, content: &str) {
+        fs::write(self.path("in").join(name), content).unwrap();
+    }
+
+    /// Writes `files` JSON files of `rows` rows each, ids counting from 1.
+    pub fn json_inputs(&self, files: usize, rows: usize) {
+        for f in 0..files {
+            let body: String = (0..rows)
+                .map(|r| {
+                    let id = f * rows + r + 1;
+                    format!(
+                        "{{\"id\": {id}, \"name\": \"n{id}\", \"amount\": {}.5}}\n",
+                        id * 3
+                    )
+                })
+                .collect();
+            self.input(&format!("part-{f:03}.json"), &body);
+        }
+    }
+
+    /// `weir run` on the pipeline.
+    pub fn run(&self) -> Output {
+        self.command("run").output().unwrap()
+    }
+
+    /// `weir <sub> pipeline.toml` ready to spawn.
+    pub fn command(&self, sub: &str) -> Command {
+        let mut cmd = weir();
+        cmd.arg(sub).arg(self.pipeline_path());
+        cmd
+    }
+
+    /// Rows the JSON sink committed, in commit order.
+    pub fn output_rows(&self) -> Vec<Value> {
+        committed_json_rows(&self.path("out"))
+    }
+
+    /// Ids of the committed rows, in commit order.
+    pub fn output_ids(&self) -> Vec<i64> {
+        self.output_rows()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    }
+
+    /// Batch ids with a `commits/N` entry.
+    pub fn committed_batches(&self) -> Vec<u64> {
+        numbered_entries(&self.path("ck/commits"))
+    }
+}
+
+/// Names of files in `dir` that are batch numbers, sorted.
+pub fn numbered_entries(dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// The rows a JSON file sink committed: the files `_weir_log` lists, in
+/// batch order. Also checks the directory holds no data file outside the log.
+pub fn committed_json_rows(out: &Path) -> Vec<Value> {
+    let mut listed = Vec::new();
+    let mut rows = Vec::new();
+    for batch in numbered_entries(&out.join("_weir_log")) {
+        let entry: Value = serde_json::from_slice(
+            &fs::read(out.join("_weir_log").join(batch.to_string())).unwrap(),
+        )
+        .unwrap();
+        for file in entry["files"].as_array().unwrap() {
+            let name = file.as_str().unwrap().to_string();
+            let text = fs::read_to_string(out.join(&name)).unwrap();
+            rows.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+            );
+            listed.push(name);
+        }
+    }
+    let mut present: Vec<String> = fs::read_dir(out)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("part-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    present.sort();
+    listed.sort();
+    assert_eq!(
+        present,
+        listed,
+        "data files outside the sink log in {}",
+        out.display()
+    );
+    rows
+}

@@ -1,0 +1,228 @@
+//! Plugins called in-process through the library API, on exact batches:
+//! the example transforms' results, and every supported type surviving the
+//! trip host -> Wasm guest -> host unchanged.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array,
+    Float64Array, Int8Array, Int16Array, Int32Array, Int64Array, LargeStringArray, ListArray,
+    RecordBatch, StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
+};
+use arrow::datatypes::{Field, Int32Type, Schema};
+use weir::{PluginEngine, PluginFailure, WeirError};
+use weir_fixtures::{ENRICH, FILTER_PROJECT, TESTKIT};
+
+fn instance(path: &str, config: &str) -> weir::plugin::TransformInstance {
+    PluginEngine::new()
+        .unwrap()
+        .load_transform("stage", path.as_ref())
+        .unwrap()
+        .instantiate(config)
+        .unwrap()
+}
+
+fn orders() -> RecordBatch {
+    RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![1, 2, 3, 4])) as ArrayRef,
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from(vec![
+                Some("a"),
+                None,
+                Some("c"),
+                Some("d"),
+            ])) as ArrayRef,
+        ),
+        (
+            "amount",
+            Arc::new(Float64Array::from(vec![
+                Some(5.0),
+                Some(10.0),
+                None,
+                Some(25.5),
+            ])) as ArrayRef,
+        ),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn filter_project_keeps_matching_rows_and_selected_columns() {
+    let mut plugin = instance(
+        FILTER_PROJECT,
+        r#"{"filter": {"column": "amount", "op": ">=", "value": 10}, "select": ["amount", "id"]}"#,
+    );
+    let out = plugin.process(&orders()).unwrap();
+    assert_eq!(out.len(), 1);
+    let expected = RecordBatch::try_from_iter(vec![
+        (
+            "amount",
+            Arc::new(Float64Array::from(vec![10.0, 25.5])) as ArrayRef,
+        ),
+        ("id", Arc::new(Int64Array::from(vec![2, 4])) as ArrayRef),
+    ])
+    .unwrap();
+    assert_eq!(out[0].columns(), expected.columns());
+    assert_eq!(out[0].schema().field(1).name(), "id");
+}
+
+#[test]
+fn filter_project_on_strings() {
+    let mut plugin = instance(
+        FILTER_PROJECT,
+        r#"{"filter": {"column": "name", "op": "!=", "value": "c"}}"#,
+    );
+    let out = plugin.process(&orders()).unwrap();
+    let ids = out[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(ids.values(), &[1, 4]); // null names never match
+}
+
+#[test]
+fn enrich_appends_the_computed_column_keeping_nulls() {
+    let mut plugin = instance(
+        ENRICH,
+        r#"{"input": "amount", "output": "eur", "multiply": 2.0, "add": 0.5}"#,
+    );
+    let out = plugin.process(&orders()).unwrap();
+    let eur = out[0].column_by_name("eur").unwrap();
+    let expected = Float64Array::from(vec![Some(10.5), Some(20.5), None, Some(51.5)]);
+    assert_eq!(
+        eur.as_any().downcast_ref::<Float64Array>().unwrap(),
+        &expected
+    );
+    assert_eq!(out[0].num_columns(), 4);
+}
+
+#[test]
+fn enrich_rejects_a_missing_column_as_an_input_error() {
+    let mut plugin = instance(ENRICH, r#"{"input": "price", "output": "eur"}"#);
+    match plugin.process(&orders()) {
+        Err(WeirError::Plugin {
+            failure: PluginFailure::Guest { kind, message },
+            ..
+        }) => {
+            assert_eq!(kind, "input");
+            assert!(message.contains("`price`"), "{message}");
+        }
+        other => panic!("expected a guest error, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_supported_type_round_trips_through_the_guest_unchanged() {
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "bool",
+            Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])),
+        ),
+        (
+            "i8",
+            Arc::new(Int8Array::from(vec![Some(-1), Some(2), None])),
+        ),
+        ("i16", Arc::new(Int16Array::from(vec![1, -2, 3]))),
+        (
+            "i32",
+            Arc::new(Int32Array::from(vec![None, Some(7), Some(8)])),
+        ),
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![i64::MIN, 0, i64::MAX])),
+        ),
+        ("u8", Arc::new(UInt8Array::from(vec![0, 128, 255]))),
+        ("u64", Arc::new(UInt64Array::from(vec![u64::MAX, 1, 2]))),
+        (
+            "f32",
+            Arc::new(Float32Array::from(vec![1.5, f32::NAN, -0.0])),
+        ),
+        (
+            "s",
+            Arc::new(StringArray::from(vec![Some("héllo"), None, Some("")])),
+        ),
+        (
+            "ls",
+            Arc::new(LargeStringArray::from(vec!["x", "yy", "zzz"])),
+        ),
+        (
+            "bin",
+            Arc::new(BinaryArray::from(vec![&b"\x00\x01"[..], b"", b"abc"])),
+        ),
+        ("d", Arc::new(Date32Array::from(vec![0, 19_000, -1]))),
+        (
+            "ts",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![Some(1), None, Some(3)])
+                    .with_timezone("+00:00"),
+            ),
+        ),
+        (
+            "dec",
+            Arc::new(
+                Decimal128Array::from(vec![Some(12345), None, Some(-1)])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ),
+        ),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let mut identity = instance(TESTKIT, "{}");
+    let out = identity.process(&batch).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].schema(), batch.schema());
+    for (got, want) in out[0].columns().iter().zip(batch.columns()) {
+        assert_eq!(
+            got.to_data(),
+            want.to_data(),
+            "column of type {}",
+            want.data_type()
+        );
+    }
+
+    // A slice (non-zero offset, unaligned validity bits) arrives rebased.
+    let sliced = batch.slice(1, 2);
+    let out = identity.process(&sliced).unwrap();
+    assert_eq!(out[0].num_rows(), 2);
+    for (got, want) in out[0].columns().iter().zip(sliced.columns()) {
+        assert_eq!(got.as_ref(), want.as_ref());
+    }
+}
+
+#[test]
+fn nested_types_are_refused_before_reaching_the_plugin() {
+    let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1)])]);
+    let schema = Schema::new(vec![Field::new("l", list.data_type().clone(), true)]);
+    let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(list)]).unwrap();
+    let err = instance(TESTKIT, "{}").process(&batch).unwrap_err();
+    assert!(matches!(err, WeirError::Schema { .. }), "{err}");
+    assert!(err.to_string().contains("cannot"), "{err}");
+}
+
+#[test]
+fn a_component_without_the_transform_world_is_refused_at_load() {
+    // The fixtures' directory holds only transforms; a core module is not a component.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core.wasm");
+    std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+    let err = PluginEngine::new()
+        .unwrap()
+        .load_transform("s", &path)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            WeirError::Plugin {
+                failure: PluginFailure::Load { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
