@@ -510,7 +510,7 @@ kind = "console"
     fn bad_duration_points_at_the_value() {
         let text = format!("{MINIMAL}[trigger]\nprocessing_time = \"30 parsecs\"\n");
         let e = parse(&text).unwrap_err();
-        assert_eq!(e.line, Some(13), "{e}");
+        assert_eq!((e.line, e.column), (Some(12), Some(19)), "{e}");
         assert!(e.hint.unwrap().contains("30s"));
     }
 

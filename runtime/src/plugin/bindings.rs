@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use weir::plugin::types::{ErrorKind, PluginError};
+pub use self::weir::plugin::types::{ErrorKind, PluginError};
 
 /// Bytes of plugin stderr kept to explain a trap (panic messages land there).
 const STDERR_CAPTURE: usize = 64 * 1024;
@@ -69,7 +69,7 @@ impl weir::plugin::host::Host for PluginState {
         message: String,
         fields: Vec<(String, String)>,
     ) {
-        use weir::plugin::host::Level;
+        use self::weir::plugin::host::Level;
         let stage = self.stage.as_str();
         match level {
             Level::Trace => tracing::trace!(plugin = stage, ?fields, "{message}"),
