@@ -100,34 +100,103 @@ pub fn is_supported(data_type: &DataType) -> bool {
     )
 }
 
-/// Splits an array into its buffers, rebasing a sliced array to offset 0.
-pub fn export_array(array: &ArrayRef) -> Result<ColumnParts, LayoutError> {
+/// An array's buffers borrowed in the boundary layout (offset 0, only the
+/// bytes the array covers). Build one with [`normalize`] then [`ColumnView::of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnView<'a> {
+    /// Number of slots.
+    pub len: usize,
+    /// Number of null slots.
+    pub null_count: usize,
+    /// Validity bitmap, when some slot is null.
+    pub validity: Option<&'a [u8]>,
+    /// The type's buffers in Arrow order.
+    pub buffers: Vec<&'a [u8]>,
+}
+
+impl<'a> ColumnView<'a> {
+    /// Borrows the buffers of `data`, which must come from [`normalize`].
+    pub fn of(data: &'a ArrayData) -> ColumnView<'a> {
+        debug_assert_eq!(data.offset(), 0, "normalize the array first");
+        // A buffer may be longer than the array needs (capacity rounding, or
+        // a slice that kept offset 0); only the bytes the array covers cross.
+        let buffers = data
+            .buffers()
+            .iter()
+            .zip(buffer_byte_lens(data))
+            .map(|(buffer, len)| &buffer.as_slice()[..len.min(buffer.len())])
+            .collect();
+        let validity = data.nulls().filter(|n| n.null_count() > 0).map(|nulls| {
+            let start = nulls.offset() / 8;
+            &nulls.buffer().as_slice()[start..start + data.len().div_ceil(8)]
+        });
+        ColumnView {
+            len: data.len(),
+            null_count: data.null_count(),
+            validity,
+            buffers,
+        }
+    }
+
+    /// Copies the view into owned parts.
+    pub fn to_parts(&self) -> ColumnParts {
+        ColumnParts {
+            len: self.len,
+            null_count: self.null_count,
+            validity: self.validity.map(<[u8]>::to_vec),
+            buffers: self.buffers.iter().map(|b| b.to_vec()).collect(),
+        }
+    }
+}
+
+/// The array's data in a form [`ColumnView::of`] can borrow: a supported
+/// type, offset 0, and a validity bitmap starting on a byte boundary
+/// (sliced arrays are copied; others are shared, not copied).
+pub fn normalize(array: &ArrayRef) -> Result<ArrayData, LayoutError> {
     if !is_supported(array.data_type()) {
         return Err(LayoutError::Unsupported(array.data_type().clone()));
     }
     let data = array.to_data();
-    let data = if data.offset() == 0 {
-        data
+    let aligned_nulls = data.nulls().is_none_or(|n| n.offset() % 8 == 0);
+    if data.offset() == 0 && aligned_nulls {
+        Ok(data)
     } else {
-        rebase(&data)?
-    };
-    // A buffer may be longer than the array needs (capacity rounding, or a
-    // slice that kept offset 0); only the bytes the array covers cross.
-    let buffers = data
-        .buffers()
-        .iter()
-        .zip(buffer_byte_lens(&data))
-        .map(|(buffer, len)| buffer.as_slice()[..len.min(buffer.len())].to_vec())
+        rebase(&data)
+    }
+}
+
+/// Splits an array into owned buffers (see [`ColumnView`] to borrow them).
+pub fn export_array(array: &ArrayRef) -> Result<ColumnParts, LayoutError> {
+    Ok(ColumnView::of(&normalize(array)?).to_parts())
+}
+
+/// Like [`export_array`], but consumes the array and moves each buffer out
+/// without copying when the array is its only owner and it was allocated
+/// as a `Vec<u8>` (as buffers received across the boundary are): columns a
+/// plugin passes through unchanged go back without a copy.
+pub fn export_array_owned(array: ArrayRef) -> Result<ColumnParts, LayoutError> {
+    let data = normalize(&array)?;
+    drop(array);
+    let view = ColumnView::of(&data);
+    let (len, null_count) = (view.len, view.null_count);
+    let validity = view.validity.map(<[u8]>::to_vec);
+    let lens: Vec<usize> = view.buffers.iter().map(|b| b.len()).collect();
+    let buffers: Vec<Buffer> = data.buffers().to_vec();
+    drop(data);
+    let buffers = buffers
+        .into_iter()
+        .zip(lens)
+        .map(|(buffer, len)| match buffer.into_vec::<u8>() {
+            Ok(mut bytes) => {
+                bytes.truncate(len);
+                bytes
+            }
+            Err(shared) => shared.as_slice()[..len].to_vec(),
+        })
         .collect();
-    // `sliced()` moves the bits to offset 0 (a null buffer keeps its own
-    // bit offset even when the array's is 0).
-    let validity = data.nulls().filter(|n| n.null_count() > 0).map(|nulls| {
-        let bytes = data.len().div_ceil(8);
-        nulls.inner().sliced().as_slice()[..bytes].to_vec()
-    });
     Ok(ColumnParts {
-        len: data.len(),
-        null_count: data.null_count(),
+        len,
+        null_count,
         validity,
         buffers,
     })
@@ -156,6 +225,34 @@ pub fn import_array(data_type: DataType, parts: ColumnParts) -> Result<ArrayRef,
             ),
         )));
     }
+    Ok(make_array(data))
+}
+
+/// Rebuilds an array from buffers known to be valid, without validating
+/// them (alignment is still fixed up by copying where needed).
+///
+/// # Safety
+///
+/// `parts` must form a valid Arrow array of `data_type`, e.g. because they
+/// were produced by [`export_array`] from a valid array. The guest SDK uses
+/// this for the host's input: the host only sends arrays it has validated.
+pub unsafe fn import_array_trusted(
+    data_type: DataType,
+    parts: ColumnParts,
+) -> Result<ArrayRef, LayoutError> {
+    if !is_supported(&data_type) {
+        return Err(LayoutError::Unsupported(data_type));
+    }
+    let builder = ArrayData::builder(data_type)
+        .len(parts.len)
+        .null_count(parts.null_count)
+        .null_bit_buffer(parts.validity.map(Buffer::from_vec))
+        .buffers(parts.buffers.into_iter().map(Buffer::from_vec).collect())
+        .align_buffers(true);
+    // SAFETY: the caller guarantees the parts form a valid array.
+    let data = unsafe { builder.skip_validation(true) }
+        .build()
+        .map_err(LayoutError::Invalid)?;
     Ok(make_array(data))
 }
 

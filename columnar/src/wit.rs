@@ -1,59 +1,34 @@
 //! Conversions between Arrow record batches and the WIT `batch` record,
 //! generated for whichever bindings a side uses.
+//!
+//! Host (`wasmtime::component::bindgen!`) and guest (`wit_bindgen::generate!`)
+//! generate distinct Rust types from the same WIT, with the same shapes. The
+//! macros here give both sides one conversion, so they cannot drift. Each
+//! takes `$wit`, the name of a module alias in scope at the call site for
+//! the generated `weir:plugin/types` module, and the generated type names.
 
-/// Defines `batch_to_wit(&RecordBatch) -> Result<Batch, String>` and
-/// `batch_from_wit(Batch) -> Result<RecordBatch, String>` in the calling
-/// module, for the WIT `weir:plugin/types` bindings at the absolute path
-/// `$types` (starting with `crate::`).
+/// Defines `batch_from_wit($wit::$batch) -> Result<RecordBatch, String>`.
 ///
-/// Host (`wasmtime::component::bindgen!`) and guest (`wit_bindgen::generate!`)
-/// generate distinct Rust types from the same WIT, with the same names and
-/// shapes; this macro gives both one conversion, so they cannot drift.
-/// `batch_from_wit` validates everything, as the batch may come from
-/// untrusted code.
+/// `validate = full` checks every buffer: the batch may come from untrusted
+/// code (the host lifting plugin output). `validate = trusted` skips that,
+/// for a side that only ever receives arrays the other side validated (the
+/// guest lifting the host's input).
 #[macro_export]
-macro_rules! wit_batch_conversions {
-    ($types:path) => {
-        mod __weir_wit_types {
-            pub use $types::*;
-        }
-
-        #[allow(dead_code)]
-        pub(crate) fn batch_to_wit(
-            batch: &$crate::reexports::arrow_array::RecordBatch,
-        ) -> ::std::result::Result<__weir_wit_types::Batch, ::std::string::String> {
-            use __weir_wit_types as w;
-            let fields = batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| {
-                    Ok(w::Field {
-                        name: f.name().clone(),
-                        data_type: data_type_to_wit(f.data_type())?,
-                        nullable: f.is_nullable(),
-                    })
-                })
-                .collect::<::std::result::Result<::std::vec::Vec<_>, ::std::string::String>>()?;
-            let columns = batch
-                .columns()
-                .iter()
-                .map(|array| {
-                    let parts = $crate::export_array(array).map_err(|e| e.to_string())?;
-                    Ok(w::Column {
-                        len: parts.len as u64,
-                        null_count: parts.null_count as u64,
-                        validity: parts.validity,
-                        buffers: parts.buffers,
-                    })
-                })
-                .collect::<::std::result::Result<::std::vec::Vec<_>, ::std::string::String>>()?;
-            Ok(w::Batch { fields, num_rows: batch.num_rows() as u64, columns })
-        }
-
-        #[allow(dead_code)]
+macro_rules! wit_batch_lift {
+    ($wit:ident, batch = $batch:ident, data_type = $dt:ident, validate = full) => {
+        $crate::wit_batch_lift!(@define $wit, $batch, $dt, |data_type, parts| {
+            $crate::import_array(data_type, parts)
+        });
+    };
+    ($wit:ident, batch = $batch:ident, data_type = $dt:ident, validate = trusted) => {
+        // SAFETY: the host validates every array before it sends it.
+        $crate::wit_batch_lift!(@define $wit, $batch, $dt, |data_type, parts| unsafe {
+            $crate::import_array_trusted(data_type, parts)
+        });
+    };
+    (@define $wit:ident, $batch:ident, $dt:ident, $import:expr) => {
         pub(crate) fn batch_from_wit(
-            batch: __weir_wit_types::Batch,
+            batch: $wit::$batch,
         ) -> ::std::result::Result<$crate::reexports::arrow_array::RecordBatch, ::std::string::String>
         {
             use $crate::reexports::arrow_array::{RecordBatch, RecordBatchOptions};
@@ -86,8 +61,15 @@ macro_rules! wit_batch_conversions {
                     validity: column.validity,
                     buffers: column.buffers,
                 };
+                let import: fn(
+                    $crate::reexports::arrow_schema::DataType,
+                    $crate::ColumnParts,
+                ) -> ::std::result::Result<
+                    $crate::reexports::arrow_array::ArrayRef,
+                    $crate::LayoutError,
+                > = $import;
                 columns.push(
-                    $crate::import_array(field.data_type().clone(), parts)
+                    import(field.data_type().clone(), parts)
                         .map_err(|e| format!("column `{}`: {e}", field.name()))?,
                 );
             }
@@ -100,11 +82,10 @@ macro_rules! wit_batch_conversions {
             .map_err(|e| e.to_string())
         }
 
-        fn data_type_from_wit(
-            t: &__weir_wit_types::DataType,
-        ) -> $crate::reexports::arrow_schema::DataType {
+        fn data_type_from_wit(t: &$wit::$dt) -> $crate::reexports::arrow_schema::DataType {
             use $crate::reexports::arrow_schema::DataType as A;
-            use __weir_wit_types::DataType as W;
+            use $crate::reexports::arrow_schema::TimeUnit as U;
+            use $wit::$dt as W;
             match t {
                 W::Null => A::Null,
                 W::Boolean => A::Boolean,
@@ -124,19 +105,32 @@ macro_rules! wit_batch_conversions {
                 W::LargeBinary => A::LargeBinary,
                 W::Date32 => A::Date32,
                 W::Date64 => A::Date64,
-                W::Timestamp(ts) => A::Timestamp(
-                    time_unit_from_wit(ts.unit),
-                    ts.timezone.as_deref().map(::std::sync::Arc::from),
-                ),
+                W::Timestamp(ts) => {
+                    let unit = match ts.unit {
+                        $wit::TimeUnit::Second => U::Second,
+                        $wit::TimeUnit::Millisecond => U::Millisecond,
+                        $wit::TimeUnit::Microsecond => U::Microsecond,
+                        $wit::TimeUnit::Nanosecond => U::Nanosecond,
+                    };
+                    A::Timestamp(unit, ts.timezone.as_deref().map(::std::sync::Arc::from))
+                }
                 W::Decimal128(d) => A::Decimal128(d.precision, d.scale),
             }
         }
+    };
+}
 
+/// Defines `data_type_to_wit(&DataType) -> Result<$wit::$dt, String>`, for
+/// owned (`DataType`) or borrowing (`DataTypeParam<'_>`) bindings alike.
+#[macro_export]
+macro_rules! wit_data_type_lower {
+    ($wit:ident, data_type = $dt:ident $(<$lt:lifetime>)?, timestamp_type = $ts:ident, decimal_type = $dec:ident) => {
         fn data_type_to_wit(
             t: &$crate::reexports::arrow_schema::DataType,
-        ) -> ::std::result::Result<__weir_wit_types::DataType, ::std::string::String> {
+        ) -> ::std::result::Result<$wit::$dt $(<$lt>)?, ::std::string::String> {
             use $crate::reexports::arrow_schema::DataType as A;
-            use __weir_wit_types::DataType as W;
+            use $crate::reexports::arrow_schema::TimeUnit as U;
+            use $wit::$dt as W;
             Ok(match t {
                 A::Null => W::Null,
                 A::Boolean => W::Boolean,
@@ -156,41 +150,70 @@ macro_rules! wit_batch_conversions {
                 A::LargeBinary => W::LargeBinary,
                 A::Date32 => W::Date32,
                 A::Date64 => W::Date64,
-                A::Timestamp(unit, tz) => W::Timestamp(__weir_wit_types::TimestampType {
-                    unit: time_unit_to_wit(*unit),
-                    timezone: tz.as_deref().map(str::to_string),
+                A::Timestamp(unit, tz) => W::Timestamp($wit::$ts {
+                    unit: match unit {
+                        U::Second => $wit::TimeUnit::Second,
+                        U::Millisecond => $wit::TimeUnit::Millisecond,
+                        U::Microsecond => $wit::TimeUnit::Microsecond,
+                        U::Nanosecond => $wit::TimeUnit::Nanosecond,
+                    },
+                    timezone: tz.as_deref().map(::std::convert::Into::into),
                 }),
                 A::Decimal128(precision, scale) => {
-                    W::Decimal128(__weir_wit_types::DecimalType { precision: *precision, scale: *scale })
+                    W::Decimal128($wit::$dec { precision: *precision, scale: *scale })
                 }
                 other => return Err(format!("type {other} cannot cross the plugin boundary")),
             })
         }
+    };
+}
 
-        fn time_unit_from_wit(
-            unit: __weir_wit_types::TimeUnit,
-        ) -> $crate::reexports::arrow_schema::TimeUnit {
-            use $crate::reexports::arrow_schema::TimeUnit as A;
-            use __weir_wit_types::TimeUnit as W;
-            match unit {
-                W::Second => A::Second,
-                W::Millisecond => A::Millisecond,
-                W::Microsecond => A::Microsecond,
-                W::Nanosecond => A::Nanosecond,
-            }
-        }
+/// Defines `batch_to_wit(RecordBatch) -> Result<$wit::Batch, String>` for
+/// bindings with owned types (the guest side). Buffers the batch owns alone
+/// move into the WIT record without a copy.
+#[macro_export]
+macro_rules! wit_batch_lower_owned {
+    ($wit:ident) => {
+        $crate::wit_data_type_lower!(
+            $wit,
+            data_type = DataType,
+            timestamp_type = TimestampType,
+            decimal_type = DecimalType
+        );
 
-        fn time_unit_to_wit(
-            unit: $crate::reexports::arrow_schema::TimeUnit,
-        ) -> __weir_wit_types::TimeUnit {
-            use $crate::reexports::arrow_schema::TimeUnit as A;
-            use __weir_wit_types::TimeUnit as W;
-            match unit {
-                A::Second => W::Second,
-                A::Millisecond => W::Millisecond,
-                A::Microsecond => W::Microsecond,
-                A::Nanosecond => W::Nanosecond,
-            }
+        pub(crate) fn batch_to_wit(
+            batch: $crate::reexports::arrow_array::RecordBatch,
+        ) -> ::std::result::Result<$wit::Batch, ::std::string::String> {
+            let num_rows = batch.num_rows() as u64;
+            let (schema, arrays, _) = batch.into_parts();
+            let fields = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    Ok($wit::Field {
+                        name: f.name().clone(),
+                        data_type: data_type_to_wit(f.data_type())?,
+                        nullable: f.is_nullable(),
+                    })
+                })
+                .collect::<::std::result::Result<::std::vec::Vec<_>, ::std::string::String>>()?;
+            let columns = arrays
+                .into_iter()
+                .map(|array| {
+                    let parts = $crate::export_array_owned(array).map_err(|e| e.to_string())?;
+                    Ok($wit::Column {
+                        len: parts.len as u64,
+                        null_count: parts.null_count as u64,
+                        validity: parts.validity,
+                        buffers: parts.buffers,
+                    })
+                })
+                .collect::<::std::result::Result<::std::vec::Vec<_>, ::std::string::String>>()?;
+            Ok($wit::Batch {
+                fields,
+                num_rows,
+                columns,
+            })
         }
     };
 }

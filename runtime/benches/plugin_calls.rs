@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use weir::PluginEngine;
+
+// The allocator the `weir` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use weir::plugin::TransformInstance;
 use weir_sdk::{Config, Transform};
 

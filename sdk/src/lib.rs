@@ -174,7 +174,7 @@ pub mod __private {
             transform.process(batch)
         })?;
         outputs
-            .iter()
+            .into_iter()
             .map(|b| convert::batch_to_wit(b).map_err(|e| PluginError::from(Error::internal(e))))
             .collect()
     }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod common;
 mod crash;
+mod formats;
 mod golden;
 mod plugins;
 mod triggers;

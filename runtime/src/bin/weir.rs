@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir::{Pipeline, PluginEngine, Query, QueryOutcome, WeirError};
 
+// Batches are large, short-lived allocations; glibc's malloc hands many of
+// them back to the kernel and page-faults them in again on every batch.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Weir: streaming dataflow with WebAssembly plugins over Arrow batches.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]

@@ -10,6 +10,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 wasmtime::component::bindgen!({
     world: "transform-plugin",
     path: "../wit",
+    // Arguments are lowered straight from borrowed Arrow buffers (types
+    // `*Param<'a>`); results are owned (`*Result`).
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 pub use self::weir::plugin::types::{ErrorKind, PluginError};

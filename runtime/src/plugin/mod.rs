@@ -117,15 +117,14 @@ impl TransformInstance {
     /// Runs one batch through the plugin and validates what comes back.
     /// After a trap the instance must not be used again.
     pub fn process(&mut self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
-        let input = convert::batch_to_wit(batch).map_err(|reason| WeirError::Schema {
-            context: format!("input of stage `{}`", self.stage),
-            reason,
-        })?;
-        let outputs = match self
-            .bindings
-            .weir_plugin_transform()
-            .call_process(&mut self.store, &input)
-        {
+        let transform = self.bindings.weir_plugin_transform();
+        let store = &mut self.store;
+        let called = convert::lend_batch(batch, |input| transform.call_process(&mut *store, input))
+            .map_err(|reason| WeirError::Schema {
+                context: format!("input of stage `{}`", self.stage),
+                reason,
+            })?;
+        let outputs = match called {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(e)) => return Err(plugin_error(&self.stage, guest(e))),
             Err(e) => return Err(plugin_error(&self.stage, trap(&self.store, e))),
