@@ -55,7 +55,7 @@ fn instance(engine: &PluginEngine, path: &str, config: &str) -> TransformInstanc
     engine
         .load_transform("bench", path.as_ref())
         .unwrap()
-        .instantiate(config)
+        .instantiate(config, Default::default())
         .unwrap()
 }
 

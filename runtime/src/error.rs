@@ -45,6 +45,18 @@ pub enum PluginFailure {
         /// Trap code and Wasm backtrace.
         message: String,
     },
+    /// A call ran past the stage's time limit and was interrupted.
+    #[error("the plugin exceeded its time limit of {limit:?} per call and was stopped")]
+    Timeout {
+        /// The limit (`timeout` in the stage's settings).
+        limit: std::time::Duration,
+    },
+    /// The plugin tried to grow its memory past the stage's limit.
+    #[error("the plugin exceeded its memory limit of {limit_bytes} bytes")]
+    OutOfMemory {
+        /// The limit (`memory_limit` in the stage's settings).
+        limit_bytes: u64,
+    },
     /// The plugin returned a batch the host refused.
     #[error("the plugin returned invalid output: {reason}")]
     InvalidOutput {

@@ -237,3 +237,31 @@ fn a_gap_in_the_checkpoint_logs_is_reported_not_guessed_around() {
     let err = assert_exit(&s.run(), 1);
     assert!(err.contains("the logs do not line up"), "{err}");
 }
+
+#[test]
+fn a_looping_plugin_is_stopped_at_its_time_limit() {
+    let mut s = testkit_scenario("loop_on_id = 3");
+    s.spec.transforms[0].push_str("timeout = \"300ms\"\n");
+    s.write_pipeline();
+    let started = std::time::Instant::now();
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains("plugin stage `kit`: the plugin exceeded its time limit of 300ms"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_stopped_at_batch_1_then_recovers(&mut s);
+}
+
+#[test]
+fn a_plugin_over_its_memory_limit_is_stopped() {
+    let mut s = testkit_scenario("allocate_on_id = 3");
+    s.spec.transforms[0].push_str("memory_limit = \"64MiB\"\n");
+    s.write_pipeline();
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains("plugin stage `kit`: the plugin exceeded its memory limit of 67108864 bytes"),
+        "{err}"
+    );
+    assert_stopped_at_batch_1_then_recovers(&mut s);
+}

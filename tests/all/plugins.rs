@@ -18,7 +18,7 @@ fn instance(path: &str, config: &str) -> weir::plugin::TransformInstance {
         .unwrap()
         .load_transform("stage", path.as_ref())
         .unwrap()
-        .instantiate(config)
+        .instantiate(config, Default::default())
         .unwrap()
 }
 

@@ -103,7 +103,12 @@ impl Transform for FilterProject {
 
     fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, Error> {
         let batch = match &self.config.filter {
-            Some(predicate) => filter_record_batch(&batch, &mask(&batch, predicate)?)?,
+            Some(predicate) => {
+                let kept = filter_record_batch(&batch, &mask(&batch, predicate)?)?;
+                let dropped = batch.num_rows() - kept.num_rows();
+                weir_sdk::host::counter_add("rows_filtered_out", dropped as i64);
+                kept
+            }
             None => batch,
         };
         let batch = match &self.config.select {

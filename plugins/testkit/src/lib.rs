@@ -6,7 +6,9 @@
 //! - `trap_on_id`: the plugin panics (a Wasm trap);
 //! - `error_on_id`: it returns a `plugin-error` of kind `input`;
 //! - `corrupt_on_id`: it returns string offsets that point past the data;
-//! - `drop_column_on_id`: it returns the batch without its last column.
+//! - `drop_column_on_id`: it returns the batch without its last column;
+//! - `loop_on_id`: it never returns (for time limits);
+//! - `allocate_on_id`: it allocates 256 MiB (for memory limits).
 //!
 //! With no trigger ids it is the identity, used to measure the cost of
 //! moving a batch host -> guest -> host.
@@ -25,6 +27,8 @@ struct Settings {
     error_on_id: Option<i64>,
     corrupt_on_id: Option<i64>,
     drop_column_on_id: Option<i64>,
+    loop_on_id: Option<i64>,
+    allocate_on_id: Option<i64>,
 }
 
 thread_local! {
@@ -46,15 +50,26 @@ impl Guest for Testkit {
 
     fn process(mut input: Batch) -> Result<Vec<Batch>, PluginError> {
         let hit = |id: Option<i64>| id.is_some_and(|id| ids(&input).contains(&id));
-        let (trap, error, corrupt, drop) = SETTINGS.with(|s| {
+        let (trap, error, corrupt, drop, spin, allocate) = SETTINGS.with(|s| {
             let s = s.borrow();
             (
                 hit(s.trap_on_id),
                 hit(s.error_on_id),
                 hit(s.corrupt_on_id),
                 hit(s.drop_column_on_id),
+                hit(s.loop_on_id),
+                hit(s.allocate_on_id),
             )
         });
+        if spin {
+            loop {
+                std::hint::black_box(());
+            }
+        }
+        if allocate {
+            let hog = vec![1u8; 256 << 20];
+            std::hint::black_box(&hog);
+        }
         if trap {
             panic!("testkit: trap_on_id matched");
         }

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let cli = Cli::parse();
@@ -87,7 +88,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 transforms.iter().try_for_each(|t| {
                     engine
                         .load_transform(&t.name, &t.plugin)?
-                        .instantiate(&t.config_json)
+                        .instantiate(&t.config_json, t.limits)
                         .map(drop)
                 })
             })

@@ -118,6 +118,24 @@ pub struct FileSourceConfig {
     pub csv_delimiter: u8,
 }
 
+/// Sandbox limits of one plugin stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Longest a single call may run before it is interrupted.
+    pub timeout: Duration,
+    /// Most linear memory an instance may grow to, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            timeout: Duration::from_secs(60),
+            memory_bytes: 1 << 30,
+        }
+    }
+}
+
 /// A plugin stage.
 #[derive(Debug, Clone)]
 pub struct TransformConfig {
@@ -127,6 +145,8 @@ pub struct TransformConfig {
     pub plugin: PathBuf,
     /// The stage's `config` table as JSON, handed to the plugin's `init`.
     pub config_json: String,
+    /// Time and memory limits.
+    pub limits: PluginLimits,
 }
 
 /// Output kinds.
@@ -222,6 +242,8 @@ struct RawTransform {
     plugin: Spanned<String>,
     #[serde(default)]
     config: toml::Table,
+    timeout: Option<Spanned<String>>,
+    memory_limit: Option<Spanned<ByteCount>>,
 }
 
 #[derive(Deserialize)]
@@ -369,7 +391,7 @@ impl Resolver<'_> {
         };
         let max_bytes = match &s.max_bytes_per_trigger {
             None => None,
-            Some(spanned) => Some(self.byte_count(spanned)?),
+            Some(spanned) => Some(self.byte_count(spanned, "max_bytes_per_trigger")?),
         };
         let csv_delimiter = match &s.delimiter {
             None => b',',
@@ -394,14 +416,24 @@ impl Resolver<'_> {
         })
     }
 
-    fn byte_count(&self, spanned: &Spanned<ByteCount>) -> Result<u64, ConfigError> {
+    fn duration(&self, raw: &Spanned<String>) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(raw.get_ref())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                self.err(raw, format!("invalid duration {:?}", raw.get_ref()))
+                    .hint("a positive duration such as \"500ms\", \"30s\", \"5m\" or \"1h\"")
+            })
+    }
+
+    fn byte_count(&self, spanned: &Spanned<ByteCount>, key: &str) -> Result<u64, ConfigError> {
         let bytes = match spanned.get_ref() {
             ByteCount::Bytes(n) if *n >= 1 => Some(*n as u64),
             ByteCount::Bytes(_) => None,
             ByteCount::Text(t) => t.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
         };
         bytes.filter(|b| *b > 0).ok_or_else(|| {
-            self.err(spanned, "invalid max_bytes_per_trigger")
+            self.err(spanned, format!("invalid {key}"))
                 .hint("a positive number of bytes, or a size such as \"64MiB\"")
         })
     }
@@ -416,10 +448,18 @@ impl Resolver<'_> {
         }
         let config_json = serde_json::to_string(&t.config)
             .map_err(|e| self.err(&t.name, format!("config cannot be passed as JSON: {e}")))?;
+        let mut limits = PluginLimits::default();
+        if let Some(timeout) = &t.timeout {
+            limits.timeout = self.duration(timeout)?;
+        }
+        if let Some(memory) = &t.memory_limit {
+            limits.memory_bytes = self.byte_count(memory, "memory_limit")?;
+        }
         Ok(TransformConfig {
             name: t.name.get_ref().clone(),
             plugin,
             config_json,
+            limits,
         })
     }
 

@@ -20,10 +20,41 @@ pub use self::weir::plugin::types::{ErrorKind, PluginError};
 /// Bytes of plugin stderr kept to explain a trap (panic messages land there).
 const STDERR_CAPTURE: usize = 64 * 1024;
 
+/// Caps an instance's linear memory and remembers when it refused growth,
+/// so the resulting trap can be reported as running out of memory.
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    /// Whether a growth request was refused.
+    pub refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.refused |= desired > self.max_bytes;
+        Ok(desired <= self.max_bytes)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
 /// Everything one plugin instance's store holds.
 pub struct PluginState {
     /// Stage name, used to tag the plugin's log records.
     pub stage: String,
+    /// The memory cap.
+    pub limiter: MemoryLimiter,
     wasi: WasiCtx,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
@@ -34,11 +65,15 @@ pub struct PluginState {
 impl PluginState {
     /// State with no ambient capabilities: no files, network, environment or
     /// arguments; stdout is discarded and stderr kept to explain traps.
-    pub fn new(stage: &str) -> PluginState {
+    pub fn new(stage: &str, max_memory_bytes: u64) -> PluginState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         PluginState {
             stage: stage.to_string(),
+            limiter: MemoryLimiter {
+                max_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
+                refused: false,
+            },
             wasi,
             table: ResourceTable::new(),
             stderr,

@@ -10,11 +10,13 @@ mod convert;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store};
 
+use crate::config::PluginLimits;
 use crate::error::{PluginFailure, Result, WeirError};
 use bindings::{ErrorKind, PluginError, PluginState, TransformPlugin, TransformPluginPre};
 
@@ -34,7 +36,11 @@ impl PluginEngine {
         // makes every host->guest call several times slower (wasmtime #12836).
         config.concurrency_support(false);
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+        // Time limits: a ticker bumps the epoch; each call gets a deadline
+        // in ticks. The check compiled into loops is a load and a compare.
+        config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(internal)?;
+        start_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(internal)?;
         TransformPlugin::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)
@@ -74,6 +80,25 @@ impl PluginEngine {
     }
 }
 
+/// How often the engine's epoch advances: the granularity of time limits.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) -> Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(drop)
+        .map_err(|e| WeirError::Internal(format!("cannot start the epoch ticker: {e}")))
+}
+
 /// A compiled, linked transform plugin, ready to instantiate cheaply.
 pub struct TransformComponent {
     engine: Engine,
@@ -82,18 +107,30 @@ pub struct TransformComponent {
 }
 
 impl TransformComponent {
-    /// Instantiates the plugin and calls its `init` with `config_json`.
-    pub fn instantiate(&self, config_json: &str) -> Result<TransformInstance> {
-        let mut store = Store::new(&self.engine, PluginState::new(&self.stage));
+    /// Instantiates the plugin under `limits` and calls its `init` with
+    /// `config_json`.
+    pub fn instantiate(
+        &self,
+        config_json: &str,
+        limits: PluginLimits,
+    ) -> Result<TransformInstance> {
+        let state = PluginState::new(&self.stage, limits.memory_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| plugin_error(&self.stage, trap(&store, e)))?;
+            .map_err(|e| plugin_error(&self.stage, trap(&store, limits, e)))?;
         let mut instance = TransformInstance {
             stage: self.stage.clone(),
             store,
             bindings,
+            limits,
         };
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(limits.timeout));
         let result = instance
             .bindings
             .weir_plugin_transform()
@@ -101,7 +138,7 @@ impl TransformComponent {
         match result {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(e)) => Err(plugin_error(&self.stage, guest(e))),
-            Err(e) => Err(plugin_error(&self.stage, trap(&instance.store, e))),
+            Err(e) => Err(plugin_error(&self.stage, trap(&instance.store, limits, e))),
         }
     }
 }
@@ -111,6 +148,7 @@ pub struct TransformInstance {
     stage: String,
     store: Store<PluginState>,
     bindings: TransformPlugin,
+    limits: PluginLimits,
 }
 
 impl TransformInstance {
@@ -118,6 +156,8 @@ impl TransformInstance {
     /// After a trap the instance must not be used again.
     pub fn process(&mut self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
         let transform = self.bindings.weir_plugin_transform();
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let store = &mut self.store;
         let called = convert::lend_batch(batch, |input| transform.call_process(&mut *store, input))
             .map_err(|reason| WeirError::Schema {
@@ -127,7 +167,7 @@ impl TransformInstance {
         let outputs = match called {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(e)) => return Err(plugin_error(&self.stage, guest(e))),
-            Err(e) => return Err(plugin_error(&self.stage, trap(&self.store, e))),
+            Err(e) => return Err(plugin_error(&self.stage, trap(&self.store, self.limits, e))),
         };
         outputs
             .into_iter()
@@ -164,9 +204,24 @@ fn guest(e: PluginError) -> PluginFailure {
     }
 }
 
-/// Describes a trap with what the plugin printed (its panic message) and
-/// the Wasm backtrace.
-fn trap(store: &Store<PluginState>, e: wasmtime::Error) -> PluginFailure {
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+/// Classifies a failed call: time limit, memory limit, or another trap
+/// (described with what the plugin printed — its panic message — and the
+/// Wasm backtrace).
+fn trap(store: &Store<PluginState>, limits: PluginLimits, e: wasmtime::Error) -> PluginFailure {
+    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        return PluginFailure::Timeout {
+            limit: limits.timeout,
+        };
+    }
+    if store.data().limiter.refused {
+        return PluginFailure::OutOfMemory {
+            limit_bytes: limits.memory_bytes,
+        };
+    }
     let printed = store.data().stderr_text();
     let mut message = format!("{e:?}");
     if !printed.is_empty() {

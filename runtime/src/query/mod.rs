@@ -17,7 +17,7 @@ use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
 use tokio::sync::watch;
 
-pub use progress::{BatchProgress, PhaseDurations};
+pub use progress::{BatchProgress, PhaseDurations, StageProgress};
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
 use crate::config::{Pipeline, Trigger};
@@ -94,11 +94,12 @@ impl Query {
                 .map(|t| {
                     let instance = engine
                         .load_transform(&t.name, &t.plugin)?
-                        .instantiate(&t.config_json)?;
+                        .instantiate(&t.config_json, t.limits)?;
                     Ok(Stage {
                         name: t.name.clone(),
                         instance,
                         schema: None,
+                        last: StageProgress::default(),
                     })
                 })
                 .collect::<Result<Vec<_>>>()
@@ -124,6 +125,8 @@ struct Stage {
     instance: TransformInstance,
     /// The schema of this stage's first output; later outputs must match.
     schema: Option<SchemaRef>,
+    /// What the stage did in the latest batch.
+    last: StageProgress,
 }
 
 struct Runner {
@@ -294,6 +297,7 @@ impl Runner {
             input_rows_per_second: rate(since_previous.unwrap_or(durations.total)),
             processed_rows_per_second: rate(durations.total),
             durations,
+            stages: self.stages.iter().map(|s| s.last.clone()).collect(),
         };
         tracing::debug!(?progress, "batch committed");
         if let Some(listener) = &mut self.listener {
@@ -353,8 +357,11 @@ impl Runner {
 impl Stage {
     /// Runs every non-empty batch through the plugin (on a blocking thread).
     fn process(&mut self, inputs: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+        let started = Instant::now();
+        let mut calls = 0;
         let mut outputs = Vec::new();
         for input in inputs.iter().filter(|b| b.num_rows() > 0) {
+            calls += 1;
             for output in self.instance.process(input)? {
                 match &self.schema {
                     None => self.schema = Some(output.schema()),
@@ -375,6 +382,12 @@ impl Stage {
                 outputs.push(output);
             }
         }
+        self.last = StageProgress {
+            name: self.name.clone(),
+            calls,
+            duration: started.elapsed(),
+            counters: self.instance.counters().clone(),
+        };
         Ok(outputs)
     }
 }

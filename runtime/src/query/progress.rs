@@ -18,6 +18,19 @@ pub struct PhaseDurations {
     pub total: Duration,
 }
 
+/// What one plugin stage did in a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageProgress {
+    /// Stage name.
+    pub name: String,
+    /// Plugin calls (one per non-empty input batch).
+    pub calls: u64,
+    /// Time in the stage, conversions included.
+    pub duration: Duration,
+    /// The plugin's counters (`counter-add`), totals since the query started.
+    pub counters: std::collections::BTreeMap<String, i64>,
+}
+
 /// What one micro-batch did, reported when it commits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchProgress {
@@ -43,6 +56,8 @@ pub struct BatchProgress {
     pub processed_rows_per_second: f64,
     /// Per-phase durations.
     pub durations: PhaseDurations,
+    /// Per-stage calls, time and counters.
+    pub stages: Vec<StageProgress>,
 }
 
 fn ms(d: Duration) -> String {
@@ -77,6 +92,13 @@ impl fmt::Display for BatchProgress {
             ms(d.sink),
             ms(d.commit),
             ms(d.total),
-        )
+        )?;
+        for stage in &self.stages {
+            write!(f, " | {} {}", stage.name, ms(stage.duration))?;
+            for (name, value) in &stage.counters {
+                write!(f, " {name}={value}")?;
+            }
+        }
+        Ok(())
     }
 }
