@@ -6,7 +6,10 @@
 //! Arrow arrays and this form with the functions here, so the two sides can
 //! never disagree about the layout. The WIT records that carry the parts are
 //! generated separately on each side (wasmtime `bindgen!` on the host,
-//! `wit-bindgen` in the SDK); they map field by field onto [`ColumnParts`].
+//! `wit-bindgen` in the SDK); the macros [`wit_batch_lift!`],
+//! [`wit_batch_lower_owned!`] and [`wit_data_type_lower!`] map them field by
+//! field. [`ColumnView`] borrows the buffers instead of copying them (the
+//! host lowers arguments from it).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -22,7 +25,7 @@
 
 mod wit;
 
-/// Crates the [`wit_batch_conversions!`] expansion refers to.
+/// Crates the expansions of [`wit_batch_lift!`] and friends refer to.
 #[doc(hidden)]
 pub mod reexports {
     pub use arrow_array;
