@@ -8,6 +8,7 @@
 //! - [`config`]: the pipeline file (TOML) and its checks;
 //! - [`source`]: where rows come from (one module per source kind);
 //! - [`plugin`]: loading and calling Wasm components;
+//! - [`operator`]: stateful steps (windowed aggregation) over [`state`];
 //! - [`sink`]: where rows go, exactly once (one module per sink kind);
 //! - [`checkpoint`]: the offset/commit logs that make restarts exact;
 //! - [`query`]: the micro-batch loop tying them together.
@@ -16,10 +17,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod faults;
+pub mod operator;
 pub mod plugin;
 pub mod query;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod storage;
 
 pub use config::Pipeline;

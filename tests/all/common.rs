@@ -263,3 +263,62 @@ pub fn committed_json_rows(out: &Path) -> Vec<Value> {
     );
     rows
 }
+
+/// Copies a directory tree in name order (so modification times follow
+/// names, as in a fresh clone), leaving out run state (`.weir`).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    let mut entries: Vec<_> = fs::read_dir(from).unwrap().map(Result::unwrap).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if name == ".weir" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(&name));
+        } else {
+            fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// A copy of `examples/<name>` in a scratch directory.
+pub fn example(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name),
+        dir.path(),
+    );
+    dir
+}
+
+/// Rewrites `file` replacing `from` (which must occur) with `to`.
+pub fn edit(file: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(file).unwrap();
+    assert!(
+        text.contains(from),
+        "{} does not contain {from:?}",
+        file.display()
+    );
+    fs::write(file, text.replace(from, to)).unwrap();
+}
+
+/// Console sink output (`format = "json"`) split by batch: (batch id, rows).
+pub fn console_batches(stdout: &str) -> Vec<(u64, Vec<Value>)> {
+    let mut batches: Vec<(u64, Vec<Value>)> = Vec::new();
+    for line in stdout.lines() {
+        if let Some(id) = line.strip_prefix("Batch: ") {
+            batches.push((id.trim().parse().unwrap(), Vec::new()));
+        } else if line.starts_with('{') {
+            batches
+                .last_mut()
+                .expect("rows after a header")
+                .1
+                .push(serde_json::from_str(line).unwrap());
+        }
+    }
+    batches
+}

@@ -6,23 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{assert_ok, committed_json_rows, weir};
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == ".weir" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(&name));
-        } else {
-            fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
+use crate::common::{assert_ok, committed_json_rows, copy_dir, weir};
 
 #[test]
 fn demo_pipeline_matches_golden_output() {

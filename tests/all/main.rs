@@ -8,3 +8,4 @@ mod formats;
 mod golden;
 mod plugins;
 mod triggers;
+mod windows;

@@ -55,6 +55,9 @@ pub struct OffsetEntry {
     pub batch_timestamp_ms: i64,
     /// Number of input files planned, per source (details in `sources/<i>/N`).
     pub source_files: Vec<usize>,
+    /// The event-time watermark batch N uses (ms), if the query has one.
+    #[serde(default)]
+    pub watermark_ms: Option<i64>,
 }
 
 /// `commits/N`: batch N is durable in the sink.
@@ -64,6 +67,9 @@ pub struct CommitEntry {
     pub batch_id: u64,
     /// Rows the sink received for this batch.
     pub output_rows: u64,
+    /// The watermark batch N+1 will use (Spark's `nextBatchWatermarkMs`).
+    #[serde(default)]
+    pub next_watermark_ms: Option<i64>,
 }
 
 /// Where a restarted query resumes.
@@ -170,6 +176,17 @@ impl Checkpoint {
     pub async fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
         self.write_once(&format!("offsets/{}", entry.batch_id), entry)
             .await
+    }
+
+    /// Reads `commits/N`.
+    pub async fn commit_entry(&self, batch: u64) -> Result<CommitEntry> {
+        self.read(&format!("commits/{batch}")).await
+    }
+
+    /// The store rooted at the checkpoint location (operator state lives
+    /// under `state/`).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
     }
 
     /// Writes `commits/N` (after batch N's sink commit).

@@ -27,6 +27,7 @@
 
 mod error;
 mod schema;
+mod stateful;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +39,10 @@ use toml::Spanned;
 
 pub use error::ConfigError;
 pub use schema::parse_data_type;
+pub use stateful::{OutputMode, WatermarkConfig};
 
+use crate::operator::{DeduplicateConfig, WindowAggregateConfig};
+use crate::state::BackendKind;
 use crate::storage::Location;
 
 /// A checked pipeline, with paths resolved.
@@ -54,6 +58,14 @@ pub struct Pipeline {
     pub source: FileSourceConfig,
     /// Plugin stages, in order.
     pub transforms: Vec<TransformConfig>,
+    /// Event-time watermark, if declared.
+    pub watermark: Option<WatermarkConfig>,
+    /// Windowed aggregation after the plugin stages, if declared.
+    pub aggregate: Option<WindowAggregateConfig>,
+    /// Deduplication after the plugin stages, if declared.
+    pub deduplicate: Option<DeduplicateConfig>,
+    /// Where operator state is kept while running.
+    pub state_store: BackendKind,
     /// The output.
     pub sink: SinkConfig,
 }
@@ -84,6 +96,17 @@ pub enum FileFormat {
     Parquet,
 }
 
+/// The order new files are taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileOrder {
+    /// Oldest modification time first, then path (Spark's order).
+    #[default]
+    Modified,
+    /// Path order, for files named by time (`2026-11-25T12.json`, `part-0001`).
+    Name,
+}
+
 /// What to do with a row that cannot be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -104,6 +127,8 @@ pub struct FileSourceConfig {
     pub format: FileFormat,
     /// Declared schema of the rows.
     pub schema: SchemaRef,
+    /// The order new files are taken in.
+    pub order: FileOrder,
     /// At most this many files per batch.
     pub max_files_per_trigger: Option<usize>,
     /// At most this many bytes per batch (at least one file is always taken).
@@ -168,6 +193,10 @@ pub struct SinkConfig {
     pub kind: SinkKind,
     /// Output directory for file sinks.
     pub path: Option<Location>,
+    /// What each batch emits.
+    pub output_mode: OutputMode,
+    /// Console sink: print JSON lines instead of a table.
+    pub console_json: bool,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +209,11 @@ struct RawPipeline {
     source: Spanned<RawSource>,
     #[serde(default)]
     transform: Vec<Spanned<RawTransform>>,
+    watermark: Option<Spanned<stateful::RawWatermark>>,
+    aggregate: Option<Spanned<stateful::RawAggregate>>,
+    drop_duplicates_within_watermark: Option<Spanned<Vec<String>>>,
+    drop_duplicates: Option<Spanned<Vec<String>>>,
+    state_store: Option<BackendKind>,
     sink: Spanned<RawSink>,
 }
 
@@ -205,6 +239,8 @@ struct RawSource {
     path: Spanned<String>,
     format: FileFormat,
     schema: Spanned<Vec<Spanned<RawField>>>,
+    #[serde(default)]
+    order: FileOrder,
     max_files_per_trigger: Option<Spanned<i64>>,
     max_bytes_per_trigger: Option<Spanned<ByteCount>>,
     #[serde(default)]
@@ -251,6 +287,8 @@ struct RawTransform {
 struct RawSink {
     kind: Spanned<SinkKind>,
     path: Option<Spanned<String>>,
+    output_mode: Option<Spanned<OutputMode>>,
+    format: Option<Spanned<String>>,
 }
 
 impl Pipeline {
@@ -318,13 +356,54 @@ impl Resolver<'_> {
             }
             transforms.push(self.transform(t)?);
         }
+        let sink = self.sink(&raw.sink)?;
+        let watermark = raw
+            .watermark
+            .as_ref()
+            .map(|w| self.watermark(w.get_ref()))
+            .transpose()?;
+        let aggregate = raw
+            .aggregate
+            .as_ref()
+            .map(|a| self.aggregate(a, sink.output_mode))
+            .transpose()?;
+        let default_mode = Spanned::new(raw.sink.span(), OutputMode::Append);
+        let mode = raw
+            .sink
+            .get_ref()
+            .output_mode
+            .as_ref()
+            .unwrap_or(&default_mode);
+        self.check_output_mode(
+            mode,
+            sink.kind,
+            raw.aggregate.as_ref().zip(aggregate.as_ref()),
+            watermark.as_ref(),
+        )?;
+        let deduplicate = self.deduplicate(
+            raw.drop_duplicates_within_watermark.as_ref(),
+            raw.drop_duplicates.as_ref(),
+            watermark.as_ref(),
+        )?;
+        if let (Some(_), Some(raw_agg)) = (&deduplicate, &raw.aggregate) {
+            return Err(self
+                .err(
+                    raw_agg,
+                    "a query has one stateful operator for now: an aggregation or a deduplication",
+                )
+                .hint("split the pipeline in two queries"));
+        }
         Ok(Pipeline {
             name,
             checkpoint: self.location(&raw.checkpoint)?,
             trigger: self.trigger(raw.trigger.as_ref())?,
             source: self.source(raw.source.get_ref())?,
             transforms,
-            sink: self.sink(&raw.sink)?,
+            watermark,
+            aggregate,
+            deduplicate,
+            state_store: raw.state_store.unwrap_or_default(),
+            sink,
         })
     }
 
@@ -407,6 +486,7 @@ impl Resolver<'_> {
             path: self.location(&s.path)?,
             format: s.format,
             schema: Arc::new(Schema::new(fields)),
+            order: s.order,
             max_files_per_trigger: max_files,
             max_bytes_per_trigger: max_bytes,
             on_bad_record: s.on_bad_record,
@@ -478,7 +558,29 @@ impl Resolver<'_> {
                     .hint("path = \"out/my-query\" (a directory)"));
             }
         };
-        Ok(SinkConfig { kind, path })
+        let console_json = match (&raw.format, kind) {
+            (None, _) => false,
+            (Some(f), SinkKind::Console) if f.get_ref() == "json" => true,
+            (Some(f), SinkKind::Console) if f.get_ref() == "table" => false,
+            (Some(f), _) => {
+                return Err(self
+                    .err(
+                        f,
+                        "`format` applies to the console sink only, as \"table\" or \"json\"",
+                    )
+                    .hint("file sinks take their format from `kind`"));
+            }
+        };
+        Ok(SinkConfig {
+            kind,
+            path,
+            output_mode: raw
+                .output_mode
+                .as_ref()
+                .map(|m| *m.get_ref())
+                .unwrap_or_default(),
+            console_json,
+        })
     }
 
     fn location(&self, raw: &Spanned<String>) -> Result<Location, ConfigError> {

@@ -19,13 +19,15 @@ use tokio::sync::watch;
 
 pub use progress::{BatchProgress, PhaseDurations, StageProgress};
 
-use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
+use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::config::{Pipeline, Trigger};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::faults::crash_point;
+use crate::operator::{Deduplicate, Operator, OperatorContext, WindowAggregate};
 use crate::plugin::{PluginEngine, TransformInstance};
 use crate::sink::{self, CommitOutcome, Sink};
 use crate::source::{BadRecord, FileEntry, FileSource, SourceLogEntry};
+use crate::state::StateStore;
 
 /// How often a back-to-back query with no new input looks again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -105,18 +107,45 @@ impl Query {
                 .collect::<Result<Vec<_>>>()
         })
         .await?;
+        let recovery = checkpoint.recover().await?;
+        let first_batch = recovery.replay.unwrap_or(recovery.next_batch);
+        let operator: Option<Box<dyn Operator>> = match (&pipeline.aggregate, &pipeline.deduplicate)
+        {
+            (Some(config), _) => Some(Box::new(WindowAggregate::new(config.clone()))),
+            (None, Some(config)) => Some(Box::new(Deduplicate::new(config.clone()))),
+            (None, None) => None,
+        };
+        let operator = match operator {
+            Some(operator) => {
+                let state =
+                    StateStore::open(checkpoint.store(), "0", pipeline.state_store, first_batch)
+                        .await?;
+                Some(Stateful { operator, state })
+            }
+            None => None,
+        };
+        let watermark = match &pipeline.watermark {
+            Some(config) => Some(EventTime {
+                column: config.column.clone(),
+                delay_ms: config.delay.as_millis() as i64,
+                current_ms: restored_watermark(&checkpoint, recovery).await?,
+            }),
+            None => None,
+        };
         let mut runner = Runner {
             source: FileSource::open(pipeline.source.clone())?,
             sink: sink::open(&pipeline.sink)?,
             checkpoint,
             pipeline,
             stages,
+            operator,
+            watermark,
             listener,
             stop,
             batches_run: 0,
             last_batch_start: None,
         };
-        runner.run().await
+        runner.run(recovery).await
     }
 }
 
@@ -129,11 +158,47 @@ struct Stage {
     last: StageProgress,
 }
 
+/// The stateful operator and its state.
+struct Stateful {
+    operator: Box<dyn Operator>,
+    state: StateStore,
+}
+
+/// The query's event-time watermark.
+struct EventTime {
+    column: String,
+    delay_ms: i64,
+    /// The watermark the next batch uses.
+    current_ms: i64,
+}
+
+/// The watermark of the first batch this run executes: the replayed batch's
+/// own (from `offsets/N`), else what the last commit computed, else Spark's
+/// initial 0.
+async fn restored_watermark(checkpoint: &Checkpoint, recovery: Recovery) -> Result<i64> {
+    Ok(match recovery {
+        Recovery {
+            replay: Some(batch),
+            ..
+        } => checkpoint.offsets(batch).await?.watermark_ms,
+        Recovery { next_batch: 0, .. } => None,
+        Recovery { next_batch, .. } => {
+            checkpoint
+                .commit_entry(next_batch - 1)
+                .await?
+                .next_watermark_ms
+        }
+    }
+    .unwrap_or(0))
+}
+
 struct Runner {
     pipeline: Pipeline,
     checkpoint: Checkpoint,
     source: FileSource,
     stages: Vec<Stage>,
+    operator: Option<Stateful>,
+    watermark: Option<EventTime>,
     sink: Box<dyn Sink>,
     listener: Option<ProgressListener>,
     stop: Option<watch::Receiver<bool>>,
@@ -142,8 +207,7 @@ struct Runner {
 }
 
 impl Runner {
-    async fn run(&mut self) -> Result<QueryOutcome> {
-        let recovery = self.checkpoint.recover().await?;
+    async fn run(&mut self, recovery: Recovery) -> Result<QueryOutcome> {
         for batch in 0..recovery.next_batch {
             let logged: SourceLogEntry = self.checkpoint.source_log(0, batch).await?;
             self.source.mark_seen(&logged.files);
@@ -179,6 +243,11 @@ impl Runner {
                     self.run_batch(next, files, false).await?;
                     next += 1;
                 }
+                // Let the watermark close what it can, as Spark's no-data batches do.
+                while self.needs_no_data_batch()? && !self.stopped() {
+                    self.run_batch(next, Vec::new(), false).await?;
+                    next += 1;
+                }
                 Ok(QueryOutcome::Drained {
                     batches: self.batches_run,
                 })
@@ -191,7 +260,7 @@ impl Runner {
                 }
                 let started = Instant::now();
                 let pending = self.source.list_new().await?;
-                let ran = !pending.is_empty();
+                let ran = !pending.is_empty() || self.needs_no_data_batch()?;
                 if ran {
                     let files = self.source.plan(&pending, true);
                     self.run_batch(next, files, false).await?;
@@ -230,6 +299,7 @@ impl Runner {
                 batch_id,
                 batch_timestamp_ms: now_ms(),
                 source_files: vec![files.len()],
+                watermark_ms: self.watermark.as_ref().map(|w| w.current_ms),
             };
             self.checkpoint.write_offsets(&entry).await?;
             crash_point("after-offsets", batch_id);
@@ -257,23 +327,53 @@ impl Runner {
         })
         .await?;
         self.stages = stages;
-        let batches = output?;
+        let mut batches = output?;
+        let max_event_ms = self.max_event_time(&batches)?;
+        let watermark_ms = self.watermark.as_ref().map(|w| w.current_ms);
+        let mut dropped = 0;
+        if let Some(stateful) = &mut self.operator {
+            let mut ctx = OperatorContext {
+                batch_id,
+                watermark_ms,
+                state: &mut stateful.state,
+                rows_dropped_by_watermark: 0,
+            };
+            let mut emitted = Vec::new();
+            for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+                emitted.extend(stateful.operator.process_batch(batch, &mut ctx)?);
+            }
+            emitted.extend(stateful.operator.handle_batch_end(&mut ctx)?);
+            dropped = ctx.rows_dropped_by_watermark;
+            batches = emitted;
+        }
         durations.transform = phase.elapsed();
         crash_point("after-transform", batch_id);
 
         let phase = Instant::now();
         let outcome = self.sink.commit(batch_id, &batches).await?;
+        if let Some(stateful) = &mut self.operator {
+            stateful.state.commit(batch_id + 1).await?;
+        }
         durations.sink = phase.elapsed();
         crash_point("before-commit", batch_id);
 
         let phase = Instant::now();
         let output_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        // Spark: the watermark never moves back; late rows cannot lower it.
+        let next_watermark_ms = self
+            .watermark
+            .as_ref()
+            .map(|w| max_event_ms.map_or(w.current_ms, |max| w.current_ms.max(max - w.delay_ms)));
         self.checkpoint
             .write_commit(&CommitEntry {
                 batch_id,
                 output_rows,
+                next_watermark_ms,
             })
             .await?;
+        if let (Some(w), Some(next)) = (&mut self.watermark, next_watermark_ms) {
+            w.current_ms = next;
+        }
         durations.commit = phase.elapsed();
         crash_point("after-commit", batch_id);
 
@@ -296,6 +396,9 @@ impl Runner {
             sink_skipped: outcome == CommitOutcome::AlreadyCommitted,
             input_rows_per_second: rate(since_previous.unwrap_or(durations.total)),
             processed_rows_per_second: rate(durations.total),
+            watermark_ms,
+            rows_dropped_by_watermark: dropped,
+            state: self.operator.as_ref().map(|s| s.state.metrics()),
             durations,
             stages: self.stages.iter().map(|s| s.last.clone()).collect(),
         };
@@ -332,6 +435,39 @@ impl Runner {
             .await
             .map(|_| ())
             .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))
+    }
+
+    /// The latest event time among `batches`, for the watermark.
+    fn max_event_time(&self, batches: &[RecordBatch]) -> Result<Option<i64>> {
+        let Some(w) = &self.watermark else {
+            return Ok(None);
+        };
+        let mut max = None;
+        for batch in batches {
+            let column = batch
+                .column_by_name(&w.column)
+                .ok_or_else(|| WeirError::Schema {
+                    context: "watermark".into(),
+                    reason: format!(
+                        "the event-time column `{}` is not in the rows reaching the watermark",
+                        w.column
+                    ),
+                })?;
+            let times = crate::operator::event_times_ms(column)?;
+            max = max.max(arrow::compute::max(&times));
+        }
+        Ok(max)
+    }
+
+    /// Whether the watermark has moved far enough for the operator to emit
+    /// or evict without new input.
+    fn needs_no_data_batch(&self) -> Result<bool> {
+        match (&self.operator, &self.watermark) {
+            (Some(stateful), Some(w)) => {
+                stateful.operator.has_work_at(&stateful.state, w.current_ms)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn stopped(&self) -> bool {

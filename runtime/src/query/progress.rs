@@ -58,6 +58,12 @@ pub struct BatchProgress {
     pub durations: PhaseDurations,
     /// Per-stage calls, time and counters.
     pub stages: Vec<StageProgress>,
+    /// The event-time watermark this batch used (ms), if any.
+    pub watermark_ms: Option<i64>,
+    /// Input rows dropped as too late (Spark's `numRowsDroppedByWatermark`).
+    pub rows_dropped_by_watermark: u64,
+    /// State size after the batch, for a stateful query.
+    pub state: Option<crate::state::StateMetrics>,
 }
 
 fn ms(d: Duration) -> String {
@@ -93,6 +99,15 @@ impl fmt::Display for BatchProgress {
             ms(d.commit),
             ms(d.total),
         )?;
+        if let Some(wm) = self.watermark_ms {
+            write!(f, " | watermark {wm}")?;
+            if self.rows_dropped_by_watermark > 0 {
+                write!(f, " dropped {}", self.rows_dropped_by_watermark)?;
+            }
+        }
+        if let Some(state) = self.state {
+            write!(f, " | state {} rows {} bytes", state.rows, state.bytes)?;
+        }
         for stage in &self.stages {
             write!(f, " | {} {}", stage.name, ms(stage.duration))?;
             for (name, value) in &stage.counters {

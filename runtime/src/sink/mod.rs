@@ -35,7 +35,9 @@ pub trait Sink: Send {
 /// Opens the sink a pipeline declares.
 pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
     Ok(match (config.kind, &config.path) {
-        (SinkKind::Console, _) => Box::new(ConsoleSink),
+        (SinkKind::Console, _) => Box::new(ConsoleSink {
+            json: config.console_json,
+        }),
         (kind, Some(path)) => Box::new(FileSink::open(path, kind)?),
         (_, None) => unreachable!("config checks give file sinks a path"),
     })

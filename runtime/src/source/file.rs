@@ -1,5 +1,6 @@
 //! A directory of files read as a stream: each trigger picks up files not
-//! seen before, in a deterministic order (modification time, then path),
+//! seen before, in a deterministic order (modification time then path, or
+//! path alone with `order = "name"`),
 //! capped by `max_files_per_trigger` / `max_bytes_per_trigger`.
 
 use std::collections::HashSet;
@@ -12,7 +13,7 @@ use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
 use super::decode::{Decoded, decode};
-use crate::config::FileSourceConfig;
+use crate::config::{FileOrder, FileSourceConfig};
 use crate::error::{Result, WeirError};
 
 /// One input file, as recorded in the checkpoint's source log.
@@ -86,7 +87,12 @@ impl FileSource {
             })
             .filter(|f| !self.seen.contains(&f.path))
             .collect();
-        files.sort_by(|a, b| (a.modified_ms, &a.path).cmp(&(b.modified_ms, &b.path)));
+        match self.config.order {
+            FileOrder::Modified => {
+                files.sort_by(|a, b| (a.modified_ms, &a.path).cmp(&(b.modified_ms, &b.path)))
+            }
+            FileOrder::Name => files.sort_by(|a, b| a.path.cmp(&b.path)),
+        }
         Ok(files)
     }
 

@@ -1,0 +1,83 @@
+//! Stateful operators: host-side steps that keep keyed state across
+//! micro-batches: windowed aggregation and deduplication today; Wasm
+//! stateful functions will build on the same trait.
+//!
+//! As in Arroyo, an operator has one required method, [`Operator::process_batch`],
+//! and default hooks the query loop calls at batch boundaries.
+
+mod accumulate;
+mod dedup;
+mod window;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+pub use accumulate::AggregateFn;
+pub use dedup::{Deduplicate, DeduplicateConfig};
+pub use window::{
+    AggregateSpec, WindowAggregate, WindowAggregateConfig, WindowKind, event_times_ms,
+};
+
+use crate::error::Result;
+use crate::state::StateStore;
+
+/// What an operator sees of the running batch.
+pub struct OperatorContext<'a> {
+    /// The batch id.
+    pub batch_id: u64,
+    /// The event-time watermark this batch uses (ms since the epoch), if the
+    /// query declares one.
+    pub watermark_ms: Option<i64>,
+    /// The operator's state.
+    pub state: &'a mut StateStore,
+    /// Input rows dropped because they were too late.
+    pub rows_dropped_by_watermark: u64,
+}
+
+/// A stateful step of a query.
+pub trait Operator: Send {
+    /// Folds one input batch into state; returns rows to emit at once.
+    fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &mut OperatorContext<'_>,
+    ) -> Result<Vec<RecordBatch>>;
+
+    /// Called once at the end of every batch (data or no-data): emit what the
+    /// output mode and watermark allow, and evict state the watermark passed.
+    fn handle_batch_end(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    /// Whether moving the watermark to `watermark_ms` would emit or evict
+    /// anything; if so the query runs a batch even without new input.
+    fn has_work_at(&self, _state: &StateStore, _watermark_ms: i64) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// The schema of the rows this operator emits, when known.
+    fn output_schema(&self) -> Option<SchemaRef>;
+}
+
+/// Sortable big-endian encoding of an i64 (negative values first).
+pub(crate) fn encode_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Inverse of [`encode_i64`].
+pub(crate) fn decode_i64(bytes: &[u8]) -> i64 {
+    (u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn i64_encoding_sorts_like_the_numbers() {
+        let values = [i64::MIN, -5, -1, 0, 1, 300_000, i64::MAX];
+        let encoded: Vec<_> = values.iter().map(|v| encode_i64(*v)).collect();
+        assert!(encoded.windows(2).all(|w| w[0] < w[1]));
+        assert!(values.iter().all(|v| decode_i64(&encode_i64(*v)) == *v));
+    }
+}

@@ -1,0 +1,496 @@
+//! Event time and state: the reference's windowed-count example batch by
+//! batch in all three output modes (checked against Spark's rules), the
+//! refusals Spark makes at start, crash safety with state on both backends,
+//! bounded state, and randomised streams against a batch computation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+use weir::faults::CRASH_POINTS;
+
+use crate::common::{
+    assert_exit, assert_ok, committed_json_rows, console_batches, edit, example, numbered_entries,
+    weir,
+};
+
+/// "start-end user count" with times as HH:MM (all rows are on one day).
+fn describe(row: &Value) -> String {
+    let hhmm = |v: &Value| v.as_str().unwrap()[11..16].to_string();
+    format!(
+        "{}-{} {} {}",
+        hhmm(&row["window_start"]),
+        hhmm(&row["window_end"]),
+        row["user_id"].as_str().unwrap(),
+        row["count"]
+    )
+}
+
+fn run(dir: &Path) -> std::process::Output {
+    weir()
+        .arg("run")
+        .arg(dir.join("pipeline.toml"))
+        .output()
+        .unwrap()
+}
+
+/// Rows of each batch the JSON file sink committed, by batch id.
+fn sink_batches(out: &Path) -> BTreeMap<u64, Vec<String>> {
+    numbered_entries(&out.join("_weir_log"))
+        .into_iter()
+        .map(|batch| {
+            let entry: Value = serde_json::from_slice(
+                &std::fs::read(out.join("_weir_log").join(batch.to_string())).unwrap(),
+            )
+            .unwrap();
+            let rows = entry["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|f| {
+                    std::fs::read_to_string(out.join(f.as_str().unwrap()))
+                        .unwrap()
+                        .lines()
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .map(|l| describe(&serde_json::from_str(&l).unwrap()))
+                .collect();
+            (batch, rows)
+        })
+        .collect()
+}
+
+#[test]
+fn article_example_in_append_mode_on_both_state_stores() {
+    for store in ["rocksdb", "memory"] {
+        let dir = example("windowed-clicks");
+        edit(
+            &dir.path().join("pipeline.toml"),
+            "state_store = \"rocksdb\"",
+            &format!("state_store = \"{store}\""),
+        );
+        let err = assert_ok(&run(dir.path()));
+        let batches = sink_batches(&dir.path().join(".weir/output"));
+        // Nothing closes until batch 4, which runs with watermark 12:05
+        // (max event time 12:15 - 10m). The 11:58 click of batch 2 counted
+        // (its window ends at 12:00, after that batch's 11:59 watermark);
+        // batch 4's 11:59:59 click is dropped (its window ended by 12:05).
+        let expected: BTreeMap<u64, Vec<String>> = [
+            (0, vec![]),
+            (1, vec![]),
+            (2, vec![]),
+            (3, vec![]),
+            (
+                4,
+                vec![
+                    "11:55-12:00 u1 1".to_string(),
+                    "12:00-12:05 u1 2".into(),
+                    "12:00-12:05 u2 1".into(),
+                ],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(batches, expected, "{store}:\n{err}");
+        let batch4 = err.lines().find(|l| l.starts_with("batch 4:")).unwrap();
+        assert!(batch4.contains("dropped 1"), "{batch4}");
+        // Three windows stay open: [12:05, 12:10) for u1 and u2, [12:15, 12:20) for u2.
+        assert!(batch4.contains("| state 4 rows"), "{batch4}"); // 3 windows + the layout row
+    }
+}
+
+fn console_run(mode: &str) -> Vec<(u64, Vec<String>)> {
+    let dir = example("windowed-clicks");
+    let pipeline = dir.path().join("pipeline.toml");
+    edit(
+        &pipeline,
+        "kind = \"json\"\npath = \".weir/output\"\noutput_mode = \"append\"",
+        &format!("kind = \"console\"\nformat = \"json\"\noutput_mode = \"{mode}\""),
+    );
+    let out = run(dir.path());
+    assert_ok(&out);
+    console_batches(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(|(batch, rows)| (batch, rows.iter().map(describe).collect()))
+        .collect()
+}
+
+fn owned(rows: &[&str]) -> Vec<String> {
+    rows.iter().map(|r| r.to_string()).collect()
+}
+
+#[test]
+fn article_example_in_update_mode_emits_changed_windows() {
+    let expected = vec![
+        (0, owned(&["12:00-12:05 u1 2", "12:00-12:05 u2 1"])),
+        (1, owned(&["12:05-12:10 u1 1", "12:05-12:10 u2 1"])),
+        (2, owned(&["11:55-12:00 u1 1"])),
+        (3, owned(&["12:15-12:20 u2 1"])),
+        (4, owned(&[])), // the late click is dropped; closed windows are evicted silently
+    ];
+    assert_eq!(console_run("update"), expected);
+}
+
+#[test]
+fn article_example_in_complete_mode_emits_the_whole_table() {
+    let b0 = ["12:00-12:05 u1 2", "12:00-12:05 u2 1"];
+    let b1 = [&b0[..], &["12:05-12:10 u1 1", "12:05-12:10 u2 1"]].concat();
+    let b2 = [&["11:55-12:00 u1 1"], &b1[..]].concat();
+    let b3 = [&b2[..], &["12:15-12:20 u2 1"]].concat();
+    // Complete mode keeps all state and drops nothing: 11:59:59 counts.
+    let b4 = [&["11:55-12:00 u1 2"], &b3[1..]].concat();
+    let expected = vec![
+        (0, owned(&b0)),
+        (1, owned(&b1)),
+        (2, owned(&b2)),
+        (3, owned(&b3)),
+        (4, owned(&b4)),
+    ];
+    assert_eq!(console_run("complete"), expected);
+}
+
+#[test]
+fn spark_refusals_are_reported_at_start() {
+    let dir = example("windowed-clicks");
+    let pipeline = dir.path().join("pipeline.toml");
+    edit(
+        &pipeline,
+        "[watermark]\ncolumn = \"event_time\"\ndelay = \"10m\"\n",
+        "",
+    );
+    let err = assert_exit(&weir().arg("validate").arg(&pipeline).output().unwrap(), 2);
+    assert!(err.contains("Append output mode not supported when there are streaming aggregations without watermark"), "{err}");
+    assert!(
+        err.contains("hint: add [watermark] column = \"event_time\""),
+        "{err}"
+    );
+
+    let dir = example("windowed-clicks");
+    let pipeline = dir.path().join("pipeline.toml");
+    edit(
+        &pipeline,
+        "output_mode = \"append\"",
+        "output_mode = \"update\"",
+    );
+    let err = assert_exit(&weir().arg("validate").arg(&pipeline).output().unwrap(), 2);
+    assert!(
+        err.contains("Data source json does not support Update output mode"),
+        "{err}"
+    );
+}
+
+/// Every batch of the example, with the clicks split one file per batch.
+fn fault_free_windows(store: &str) -> BTreeMap<u64, Vec<String>> {
+    let dir = example("windowed-clicks");
+    edit(
+        &dir.path().join("pipeline.toml"),
+        "state_store = \"rocksdb\"",
+        &format!("state_store = \"{store}\""),
+    );
+    assert_ok(&run(dir.path()));
+    sink_batches(&dir.path().join(".weir/output"))
+}
+
+#[test]
+fn kill_at_every_crash_point_with_state_on_both_backends() {
+    for store in ["rocksdb", "memory"] {
+        let expected = fault_free_windows(store);
+        for point in CRASH_POINTS {
+            for batch in [2, 4] {
+                let dir = example("windowed-clicks");
+                edit(
+                    &dir.path().join("pipeline.toml"),
+                    "state_store = \"rocksdb\"",
+                    &format!("state_store = \"{store}\""),
+                );
+                let out = weir()
+                    .arg("run")
+                    .arg(dir.path().join("pipeline.toml"))
+                    .env("WEIR_CRASH_AT", format!("{point}@{batch}"))
+                    .output()
+                    .unwrap();
+                assert_eq!(
+                    std::os::unix::process::ExitStatusExt::signal(&out.status),
+                    Some(9),
+                    "{point}@{batch}"
+                );
+                let err = assert_ok(&run(dir.path()));
+                assert_eq!(
+                    sink_batches(&dir.path().join(".weir/output")),
+                    expected,
+                    "{store}, kill at {point}@{batch}:\n{err}"
+                );
+            }
+        }
+    }
+}
+
+/// Writes `files` files of clicks for 20 users, 6 minutes of event time per
+/// file, in order: state must stay bounded however long the stream runs.
+fn long_stream(dir: &Path, files: usize) {
+    let clicks = dir.join("data/clicks");
+    std::fs::remove_dir_all(&clicks).unwrap();
+    std::fs::create_dir_all(&clicks).unwrap();
+    let base = 1_764_000_000_000i64; // 2025-11-24T16:00Z
+    for f in 0..files {
+        let body: String = (0..60)
+            .map(|i| {
+                let ms = base + (f as i64 * 360 + i * 6) * 1000;
+                format!(
+                    "{{\"user_id\": \"u{}\", \"event_time\": {}}}\n",
+                    i % 20,
+                    ms * 1000
+                )
+            })
+            .collect();
+        std::fs::write(clicks.join(format!("f{f:04}.jsonl")), body).unwrap();
+    }
+}
+
+fn max_state_rows(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("| state ").nth(1)?.split(' ').next()?.parse().ok())
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn state_stays_bounded_as_the_stream_grows_tenfold() {
+    let mut maxima = Vec::new();
+    for files in [10, 100] {
+        let dir = example("windowed-clicks");
+        edit(
+            &dir.path().join("pipeline.toml"),
+            "{ name = \"event_time\", type = \"timestamp\" }",
+            "{ name = \"event_time\", type = \"Timestamp(Microsecond, None)\" }",
+        );
+        long_stream(dir.path(), files);
+        let err = assert_ok(&run(dir.path()));
+        maxima.push(max_state_rows(&err));
+        let emitted = committed_json_rows(&dir.path().join(".weir/output")).len();
+        assert!(
+            emitted >= 20 * (files * 6 / 5 - 3),
+            "{files} files: only {emitted} rows emitted"
+        );
+    }
+    // Open windows end after the watermark (max event - 10m) and start before
+    // the batch's last event (+6m): at most 6 five-minute windows x 20 users,
+    // plus the layout row.
+    assert!(
+        maxima.iter().all(|m| *m <= 121),
+        "state rows per run: {maxima:?}"
+    );
+    assert!(
+        maxima[1] <= maxima[0] + 20,
+        "state grew with the stream: {maxima:?}"
+    );
+}
+
+/// A straightforward batch computation of what append mode must emit:
+/// replay the files in order, track Spark's watermark, drop a row only when
+/// all its windows ended by the watermark, count, and keep the windows the
+/// final watermark closed.
+fn expected_append(files: &[Vec<(String, i64)>], size: i64, slide: i64, delay: i64) -> Vec<String> {
+    let mut counts: BTreeMap<(i64, i64, String), i64> = BTreeMap::new();
+    let mut watermark = 0i64;
+    for events in files {
+        for (user, t) in events {
+            let first_start = t - t.rem_euclid(slide) - (size / slide - 1) * slide;
+            for start in (first_start..=*t).step_by(slide as usize) {
+                let end = start + size;
+                if start <= *t && *t < end && end > watermark {
+                    *counts.entry((start, end, user.clone())).or_default() += 1;
+                }
+            }
+        }
+        let max = events.iter().map(|(_, t)| *t).max().unwrap();
+        watermark = watermark.max(max - delay);
+    }
+    counts
+        .into_iter()
+        .filter(|((_, end, _), _)| *end <= watermark)
+        .map(|((start, end, user), n)| format!("{start} {end} {user} {n}"))
+        .collect()
+}
+
+#[test]
+fn random_disordered_streams_match_a_batch_computation() {
+    let minute = 60_000i64;
+    for (seed, window, size, slide) in [
+        (1u64, "tumbling = \"5m\"", 5 * minute, 5 * minute),
+        (
+            2,
+            "sliding = { size = \"10m\", slide = \"5m\" }",
+            10 * minute,
+            5 * minute,
+        ),
+        (3, "tumbling = \"5m\"", 5 * minute, 5 * minute),
+    ] {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut random = move |n: i64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as i64).rem_euclid(n)
+        };
+        let base = 1_764_000_000_000i64;
+        let files: Vec<Vec<(String, i64)>> = (0..12)
+            .map(|f| {
+                (0..30)
+                    .map(|_| {
+                        // Mostly in order, some up to 20 minutes late, some duplicated.
+                        let t = base + f * 2 * minute + random(2 * minute)
+                            - if random(5) == 0 {
+                                random(20 * minute)
+                            } else {
+                                0
+                            };
+                        (format!("u{}", random(4)), t)
+                    })
+                    .collect()
+            })
+            .collect();
+
+        let dir = example("windowed-clicks");
+        let pipeline = dir.path().join("pipeline.toml");
+        edit(&pipeline, "tumbling = \"5m\"", window);
+        edit(
+            &pipeline,
+            "{ name = \"event_time\", type = \"timestamp\" }",
+            "{ name = \"event_time\", type = \"long\" }",
+        );
+        let clicks = dir.path().join("data/clicks");
+        std::fs::remove_dir_all(&clicks).unwrap();
+        std::fs::create_dir_all(&clicks).unwrap();
+        for (f, events) in files.iter().enumerate() {
+            let body: String = events
+                .iter()
+                .map(|(u, t)| format!("{{\"user_id\": \"{u}\", \"event_time\": {t}}}\n"))
+                .collect();
+            std::fs::write(clicks.join(format!("f{f:03}.jsonl")), body).unwrap();
+        }
+        let err = assert_ok(&run(dir.path()));
+        let mut got: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
+            .iter()
+            .map(|r| {
+                let ms = |v: &Value| chrono_free_ms(v.as_str().unwrap());
+                format!(
+                    "{} {} {} {}",
+                    ms(&r["window_start"]),
+                    ms(&r["window_end"]),
+                    r["user_id"].as_str().unwrap(),
+                    r["count"]
+                )
+            })
+            .collect();
+        got.sort();
+        let mut expected = expected_append(&files, size, slide, 10 * minute);
+        expected.sort();
+        assert!(!expected.is_empty());
+        assert_eq!(got, expected, "seed {seed}:\n{err}");
+        assert!(
+            err.contains("dropped"),
+            "seed {seed} had no late rows:\n{err}"
+        );
+    }
+}
+
+/// Milliseconds of an RFC 3339 timestamp `YYYY-MM-DDTHH:MM:SS(.fff)+00:00`,
+/// computed by hand (days from civil date) to stay independent of Weir.
+fn chrono_free_ms(text: &str) -> i64 {
+    let num = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    let (hh, mm, ss) = (num(11..13), num(14..16), num(17..19));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000
+}
+
+#[test]
+fn article_dedup_example_keeps_each_id_once_within_the_watermark() {
+    for store in ["rocksdb", "memory"] {
+        let dir = example("dedup-events");
+        edit(
+            &dir.path().join("pipeline.toml"),
+            "name = \"dedup-events\"",
+            &format!("name = \"dedup-events\"\nstate_store = \"{store}\""),
+        );
+        let err = assert_ok(&run(dir.path()));
+        let out = dir.path().join(".weir/output");
+        let by_batch: BTreeMap<u64, Vec<String>> = numbered_entries(&out.join("_weir_log"))
+            .into_iter()
+            .map(|batch| {
+                let name = format!("part-{batch:06}.jsonl");
+                let rows = std::fs::read_to_string(out.join(name))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| {
+                        let v: Value = serde_json::from_str(l).unwrap();
+                        format!(
+                            "{}@{}",
+                            v["event_id"].as_str().unwrap(),
+                            &v["event_time"].as_str().unwrap()[11..16]
+                        )
+                    })
+                    .collect();
+                (batch, rows)
+            })
+            .collect();
+        let expected: BTreeMap<u64, Vec<String>> = [
+            (0, owned(&["e1@12:00", "e2@12:01"])),
+            (1, owned(&["e3@12:40"])),
+            (2, owned(&["e5@13:10"])),
+            (3, owned(&["e6@13:11"])),
+            (4, owned(&["e1@12:45"])),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(by_batch, expected, "{store}:\n{err}");
+        let batch4 = err.lines().find(|l| l.starts_with("batch 4:")).unwrap();
+        assert!(batch4.contains("dropped 1"), "{batch4}");
+    }
+}
+
+#[test]
+fn restart_restores_state_from_a_snapshot_and_deltas() {
+    // 40 batches: the state at batch 25 is snapshot 20 plus deltas 21..=25.
+    let run_stream = |crash: Option<&str>| {
+        let dir = example("windowed-clicks");
+        edit(
+            &dir.path().join("pipeline.toml"),
+            "{ name = \"event_time\", type = \"timestamp\" }",
+            "{ name = \"event_time\", type = \"Timestamp(Microsecond, None)\" }",
+        );
+        long_stream(dir.path(), 40);
+        if let Some(point) = crash {
+            let out = weir()
+                .arg("run")
+                .arg(dir.path().join("pipeline.toml"))
+                .env("WEIR_CRASH_AT", point)
+                .output()
+                .unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&out.status),
+                Some(9)
+            );
+            assert!(
+                dir.path()
+                    .join(".weir/checkpoint/state/0/0/20.snapshot")
+                    .is_file()
+            );
+        }
+        assert_ok(&run(dir.path()));
+        sink_batches(&dir.path().join(".weir/output"))
+    };
+    let expected = run_stream(None);
+    assert!(expected.values().map(Vec::len).sum::<usize>() > 100);
+    assert_eq!(run_stream(Some("sink-after-data@25")), expected);
+    assert_eq!(run_stream(Some("after-commit@30")), expected);
+}
