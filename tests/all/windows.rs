@@ -410,7 +410,14 @@ fn chrono_free_ms(text: &str) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000
+    let fraction: String = text[19..]
+        .strip_prefix('.')
+        .unwrap_or("")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let millis = format!("{fraction:0<3}")[..3].parse::<i64>().unwrap();
+    ((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + millis
 }
 
 #[test]
@@ -493,4 +500,155 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
     assert!(expected.values().map(Vec::len).sum::<usize>() > 100);
     assert_eq!(run_stream(Some("sink-after-data@25")), expected);
     assert_eq!(run_stream(Some("after-commit@30")), expected);
+}
+
+#[test]
+fn session_windows_merge_across_batches_and_close_by_watermark() {
+    for store in ["rocksdb", "memory"] {
+        let dir = example("sessions");
+        edit(
+            &dir.path().join("pipeline.toml"),
+            "name = \"sessions\"",
+            &format!("name = \"sessions\"\nstate_store = \"{store}\""),
+        );
+        let err = assert_ok(&run(dir.path()));
+        let batches = sink_batches(&dir.path().join(".weir/output"));
+        let expected: BTreeMap<u64, Vec<String>> = [
+            (0, vec![]),
+            (1, vec![]),
+            (2, vec![]),
+            (3, vec![]),
+            (4, owned(&["10:05-11:00 u2 2", "10:00-11:20 u1 4"])), // the no-data batch
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(batches, expected, "{store}:\n{err}");
+        assert!(
+            err.contains("batch 4: 0 rows in (0 files), 2 rows out"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn session_windows_in_update_mode_emit_changed_sessions() {
+    let dir = example("sessions");
+    let pipeline = dir.path().join("pipeline.toml");
+    edit(
+        &pipeline,
+        "kind = \"json\"\npath = \".weir/output\"",
+        "kind = \"console\"\nformat = \"json\"\noutput_mode = \"update\"",
+    );
+    let out = run(dir.path());
+    assert_ok(&out);
+    let got: Vec<(u64, Vec<String>)> = console_batches(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(|(batch, rows)| (batch, rows.iter().map(describe).collect()))
+        .collect();
+    let expected = vec![
+        (0, owned(&["10:05-10:35 u2 1", "10:00-10:40 u1 2"])),
+        (1, owned(&["10:05-11:00 u2 2", "10:50-11:20 u1 1"])),
+        (2, owned(&["10:00-11:20 u1 4"])),
+        (3, owned(&["12:00-12:30 u3 1"])),
+        (4, owned(&[])),
+    ];
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn random_session_streams_match_a_batch_computation() {
+    let minute = 60_000i64;
+    let gap = 5 * minute;
+    for seed in [11u64, 12] {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut random = move |n: i64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as i64).rem_euclid(n)
+        };
+        let base = 1_764_000_000_000i64;
+        // Disorder up to 5 minutes, less than the 10-minute delay: no row is
+        // late, so the sessions equal those of a batch computation.
+        let files: Vec<Vec<(String, i64)>> = (0..15)
+            .map(|f| {
+                (0..8)
+                    .map(|_| {
+                        (
+                            format!("u{}", random(3)),
+                            base + f * 4 * minute + random(4 * minute) - random(5 * minute),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut watermark = 0;
+        for events in &files {
+            watermark =
+                (events.iter().map(|(_, t)| *t).max().unwrap() - 10 * minute).max(watermark);
+        }
+        let mut expected = Vec::new();
+        for user in ["u0", "u1", "u2"] {
+            let mut times: Vec<i64> = files
+                .iter()
+                .flatten()
+                .filter(|(u, _)| u == user)
+                .map(|(_, t)| *t)
+                .collect();
+            times.sort();
+            let mut sessions: Vec<(i64, i64, i64)> = Vec::new();
+            for t in times {
+                match sessions.last_mut() {
+                    Some((_, end, n)) if t <= *end => {
+                        *end = (*end).max(t + gap);
+                        *n += 1;
+                    }
+                    _ => sessions.push((t, t + gap, 1)),
+                }
+            }
+            expected.extend(
+                sessions
+                    .into_iter()
+                    .filter(|(_, end, _)| *end <= watermark)
+                    .map(|(s, e, n)| format!("{s} {e} {user} {n}")),
+            );
+        }
+        expected.sort();
+
+        let dir = example("sessions");
+        let pipeline = dir.path().join("pipeline.toml");
+        edit(&pipeline, "gap = \"30m\"", "gap = \"5m\"");
+        edit(
+            &pipeline,
+            "{ name = \"event_time\", type = \"timestamp\" }",
+            "{ name = \"event_time\", type = \"long\" }",
+        );
+        let clicks = dir.path().join("data/clicks");
+        std::fs::remove_dir_all(&clicks).unwrap();
+        std::fs::create_dir_all(&clicks).unwrap();
+        for (f, events) in files.iter().enumerate() {
+            let body: String = events
+                .iter()
+                .map(|(u, t)| format!("{{\"user_id\": \"{u}\", \"event_time\": {t}}}\n"))
+                .collect();
+            std::fs::write(clicks.join(format!("f{f:03}.jsonl")), body).unwrap();
+        }
+        let err = assert_ok(&run(dir.path()));
+        let mut got: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
+            .iter()
+            .map(|r| {
+                let ms = |v: &Value| chrono_free_ms(v.as_str().unwrap());
+                format!(
+                    "{} {} {} {}",
+                    ms(&r["window_start"]),
+                    ms(&r["window_end"]),
+                    r["user_id"].as_str().unwrap(),
+                    r["count"]
+                )
+            })
+            .collect();
+        got.sort();
+        assert!(expected.len() >= 2, "{expected:?}");
+        assert_eq!(got, expected, "seed {seed}:\n{err}");
+    }
 }

@@ -56,6 +56,13 @@ struct RawWindow {
     column: String,
     tumbling: Option<Spanned<String>>,
     sliding: Option<RawSliding>,
+    session: Option<RawSession>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    gap: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -94,11 +101,14 @@ impl Resolver<'_> {
     ) -> Result<WindowAggregateConfig, ConfigError> {
         let a = raw.get_ref();
         let w = a.window.get_ref();
-        let window = match (&w.tumbling, &w.sliding) {
-            (Some(size), None) => WindowKind::Tumbling {
+        let window = match (&w.tumbling, &w.sliding, &w.session) {
+            (Some(size), None, None) => WindowKind::Tumbling {
                 size_ms: millis(self.duration(size)?),
             },
-            (None, Some(s)) => {
+            (None, None, Some(session)) => WindowKind::Session {
+                gap_ms: millis(self.duration(&session.gap)?),
+            },
+            (None, Some(s), None) => {
                 let (size_ms, slide_ms) = (
                     millis(self.duration(&s.size)?),
                     millis(self.duration(&s.slide)?),
@@ -114,7 +124,7 @@ impl Resolver<'_> {
                 return Err(self
                     .err(
                         &a.window,
-                        "a window needs exactly one of `tumbling` or `sliding`",
+                        "a window needs exactly one of `tumbling`, `sliding` or `session`",
                     )
                     .hint("window = { column = \"ts\", tumbling = \"5m\" }"));
             }

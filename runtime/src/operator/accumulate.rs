@@ -238,6 +238,39 @@ impl Acc {
         }
     }
 
+    /// Folds `other` (the same function over other rows) into `self`, as
+    /// when two session windows merge.
+    pub fn merge(&mut self, other: &Acc) {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a += b,
+            (Acc::Avg(s, n), Acc::Avg(s2, n2)) => {
+                *s += s2;
+                *n += n2;
+            }
+            (Acc::Sum(a), Acc::Sum(Some(b))) => {
+                *a = Some(match (a.take(), b) {
+                    (None, b) => b.clone(),
+                    (Some(Value::Int(x)), Value::Int(y)) => Value::Int(x.wrapping_add(*y)),
+                    (Some(Value::Float(x)), Value::Float(y)) => Value::Float(x + y),
+                    (Some(x), _) => x,
+                })
+            }
+            (Acc::Min(a), Acc::Min(Some(b))) if a.as_ref().is_none_or(|a| b < a) => {
+                *a = Some(b.clone())
+            }
+            (Acc::Max(a), Acc::Max(Some(b))) if a.as_ref().is_none_or(|a| b > a) => {
+                *a = Some(b.clone())
+            }
+            (Acc::First(a), Acc::First(Some(b))) if a.as_ref().is_none_or(|a| b.0 < a.0) => {
+                *a = Some(b.clone())
+            }
+            (Acc::Last(a), Acc::Last(Some(b))) if a.as_ref().is_none_or(|a| b.0 >= a.0) => {
+                *a = Some(b.clone())
+            }
+            _ => {}
+        }
+    }
+
     /// The result value (None = null).
     pub fn result(&self) -> Option<Value> {
         match self {

@@ -40,6 +40,12 @@ pub enum WindowKind {
         /// Distance between window starts.
         slide_ms: i64,
     },
+    /// Session windows per group: each row opens `[t, t + gap_ms)` and
+    /// sessions that overlap or touch merge, across batches.
+    Session {
+        /// Inactivity gap that closes a session.
+        gap_ms: i64,
+    },
 }
 
 impl WindowKind {
@@ -48,6 +54,7 @@ impl WindowKind {
         let (size, slide) = match self {
             WindowKind::Tumbling { size_ms } => (size_ms, size_ms),
             WindowKind::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
+            WindowKind::Session { gap_ms } => (gap_ms, gap_ms),
         };
         let last_start = t - t.rem_euclid(slide);
         (0..)
@@ -103,6 +110,88 @@ pub struct WindowAggregate {
     layout: Option<Layout>,
     /// Accumulators touched in the running batch.
     touched: BTreeMap<Vec<u8>, Vec<Acc>>,
+    /// Session windows: the sessions of each group touched in the running
+    /// batch, and the starts of the sessions this batch changed.
+    sessions: BTreeMap<Vec<u8>, (Vec<Session>, std::collections::BTreeSet<i64>)>,
+}
+
+/// One session window of a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    start: i64,
+    end: i64,
+    accs: Vec<Acc>,
+}
+
+const SESSION_PREFIX: u8 = 0x04;
+const SESSION_INDEX: u8 = 0x05;
+
+fn group_key(prefix: u8, group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + group.len());
+    key.push(prefix);
+    key.extend_from_slice(group);
+    key
+}
+
+fn index_key(end: i64, group: &[u8]) -> Vec<u8> {
+    let mut key = vec![SESSION_INDEX];
+    key.extend_from_slice(&encode_i64(end));
+    key.extend_from_slice(group);
+    key
+}
+
+fn load_sessions(state: &StateStore, group: &[u8]) -> Result<Vec<Session>> {
+    match state.get(&group_key(SESSION_PREFIX, group))? {
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| WeirError::CheckpointCorrupt {
+            path: "session state".into(),
+            reason: e.to_string(),
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Replaces `group`'s sessions (and their index entries) in the state.
+fn store_sessions(state: &mut StateStore, group: &[u8], sessions: &[Session]) -> Result<()> {
+    for old in load_sessions(state, group)? {
+        state.delete(&index_key(old.end, group))?;
+    }
+    let key = group_key(SESSION_PREFIX, group);
+    if sessions.is_empty() {
+        return state.delete(&key);
+    }
+    for s in sessions {
+        state.put(&index_key(s.end, group), &[])?;
+    }
+    let bytes = postcard::to_stdvec(sessions).map_err(|e| WeirError::Internal(e.to_string()))?;
+    state.put(&key, &bytes)
+}
+
+/// Adds `new` to `sessions`, merging every session it overlaps or touches;
+/// returns the start of the resulting session.
+fn merge_session(sessions: &mut Vec<Session>, mut new: Session) -> i64 {
+    loop {
+        let Some(i) = sessions
+            .iter()
+            .position(|s| s.start <= new.end && new.start <= s.end)
+        else {
+            break;
+        };
+        let other = sessions.remove(i);
+        new.start = new.start.min(other.start);
+        new.end = new.end.max(other.end);
+        for (acc, o) in new.accs.iter_mut().zip(&other.accs) {
+            acc.merge(o);
+        }
+    }
+    let start = new.start;
+    sessions.push(new);
+    sessions.sort_by_key(|s| s.start);
+    start
+}
+
+/// The output row key of a session (same layout as a fixed window's).
+fn session_row(group: &[u8], s: Session) -> (Vec<u8>, Vec<Acc>) {
+    (window_key(s.start, s.end, group), s.accs)
 }
 
 impl WindowAggregate {
@@ -112,6 +201,7 @@ impl WindowAggregate {
             config,
             layout: None,
             touched: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 
@@ -278,6 +368,79 @@ impl WindowAggregate {
     }
 }
 
+impl WindowAggregate {
+    /// End of a batch for session windows: store the touched groups, then
+    /// emit by output mode and evict the sessions the watermark closed.
+    fn end_session_batch(&mut self, ctx: &mut OperatorContext<'_>) -> Result<Vec<RecordBatch>> {
+        let touched = std::mem::take(&mut self.sessions);
+        for (group, (sessions, _)) in &touched {
+            store_sessions(ctx.state, group, sessions)?;
+        }
+        self.layout(None, ctx.state)?;
+        let mut rows = BTreeMap::new();
+        match self.config.output_mode {
+            OutputMode::Complete => {
+                let mut groups = Vec::new();
+                ctx.state.scan_from(&[SESSION_PREFIX], &mut |key, _| {
+                    let more = key[0] == SESSION_PREFIX;
+                    if more {
+                        groups.push(key[1..].to_vec());
+                    }
+                    more
+                })?;
+                for group in groups {
+                    for s in load_sessions(ctx.state, &group)? {
+                        let (key, accs) = session_row(&group, s);
+                        rows.insert(key, accs);
+                    }
+                }
+            }
+            mode => {
+                if mode == OutputMode::Update {
+                    for (group, (sessions, changed)) in touched {
+                        for s in sessions.into_iter().filter(|s| changed.contains(&s.start)) {
+                            let (key, accs) = session_row(&group, s);
+                            rows.insert(key, accs);
+                        }
+                    }
+                }
+                let closed = self.close_sessions(ctx)?;
+                if mode == OutputMode::Append {
+                    rows.extend(closed);
+                }
+            }
+        }
+        self.emit(rows.into_iter().collect())
+    }
+
+    /// Removes the sessions that ended by the watermark; returns them as rows.
+    fn close_sessions(
+        &mut self,
+        ctx: &mut OperatorContext<'_>,
+    ) -> Result<Vec<(Vec<u8>, Vec<Acc>)>> {
+        let Some(wm) = ctx.watermark_ms else {
+            return Ok(Vec::new());
+        };
+        let mut groups = std::collections::BTreeSet::new();
+        ctx.state.scan_from(&[SESSION_INDEX], &mut |key, _| {
+            let due = key[0] == SESSION_INDEX && decode_i64(&key[1..]) <= wm;
+            if due {
+                groups.insert(key[9..].to_vec());
+            }
+            due
+        })?;
+        let mut closed = Vec::new();
+        for group in groups {
+            let (due, open): (Vec<Session>, Vec<Session>) = load_sessions(ctx.state, &group)?
+                .into_iter()
+                .partition(|s| s.end <= wm);
+            store_sessions(ctx.state, &group, &open)?;
+            closed.extend(due.into_iter().map(|s| session_row(&group, s)));
+        }
+        Ok(closed)
+    }
+}
+
 fn window_key(start: i64, end: i64, group: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(17 + group.len());
     key.push(WINDOW_PREFIX);
@@ -362,6 +525,48 @@ impl Operator for WindowAggregate {
             OutputMode::Complete => None,
             _ => ctx.watermark_ms,
         };
+        if let WindowKind::Session { gap_ms } = self.config.window {
+            for row in 0..batch.num_rows() {
+                if times.is_null(row) {
+                    continue;
+                }
+                let t = times.value(row);
+                // A row is late when its own session would already be closed.
+                if late_before.is_some_and(|wm| t + gap_ms <= wm) {
+                    ctx.rows_dropped_by_watermark += 1;
+                    continue;
+                }
+                let group = group_rows.row(row).as_ref().to_vec();
+                let (sessions, changed) = match self.sessions.get_mut(&group) {
+                    Some(entry) => entry,
+                    None => {
+                        let loaded = load_sessions(ctx.state, &group)?;
+                        self.sessions
+                            .entry(group)
+                            .or_insert((loaded, Default::default()))
+                    }
+                };
+                let mut accs: Vec<Acc> = self
+                    .config
+                    .aggregates
+                    .iter()
+                    .map(|a| a.function.empty())
+                    .collect();
+                for (acc, input) in accs.iter_mut().zip(&inputs) {
+                    acc.update(input, row, t);
+                }
+                let start = merge_session(
+                    sessions,
+                    Session {
+                        start: t,
+                        end: t + gap_ms,
+                        accs,
+                    },
+                );
+                changed.insert(start);
+            }
+            return Ok(Vec::new());
+        }
         for row in 0..batch.num_rows() {
             if times.is_null(row) {
                 continue;
@@ -401,6 +606,9 @@ impl Operator for WindowAggregate {
     }
 
     fn handle_batch_end(&mut self, ctx: &mut OperatorContext<'_>) -> Result<Vec<RecordBatch>> {
+        if let WindowKind::Session { .. } = self.config.window {
+            return self.end_session_batch(ctx);
+        }
         let touched = std::mem::take(&mut self.touched);
         for (key, accs) in &touched {
             let bytes =
@@ -448,9 +656,13 @@ impl Operator for WindowAggregate {
         if self.config.output_mode == OutputMode::Complete {
             return Ok(false);
         }
+        let prefix = match self.config.window {
+            WindowKind::Session { .. } => SESSION_INDEX,
+            _ => WINDOW_PREFIX,
+        };
         let mut due = false;
-        state.scan_from(&[WINDOW_PREFIX], &mut |key, _| {
-            due = key[0] == WINDOW_PREFIX && decode_i64(&key[1..]) <= watermark_ms;
+        state.scan_from(&[prefix], &mut |key, _| {
+            due = key[0] == prefix && decode_i64(&key[1..]) <= watermark_ms;
             false
         })?;
         Ok(due)
