@@ -134,8 +134,8 @@ impl StateStore {
 
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let old = self.backend.get(key)?;
-        self.account(key, old.as_deref(), Some(value));
+        let old = self.stored_len(key)?;
+        self.account(key.len(), old, Some(value.len()));
         self.backend.put(key, value)?;
         self.pending.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
@@ -143,14 +143,22 @@ impl StateStore {
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
-        let old = self.backend.get(key)?;
-        if old.is_none() {
+        let Some(old) = self.stored_len(key)? else {
             return Ok(());
-        }
-        self.account(key, old.as_deref(), None);
+        };
+        self.account(key.len(), Some(old), None);
         self.backend.delete(key)?;
         self.pending.insert(key.to_vec(), None);
         Ok(())
+    }
+
+    /// Length of the value under `key`, if any. A key changed in this batch
+    /// is answered from the changelog, sparing a backend read.
+    fn stored_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        match self.pending.get(key) {
+            Some(change) => Ok(change.as_ref().map(Vec::len)),
+            None => Ok(self.backend.get(key)?.map(|v| v.len())),
+        }
     }
 
     /// Keys from `start` in ascending order while `visit` returns true.
@@ -162,14 +170,14 @@ impl StateStore {
         self.backend.scan_from(start, visit)
     }
 
-    fn account(&mut self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
-        let size = |v: Option<&[u8]>| v.map(|v| (key.len() + v.len()) as u64);
+    fn account(&mut self, key_len: usize, old: Option<usize>, new: Option<usize>) {
+        let size = |v: Option<usize>| v.map_or(0, |v| (key_len + v) as u64);
         match (old, new) {
             (None, Some(_)) => self.metrics.rows += 1,
             (Some(_), None) => self.metrics.rows -= 1,
             _ => {}
         }
-        self.metrics.bytes = self.metrics.bytes + size(new).unwrap_or(0) - size(old).unwrap_or(0);
+        self.metrics.bytes = self.metrics.bytes + size(new) - size(old);
     }
 
     /// Makes this batch's changes durable as `version` (written again, with
