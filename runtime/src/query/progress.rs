@@ -100,7 +100,10 @@ impl fmt::Display for BatchProgress {
             ms(d.total),
         )?;
         if let Some(wm) = self.watermark_ms {
-            write!(f, " | watermark {wm}")?;
+            match chrono::DateTime::from_timestamp_millis(wm) {
+                Some(t) => write!(f, " | watermark {}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"))?,
+                None => write!(f, " | watermark {wm}ms")?,
+            }
             if self.rows_dropped_by_watermark > 0 {
                 write!(f, " dropped {}", self.rows_dropped_by_watermark)?;
             }
