@@ -652,3 +652,118 @@ fn random_session_streams_match_a_batch_computation() {
         assert_eq!(got, expected, "seed {seed}:\n{err}");
     }
 }
+
+#[test]
+fn every_aggregate_function_gives_exact_results() {
+    let dir = example("windowed-clicks");
+    let pipeline = dir.path().join("pipeline.toml");
+    edit(
+        &pipeline,
+        "  { name = \"event_time\", type = \"timestamp\" },\n",
+        "  { name = \"event_time\", type = \"timestamp\" },\n  { name = \"amount\", type = \"long\" },\n  { name = \"label\", type = \"string\" },\n",
+    );
+    edit(
+        &pipeline,
+        "aggregates = [ { fn = \"count\", as = \"count\" } ]",
+        r#"aggregates = [
+  { fn = "count", as = "count" },
+  { fn = "count", column = "amount", as = "amounts" },
+  { fn = "sum", column = "amount" },
+  { fn = "min", column = "amount" },
+  { fn = "max", column = "label" },
+  { fn = "avg", column = "amount" },
+  { fn = "first", column = "label" },
+  { fn = "last", column = "label" },
+]"#,
+    );
+    edit(
+        &pipeline,
+        "kind = \"json\"\npath = \".weir/output\"\noutput_mode = \"append\"",
+        "kind = \"console\"\nformat = \"json\"\noutput_mode = \"complete\"",
+    );
+    let clicks = dir.path().join("data/clicks");
+    std::fs::remove_dir_all(&clicks).unwrap();
+    std::fs::create_dir_all(&clicks).unwrap();
+    // One window for u1; arrival order differs from event-time order, and
+    // one amount is null.
+    std::fs::write(
+        clicks.join("a.jsonl"),
+        concat!(
+            "{\"user_id\": \"u1\", \"event_time\": \"2026-11-25T12:03:00Z\", \"amount\": 5, \"label\": \"b\"}\n",
+            "{\"user_id\": \"u1\", \"event_time\": \"2026-11-25T12:01:00Z\", \"amount\": -2, \"label\": \"c\"}\n",
+            "{\"user_id\": \"u1\", \"event_time\": \"2026-11-25T12:04:00Z\", \"amount\": null, \"label\": \"a\"}\n",
+            "{\"user_id\": \"u1\", \"event_time\": \"2026-11-25T12:02:00Z\", \"amount\": 10, \"label\": \"d\"}\n",
+        ),
+    )
+    .unwrap();
+    let out = run(dir.path());
+    assert_ok(&out);
+    let batches = console_batches(&String::from_utf8_lossy(&out.stdout));
+    let row = &batches[0].1[0];
+    assert_eq!(row["count"], 4);
+    assert_eq!(row["amounts"], 3); // count(column) skips nulls
+    assert_eq!(row["sum_amount"], 13);
+    assert_eq!(row["min_amount"], -2);
+    assert_eq!(row["max_label"], "d");
+    assert!(
+        (row["avg_amount"].as_f64().unwrap() - 13.0 / 3.0).abs() < 1e-12,
+        "{row}"
+    );
+    assert_eq!(row["first_label"], "c"); // earliest event time, not first to arrive
+    assert_eq!(row["last_label"], "a");
+}
+
+#[test]
+fn plain_drop_duplicates_keeps_keys_forever_and_warns() {
+    let dir = example("dedup-events");
+    let pipeline = dir.path().join("pipeline.toml");
+    edit(
+        &pipeline,
+        "drop_duplicates_within_watermark = [\"event_id\"]",
+        "drop_duplicates = [\"event_id\"]",
+    );
+    let err = assert_ok(&run(dir.path()));
+    assert!(err.contains("state grows without bound"), "{err}");
+    let ids: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    // Unlike the within-watermark flavour, the e1 of 12:45 is still a duplicate.
+    assert_eq!(ids, ["e1", "e2", "e3", "e5", "e6"]);
+}
+
+#[test]
+fn article_example_with_sliding_windows() {
+    let dir = example("windowed-clicks");
+    edit(
+        &dir.path().join("pipeline.toml"),
+        "tumbling = \"5m\"",
+        "sliding = { size = \"10m\", slide = \"5m\" }",
+    );
+    let err = assert_ok(&run(dir.path()));
+    let batches = sink_batches(&dir.path().join(".weir/output"));
+    // Each click is in two 10-minute windows. The 11:58 click (batch 2,
+    // watermark 11:59) is kept: both its windows end after 11:59. The
+    // 11:59:59 click (batch 4, watermark 12:05) is dropped: both its windows
+    // ([11:50, 12:00) and [11:55, 12:05)) ended by then.
+    let expected: BTreeMap<u64, Vec<String>> = [
+        (0, vec![]),
+        (1, vec![]),
+        (2, vec![]),
+        (3, vec![]),
+        (
+            4,
+            owned(&["11:50-12:00 u1 1", "11:55-12:05 u1 3", "11:55-12:05 u2 1"]),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(batches, expected, "{err}");
+    assert!(
+        err.lines()
+            .find(|l| l.starts_with("batch 4:"))
+            .unwrap()
+            .contains("dropped 1"),
+        "{err}"
+    );
+}
