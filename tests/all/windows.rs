@@ -315,6 +315,63 @@ fn expected_append(files: &[Vec<(String, i64)>], size: i64, slide: i64, delay: i
         .collect()
 }
 
+/// A seeded LCG: `random(n)` is in `0..n`, the same sequence every run.
+fn seeded(seed: u64) -> impl FnMut(i64) -> i64 {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    move |n: i64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as i64).rem_euclid(n)
+    }
+}
+
+/// Runs `example` with `edits` applied to its pipeline over `files` (one
+/// file per batch, event times as epoch ms); returns the committed rows as
+/// sorted "start end user count" lines (times in ms) and the stderr.
+fn run_random_stream(
+    example_name: &str,
+    edits: &[(&str, &str)],
+    files: &[Vec<(String, i64)>],
+) -> (Vec<String>, String) {
+    let dir = example(example_name);
+    let pipeline = dir.path().join("pipeline.toml");
+    for (from, to) in edits {
+        edit(&pipeline, from, to);
+    }
+    edit(
+        &pipeline,
+        "{ name = \"event_time\", type = \"timestamp\" }",
+        "{ name = \"event_time\", type = \"long\" }",
+    );
+    let clicks = dir.path().join("data/clicks");
+    std::fs::remove_dir_all(&clicks).unwrap();
+    std::fs::create_dir_all(&clicks).unwrap();
+    for (f, events) in files.iter().enumerate() {
+        let body: String = events
+            .iter()
+            .map(|(u, t)| format!("{{\"user_id\": \"{u}\", \"event_time\": {t}}}\n"))
+            .collect();
+        std::fs::write(clicks.join(format!("f{f:03}.jsonl")), body).unwrap();
+    }
+    let err = assert_ok(&run(dir.path()));
+    let ms = |v: &Value| chrono_free_ms(v.as_str().unwrap());
+    let mut got: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                ms(&r["window_start"]),
+                ms(&r["window_end"]),
+                r["user_id"].as_str().unwrap(),
+                r["count"]
+            )
+        })
+        .collect();
+    got.sort();
+    (got, err)
+}
+
 #[test]
 fn random_disordered_streams_match_a_batch_computation() {
     let minute = 60_000i64;
@@ -328,64 +385,26 @@ fn random_disordered_streams_match_a_batch_computation() {
         ),
         (3, "tumbling = \"5m\"", 5 * minute, 5 * minute),
     ] {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut random = move |n: i64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as i64).rem_euclid(n)
-        };
+        let mut random = seeded(seed);
         let base = 1_764_000_000_000i64;
         let files: Vec<Vec<(String, i64)>> = (0..12)
             .map(|f| {
                 (0..30)
                     .map(|_| {
                         // Mostly in order, some up to 20 minutes late, some duplicated.
-                        let t = base + f * 2 * minute + random(2 * minute)
-                            - if random(5) == 0 {
-                                random(20 * minute)
-                            } else {
-                                0
-                            };
+                        let late = if random(5) == 0 {
+                            random(20 * minute)
+                        } else {
+                            0
+                        };
+                        let t = base + f * 2 * minute + random(2 * minute) - late;
                         (format!("u{}", random(4)), t)
                     })
                     .collect()
             })
             .collect();
-
-        let dir = example("windowed-clicks");
-        let pipeline = dir.path().join("pipeline.toml");
-        edit(&pipeline, "tumbling = \"5m\"", window);
-        edit(
-            &pipeline,
-            "{ name = \"event_time\", type = \"timestamp\" }",
-            "{ name = \"event_time\", type = \"long\" }",
-        );
-        let clicks = dir.path().join("data/clicks");
-        std::fs::remove_dir_all(&clicks).unwrap();
-        std::fs::create_dir_all(&clicks).unwrap();
-        for (f, events) in files.iter().enumerate() {
-            let body: String = events
-                .iter()
-                .map(|(u, t)| format!("{{\"user_id\": \"{u}\", \"event_time\": {t}}}\n"))
-                .collect();
-            std::fs::write(clicks.join(format!("f{f:03}.jsonl")), body).unwrap();
-        }
-        let err = assert_ok(&run(dir.path()));
-        let mut got: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
-            .iter()
-            .map(|r| {
-                let ms = |v: &Value| chrono_free_ms(v.as_str().unwrap());
-                format!(
-                    "{} {} {} {}",
-                    ms(&r["window_start"]),
-                    ms(&r["window_end"]),
-                    r["user_id"].as_str().unwrap(),
-                    r["count"]
-                )
-            })
-            .collect();
-        got.sort();
+        let (got, err) =
+            run_random_stream("windowed-clicks", &[("tumbling = \"5m\"", window)], &files);
         let mut expected = expected_append(&files, size, slide, 10 * minute);
         expected.sort();
         assert!(!expected.is_empty());
@@ -560,13 +579,7 @@ fn random_session_streams_match_a_batch_computation() {
     let minute = 60_000i64;
     let gap = 5 * minute;
     for seed in [11u64, 12] {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut random = move |n: i64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as i64).rem_euclid(n)
-        };
+        let mut random = seeded(seed);
         let base = 1_764_000_000_000i64;
         // Disorder up to 5 minutes, less than the 10-minute delay: no row is
         // late, so the sessions equal those of a batch computation.
@@ -615,39 +628,8 @@ fn random_session_streams_match_a_batch_computation() {
         }
         expected.sort();
 
-        let dir = example("sessions");
-        let pipeline = dir.path().join("pipeline.toml");
-        edit(&pipeline, "gap = \"30m\"", "gap = \"5m\"");
-        edit(
-            &pipeline,
-            "{ name = \"event_time\", type = \"timestamp\" }",
-            "{ name = \"event_time\", type = \"long\" }",
-        );
-        let clicks = dir.path().join("data/clicks");
-        std::fs::remove_dir_all(&clicks).unwrap();
-        std::fs::create_dir_all(&clicks).unwrap();
-        for (f, events) in files.iter().enumerate() {
-            let body: String = events
-                .iter()
-                .map(|(u, t)| format!("{{\"user_id\": \"{u}\", \"event_time\": {t}}}\n"))
-                .collect();
-            std::fs::write(clicks.join(format!("f{f:03}.jsonl")), body).unwrap();
-        }
-        let err = assert_ok(&run(dir.path()));
-        let mut got: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
-            .iter()
-            .map(|r| {
-                let ms = |v: &Value| chrono_free_ms(v.as_str().unwrap());
-                format!(
-                    "{} {} {} {}",
-                    ms(&r["window_start"]),
-                    ms(&r["window_end"]),
-                    r["user_id"].as_str().unwrap(),
-                    r["count"]
-                )
-            })
-            .collect();
-        got.sort();
+        let (got, err) =
+            run_random_stream("sessions", &[("gap = \"30m\"", "gap = \"5m\"")], &files);
         assert!(expected.len() >= 2, "{expected:?}");
         assert_eq!(got, expected, "seed {seed}:\n{err}");
     }
