@@ -517,6 +517,26 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
     };
     let expected = run_stream(None);
     assert!(expected.values().map(Vec::len).sum::<usize>() > 100);
+    // Retention: once snapshot 40 exists, nothing before snapshot 30 is kept.
+    let dir = example("windowed-clicks");
+    long_stream(dir.path(), 40);
+    edit(
+        &dir.path().join("pipeline.toml"),
+        "{ name = \"event_time\", type = \"timestamp\" }",
+        "{ name = \"event_time\", type = \"Timestamp(Microsecond, None)\" }",
+    );
+    assert_ok(&run(dir.path()));
+    let mut kept: Vec<String> = std::fs::read_dir(dir.path().join(".weir/checkpoint/state/0/0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort_by_key(|n| n.split('.').next().unwrap().parse::<u64>().unwrap());
+    let oldest = kept.first().unwrap().split('.').next().unwrap().to_string();
+    assert_eq!(oldest, "30", "{kept:?}");
+    assert!(
+        kept.contains(&"30.snapshot".to_string()) && kept.contains(&"40.snapshot".to_string()),
+        "{kept:?}"
+    );
     assert_eq!(run_stream(Some("sink-after-data@25")), expected);
     assert_eq!(run_stream(Some("after-commit@30")), expected);
 }

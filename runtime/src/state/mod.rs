@@ -13,7 +13,8 @@
 //! Version V is the state after batch V-1 (version 0 is empty). A restart
 //! that resumes at batch N loads the newest snapshot at or below N and
 //! replays the deltas after it, so the state is exactly that of the last
-//! committed batch, whichever backend holds it.
+//! committed batch, whichever backend holds it. Files older than the
+//! previous snapshot are deleted when a new snapshot is written.
 
 mod memory;
 mod rocks;
@@ -21,6 +22,7 @@ mod rocks;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -198,8 +200,38 @@ impl StateStore {
                 true
             })?;
             self.write(&format!("{version}.snapshot"), &rows).await?;
+            self.remove_before(version.saturating_sub(SNAPSHOT_EVERY))
+                .await?;
         }
         self.version = version;
+        Ok(())
+    }
+
+    /// Deletes deltas and snapshots older than version `oldest`. Called with
+    /// the previous snapshot's version once a new snapshot is written: a
+    /// replay of the batch that wrote the new one still restores from the
+    /// previous snapshot, and no restart ever needs anything older.
+    async fn remove_before(&self, oldest: u64) -> Result<()> {
+        let prefix = ObjectPath::from(self.dir.as_str());
+        let listed: Vec<_> = self
+            .checkpoint
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| WeirError::storage(&prefix, e))?;
+        for meta in listed {
+            let version = meta
+                .location
+                .filename()
+                .and_then(|name| name.split('.').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if version.is_some_and(|v| v < oldest) {
+                match self.checkpoint.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(WeirError::storage(&meta.location, e)),
+                }
+            }
+        }
         Ok(())
     }
 
