@@ -769,3 +769,47 @@ fn article_example_with_sliding_windows() {
         "{err}"
     );
 }
+
+#[test]
+fn progress_log_has_sparks_fields_per_batch() {
+    let dir = example("windowed-clicks");
+    let log = dir.path().join("progress.jsonl");
+    let out = weir()
+        .arg("run")
+        .arg("--quiet")
+        .arg("--progress-log")
+        .arg(&log)
+        .arg(dir.path().join("pipeline.toml"))
+        .output()
+        .unwrap();
+    let err = assert_ok(&out);
+    assert!(
+        !err.contains("batch 0:"),
+        "--quiet still printed progress:\n{err}"
+    );
+    let events: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 5);
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|e| e["batchId"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 3, 4]);
+    assert_eq!(events[0]["name"], "windowed-clicks");
+    assert_eq!(events[0]["numInputRows"], 3);
+    assert_eq!(
+        events[0]["eventTime"]["watermark"],
+        "1970-01-01T00:00:00.000Z"
+    );
+    assert_eq!(
+        events[4]["eventTime"]["watermark"],
+        "2026-11-25T12:05:00.000Z"
+    );
+    assert_eq!(events[4]["numRowsDroppedByWatermark"], 1);
+    assert_eq!(events[4]["sink"]["numOutputRows"], 3);
+    assert_eq!(events[4]["stateOperators"][0]["numRowsTotal"], 4);
+    assert!(events[4]["durationMs"]["triggerExecution"].is_u64());
+}

@@ -1,5 +1,6 @@
 //! The `weir` command line.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +34,10 @@ enum Command {
         /// Do not print a progress line per batch.
         #[arg(long)]
         quiet: bool,
+        /// Also append each batch's progress as one JSON line (Spark's
+        /// field names) to this file.
+        #[arg(long, value_name = "FILE")]
+        progress_log: Option<PathBuf>,
     },
     /// Check a pipeline file and its plugins without running anything.
     Validate {
@@ -105,8 +110,25 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             );
             Ok(())
         }
-        Command::Run { pipeline, quiet } => {
+        Command::Run {
+            pipeline,
+            quiet,
+            progress_log,
+        } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            let mut log = match &progress_log {
+                Some(path) => Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|source| WeirError::Io {
+                            path: path.clone(),
+                            source,
+                        })?,
+                ),
+                None => None,
+            };
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -114,12 +136,22 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 let _ = stop_tx.send(true);
             });
             let name = pipeline.name.clone();
-            let query = Query::new(pipeline, PluginEngine::new()?).with_stop_signal(stop_rx);
-            let query = if quiet {
-                query
-            } else {
-                query.on_progress(|p| eprintln!("{p}"))
-            };
+            let query_name = name.clone();
+            let query = Query::new(pipeline, PluginEngine::new()?)
+                .with_stop_signal(stop_rx)
+                .on_progress(move |p| {
+                    if !quiet {
+                        eprintln!("{p}");
+                    }
+                    if let Some(file) = &mut log {
+                        let mut json = p.to_json();
+                        json["name"] = query_name.clone().into();
+                        // A full disk must not stop the query; say so and go on.
+                        if let Err(e) = writeln!(file, "{json}") {
+                            tracing::warn!("cannot write the progress log: {e}");
+                        }
+                    }
+                });
             match query.run().await? {
                 QueryOutcome::Drained { batches } => {
                     eprintln!(

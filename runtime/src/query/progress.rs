@@ -66,6 +66,53 @@ pub struct BatchProgress {
     pub state: Option<crate::state::StateMetrics>,
 }
 
+impl BatchProgress {
+    /// The progress as a JSON object with Spark's `StreamingQueryProgress`
+    /// field names (`batchId`, `numInputRows`, `durationMs`, `eventTime`,
+    /// `stateOperators`, ...), plus Weir's per-plugin `plugins` list.
+    pub fn to_json(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let d = &self.durations;
+        let mut json = serde_json::json!({
+            "batchId": self.batch_id,
+            "replay": self.replay,
+            "numInputRows": self.input_rows,
+            "numInputFiles": self.input_files,
+            "numBadRecords": self.bad_records,
+            "inputRowsPerSecond": self.input_rows_per_second,
+            "processedRowsPerSecond": self.processed_rows_per_second,
+            "durationMs": {
+                "planBatch": ms(d.plan),
+                "getBatch": ms(d.read),
+                "transform": ms(d.transform),
+                "addBatch": ms(d.sink),
+                "walCommit": ms(d.commit),
+                "triggerExecution": ms(d.total),
+            },
+            "numRowsDroppedByWatermark": self.rows_dropped_by_watermark,
+            "sink": { "numOutputRows": self.output_rows, "alreadyCommitted": self.sink_skipped },
+            "plugins": self.stages.iter().map(|s| serde_json::json!({
+                "name": s.name,
+                "calls": s.calls,
+                "durationMs": ms(s.duration),
+                "counters": s.counters,
+            })).collect::<Vec<_>>(),
+        });
+        if let Some(wm) = self
+            .watermark_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+        {
+            json["eventTime"] =
+                serde_json::json!({ "watermark": wm.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string() });
+        }
+        if let Some(state) = self.state {
+            json["stateOperators"] =
+                serde_json::json!([{ "numRowsTotal": state.rows, "memoryUsedBytes": state.bytes }]);
+        }
+        json
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
