@@ -14,6 +14,26 @@ use crate::common::{
     weir,
 };
 
+/// A copy of `examples/<name>` whose pipeline keeps its state in `store`.
+fn example_on(name: &str, store: &str) -> tempfile::TempDir {
+    let dir = example(name);
+    let pipeline = dir.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let text = match text.find("state_store = ") {
+        Some(at) => {
+            let end = at + text[at..].find('\n').unwrap();
+            format!("{}state_store = \"{store}\"{}", &text[..at], &text[end..])
+        }
+        None => text.replacen(
+            "\n[trigger]",
+            &format!("\nstate_store = \"{store}\"\n\n[trigger]"),
+            1,
+        ),
+    };
+    std::fs::write(&pipeline, text).unwrap();
+    dir
+}
+
 /// "start-end user count" with times as HH:MM (all rows are on one day).
 fn describe(row: &Value) -> String {
     let hhmm = |v: &Value| v.as_str().unwrap()[11..16].to_string();
@@ -64,12 +84,7 @@ fn sink_batches(out: &Path) -> BTreeMap<u64, Vec<String>> {
 #[test]
 fn article_example_in_append_mode_on_both_state_stores() {
     for store in ["rocksdb", "memory"] {
-        let dir = example("windowed-clicks");
-        edit(
-            &dir.path().join("pipeline.toml"),
-            "state_store = \"rocksdb\"",
-            &format!("state_store = \"{store}\""),
-        );
+        let dir = example_on("windowed-clicks", store);
         let err = assert_ok(&run(dir.path()));
         let batches = sink_batches(&dir.path().join(".weir/output"));
         // Nothing closes until batch 4, which runs with watermark 12:05
@@ -182,12 +197,7 @@ fn spark_refusals_are_reported_at_start() {
 
 /// Every batch of the example, with the clicks split one file per batch.
 fn fault_free_windows(store: &str) -> BTreeMap<u64, Vec<String>> {
-    let dir = example("windowed-clicks");
-    edit(
-        &dir.path().join("pipeline.toml"),
-        "state_store = \"rocksdb\"",
-        &format!("state_store = \"{store}\""),
-    );
+    let dir = example_on("windowed-clicks", store);
     assert_ok(&run(dir.path()));
     sink_batches(&dir.path().join(".weir/output"))
 }
@@ -198,12 +208,7 @@ fn kill_at_every_crash_point_with_state_on_both_backends() {
         let expected = fault_free_windows(store);
         for point in CRASH_POINTS {
             for batch in [2, 4] {
-                let dir = example("windowed-clicks");
-                edit(
-                    &dir.path().join("pipeline.toml"),
-                    "state_store = \"rocksdb\"",
-                    &format!("state_store = \"{store}\""),
-                );
+                let dir = example_on("windowed-clicks", store);
                 let out = weir()
                     .arg("run")
                     .arg(dir.path().join("pipeline.toml"))
@@ -442,12 +447,7 @@ fn chrono_free_ms(text: &str) -> i64 {
 #[test]
 fn article_dedup_example_keeps_each_id_once_within_the_watermark() {
     for store in ["rocksdb", "memory"] {
-        let dir = example("dedup-events");
-        edit(
-            &dir.path().join("pipeline.toml"),
-            "name = \"dedup-events\"",
-            &format!("name = \"dedup-events\"\nstate_store = \"{store}\""),
-        );
+        let dir = example_on("dedup-events", store);
         let err = assert_ok(&run(dir.path()));
         let out = dir.path().join(".weir/output");
         let by_batch: BTreeMap<u64, Vec<String>> = numbered_entries(&out.join("_weir_log"))
@@ -544,12 +544,7 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
 #[test]
 fn session_windows_merge_across_batches_and_close_by_watermark() {
     for store in ["rocksdb", "memory"] {
-        let dir = example("sessions");
-        edit(
-            &dir.path().join("pipeline.toml"),
-            "name = \"sessions\"",
-            &format!("name = \"sessions\"\nstate_store = \"{store}\""),
-        );
+        let dir = example_on("sessions", store);
         let err = assert_ok(&run(dir.path()));
         let batches = sink_batches(&dir.path().join(".weir/output"));
         let expected: BTreeMap<u64, Vec<String>> = [

@@ -13,7 +13,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 
-use super::{Operator, OperatorContext, decode_i64, encode_i64, event_times_ms};
+use super::{Operator, OperatorContext, decode_i64, earliest_time, encode_i64, event_times_ms};
 use crate::error::{Result, WeirError};
 use crate::state::StateStore;
 
@@ -151,12 +151,7 @@ impl Operator for Deduplicate {
     }
 
     fn has_work_at(&self, state: &StateStore, watermark_ms: i64) -> Result<bool> {
-        let mut due = false;
-        state.scan_from(&[EXPIRY_PREFIX], &mut |key, _| {
-            due = key[0] == EXPIRY_PREFIX && decode_i64(&key[1..]) < watermark_ms;
-            false
-        })?;
-        Ok(due)
+        Ok(earliest_time(state, EXPIRY_PREFIX)?.is_some_and(|expiry| expiry < watermark_ms))
     }
 
     fn output_schema(&self) -> Option<SchemaRef> {

@@ -59,6 +59,19 @@ pub trait Operator: Send {
     fn output_schema(&self) -> Option<SchemaRef>;
 }
 
+/// The time in the first state key tagged `prefix` (keys laid out as
+/// `prefix | encoded time | ...`): the earliest window end or expiry.
+pub(crate) fn earliest_time(state: &StateStore, prefix: u8) -> Result<Option<i64>> {
+    let mut earliest = None;
+    state.scan_from(&[prefix], &mut |key, _| {
+        if key[0] == prefix {
+            earliest = Some(decode_i64(&key[1..]));
+        }
+        false
+    })?;
+    Ok(earliest)
+}
+
 /// Sortable big-endian encoding of an i64 (negative values first).
 pub(crate) fn encode_i64(v: i64) -> [u8; 8] {
     ((v as u64) ^ (1 << 63)).to_be_bytes()

@@ -20,7 +20,7 @@ mod session;
 
 use self::session::{SESSION_INDEX, Session, load_sessions, merge_session};
 use super::accumulate::{Acc, AggregateFn, Family, Input, build_column};
-use super::{Operator, OperatorContext, decode_i64, encode_i64};
+use super::{Operator, OperatorContext, decode_i64, earliest_time, encode_i64};
 use crate::config::OutputMode;
 use crate::error::{Result, WeirError};
 use crate::state::StateStore;
@@ -511,12 +511,7 @@ impl Operator for WindowAggregate {
             WindowKind::Session { .. } => SESSION_INDEX,
             _ => WINDOW_PREFIX,
         };
-        let mut due = false;
-        state.scan_from(&[prefix], &mut |key, _| {
-            due = key[0] == prefix && decode_i64(&key[1..]) <= watermark_ms;
-            false
-        })?;
-        Ok(due)
+        Ok(earliest_time(state, prefix)?.is_some_and(|end| end <= watermark_ms))
     }
 
     fn output_schema(&self) -> Option<SchemaRef> {

@@ -208,18 +208,21 @@ struct Runner {
 
 impl Runner {
     async fn run(&mut self, recovery: Recovery) -> Result<QueryOutcome> {
+        let mut replayed_files = Vec::new();
         for batch in 0..recovery.next_batch {
             let logged: SourceLogEntry = self.checkpoint.source_log(0, batch).await?;
             self.source.mark_seen(&logged.files);
+            if recovery.replay == Some(batch) {
+                replayed_files = logged.files;
+            }
         }
         if let Some(batch) = recovery.replay {
-            let logged: SourceLogEntry = self.checkpoint.source_log(0, batch).await?;
             tracing::info!(
                 batch,
-                files = logged.files.len(),
+                files = replayed_files.len(),
                 "replaying the batch that was in flight"
             );
-            self.run_batch(batch, logged.files, true).await?;
+            self.run_batch(batch, replayed_files, true).await?;
         }
         let mut next = recovery.next_batch;
         let trigger = self.pipeline.trigger.clone();

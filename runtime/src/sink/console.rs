@@ -17,14 +17,7 @@ impl Sink for ConsoleSink {
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
         let context = || format!("console sink, batch {batch_id}");
         let body = if self.json {
-            let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-            writer
-                .write_batches(&batches.iter().collect::<Vec<_>>())
-                .map_err(|e| WeirError::format(context(), e))?;
-            writer
-                .finish()
-                .map_err(|e| WeirError::format(context(), e))?;
-            String::from_utf8_lossy(&writer.into_inner())
+            String::from_utf8_lossy(&super::json_lines(batches, &context())?)
                 .trim_end()
                 .to_string()
         } else {

@@ -78,17 +78,7 @@ impl FileSink {
                     .into_inner()
                     .map_err(|e| WeirError::format(context(), e))
             }
-            _ => {
-                let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-                let refs: Vec<&RecordBatch> = batches.iter().collect();
-                writer
-                    .write_batches(&refs)
-                    .map_err(|e| WeirError::format(context(), e))?;
-                writer
-                    .finish()
-                    .map_err(|e| WeirError::format(context(), e))?;
-                Ok(writer.into_inner())
-            }
+            _ => super::json_lines(batches, &context()),
         }
     }
 }

@@ -32,6 +32,19 @@ pub trait Sink: Send {
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome>;
 }
 
+/// Encodes batches as newline-delimited JSON (file and console sinks).
+pub(crate) fn json_lines(batches: &[RecordBatch], context: &str) -> Result<Vec<u8>> {
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    writer
+        .write_batches(&refs)
+        .map_err(|e| crate::error::WeirError::format(context, e))?;
+    writer
+        .finish()
+        .map_err(|e| crate::error::WeirError::format(context, e))?;
+    Ok(writer.into_inner())
+}
+
 /// Opens the sink a pipeline declares.
 pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
     Ok(match (config.kind, &config.path) {
