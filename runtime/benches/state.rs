@@ -139,6 +139,7 @@ async fn main() {
             .unwrap();
             let t = Instant::now();
             let mut ctx = OperatorContext {
+                batch_time_ms: 0,
                 batch_id: b as u64,
                 watermark_ms: Some(b as i64 * 60_000 - 120_000),
                 state: &mut state,

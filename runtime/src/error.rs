@@ -82,6 +82,19 @@ pub enum WeirError {
         failure: PluginFailure,
     },
 
+    /// A stateful function failed for one key; nothing of the batch is
+    /// committed.
+    #[error("plugin stage `{stage}`, key {key}: {failure}")]
+    PluginKey {
+        /// Stage name from the pipeline file.
+        stage: String,
+        /// The key, as `column=value` pairs.
+        key: String,
+        /// What went wrong.
+        #[source]
+        failure: PluginFailure,
+    },
+
     /// A source row could not be parsed and `on_bad_record = "fail"`.
     #[error("bad record in {file}, line {line}: {reason}")]
     BadRecord {
@@ -134,6 +147,15 @@ pub enum WeirError {
         source: object_store::Error,
     },
 
+    /// A sink or one of its outputs failed to write.
+    #[error("sink {sink}: {reason}")]
+    Sink {
+        /// Which sink or output.
+        sink: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A local I/O operation failed.
     #[error("I/O error at {path}: {source}")]
     Io {
@@ -164,11 +186,13 @@ impl WeirError {
         match self {
             WeirError::Config(_)
             | WeirError::Plugin { .. }
+            | WeirError::PluginKey { .. }
             | WeirError::BadRecord { .. }
             | WeirError::Schema { .. }
             | WeirError::CheckpointLocked { .. } => ErrorDomain::User,
             WeirError::CheckpointCorrupt { .. }
             | WeirError::Storage { .. }
+            | WeirError::Sink { .. }
             | WeirError::Io { .. }
             | WeirError::Format { .. } => ErrorDomain::External,
             WeirError::Internal(_) => ErrorDomain::Internal,

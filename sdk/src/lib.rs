@@ -51,11 +51,15 @@ pub use arrow_array;
 pub use arrow_array::RecordBatch;
 pub use arrow_schema;
 
+pub mod batch_sink;
 mod convert;
 mod error;
 pub mod host;
+mod stateful;
 
+pub use batch_sink::BatchSink;
 pub use error::{Error, ErrorKind};
+pub use stateful::{GroupState, LocalGroupState, StatefulFunction};
 
 /// Generated WIT bindings; plugin code does not need them.
 #[doc(hidden)]
@@ -66,6 +70,24 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_transform_world",
         default_bindings_module: "weir_sdk::bindings",
+    });
+}
+
+/// Generated WIT bindings of the `stateful-plugin` world, sharing the
+/// batch types and host imports with [`bindings`]; plugin code does not
+/// need them.
+#[doc(hidden)]
+pub mod stateful_bindings {
+    wit_bindgen::generate!({
+        world: "stateful-plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_stateful_world",
+        default_bindings_module: "weir_sdk::stateful_bindings",
+        with: {
+            "weir:plugin/types@0.1.1": crate::bindings::weir::plugin::types,
+            "weir:plugin/host@0.1.1": crate::bindings::weir::plugin::host,
+        },
     });
 }
 
@@ -138,6 +160,147 @@ macro_rules! export_transform {
         #[cfg(target_family = "wasm")]
         $crate::bindings::__export_transform_world!(
             __WeirTransformExport with_types_in $crate::bindings
+        );
+    };
+}
+
+/// Exports a [`StatefulFunction`] implementation as this component's
+/// `weir:plugin/stateful` interface. Use it once per plugin crate.
+///
+/// ```
+/// use weir_sdk::{Config, Error, GroupState, RecordBatch, StatefulFunction};
+///
+/// /// Counts each key's rows across batches and emits nothing.
+/// struct Counter;
+///
+/// impl StatefulFunction for Counter {
+///     fn new(_config: Config) -> Result<Self, Error> {
+///         Ok(Counter)
+///     }
+///
+///     fn process_group(
+///         &mut self,
+///         _key: &RecordBatch,
+///         rows: RecordBatch,
+///         state: &mut GroupState<'_>,
+///     ) -> Result<Vec<RecordBatch>, Error> {
+///         let seen: u64 = state.get()?.unwrap_or(0);
+///         state.update(&(seen + rows.num_rows() as u64))?;
+///         Ok(Vec::new())
+///     }
+/// }
+///
+/// weir_sdk::export_stateful!(Counter);
+/// ```
+#[macro_export]
+macro_rules! export_stateful {
+    ($ty:ty) => {
+        #[cfg(target_family = "wasm")]
+        #[doc(hidden)]
+        struct __WeirStatefulExport;
+
+        #[cfg(target_family = "wasm")]
+        impl $crate::stateful_bindings::exports::weir::plugin::stateful::Guest
+            for __WeirStatefulExport
+        {
+            fn init(
+                config: ::std::string::String,
+            ) -> ::std::result::Result<(), $crate::bindings::weir::plugin::types::PluginError> {
+                $crate::__stateful_glue::init::<$ty>(config)
+            }
+
+            fn process_group(
+                key: $crate::bindings::weir::plugin::types::Batch,
+                rows: $crate::bindings::weir::plugin::types::Batch,
+                state: &$crate::stateful_bindings::weir::plugin::keyed_state::GroupState,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::bindings::weir::plugin::types::Batch>,
+                $crate::bindings::weir::plugin::types::PluginError,
+            > {
+                $crate::__stateful_glue::process_group::<$ty>(key, rows, state)
+            }
+        }
+
+        #[cfg(target_family = "wasm")]
+        $crate::stateful_bindings::__export_stateful_world!(
+            __WeirStatefulExport with_types_in $crate::stateful_bindings
+        );
+    };
+}
+
+#[doc(hidden)]
+pub use stateful::glue as __stateful_glue;
+
+/// Generated WIT bindings of the `batch-sink-plugin` world; plugin code
+/// does not need them.
+#[doc(hidden)]
+pub mod batch_sink_bindings {
+    wit_bindgen::generate!({
+        world: "batch-sink-plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_batch_sink_world",
+        default_bindings_module: "weir_sdk::batch_sink_bindings",
+        with: {
+            "weir:plugin/types@0.1.1": crate::bindings::weir::plugin::types,
+            "weir:plugin/host@0.1.1": crate::bindings::weir::plugin::host,
+        },
+    });
+}
+
+#[doc(hidden)]
+pub use batch_sink::glue as __batch_sink_glue;
+
+/// Exports a [`BatchSink`] implementation as this component's
+/// `weir:plugin/batch-sink` interface (foreachBatch). Use it once per
+/// plugin crate.
+///
+/// ```
+/// use weir_sdk::{BatchSink, Config, Error, RecordBatch};
+///
+/// /// Sends every batch to the output named `out`.
+/// struct Forward;
+///
+/// impl BatchSink for Forward {
+///     fn new(_config: Config) -> Result<Self, Error> {
+///         Ok(Forward)
+///     }
+///
+///     fn write_batch(&mut self, _epoch: u64, rows: RecordBatch) -> Result<(), Error> {
+///         weir_sdk::batch_sink::write("out", &rows)
+///     }
+/// }
+///
+/// weir_sdk::export_batch_sink!(Forward);
+/// ```
+#[macro_export]
+macro_rules! export_batch_sink {
+    ($ty:ty) => {
+        #[cfg(target_family = "wasm")]
+        #[doc(hidden)]
+        struct __WeirBatchSinkExport;
+
+        #[cfg(target_family = "wasm")]
+        impl $crate::batch_sink_bindings::exports::weir::plugin::batch_sink::Guest
+            for __WeirBatchSinkExport
+        {
+            fn init(
+                config: ::std::string::String,
+            ) -> ::std::result::Result<(), $crate::bindings::weir::plugin::types::PluginError> {
+                $crate::__batch_sink_glue::init::<$ty>(config)
+            }
+
+            fn write_batch(
+                epoch: u64,
+                rows: $crate::bindings::weir::plugin::types::Batch,
+            ) -> ::std::result::Result<(), $crate::bindings::weir::plugin::types::PluginError> {
+                $crate::__batch_sink_glue::write_batch::<$ty>(epoch, rows)
+            }
+        }
+
+        #[cfg(target_family = "wasm")]
+        $crate::batch_sink_bindings::__export_batch_sink_world!(
+            __WeirBatchSinkExport with_types_in $crate::batch_sink_bindings
         );
     };
 }

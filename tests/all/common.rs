@@ -264,6 +264,44 @@ pub fn committed_json_rows(out: &Path) -> Vec<Value> {
     rows
 }
 
+/// Rows of each batch a JSON file sink committed, by batch id, in the
+/// order they were written.
+pub fn committed_json_batches(out: &Path) -> std::collections::BTreeMap<u64, Vec<Value>> {
+    numbered_entries(&out.join("_weir_log"))
+        .into_iter()
+        .map(|batch| {
+            let entry: Value = serde_json::from_slice(
+                &fs::read(out.join("_weir_log").join(batch.to_string())).unwrap(),
+            )
+            .unwrap();
+            let rows = entry["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|f| {
+                    fs::read_to_string(out.join(f.as_str().unwrap()))
+                        .unwrap()
+                        .lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (batch, rows)
+        })
+        .collect()
+}
+
+/// A seeded LCG: `random(n)` is in `0..n`, the same sequence every run.
+pub fn seeded(seed: u64) -> impl FnMut(i64) -> i64 {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    move |n: i64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as i64).rem_euclid(n)
+    }
+}
+
 /// Copies a directory tree in name order (so modification times follow
 /// names, as in a fresh clone), leaving out run state (`.weir`).
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -292,6 +330,26 @@ pub fn example(name: &str) -> tempfile::TempDir {
             .join(name),
         dir.path(),
     );
+    dir
+}
+
+/// A copy of `examples/<name>` whose pipeline keeps its state in `store`.
+pub fn example_on(name: &str, store: &str) -> tempfile::TempDir {
+    let dir = example(name);
+    let pipeline = dir.path().join("pipeline.toml");
+    let text = fs::read_to_string(&pipeline).unwrap();
+    let text = match text.find("state_store = ") {
+        Some(at) => {
+            let end = at + text[at..].find('\n').unwrap();
+            format!("{}state_store = \"{store}\"{}", &text[..at], &text[end..])
+        }
+        None => text.replacen(
+            "\n[trigger]",
+            &format!("\nstate_store = \"{store}\"\n\n[trigger]"),
+            1,
+        ),
+    };
+    fs::write(&pipeline, text).unwrap();
     dir
 }
 

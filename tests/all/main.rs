@@ -4,8 +4,11 @@
 mod bad_input;
 mod common;
 mod crash;
+mod foreach_batch;
 mod formats;
 mod golden;
+mod pg;
 mod plugins;
+mod stateful;
 mod triggers;
 mod windows;

@@ -10,29 +10,9 @@ use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 
 use crate::common::{
-    assert_exit, assert_ok, committed_json_rows, console_batches, edit, example, numbered_entries,
-    weir,
+    assert_exit, assert_ok, committed_json_batches, committed_json_rows, console_batches, edit,
+    example, example_on, numbered_entries, seeded, weir,
 };
-
-/// A copy of `examples/<name>` whose pipeline keeps its state in `store`.
-fn example_on(name: &str, store: &str) -> tempfile::TempDir {
-    let dir = example(name);
-    let pipeline = dir.path().join("pipeline.toml");
-    let text = std::fs::read_to_string(&pipeline).unwrap();
-    let text = match text.find("state_store = ") {
-        Some(at) => {
-            let end = at + text[at..].find('\n').unwrap();
-            format!("{}state_store = \"{store}\"{}", &text[..at], &text[end..])
-        }
-        None => text.replacen(
-            "\n[trigger]",
-            &format!("\nstate_store = \"{store}\"\n\n[trigger]"),
-            1,
-        ),
-    };
-    std::fs::write(&pipeline, text).unwrap();
-    dir
-}
 
 /// "start-end user count" with times as HH:MM (all rows are on one day).
 fn describe(row: &Value) -> String {
@@ -56,28 +36,9 @@ fn run(dir: &Path) -> std::process::Output {
 
 /// Rows of each batch the JSON file sink committed, by batch id.
 fn sink_batches(out: &Path) -> BTreeMap<u64, Vec<String>> {
-    numbered_entries(&out.join("_weir_log"))
+    committed_json_batches(out)
         .into_iter()
-        .map(|batch| {
-            let entry: Value = serde_json::from_slice(
-                &std::fs::read(out.join("_weir_log").join(batch.to_string())).unwrap(),
-            )
-            .unwrap();
-            let rows = entry["files"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|f| {
-                    std::fs::read_to_string(out.join(f.as_str().unwrap()))
-                        .unwrap()
-                        .lines()
-                        .map(String::from)
-                        .collect::<Vec<_>>()
-                })
-                .map(|l| describe(&serde_json::from_str(&l).unwrap()))
-                .collect();
-            (batch, rows)
-        })
+        .map(|(batch, rows)| (batch, rows.iter().map(describe).collect()))
         .collect()
 }
 
@@ -320,17 +281,6 @@ fn expected_append(files: &[Vec<(String, i64)>], size: i64, slide: i64, delay: i
         .collect()
 }
 
-/// A seeded LCG: `random(n)` is in `0..n`, the same sequence every run.
-fn seeded(seed: u64) -> impl FnMut(i64) -> i64 {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    move |n: i64| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as i64).rem_euclid(n)
-    }
-}
-
 /// Runs `example` with `edits` applied to its pipeline over `files` (one
 /// file per batch, event times as epoch ms); returns the committed rows as
 /// sorted "start end user count" lines (times in ms) and the stderr.
@@ -339,6 +289,32 @@ fn run_random_stream(
     edits: &[(&str, &str)],
     files: &[Vec<(String, i64)>],
 ) -> (Vec<String>, String) {
+    let dir = random_stream_example(example_name, edits, files);
+    let err = assert_ok(&run(dir.path()));
+    let ms = |v: &Value| chrono_free_ms(v.as_str().unwrap());
+    let mut got: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                ms(&r["window_start"]),
+                ms(&r["window_end"]),
+                r["user_id"].as_str().unwrap(),
+                r["count"]
+            )
+        })
+        .collect();
+    got.sort();
+    (got, err)
+}
+
+/// A copy of a clicks example with `edits` applied to its pipeline and its
+/// input replaced by `files` (one file per batch, event times as epoch ms).
+pub(crate) fn random_stream_example(
+    example_name: &str,
+    edits: &[(&str, &str)],
+    files: &[Vec<(String, i64)>],
+) -> tempfile::TempDir {
     let dir = example(example_name);
     let pipeline = dir.path().join("pipeline.toml");
     for (from, to) in edits {
@@ -359,22 +335,7 @@ fn run_random_stream(
             .collect();
         std::fs::write(clicks.join(format!("f{f:03}.jsonl")), body).unwrap();
     }
-    let err = assert_ok(&run(dir.path()));
-    let ms = |v: &Value| chrono_free_ms(v.as_str().unwrap());
-    let mut got: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {} {} {}",
-                ms(&r["window_start"]),
-                ms(&r["window_end"]),
-                r["user_id"].as_str().unwrap(),
-                r["count"]
-            )
-        })
-        .collect();
-    got.sort();
-    (got, err)
+    dir
 }
 
 #[test]
@@ -589,27 +550,33 @@ fn session_windows_in_update_mode_emit_changed_sessions() {
     assert_eq!(got, expected);
 }
 
+/// `files` files of `rows` clicks by users u0..u2, 4 minutes of event time
+/// per file with disorder up to 5 minutes: less than the examples'
+/// 10-minute delay, so no row is late.
+pub(crate) fn random_click_files(seed: u64, files: i64, rows: usize) -> Vec<Vec<(String, i64)>> {
+    let minute = 60_000i64;
+    let mut random = seeded(seed);
+    let base = 1_764_000_000_000i64;
+    (0..files)
+        .map(|f| {
+            (0..rows)
+                .map(|_| {
+                    (
+                        format!("u{}", random(3)),
+                        base + f * 4 * minute + random(4 * minute) - random(5 * minute),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
 fn random_session_streams_match_a_batch_computation() {
     let minute = 60_000i64;
     let gap = 5 * minute;
     for seed in [11u64, 12] {
-        let mut random = seeded(seed);
-        let base = 1_764_000_000_000i64;
-        // Disorder up to 5 minutes, less than the 10-minute delay: no row is
-        // late, so the sessions equal those of a batch computation.
-        let files: Vec<Vec<(String, i64)>> = (0..15)
-            .map(|f| {
-                (0..8)
-                    .map(|_| {
-                        (
-                            format!("u{}", random(3)),
-                            base + f * 4 * minute + random(4 * minute) - random(5 * minute),
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
+        let files = random_click_files(seed, 15, 8);
         let mut watermark = 0;
         for events in &files {
             watermark =

@@ -26,8 +26,10 @@
 //! ```
 
 mod error;
+mod foreach_batch;
 mod schema;
 mod stateful;
+mod stateful_fn;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,8 +40,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::ConfigError;
+pub use foreach_batch::{
+    DeleteMarker, ForeachBatchConfig, OutputConfig, PostgresMode, PostgresOutputConfig,
+};
 pub use schema::parse_data_type;
 pub use stateful::{OutputMode, WatermarkConfig};
+pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
 
 use crate::operator::{DeduplicateConfig, WindowAggregateConfig};
 use crate::state::BackendKind;
@@ -64,6 +70,8 @@ pub struct Pipeline {
     pub aggregate: Option<WindowAggregateConfig>,
     /// Deduplication after the plugin stages, if declared.
     pub deduplicate: Option<DeduplicateConfig>,
+    /// A Wasm stateful function after the plugin stages, if declared.
+    pub stateful: Option<StatefulFunctionConfig>,
     /// Where operator state is kept while running.
     pub state_store: BackendKind,
     /// The output.
@@ -184,6 +192,9 @@ pub enum SinkKind {
     Json,
     /// Rows printed to standard output (at-least-once).
     Console,
+    /// A Wasm plugin writing each batch through host outputs (foreachBatch).
+    #[serde(rename = "foreach_batch")]
+    ForeachBatch,
 }
 
 /// The output.
@@ -197,6 +208,8 @@ pub struct SinkConfig {
     pub output_mode: OutputMode,
     /// Console sink: print JSON lines instead of a table.
     pub console_json: bool,
+    /// The plugin and outputs of a `foreach_batch` sink.
+    pub foreach_batch: Option<ForeachBatchConfig>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +226,7 @@ struct RawPipeline {
     aggregate: Option<Spanned<stateful::RawAggregate>>,
     drop_duplicates_within_watermark: Option<Spanned<Vec<String>>>,
     drop_duplicates: Option<Spanned<Vec<String>>>,
+    stateful: Option<Spanned<stateful_fn::RawStateful>>,
     state_store: Option<BackendKind>,
     sink: Spanned<RawSink>,
 }
@@ -289,6 +303,13 @@ struct RawSink {
     path: Option<Spanned<String>>,
     output_mode: Option<Spanned<OutputMode>>,
     format: Option<Spanned<String>>,
+    // foreach_batch only:
+    name: Option<Spanned<String>>,
+    plugin: Option<Spanned<String>>,
+    config: Option<toml::Table>,
+    timeout: Option<Spanned<String>>,
+    memory_limit: Option<Spanned<ByteCount>>,
+    outputs: Option<Spanned<std::collections::BTreeMap<String, Spanned<foreach_batch::RawOutput>>>>,
 }
 
 impl Pipeline {
@@ -328,7 +349,11 @@ struct Resolver<'a> {
 
 impl Resolver<'_> {
     fn err<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> ConfigError {
-        ConfigError::at(self.file, self.text, Some(spanned.span()), message)
+        self.err_at(spanned.span(), message)
+    }
+
+    fn err_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.file, self.text, Some(span), message)
     }
 
     fn pipeline(&self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
@@ -389,9 +414,28 @@ impl Resolver<'_> {
             return Err(self
                 .err(
                     raw_agg,
-                    "a query has one stateful operator for now: an aggregation or a deduplication",
+                    "a query has one stateful operator for now: an aggregation, a deduplication \
+                     or a stateful function",
                 )
                 .hint("split the pipeline in two queries"));
+        }
+        let stateful = raw
+            .stateful
+            .as_ref()
+            .map(|s| {
+                let others = aggregate.is_some() || deduplicate.is_some();
+                self.stateful_function(s, watermark.as_ref(), *mode.get_ref(), others)
+            })
+            .transpose()?;
+        if let Some(s) = &stateful
+            && !names.insert(s.stage.name.clone())
+        {
+            return Err(self
+                .err(
+                    raw.stateful.as_ref().expect("resolved above"),
+                    format!("duplicate stage name `{}`", s.stage.name),
+                )
+                .hint("the [stateful] stage needs a name no [[transform]] has"));
         }
         Ok(Pipeline {
             name,
@@ -402,6 +446,7 @@ impl Resolver<'_> {
             watermark,
             aggregate,
             deduplicate,
+            stateful,
             state_store: raw.state_store.unwrap_or_default(),
             sink,
         })
@@ -519,25 +564,43 @@ impl Resolver<'_> {
     }
 
     fn transform(&self, t: &RawTransform) -> Result<TransformConfig, ConfigError> {
-        let path = self.expand(&t.plugin)?;
-        let plugin = self.base.join(path);
-        if !plugin.is_file() {
+        self.plugin_stage(
+            &t.name,
+            &t.plugin,
+            &t.config,
+            t.timeout.as_ref(),
+            t.memory_limit.as_ref(),
+        )
+    }
+
+    /// The parts every plugin stage has: name, component, config, limits.
+    fn plugin_stage(
+        &self,
+        name: &Spanned<String>,
+        plugin: &Spanned<String>,
+        config: &toml::Table,
+        timeout: Option<&Spanned<String>>,
+        memory_limit: Option<&Spanned<ByteCount>>,
+    ) -> Result<TransformConfig, ConfigError> {
+        let path = self.expand(plugin)?;
+        let file = self.base.join(path);
+        if !file.is_file() {
             return Err(self
-                .err(&t.plugin, format!("plugin file {} not found", plugin.display()))
+                .err(plugin, format!("plugin file {} not found", file.display()))
                 .hint("build the example plugins with `./dev plugins`, or point `plugin` at a .wasm component"));
         }
-        let config_json = serde_json::to_string(&t.config)
-            .map_err(|e| self.err(&t.name, format!("config cannot be passed as JSON: {e}")))?;
+        let config_json = serde_json::to_string(config)
+            .map_err(|e| self.err(name, format!("config cannot be passed as JSON: {e}")))?;
         let mut limits = PluginLimits::default();
-        if let Some(timeout) = &t.timeout {
+        if let Some(timeout) = timeout {
             limits.timeout = self.duration(timeout)?;
         }
-        if let Some(memory) = &t.memory_limit {
+        if let Some(memory) = memory_limit {
             limits.memory_bytes = self.byte_count(memory, "memory_limit")?;
         }
         Ok(TransformConfig {
-            name: t.name.get_ref().clone(),
-            plugin,
+            name: name.get_ref().clone(),
+            plugin: file,
             config_json,
             limits,
         })
@@ -546,8 +609,42 @@ impl Resolver<'_> {
     fn sink(&self, s: &Spanned<RawSink>) -> Result<SinkConfig, ConfigError> {
         let raw = s.get_ref();
         let kind = *raw.kind.get_ref();
+        let foreach_batch = if kind == SinkKind::ForeachBatch {
+            Some(self.foreach_batch(
+                s,
+                foreach_batch::RawForeachBatch {
+                    name: raw.name.as_ref(),
+                    plugin: raw.plugin.as_ref(),
+                    config: raw.config.as_ref(),
+                    timeout: raw.timeout.as_ref(),
+                    memory_limit: raw.memory_limit.as_ref(),
+                    outputs: raw.outputs.as_ref(),
+                },
+            )?)
+        } else {
+            if let Some(plugin) = &raw.plugin {
+                return Err(self
+                    .err(
+                        plugin,
+                        "`plugin` applies to kind = \"foreach_batch\" sinks only",
+                    )
+                    .hint("a plugin that writes batches itself is a foreach_batch sink"));
+            }
+            if let Some(outputs) = &raw.outputs {
+                return Err(self.err(
+                    outputs,
+                    "`outputs` apply to kind = \"foreach_batch\" sinks only",
+                ));
+            }
+            None
+        };
         let path = match (kind, &raw.path) {
-            (SinkKind::Console, None) => None,
+            (SinkKind::Console | SinkKind::ForeachBatch, None) => None,
+            (SinkKind::ForeachBatch, Some(p)) => {
+                return Err(self
+                    .err(p, "a foreach_batch sink takes no path")
+                    .hint("declare where rows go as [sink.outputs.<name>] tables"));
+            }
             (SinkKind::Console, Some(p)) => {
                 return Err(self.err(p, "the console sink takes no path"));
             }
@@ -580,6 +677,7 @@ impl Resolver<'_> {
                 .map(|m| *m.get_ref())
                 .unwrap_or_default(),
             console_json,
+            foreach_batch,
         })
     }
 

@@ -217,10 +217,12 @@ impl Resolver<'_> {
         watermark: Option<&WatermarkConfig>,
     ) -> Result<(), ConfigError> {
         let value = *mode.get_ref();
-        if value != OutputMode::Append && sink != SinkKind::Console {
+        if value != OutputMode::Append
+            && !matches!(sink, SinkKind::Console | SinkKind::ForeachBatch)
+        {
             return Err(self
                 .err(mode, format!("Data source {} does not support {value:?} output mode", format!("{sink:?}").to_lowercase()))
-                .hint("file sinks only append: use output_mode = \"append\" (with a watermark), or the console sink"));
+                .hint("file sinks only append: use output_mode = \"append\" (with a watermark), the console sink, or a foreach_batch sink"));
         }
         match aggregate {
             None if value == OutputMode::Complete => Err(self

@@ -150,7 +150,15 @@ impl Operator for Deduplicate {
         Ok(Vec::new())
     }
 
-    fn has_work_at(&self, state: &StateStore, watermark_ms: i64) -> Result<bool> {
+    fn has_work_at(
+        &self,
+        state: &StateStore,
+        watermark_ms: Option<i64>,
+        _now: Option<i64>,
+    ) -> Result<bool> {
+        let Some(watermark_ms) = watermark_ms else {
+            return Ok(false);
+        };
         Ok(earliest_time(state, EXPIRY_PREFIX)?.is_some_and(|expiry| expiry < watermark_ms))
     }
 

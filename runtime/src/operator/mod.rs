@@ -1,12 +1,13 @@
-//! Stateful operators: host-side steps that keep keyed state across
-//! micro-batches: windowed aggregation and deduplication today; Wasm
-//! stateful functions will build on the same trait.
+//! Stateful operators: steps that keep keyed state across micro-batches:
+//! windowed aggregation, deduplication, and Wasm stateful functions
+//! (flatMapGroupsWithState) whose state the host keeps.
 //!
 //! As in Arroyo, an operator has one required method, [`Operator::process_batch`],
 //! and default hooks the query loop calls at batch boundaries.
 
 mod accumulate;
 mod dedup;
+mod stateful_fn;
 mod window;
 
 use arrow::datatypes::SchemaRef;
@@ -14,6 +15,7 @@ use arrow::record_batch::RecordBatch;
 
 pub use accumulate::AggregateFn;
 pub use dedup::{Deduplicate, DeduplicateConfig};
+pub use stateful_fn::StatefulFunction;
 pub use window::{
     AggregateSpec, WindowAggregate, WindowAggregateConfig, WindowKind, event_times_ms,
 };
@@ -28,6 +30,9 @@ pub struct OperatorContext<'a> {
     /// The event-time watermark this batch uses (ms since the epoch), if the
     /// query declares one.
     pub watermark_ms: Option<i64>,
+    /// The processing time the batch started at (ms since the epoch; a
+    /// replay uses the time of the batch's first run).
+    pub batch_time_ms: i64,
     /// The operator's state.
     pub state: &'a mut StateStore,
     /// Input rows dropped because they were too late.
@@ -49,14 +54,26 @@ pub trait Operator: Send {
         Ok(Vec::new())
     }
 
-    /// Whether moving the watermark to `watermark_ms` would emit or evict
-    /// anything; if so the query runs a batch even without new input.
-    fn has_work_at(&self, _state: &StateStore, _watermark_ms: i64) -> Result<bool> {
+    /// Whether a batch with watermark `watermark_ms` starting at processing
+    /// time `now_ms` would emit or evict anything; if so the query runs a
+    /// batch even without new input. `now_ms` is `None` for draining
+    /// triggers, which do not wait for processing time to pass.
+    fn has_work_at(
+        &self,
+        _state: &StateStore,
+        _watermark_ms: Option<i64>,
+        _now_ms: Option<i64>,
+    ) -> Result<bool> {
         Ok(false)
     }
 
     /// The schema of the rows this operator emits, when known.
     fn output_schema(&self) -> Option<SchemaRef>;
+
+    /// What the operator's plugin did in the latest batch, if it runs one.
+    fn stage_progress(&self) -> Option<crate::query::StageProgress> {
+        None
+    }
 }
 
 /// The time in the first state key tagged `prefix` (keys laid out as

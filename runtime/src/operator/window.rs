@@ -503,7 +503,15 @@ impl Operator for WindowAggregate {
         }
     }
 
-    fn has_work_at(&self, state: &StateStore, watermark_ms: i64) -> Result<bool> {
+    fn has_work_at(
+        &self,
+        state: &StateStore,
+        watermark_ms: Option<i64>,
+        _now: Option<i64>,
+    ) -> Result<bool> {
+        let Some(watermark_ms) = watermark_ms else {
+            return Ok(false);
+        };
         if self.config.output_mode == OutputMode::Complete {
             return Ok(false);
         }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
+
+use crate::config::StateTimeout;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -16,6 +18,58 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::weir::plugin::types::{ErrorKind, PluginError};
+
+/// Bindings of the `stateful-plugin` world. The interfaces it shares with
+/// `transform-plugin` are the same Rust types, so one [`PluginState`]
+/// implements the host side of both.
+pub mod stateful {
+    wasmtime::component::bindgen!({
+        world: "stateful-plugin",
+        path: "../wit",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "weir:plugin/types": super::weir::plugin::types,
+            "weir:plugin/host": super::weir::plugin::host,
+            "weir:plugin/keyed-state.group-state": super::GroupState,
+        },
+        // Resource lookups in the table can fail: let those calls trap.
+        imports: { default: trappable },
+    });
+}
+
+/// Bindings of the `batch-sink-plugin` world (foreachBatch), sharing types
+/// and host imports with the other worlds.
+pub mod batch_sink {
+    wasmtime::component::bindgen!({
+        world: "batch-sink-plugin",
+        path: "../wit",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "weir:plugin/types": super::weir::plugin::types,
+            "weir:plugin/host": super::weir::plugin::host,
+        },
+    });
+}
+
+/// The host side of a `group-state` resource: one key's state during one
+/// `process-group` call. The host reads it back after the call.
+#[derive(Debug, Clone)]
+pub struct GroupState {
+    /// The state bytes (after the call: as the plugin left them).
+    pub value: Option<Vec<u8>>,
+    /// Whether the plugin called `update` or `remove`.
+    pub changed: bool,
+    /// The timeout the plugin set in this call (µs), if any.
+    pub timeout_us: Option<i64>,
+    /// Which timeouts the stage allows.
+    pub timeout_kind: StateTimeout,
+    /// Whether this call is a timeout.
+    pub timed_out: bool,
+    /// The batch's watermark (µs).
+    pub watermark_us: Option<i64>,
+    /// The batch's processing time (µs).
+    pub batch_time_us: i64,
+}
 
 /// Bytes of plugin stderr kept to explain a trap (panic messages land there).
 const STDERR_CAPTURE: usize = 64 * 1024;
@@ -60,6 +114,24 @@ pub struct PluginState {
     stderr: MemoryOutputPipe,
     /// Counters the plugin reported with `counter-add`.
     pub counters: BTreeMap<String, i64>,
+    /// A foreachBatch plugin's outputs and the rows queued for them.
+    pub outputs: OutputQueue,
+}
+
+/// Checks one output applies to rows before it accepts them.
+pub type OutputCheck = Box<dyn Fn(&arrow::record_batch::RecordBatch) -> Result<(), String> + Send>;
+
+/// The outputs a foreachBatch plugin may write to, and what it wrote in
+/// the running call.
+#[derive(Default)]
+pub struct OutputQueue {
+    /// Declared outputs, each with the check its rows must pass.
+    pub declared: BTreeMap<String, OutputCheck>,
+    /// Rows queued per output in the running call.
+    pub queued: BTreeMap<String, Vec<arrow::record_batch::RecordBatch>>,
+    /// The first write the host refused in the running call: the epoch
+    /// fails even if the plugin ignored the refusal.
+    pub refused: Option<String>,
 }
 
 impl PluginState {
@@ -78,6 +150,7 @@ impl PluginState {
             table: ResourceTable::new(),
             stderr,
             counters: BTreeMap::new(),
+            outputs: OutputQueue::default(),
         }
     }
 
@@ -120,5 +193,141 @@ impl weir::plugin::host::Host for PluginState {
 
     fn counter_add(&mut self, name: String, delta: i64) {
         *self.counters.entry(name).or_default() += delta;
+    }
+}
+
+impl stateful::weir::plugin::keyed_state::Host for PluginState {}
+
+impl stateful::weir::plugin::keyed_state::HostGroupState for PluginState {
+    fn get(&mut self, this: Resource<GroupState>) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.table.get(&this)?.value.clone())
+    }
+
+    fn update(&mut self, this: Resource<GroupState>, value: Vec<u8>) -> wasmtime::Result<()> {
+        let state = self.table.get_mut(&this)?;
+        state.value = Some(value);
+        state.changed = true;
+        Ok(())
+    }
+
+    fn remove(&mut self, this: Resource<GroupState>) -> wasmtime::Result<()> {
+        let state = self.table.get_mut(&this)?;
+        state.value = None;
+        state.timeout_us = None;
+        state.changed = true;
+        Ok(())
+    }
+
+    fn set_timeout_timestamp(
+        &mut self,
+        this: Resource<GroupState>,
+        at: i64,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let state = self.table.get_mut(&this)?;
+        if state.timeout_kind != StateTimeout::EventTime {
+            return Ok(Err(format!(
+                "set-timeout-timestamp needs state_timeout = \"event_time\" (the stage has {:?})",
+                state.timeout_kind
+            )));
+        }
+        if let Some(watermark) = state.watermark_us
+            && at < watermark
+        {
+            return Ok(Err(format!(
+                "timeout timestamp {at} is earlier than the current watermark {watermark}"
+            )));
+        }
+        state.timeout_us = Some(at);
+        Ok(Ok(()))
+    }
+
+    fn set_timeout_duration(
+        &mut self,
+        this: Resource<GroupState>,
+        after: u64,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let state = self.table.get_mut(&this)?;
+        if state.timeout_kind != StateTimeout::ProcessingTime {
+            return Ok(Err(format!(
+                "set-timeout-duration needs state_timeout = \"processing_time\" (the stage has {:?})",
+                state.timeout_kind
+            )));
+        }
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        state.timeout_us = Some(state.batch_time_us.saturating_add(after));
+        Ok(Ok(()))
+    }
+
+    fn has_timed_out(&mut self, this: Resource<GroupState>) -> wasmtime::Result<bool> {
+        Ok(self.table.get(&this)?.timed_out)
+    }
+
+    fn watermark(&mut self, this: Resource<GroupState>) -> wasmtime::Result<Option<i64>> {
+        Ok(self.table.get(&this)?.watermark_us)
+    }
+
+    fn batch_time(&mut self, this: Resource<GroupState>) -> wasmtime::Result<i64> {
+        Ok(self.table.get(&this)?.batch_time_us)
+    }
+
+    fn drop(&mut self, _this: Resource<GroupState>) -> wasmtime::Result<()> {
+        // The host created the resource and takes it back after the call.
+        Ok(())
+    }
+}
+
+impl PluginState {
+    /// Lends `state` to the plugin as a `group-state` resource.
+    pub fn lend_group_state(
+        &mut self,
+        state: GroupState,
+    ) -> wasmtime::Result<Resource<GroupState>> {
+        Ok(self.table.push(state)?)
+    }
+
+    /// Takes the `group-state` resource back after the call.
+    pub fn take_group_state(
+        &mut self,
+        handle: Resource<GroupState>,
+    ) -> wasmtime::Result<GroupState> {
+        Ok(self.table.delete(handle)?)
+    }
+}
+
+impl batch_sink::weir::plugin::outputs::Host for PluginState {
+    fn write(
+        &mut self,
+        name: String,
+        rows: weir::plugin::types::BatchResult,
+    ) -> Result<(), String> {
+        let result = self.queue_write(&name, rows);
+        if let Err(reason) = &result {
+            self.outputs.refused.get_or_insert_with(|| reason.clone());
+        }
+        result
+    }
+}
+
+impl PluginState {
+    fn queue_write(
+        &mut self,
+        name: &str,
+        rows: weir::plugin::types::BatchResult,
+    ) -> Result<(), String> {
+        let Some(check) = self.outputs.declared.get(name) else {
+            return Err(format!(
+                "no output named `{name}`; the sink declares {:?}",
+                self.outputs.declared.keys().collect::<Vec<_>>()
+            ));
+        };
+        let batch = super::convert::batch_from_wit(rows)
+            .map_err(|e| format!("rows for output `{name}` are invalid: {e}"))?;
+        check(&batch).map_err(|e| format!("output `{name}`: {e}"))?;
+        self.outputs
+            .queued
+            .entry(name.to_string())
+            .or_default()
+            .push(batch);
+        Ok(())
     }
 }

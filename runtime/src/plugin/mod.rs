@@ -4,9 +4,13 @@
 //! (compiler settings, linker with the host imports); a [`TransformComponent`]
 //! per plugin file (compiled once, linked once into an `InstancePre`); a
 //! [`TransformInstance`] per stage (its own store, reused across batches).
+//! Stateful functions have the same pair: [`StatefulComponent`] and
+//! [`StatefulInstance`].
 
+mod batch_sink;
 mod bindings;
 mod convert;
+mod stateful;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,13 +22,21 @@ use wasmtime::{Config, Engine, Store};
 
 use crate::config::PluginLimits;
 use crate::error::{PluginFailure, Result, WeirError};
+pub use batch_sink::{BatchSinkComponent, BatchSinkInstance};
 use bindings::{ErrorKind, PluginError, PluginState, TransformPlugin, TransformPluginPre};
+pub use bindings::{GroupState, OutputCheck};
+pub use stateful::{GroupCall, StatefulComponent, StatefulInstance};
 
 /// The compiler and linker shared by all plugins of a process.
 #[derive(Clone)]
 pub struct PluginEngine {
     engine: Engine,
+    /// Host imports of the `transform-plugin` world.
     linker: Arc<Linker<PluginState>>,
+    /// Host imports of the `stateful-plugin` world.
+    stateful_linker: Arc<Linker<PluginState>>,
+    /// Host imports of the `batch-sink-plugin` world.
+    batch_sink_linker: Arc<Linker<PluginState>>,
 }
 
 impl PluginEngine {
@@ -43,24 +55,32 @@ impl PluginEngine {
         start_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(internal)?;
+        let mut stateful_linker = linker.clone();
+        let mut batch_sink_linker = linker.clone();
+        bindings::batch_sink::BatchSinkPlugin::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut batch_sink_linker,
+            |state| state,
+        )
+        .map_err(internal)?;
         TransformPlugin::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |state| state)
             .map_err(internal)?;
+        bindings::stateful::StatefulPlugin::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut stateful_linker,
+            |state| state,
+        )
+        .map_err(internal)?;
         Ok(PluginEngine {
             engine,
             linker: Arc::new(linker),
+            stateful_linker: Arc::new(stateful_linker),
+            batch_sink_linker: Arc::new(batch_sink_linker),
         })
     }
 
     /// Compiles the component at `path` for stage `stage` and checks it
     /// implements the `transform-plugin` world.
     pub fn load_transform(&self, stage: &str, path: &Path) -> Result<TransformComponent> {
-        let load_error = |reason: String| WeirError::Plugin {
-            stage: stage.to_string(),
-            failure: PluginFailure::Load {
-                path: path.to_path_buf(),
-                reason,
-            },
-        };
+        let load_error = |reason: String| load_error(stage, path, reason);
         let component =
             Component::from_file(&self.engine, path).map_err(|e| load_error(format!("{e:#}")))?;
         let pre = self
@@ -78,6 +98,24 @@ impl PluginEngine {
             pre,
         })
     }
+}
+
+fn load_error(stage: &str, path: &Path, reason: String) -> WeirError {
+    WeirError::Plugin {
+        stage: stage.to_string(),
+        failure: PluginFailure::Load {
+            path: path.to_path_buf(),
+            reason,
+        },
+    }
+}
+
+/// A store for one instance of stage `stage`, with its limits applied.
+fn new_store(engine: &Engine, stage: &str, limits: PluginLimits) -> Store<PluginState> {
+    let mut store = Store::new(engine, PluginState::new(stage, limits.memory_bytes));
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(deadline_ticks(limits.timeout));
+    store
 }
 
 /// How often the engine's epoch advances: the granularity of time limits.
@@ -114,10 +152,7 @@ impl TransformComponent {
         config_json: &str,
         limits: PluginLimits,
     ) -> Result<TransformInstance> {
-        let state = PluginState::new(&self.stage, limits.memory_bytes);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        let mut store = new_store(&self.engine, &self.stage, limits);
         let bindings = self
             .pre
             .instantiate(&mut store)

@@ -23,7 +23,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::config::{Pipeline, Trigger};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::faults::crash_point;
-use crate::operator::{Deduplicate, Operator, OperatorContext, WindowAggregate};
+use crate::operator::{Deduplicate, Operator, OperatorContext, StatefulFunction, WindowAggregate};
 use crate::plugin::{PluginEngine, TransformInstance};
 use crate::sink::{self, CommitOutcome, Sink};
 use crate::source::{BadRecord, FileEntry, FileSource, SourceLogEntry};
@@ -90,8 +90,11 @@ impl Query {
         } = self;
         let checkpoint = Checkpoint::open(&pipeline.checkpoint, &pipeline.name).await?;
         let transforms = pipeline.transforms.clone();
-        let stages = off_runtime(move || {
-            transforms
+        let stateful_config = pipeline.stateful.clone();
+        let foreach_batch = pipeline.sink.foreach_batch.clone();
+        let query_id = checkpoint.metadata().id.to_string();
+        let (stages, stateful_fn, plugin_sink) = off_runtime(move || {
+            let stages = transforms
                 .iter()
                 .map(|t| {
                     let instance = engine
@@ -104,17 +107,35 @@ impl Query {
                         last: StageProgress::default(),
                     })
                 })
-                .collect::<Result<Vec<_>>>()
+                .collect::<Result<Vec<_>>>()?;
+            let stateful_fn = match stateful_config {
+                Some(config) => {
+                    let stage = &config.stage;
+                    let instance = engine
+                        .load_stateful(&stage.name, &stage.plugin)?
+                        .instantiate(&stage.config_json, stage.limits)?;
+                    Some(StatefulFunction::new(config, instance))
+                }
+                None => None,
+            };
+            let plugin_sink: Option<Box<dyn Sink>> = match foreach_batch {
+                Some(config) => Some(Box::new(sink::ForeachBatchSink::open(
+                    &engine, &config, &query_id,
+                )?)),
+                None => None,
+            };
+            Ok((stages, stateful_fn, plugin_sink))
         })
         .await?;
         let recovery = checkpoint.recover().await?;
         let first_batch = recovery.replay.unwrap_or(recovery.next_batch);
-        let operator: Option<Box<dyn Operator>> = match (&pipeline.aggregate, &pipeline.deduplicate)
-        {
-            (Some(config), _) => Some(Box::new(WindowAggregate::new(config.clone()))),
-            (None, Some(config)) => Some(Box::new(Deduplicate::new(config.clone()))),
-            (None, None) => None,
-        };
+        let operator: Option<Box<dyn Operator>> =
+            match (&pipeline.aggregate, &pipeline.deduplicate, stateful_fn) {
+                (Some(config), _, _) => Some(Box::new(WindowAggregate::new(config.clone()))),
+                (None, Some(config), _) => Some(Box::new(Deduplicate::new(config.clone()))),
+                (None, None, Some(function)) => Some(Box::new(function)),
+                (None, None, None) => None,
+            };
         let operator = match operator {
             Some(operator) => {
                 let state =
@@ -134,7 +155,10 @@ impl Query {
         };
         let mut runner = Runner {
             source: FileSource::open(pipeline.source.clone())?,
-            sink: sink::open(&pipeline.sink)?,
+            sink: match plugin_sink {
+                Some(plugin_sink) => plugin_sink,
+                None => sink::open(&pipeline.sink)?,
+            },
             checkpoint,
             pipeline,
             stages,
@@ -162,6 +186,32 @@ struct Stage {
 struct Stateful {
     operator: Box<dyn Operator>,
     state: StateStore,
+}
+
+impl Stateful {
+    /// Runs one batch's rows through the operator; returns the rows it
+    /// emits and how many input rows were too late.
+    fn run(
+        &mut self,
+        batch_id: u64,
+        watermark_ms: Option<i64>,
+        batch_time_ms: i64,
+        batches: &[RecordBatch],
+    ) -> Result<(Vec<RecordBatch>, u64)> {
+        let mut ctx = OperatorContext {
+            batch_id,
+            watermark_ms,
+            batch_time_ms,
+            state: &mut self.state,
+            rows_dropped_by_watermark: 0,
+        };
+        let mut emitted = Vec::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            emitted.extend(self.operator.process_batch(batch, &mut ctx)?);
+        }
+        emitted.extend(self.operator.handle_batch_end(&mut ctx)?);
+        Ok((emitted, ctx.rows_dropped_by_watermark))
+    }
 }
 
 /// The query's event-time watermark.
@@ -247,7 +297,7 @@ impl Runner {
                     next += 1;
                 }
                 // Let the watermark close what it can, as Spark's no-data batches do.
-                while self.needs_no_data_batch()? && !self.stopped() {
+                while self.needs_no_data_batch(false)? && !self.stopped() {
                     self.run_batch(next, Vec::new(), false).await?;
                     next += 1;
                 }
@@ -263,7 +313,7 @@ impl Runner {
                 }
                 let started = Instant::now();
                 let pending = self.source.list_new().await?;
-                let ran = !pending.is_empty() || self.needs_no_data_batch()?;
+                let ran = !pending.is_empty() || self.needs_no_data_batch(true)?;
                 if ran {
                     let files = self.source.plan(&pending, true);
                     self.run_batch(next, files, false).await?;
@@ -291,6 +341,11 @@ impl Runner {
         self.last_batch_start = Some(started);
         let mut durations = PhaseDurations::default();
 
+        let batch_time_ms = if replay {
+            self.checkpoint.offsets(batch_id).await?.batch_timestamp_ms
+        } else {
+            now_ms()
+        };
         if !replay {
             crash_point("before-offsets", batch_id);
             let log = SourceLogEntry {
@@ -300,7 +355,7 @@ impl Runner {
             crash_point("after-source-log", batch_id);
             let entry = OffsetEntry {
                 batch_id,
-                batch_timestamp_ms: now_ms(),
+                batch_timestamp_ms: batch_time_ms,
                 source_files: vec![files.len()],
                 watermark_ms: self.watermark.as_ref().map(|w| w.current_ms),
             };
@@ -334,20 +389,15 @@ impl Runner {
         let max_event_ms = self.max_event_time(&batches)?;
         let watermark_ms = self.watermark.as_ref().map(|w| w.current_ms);
         let mut dropped = 0;
-        if let Some(stateful) = &mut self.operator {
-            let mut ctx = OperatorContext {
-                batch_id,
-                watermark_ms,
-                state: &mut stateful.state,
-                rows_dropped_by_watermark: 0,
-            };
-            let mut emitted = Vec::new();
-            for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-                emitted.extend(stateful.operator.process_batch(batch, &mut ctx)?);
-            }
-            emitted.extend(stateful.operator.handle_batch_end(&mut ctx)?);
-            dropped = ctx.rows_dropped_by_watermark;
-            batches = emitted;
+        if let Some(mut stateful) = self.operator.take() {
+            // Operators may call plugins: off the async runtime too.
+            let (stateful, result) = off_runtime(move || {
+                let result = stateful.run(batch_id, watermark_ms, batch_time_ms, &batches);
+                Ok((stateful, result))
+            })
+            .await?;
+            self.operator = Some(stateful);
+            (batches, dropped) = result?;
         }
         durations.transform = phase.elapsed();
         crash_point("after-transform", batch_id);
@@ -403,7 +453,16 @@ impl Runner {
             rows_dropped_by_watermark: dropped,
             state: self.operator.as_ref().map(|s| s.state.metrics()),
             durations,
-            stages: self.stages.iter().map(|s| s.last.clone()).collect(),
+            stages: self
+                .stages
+                .iter()
+                .map(|s| s.last.clone())
+                .chain(
+                    self.operator
+                        .as_ref()
+                        .and_then(|s| s.operator.stage_progress()),
+                )
+                .collect(),
         };
         tracing::debug!(?progress, "batch committed");
         if let Some(listener) = &mut self.listener {
@@ -462,14 +521,17 @@ impl Runner {
         Ok(max)
     }
 
-    /// Whether the watermark has moved far enough for the operator to emit
-    /// or evict without new input.
-    fn needs_no_data_batch(&self) -> Result<bool> {
-        match (&self.operator, &self.watermark) {
-            (Some(stateful), Some(w)) => {
-                stateful.operator.has_work_at(&stateful.state, w.current_ms)
-            }
-            _ => Ok(false),
+    /// Whether the watermark (or, with `now`, processing time) has moved
+    /// far enough for the operator to emit, evict or time out without new
+    /// input.
+    fn needs_no_data_batch(&self, now: bool) -> Result<bool> {
+        match &self.operator {
+            Some(stateful) => stateful.operator.has_work_at(
+                &stateful.state,
+                self.watermark.as_ref().map(|w| w.current_ms),
+                now.then(now_ms),
+            ),
+            None => Ok(false),
         }
     }
 

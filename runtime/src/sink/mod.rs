@@ -6,11 +6,15 @@
 
 mod console;
 mod file;
+mod foreach_batch;
+mod postgres;
 
 use arrow::record_batch::RecordBatch;
 
 pub use console::ConsoleSink;
 pub use file::{FileSink, SinkLogEntry};
+pub use foreach_batch::ForeachBatchSink;
+pub use postgres::PostgresOutput;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::error::Result;
@@ -45,9 +49,15 @@ pub(crate) fn json_lines(batches: &[RecordBatch], context: &str) -> Result<Vec<u
     Ok(writer.into_inner())
 }
 
-/// Opens the sink a pipeline declares.
+/// Opens the sink a pipeline declares (a `foreach_batch` sink is opened
+/// with [`ForeachBatchSink::open`], which loads its plugin).
 pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
     Ok(match (config.kind, &config.path) {
+        (SinkKind::ForeachBatch, _) => {
+            return Err(crate::error::WeirError::Internal(
+                "foreach_batch sinks are opened with their plugin".into(),
+            ));
+        }
         (SinkKind::Console, _) => Box::new(ConsoleSink {
             json: config.console_json,
         }),

@@ -1,0 +1,154 @@
+//! Stateful function plugins (`stateful-plugin` world): called once per key
+//! group with the key's rows and a `group-state` resource.
+
+use std::path::Path;
+
+use arrow::record_batch::RecordBatch;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Store};
+
+use super::bindings::stateful::{StatefulPlugin, StatefulPluginPre};
+use super::bindings::{GroupState, PluginState};
+use super::{
+    PluginEngine, convert, deadline_ticks, guest, load_error, new_store, plugin_error, trap,
+};
+use crate::config::PluginLimits;
+use crate::error::{PluginFailure, Result, WeirError};
+
+impl PluginEngine {
+    /// Compiles the component at `path` for stage `stage` and checks it
+    /// implements the `stateful-plugin` world.
+    pub fn load_stateful(&self, stage: &str, path: &Path) -> Result<StatefulComponent> {
+        let component = Component::from_file(&self.engine, path)
+            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
+        let pre = self
+            .stateful_linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
+        let pre = StatefulPluginPre::new(pre).map_err(|e| {
+            load_error(
+                stage,
+                path,
+                format!("it does not implement the weir:plugin stateful-plugin world: {e:#}"),
+            )
+        })?;
+        Ok(StatefulComponent {
+            engine: self.engine.clone(),
+            stage: stage.to_string(),
+            pre,
+        })
+    }
+}
+
+/// A compiled, linked stateful function, ready to instantiate.
+pub struct StatefulComponent {
+    engine: Engine,
+    stage: String,
+    pre: StatefulPluginPre<PluginState>,
+}
+
+impl StatefulComponent {
+    /// Instantiates the plugin under `limits` and calls its `init` with
+    /// `config_json`.
+    pub fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<StatefulInstance> {
+        let mut store = new_store(&self.engine, &self.stage, limits);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| plugin_error(&self.stage, trap(&store, limits, e)))?;
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        match bindings
+            .weir_plugin_stateful()
+            .call_init(&mut store, config_json)
+        {
+            Ok(Ok(())) => Ok(StatefulInstance {
+                stage: self.stage.clone(),
+                store,
+                bindings,
+                limits,
+            }),
+            Ok(Err(e)) => Err(plugin_error(&self.stage, guest(e))),
+            Err(e) => Err(plugin_error(&self.stage, trap(&store, limits, e))),
+        }
+    }
+}
+
+/// What one `process-group` call produced.
+pub struct GroupCall {
+    /// Rows to emit.
+    pub outputs: Vec<RecordBatch>,
+    /// The key's state as the plugin left it.
+    pub state: GroupState,
+}
+
+/// One live stateful plugin instance; groups go through it in order.
+pub struct StatefulInstance {
+    stage: String,
+    store: Store<PluginState>,
+    bindings: StatefulPlugin,
+    limits: PluginLimits,
+}
+
+impl StatefulInstance {
+    /// Calls the plugin for one key group. `key` is a one-row batch of the
+    /// key columns; `rows` is empty for a timeout. After a trap the
+    /// instance must not be used again.
+    pub fn process_group(
+        &mut self,
+        key: &RecordBatch,
+        rows: &RecordBatch,
+        state: GroupState,
+    ) -> Result<GroupCall> {
+        let fail =
+            |store: &Store<PluginState>, e| plugin_error(&self.stage, trap(store, self.limits, e));
+        let handle = self
+            .store
+            .data_mut()
+            .lend_group_state(state)
+            .map_err(|e| fail(&self.store, e))?;
+        let borrowed = handle.rep();
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        let stateful = self.bindings.weir_plugin_stateful();
+        let store = &mut self.store;
+        let called = convert::lend_batch(key, |key| {
+            convert::lend_batch(rows, |rows| {
+                stateful.call_process_group(
+                    &mut *store,
+                    key,
+                    rows,
+                    wasmtime::component::Resource::new_borrow(borrowed),
+                )
+            })
+        })
+        .and_then(|inner| inner)
+        .map_err(|reason| WeirError::Schema {
+            context: format!("input of stage `{}`", self.stage),
+            reason,
+        })?;
+        let state = self
+            .store
+            .data_mut()
+            .take_group_state(handle)
+            .map_err(|e| fail(&self.store, e))?;
+        let outputs = match called {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(e)) => return Err(plugin_error(&self.stage, guest(e))),
+            Err(e) => return Err(fail(&self.store, e)),
+        };
+        let outputs = outputs
+            .into_iter()
+            .map(|out| {
+                convert::batch_from_wit(out).map_err(|reason| {
+                    plugin_error(&self.stage, PluginFailure::InvalidOutput { reason })
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GroupCall { outputs, state })
+    }
+
+    /// Counters the plugin reported through `counter-add`.
+    pub fn counters(&self) -> &std::collections::BTreeMap<String, i64> {
+        &self.store.data().counters
+    }
+}

@@ -1,0 +1,361 @@
+//! Wasm stateful functions (flatMapGroupsWithState): the `sessionize`
+//! example against the built-in session window, timeouts firing once in
+//! watermark order across restarts, processing-time timeouts, plugin
+//! failures naming the key, and Spark's refusals at start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+use weir::faults::CRASH_POINTS;
+
+use crate::common::{
+    assert_exit, assert_ok, committed_json_batches, edit, example, example_on, weir,
+};
+use crate::windows::{random_click_files, random_stream_example};
+
+fn run(pipeline: &Path) -> std::process::Output {
+    weir().arg("run").arg(pipeline).output().unwrap()
+}
+
+/// Each committed batch's rows as JSON text, sorted within the batch.
+fn batches_as_text(out: &Path) -> BTreeMap<u64, Vec<String>> {
+    committed_json_batches(out)
+        .into_iter()
+        .map(|(batch, rows)| {
+            let mut rows: Vec<String> = rows.iter().map(Value::to_string).collect();
+            rows.sort();
+            (batch, rows)
+        })
+        .collect()
+}
+
+/// "start-end user count" with times as HH:MM.
+fn session(row: &Value) -> String {
+    let hhmm = |v: &Value| v.as_str().unwrap()[11..16].to_string();
+    format!(
+        "{}-{} {} {}",
+        hhmm(&row["window_start"]),
+        hhmm(&row["window_end"]),
+        row["user_id"].as_str().unwrap(),
+        row["count"]
+    )
+}
+
+#[test]
+fn sessionize_example_drops_late_rows_as_spark_does() {
+    for store in ["rocksdb", "memory"] {
+        let dir = example_on("sessionize", store);
+        let err = assert_ok(&run(&dir.path().join("pipeline.toml")));
+        let got: Vec<(u64, Vec<String>)> = committed_json_batches(&dir.path().join(".weir/output"))
+            .into_iter()
+            .map(|(batch, rows)| (batch, rows.iter().map(session).collect()))
+            .collect();
+        // The 10:35 click is at or before batch 2's watermark (10:40): a
+        // function with event-time timeouts never sees it, so it does not
+        // bridge u1's sessions (the built-in session window keeps it).
+        let expected = vec![
+            (0, vec![]),
+            (1, vec![]),
+            (2, vec!["10:00-10:40 u1 2".to_string()]),
+            (3, vec![]),
+            // Timeouts fire in timer order: u2's session ends first.
+            (
+                4,
+                vec![
+                    "10:05-11:00 u2 2".to_string(),
+                    "10:50-11:20 u1 1".to_string(),
+                ],
+            ),
+        ];
+        assert_eq!(got, expected, "{store}:\n{err}");
+        assert!(err.contains("dropped 1"), "{err}");
+        assert!(
+            err.contains("| sessionize "),
+            "stage time in progress:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn sessionize_equals_the_builtin_session_window_batch_for_batch() {
+    for seed in [21u64, 22, 23] {
+        let files = random_click_files(seed, 15, 8);
+        let gap = [("gap = \"30m\"", "gap = \"2m\"")];
+        let builtin = random_stream_example("sessions", &gap, &files);
+        let plugin = random_stream_example("sessionize", &gap, &files);
+        let builtin_err = assert_ok(&run(&builtin.path().join("pipeline.toml")));
+        let plugin_err = assert_ok(&run(&plugin.path().join("pipeline.toml")));
+        let expected = batches_as_text(&builtin.path().join(".weir/output"));
+        let got = batches_as_text(&plugin.path().join(".weir/output"));
+        let emitting = expected.values().filter(|rows| !rows.is_empty()).count();
+        assert!(
+            emitting >= 3,
+            "seed {seed}: too few sessions close: {expected:?}"
+        );
+        assert_eq!(
+            got, expected,
+            "seed {seed}\nbuilt-in:\n{builtin_err}\nsessionize:\n{plugin_err}"
+        );
+        assert!(!plugin_err.contains("dropped"), "{plugin_err}");
+    }
+}
+
+/// A pipeline in a scratch directory running `keyed-testkit` over files
+/// of `{"user", "ts"}` rows, one file per batch.
+struct KeyedScenario {
+    dir: tempfile::TempDir,
+}
+
+impl KeyedScenario {
+    fn new(config: &str, state_timeout: &str, files: &[&str]) -> KeyedScenario {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("in")).unwrap();
+        for (i, body) in files.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("in/f{i:02}.json")), body).unwrap();
+        }
+        let pipeline = format!(
+            r#"name = "keyed"
+checkpoint = "ck"
+
+[trigger]
+available_now = true
+
+[source]
+kind = "file"
+path = "in"
+format = "json"
+order = "name"
+max_files_per_trigger = 1
+schema = [ {{ name = "user", type = "string" }}, {{ name = "ts", type = "long" }} ]
+
+[watermark]
+column = "ts"
+delay = "1s"
+
+[stateful]
+name = "kit"
+plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_keyed_testkit.wasm"
+key = ["user"]
+state_timeout = "{state_timeout}"
+config = {{ {config} }}
+
+[sink]
+kind = "json"
+path = "out"
+"#
+        );
+        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+        KeyedScenario { dir }
+    }
+
+    fn pipeline(&self) -> std::path::PathBuf {
+        self.dir.path().join("pipeline.toml")
+    }
+
+    fn add_file(&self, name: &str, body: &str) {
+        std::fs::write(self.dir.path().join("in").join(name), body).unwrap();
+    }
+
+    /// Each batch's rows as "key rows total timed_out watermark", in the
+    /// order the plugin emitted them.
+    fn batches(&self) -> BTreeMap<u64, Vec<String>> {
+        committed_json_batches(&self.dir.path().join("out"))
+            .into_iter()
+            .map(|(batch, rows)| {
+                let rows = rows
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {} {} {} {}",
+                            r["key"].as_str().unwrap(),
+                            r["rows"],
+                            r["total"],
+                            if r["timed_out"].as_bool().unwrap() {
+                                "T"
+                            } else {
+                                "F"
+                            },
+                            r["watermark_ms"]
+                        )
+                    })
+                    .collect();
+                (batch, rows)
+            })
+            .collect()
+    }
+}
+
+fn rows(events: &[(&str, i64)]) -> String {
+    events
+        .iter()
+        .map(|(user, ts)| format!("{{\"user\": \"{user}\", \"ts\": {ts}}}\n"))
+        .collect()
+}
+
+/// Keys time out 1s of event time after their latest row; the watermark
+/// trails the latest event time by 1s.
+fn event_timeout_scenario() -> KeyedScenario {
+    KeyedScenario::new(
+        "event_timeout_ms = 1000",
+        "event_time",
+        &[
+            &rows(&[("a", 1000), ("b", 2000)]),
+            &rows(&[("c", 10_000)]),
+            // Refreshes a and b: their first timers (2000, 3000) never fire.
+            &rows(&[("b", 9200), ("a", 9600)]),
+            // e is late (8000 <= watermark 9000) and dropped.
+            &rows(&[("d", 20_000), ("e", 8000)]),
+        ],
+    )
+}
+
+fn event_timeout_expected() -> BTreeMap<u64, Vec<String>> {
+    let owned = |rows: &[&str]| rows.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    [
+        (0, owned(&["a 1 1 F 0", "b 1 1 F 0"])),
+        (1, owned(&["c 1 1 F 1000"])),
+        (2, owned(&["a 1 2 F 9000", "b 1 2 F 9000"])),
+        (3, owned(&["d 1 1 F 9000"])),
+        // The no-data batch at watermark 19000: timers b (10200), a (10600)
+        // and c (11000) fire once each, in timer order, not key order; d's
+        // (21000) stays pending.
+        (
+            4,
+            owned(&["b 0 2 T 19000", "a 0 2 T 19000", "c 0 1 T 19000"]),
+        ),
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn event_time_timeouts_fire_once_in_watermark_order() {
+    let scenario = event_timeout_scenario();
+    let err = assert_ok(&run(&scenario.pipeline()));
+    assert_eq!(scenario.batches(), event_timeout_expected(), "{err}");
+    assert!(err.contains("dropped 1"), "{err}");
+    // A later run with nothing new fires nothing again.
+    assert_ok(&run(&scenario.pipeline()));
+    assert_eq!(scenario.batches(), event_timeout_expected());
+}
+
+#[test]
+fn event_time_timeouts_fire_once_after_a_kill_at_every_crash_point() {
+    for point in CRASH_POINTS {
+        for batch in [2, 4] {
+            let scenario = event_timeout_scenario();
+            let out = weir()
+                .arg("run")
+                .arg(scenario.pipeline())
+                .env("WEIR_CRASH_AT", format!("{point}@{batch}"))
+                .output()
+                .unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&out.status),
+                Some(9),
+                "{point}@{batch}"
+            );
+            let err = assert_ok(&run(&scenario.pipeline()));
+            assert_eq!(
+                scenario.batches(),
+                event_timeout_expected(),
+                "kill at {point}@{batch}:\n{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn processing_time_timeouts_fire_in_a_batch_after_the_duration() {
+    let scenario = KeyedScenario::new(
+        "processing_timeout_ms = 200",
+        "processing_time",
+        &[&rows(&[("a", 1), ("b", 2)])],
+    );
+    assert_ok(&run(&scenario.pipeline()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    scenario.add_file("f01.json", &rows(&[("b", 3), ("c", 4)]));
+    let err = assert_ok(&run(&scenario.pipeline()));
+    let batches = scenario.batches();
+    // Batch 1 starts more than 200ms after batch 0: b gets data (which
+    // resets its timeout), a times out. c's timer is not due yet.
+    assert_eq!(batches[&0], vec!["a 1 1 F 0", "b 1 1 F 0"], "{err}");
+    assert_eq!(
+        batches[&1],
+        vec!["b 1 2 F 0", "c 1 1 F 0", "a 0 1 T 0"],
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_key_fails_the_batch_naming_the_key() {
+    for (config, expected) in [
+        (
+            "fail_key = \"b\"",
+            "plugin stage `kit`, key (user=b): the plugin returned an error (input): refusing key b",
+        ),
+        (
+            "trap_key = \"b\"",
+            "plugin stage `kit`, key (user=b): the plugin trapped: ",
+        ),
+    ] {
+        let scenario = KeyedScenario::new(
+            config,
+            "none",
+            &[&rows(&[("a", 1)]), &rows(&[("a", 2), ("b", 3), ("c", 4)])],
+        );
+        let err = assert_exit(&run(&scenario.pipeline()), 1);
+        assert!(err.contains(expected), "{err}");
+        // Batch 0 committed; nothing of batch 1 (not even a's row) is visible.
+        assert_eq!(
+            scenario.batches().keys().copied().collect::<Vec<_>>(),
+            vec![0]
+        );
+    }
+}
+
+#[test]
+fn state_the_plugin_cannot_decode_is_its_error_with_the_key() {
+    let scenario = KeyedScenario::new(
+        "corrupt_key = \"a\"",
+        "none",
+        &[&rows(&[("a", 1)]), &rows(&[("a", 2)])],
+    );
+    let err = assert_exit(&run(&scenario.pipeline()), 1);
+    assert!(
+        err.contains("key (user=a): the plugin returned an error (internal): cannot decode the key's state as i64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn spark_refusals_for_stateful_functions_are_reported_at_start() {
+    let dir = example("sessionize");
+    let pipeline = dir.path().join("pipeline.toml");
+    let original = std::fs::read_to_string(&pipeline).unwrap();
+    for (from, to, message) in [
+        (
+            "[watermark]\ncolumn = \"event_time\"\ndelay = \"10m\"\n",
+            "",
+            "Watermark must be specified in the query for using event-time timeout",
+        ),
+        ("key = [\"user_id\"]", "key = []", "no key columns"),
+        (
+            "[sink]",
+            "[aggregate]\ngroup_by = [\"user_id\"]\nwindow = { column = \"event_time\", tumbling = \"5m\" }\naggregates = [ { fn = \"count\" } ]\n\n[sink]",
+            "one stateful operator",
+        ),
+        (
+            "state_timeout = \"event_time\"",
+            "state_timeout = \"event\"",
+            "unknown variant `event`",
+        ),
+    ] {
+        std::fs::write(&pipeline, &original).unwrap();
+        edit(&pipeline, from, to);
+        let out = weir().arg("validate").arg(&pipeline).output().unwrap();
+        let err = assert_exit(&out, 2);
+        assert!(err.contains(message), "{from:?} -> {to:?}:\n{err}");
+    }
+}
