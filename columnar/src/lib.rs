@@ -34,7 +34,8 @@ pub mod reexports {
 
 use arrow_array::{ArrayRef, make_array};
 use arrow_buffer::Buffer;
-use arrow_data::{ArrayData, transform::MutableArrayData};
+use arrow_data::ArrayData;
+use arrow_data::transform::{Capacities, MutableArrayData};
 use arrow_schema::{ArrowError, DataType};
 
 /// One Arrow array in its physical layout, with offset 0.
@@ -161,7 +162,14 @@ pub fn normalize(array: &ArrayRef) -> Result<ArrayData, LayoutError> {
     }
     let data = array.to_data();
     let aligned_nulls = data.nulls().is_none_or(|n| n.offset() % 8 == 0);
-    if data.offset() == 0 && aligned_nulls {
+    // A sliced string array keeps offset 0 but its offsets start past 0:
+    // sent as is, every value before the slice would cross too.
+    let offsets_from_zero = match data.data_type() {
+        DataType::Utf8 | DataType::Binary => first_offset::<i32>(&data) == 0,
+        DataType::LargeUtf8 | DataType::LargeBinary => first_offset::<i64>(&data) == 0,
+        _ => true,
+    };
+    if data.offset() == 0 && aligned_nulls && offsets_from_zero {
         Ok(data)
     } else {
         rebase(&data)
@@ -261,11 +269,42 @@ pub unsafe fn import_array_trusted(
 
 /// Copies a sliced array into fresh buffers that start at offset 0.
 fn rebase(data: &ArrayData) -> Result<ArrayData, LayoutError> {
-    let mut mutable = MutableArrayData::new(vec![data], false, data.len());
+    // Size string buffers to the slice: the default reserves the whole
+    // source buffer, which made a 1-row slice of a big batch cost O(batch).
+    let capacities = match data.data_type() {
+        DataType::Utf8 | DataType::Binary => {
+            Capacities::Binary(data.len(), Some(slice_value_bytes::<i32>(data)))
+        }
+        DataType::LargeUtf8 | DataType::LargeBinary => {
+            Capacities::Binary(data.len(), Some(slice_value_bytes::<i64>(data)))
+        }
+        _ => Capacities::Array(data.len()),
+    };
+    let mut mutable = MutableArrayData::with_capacities(vec![data], false, capacities);
     mutable
         .try_extend(0, 0, data.len())
         .map_err(LayoutError::Invalid)?;
     Ok(mutable.freeze())
+}
+
+/// The first entry of a string or binary array's offsets.
+fn first_offset<O: arrow_buffer::ArrowNativeType + TryInto<usize>>(data: &ArrayData) -> usize {
+    data.buffer::<O>(0)
+        .get(data.offset())
+        .and_then(|o| (*o).try_into().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes of string or binary values a (possibly sliced) array covers.
+fn slice_value_bytes<O: arrow_buffer::ArrowNativeType + TryInto<usize>>(data: &ArrayData) -> usize {
+    let offsets = data.buffer::<O>(0);
+    let at = |i: usize| {
+        offsets
+            .get(data.offset() + i)
+            .and_then(|o| (*o).try_into().ok())
+            .unwrap_or(0)
+    };
+    at(data.len()).saturating_sub(at(0))
 }
 
 /// The number of bytes of each buffer that an offset-0 array uses.
@@ -312,6 +351,13 @@ mod tests {
         let back = round_trip(sliced.clone());
         assert_eq!(back.to_data().offset(), 0);
         assert_eq!(&back, &sliced);
+        // Only the slice's own values cross, with offsets from 0.
+        let parts = export_array(&strings.slice(2, 2)).unwrap();
+        assert_eq!(parts.buffers[1], b"cccdd");
+        assert_eq!(
+            parts.buffers[0],
+            [0i32, 3, 5].map(i32::to_le_bytes).concat()
+        );
 
         let bools: ArrayRef = Arc::new(BooleanArray::from(vec![
             Some(true),

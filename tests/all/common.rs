@@ -43,6 +43,35 @@ pub fn assert_exit(output: &Output, code: i32) -> String {
     err
 }
 
+/// Runs `weir run pipeline` with `WEIR_CRASH_AT=<at>` (`point@batch`) and
+/// asserts it was killed there (SIGKILL, as `kill -9`).
+pub fn run_killed_at(pipeline: &Path, at: &str) {
+    let out = weir()
+        .arg("run")
+        .arg(pipeline)
+        .env("WEIR_CRASH_AT", at)
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "expected a kill at {at}:\n{}",
+        stderr(&out)
+    );
+}
+
+/// For each `(from, to, message)`: `pipeline` as `original` with `from`
+/// replaced by `to` is refused by `weir validate` (exit 2) with `message`.
+pub fn assert_refusals(pipeline: &Path, original: &str, cases: &[(&str, &str, &str)]) {
+    for (from, to, message) in cases {
+        assert!(original.contains(from), "{from:?} is not in the pipeline");
+        fs::write(pipeline, original.replace(from, to)).unwrap();
+        let out = weir().arg("validate").arg(pipeline).output().unwrap();
+        let err = assert_exit(&out, 2);
+        assert!(err.contains(message), "{from:?} -> {to:?}:\n{err}");
+    }
+}
+
 /// A pipeline in a scratch directory: `in/` input, `ck/` checkpoint, `out/` output.
 pub struct Scenario {
     dir: tempfile::TempDir,

@@ -11,7 +11,7 @@ use arrow::datatypes::Int64Type;
 use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 
-use crate::common::{assert_exit, assert_ok, seeded, weir};
+use crate::common::{assert_exit, assert_ok, assert_refusals, run_killed_at, seeded, weir};
 use crate::pg;
 
 /// One Debezium-style change.
@@ -317,18 +317,7 @@ fn cdc_is_exactly_once_after_a_kill_at_every_step() {
     for point in points {
         for batch in [1, 4] {
             let scenario = CdcScenario::new(&stream, "key = [\"user_id\"]");
-            let out = weir()
-                .arg("run")
-                .arg(scenario.pipeline())
-                .env("WEIR_CRASH_AT", format!("{point}@{batch}"))
-                .output()
-                .unwrap();
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&out.status),
-                Some(9),
-                "{point}@{batch}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_killed_at(&scenario.pipeline(), &format!("{point}@{batch}"));
             kills += 1;
             let err = assert_ok(&run(&scenario.pipeline()));
             let at = format!("kill at {point}@{batch}:\n{err}");
@@ -364,43 +353,37 @@ fn foreach_batch_config_mistakes_are_reported_at_start() {
     let scenario = CdcScenario::new(&stream, "key = [\"user_id\"]");
     let pipeline = scenario.pipeline();
     let original = std::fs::read_to_string(&pipeline).unwrap();
-    for (from, to, message) in [
-        (
-            "mode = \"upsert\"\n",
-            "",
-            "`key` applies to mode = \"upsert\" only",
-        ),
-        (
-            "key = [\"user_id\"]",
-            "key = []",
-            "an upsert output needs `key` columns",
-        ),
-        (
-            "kind = \"parquet\"\npath = \"raw\"",
-            "kind = \"parquet\"",
-            "a file output needs a `path`",
-        ),
-        (
-            "name = \"cdc\"\nplugin",
-            "plugin",
-            "needs a `name` and a `plugin`",
-        ),
-        (
-            "[sink.outputs.raw]\nkind = \"parquet\"\npath = \"raw\"",
-            "[sink.outputs.raw]\nkind = \"parquet\"\npath = \"raw\"\ntable = \"x\"",
-            "`table` applies to postgres outputs only",
-        ),
-    ] {
-        std::fs::write(&pipeline, original.replace(from, to)).unwrap();
-        assert_ne!(
-            std::fs::read_to_string(&pipeline).unwrap(),
-            original,
-            "{from:?}"
-        );
-        let out = weir().arg("validate").arg(&pipeline).output().unwrap();
-        let err = assert_exit(&out, 2);
-        assert!(err.contains(message), "{from:?} -> {to:?}:\n{err}");
-    }
+    assert_refusals(
+        &pipeline,
+        &original,
+        &[
+            (
+                "mode = \"upsert\"\n",
+                "",
+                "`key` applies to mode = \"upsert\" only",
+            ),
+            (
+                "key = [\"user_id\"]",
+                "key = []",
+                "an upsert output needs `key` columns",
+            ),
+            (
+                "kind = \"parquet\"\npath = \"raw\"",
+                "kind = \"parquet\"",
+                "a file output needs a `path`",
+            ),
+            (
+                "name = \"cdc\"\nplugin",
+                "plugin",
+                "needs a `name` and a `plugin`",
+            ),
+            (
+                "[sink.outputs.raw]\nkind = \"parquet\"\npath = \"raw\"",
+                "[sink.outputs.raw]\nkind = \"parquet\"\npath = \"raw\"\ntable = \"x\"",
+                "`table` applies to postgres outputs only",
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -420,28 +403,10 @@ fn postgres_append_output_writes_each_epoch_once() {
         ),
     );
     std::fs::write(&pipeline, text).unwrap();
-    let out = weir()
-        .arg("run")
-        .arg(&pipeline)
-        .env("WEIR_CRASH_AT", "after-transform@2")
-        .output()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9)
-    );
+    run_killed_at(&pipeline, "after-transform@2");
     // Kill between the append's commit and the checkpoint's: the replay
     // finds the epoch in the ledger.
-    let out = weir()
-        .arg("run")
-        .arg(&pipeline)
-        .env("WEIR_CRASH_AT", "postgres-after-commit@3")
-        .output()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9)
-    );
+    run_killed_at(&pipeline, "postgres-after-commit@3");
     assert_ok(&run(&pipeline));
     let mut got: Vec<(i64, i64)> = pg::query(&scenario.url, "SELECT user_id, ts_ms FROM changes")
         .into_iter()

@@ -10,7 +10,8 @@ use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 
 use crate::common::{
-    assert_exit, assert_ok, committed_json_batches, edit, example, example_on, weir,
+    assert_exit, assert_ok, assert_refusals, committed_json_batches, example, example_on,
+    run_killed_at, weir,
 };
 use crate::windows::{random_click_files, random_stream_example};
 
@@ -109,6 +110,15 @@ struct KeyedScenario {
 
 impl KeyedScenario {
     fn new(config: &str, state_timeout: &str, files: &[&str]) -> KeyedScenario {
+        KeyedScenario::with_trigger(config, state_timeout, files, "available_now = true")
+    }
+
+    fn with_trigger(
+        config: &str,
+        state_timeout: &str,
+        files: &[&str],
+        trigger: &str,
+    ) -> KeyedScenario {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("in")).unwrap();
         for (i, body) in files.iter().enumerate() {
@@ -119,7 +129,7 @@ impl KeyedScenario {
 checkpoint = "ck"
 
 [trigger]
-available_now = true
+{trigger}
 
 [source]
 kind = "file"
@@ -245,17 +255,7 @@ fn event_time_timeouts_fire_once_after_a_kill_at_every_crash_point() {
     for point in CRASH_POINTS {
         for batch in [2, 4] {
             let scenario = event_timeout_scenario();
-            let out = weir()
-                .arg("run")
-                .arg(scenario.pipeline())
-                .env("WEIR_CRASH_AT", format!("{point}@{batch}"))
-                .output()
-                .unwrap();
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&out.status),
-                Some(9),
-                "{point}@{batch}"
-            );
+            run_killed_at(&scenario.pipeline(), &format!("{point}@{batch}"));
             let err = assert_ok(&run(&scenario.pipeline()));
             assert_eq!(
                 scenario.batches(),
@@ -284,6 +284,46 @@ fn processing_time_timeouts_fire_in_a_batch_after_the_duration() {
     assert_eq!(
         batches[&1],
         vec!["b 1 2 F 0", "c 1 1 F 0", "a 0 1 T 0"],
+        "{err}"
+    );
+}
+
+#[test]
+fn processing_time_timeouts_fire_without_new_input_in_a_running_query() {
+    let scenario = KeyedScenario::with_trigger(
+        "processing_timeout_ms = 300",
+        "processing_time",
+        &[&rows(&[("a", 1), ("b", 2)])],
+        "processing_time = \"50ms\"",
+    );
+    let child = weir()
+        .arg("run")
+        .arg(scenario.pipeline())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while scenario.batches().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no timeout batch");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Let a few more triggers pass: nothing is due any more.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let err = assert_ok(&child.wait_with_output().unwrap());
+    let expected: BTreeMap<u64, Vec<String>> = [
+        (0, vec!["a 1 1 F 0".to_string(), "b 1 1 F 0".to_string()]),
+        // A batch with no input, run because both timers were due.
+        (1, vec!["a 0 1 T 0".to_string(), "b 0 1 T 0".to_string()]),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(scenario.batches(), expected, "{err}");
+    assert!(
+        err.contains("batch 1: 0 rows in (0 files), 2 rows out"),
         "{err}"
     );
 }
@@ -334,28 +374,80 @@ fn spark_refusals_for_stateful_functions_are_reported_at_start() {
     let dir = example("sessionize");
     let pipeline = dir.path().join("pipeline.toml");
     let original = std::fs::read_to_string(&pipeline).unwrap();
-    for (from, to, message) in [
-        (
-            "[watermark]\ncolumn = \"event_time\"\ndelay = \"10m\"\n",
-            "",
-            "Watermark must be specified in the query for using event-time timeout",
-        ),
-        ("key = [\"user_id\"]", "key = []", "no key columns"),
-        (
-            "[sink]",
-            "[aggregate]\ngroup_by = [\"user_id\"]\nwindow = { column = \"event_time\", tumbling = \"5m\" }\naggregates = [ { fn = \"count\" } ]\n\n[sink]",
-            "one stateful operator",
-        ),
-        (
-            "state_timeout = \"event_time\"",
-            "state_timeout = \"event\"",
-            "unknown variant `event`",
-        ),
-    ] {
-        std::fs::write(&pipeline, &original).unwrap();
-        edit(&pipeline, from, to);
-        let out = weir().arg("validate").arg(&pipeline).output().unwrap();
-        let err = assert_exit(&out, 2);
-        assert!(err.contains(message), "{from:?} -> {to:?}:\n{err}");
-    }
+    assert_refusals(
+        &pipeline,
+        &original,
+        &[
+            (
+                "[watermark]\ncolumn = \"event_time\"\ndelay = \"10m\"\n",
+                "",
+                "Watermark must be specified in the query for using event-time timeout",
+            ),
+            ("key = [\"user_id\"]", "key = []", "no key columns"),
+            (
+                "[sink]",
+                "[aggregate]\ngroup_by = [\"user_id\"]\nwindow = { column = \"event_time\", tumbling = \"5m\" }\naggregates = [ { fn = \"count\" } ]\n\n[sink]",
+                "one stateful operator",
+            ),
+            (
+                "state_timeout = \"event_time\"",
+                "state_timeout = \"event\"",
+                "unknown variant `event`",
+            ),
+            (
+                "kind = \"json\"\npath = \".weir/output\"",
+                "kind = \"console\"\noutput_mode = \"complete\"",
+                "Complete output mode not supported",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn validate_refuses_a_component_of_another_world() {
+    let dir = example("sessionize");
+    let pipeline = dir.path().join("pipeline.toml");
+    crate::common::edit(
+        &pipeline,
+        "weir_plugin_sessionize.wasm",
+        "weir_plugin_enrich.wasm",
+    );
+    let out = weir().arg("validate").arg(&pipeline).output().unwrap();
+    let err = crate::common::stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("plugin stage `sessionize`: cannot load")
+            && err.contains("it does not implement the weir:plugin stateful-plugin world"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stateful_functions_run_in_update_mode() {
+    let dir = example("sessionize");
+    let pipeline = dir.path().join("pipeline.toml");
+    crate::common::edit(
+        &pipeline,
+        "kind = \"json\"\npath = \".weir/output\"",
+        "kind = \"console\"\nformat = \"json\"\noutput_mode = \"update\"",
+    );
+    let out = run(&pipeline);
+    assert_ok(&out);
+    let got: Vec<(u64, Vec<String>)> =
+        crate::common::console_batches(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .map(|(batch, rows)| (batch, rows.iter().map(session).collect()))
+            .collect();
+    // The plugin decides what each batch emits: closed sessions, as in append.
+    let owned = |rows: &[&str]| rows.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            (0, owned(&[])),
+            (1, owned(&[])),
+            (2, owned(&["10:00-10:40 u1 2"])),
+            (3, owned(&[])),
+            (4, owned(&["10:05-11:00 u2 2", "10:50-11:20 u1 1"])),
+        ]
+    );
 }

@@ -11,7 +11,7 @@ use weir::faults::CRASH_POINTS;
 
 use crate::common::{
     assert_exit, assert_ok, committed_json_batches, committed_json_rows, console_batches, edit,
-    example, example_on, numbered_entries, seeded, weir,
+    example, example_on, numbered_entries, run_killed_at, seeded, weir,
 };
 
 /// "start-end user count" with times as HH:MM (all rows are on one day).
@@ -170,16 +170,9 @@ fn kill_at_every_crash_point_with_state_on_both_backends() {
         for point in CRASH_POINTS {
             for batch in [2, 4] {
                 let dir = example_on("windowed-clicks", store);
-                let out = weir()
-                    .arg("run")
-                    .arg(dir.path().join("pipeline.toml"))
-                    .env("WEIR_CRASH_AT", format!("{point}@{batch}"))
-                    .output()
-                    .unwrap();
-                assert_eq!(
-                    std::os::unix::process::ExitStatusExt::signal(&out.status),
-                    Some(9),
-                    "{point}@{batch}"
+                run_killed_at(
+                    &dir.path().join("pipeline.toml"),
+                    &format!("{point}@{batch}"),
                 );
                 let err = assert_ok(&run(dir.path()));
                 assert_eq!(
@@ -457,16 +450,7 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
         );
         long_stream(dir.path(), 40);
         if let Some(point) = crash {
-            let out = weir()
-                .arg("run")
-                .arg(dir.path().join("pipeline.toml"))
-                .env("WEIR_CRASH_AT", point)
-                .output()
-                .unwrap();
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&out.status),
-                Some(9)
-            );
+            run_killed_at(&dir.path().join("pipeline.toml"), point);
             assert!(
                 dir.path()
                     .join(".weir/checkpoint/state/0/0/20.snapshot")

@@ -88,14 +88,26 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             let pipeline = Pipeline::load(&pipeline)?;
             let engine = PluginEngine::new()?;
             let transforms = pipeline.transforms.clone();
+            let stateful = pipeline.stateful.clone();
+            let sink_plugin = pipeline.sink.foreach_batch.clone();
             // Plugin code runs off the async workers (WASI's sync host calls need that).
             tokio::task::spawn_blocking(move || {
-                transforms.iter().try_for_each(|t| {
+                for t in &transforms {
                     engine
                         .load_transform(&t.name, &t.plugin)?
-                        .instantiate(&t.config_json, t.limits)
-                        .map(drop)
-                })
+                        .instantiate(&t.config_json, t.limits)?;
+                }
+                if let Some(s) = &stateful {
+                    engine
+                        .load_stateful(&s.stage.name, &s.stage.plugin)?
+                        .instantiate(&s.stage.config_json, s.stage.limits)?;
+                }
+                if let Some(f) = &sink_plugin {
+                    engine
+                        .load_batch_sink(&f.stage.name, &f.stage.plugin)?
+                        .instantiate(&f.stage.config_json, f.stage.limits, Default::default())?;
+                }
+                Ok::<(), WeirError>(())
             })
             .await
             .map_err(|e| WeirError::Internal(e.to_string()))??;

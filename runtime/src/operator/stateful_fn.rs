@@ -367,6 +367,14 @@ impl Operator for StatefulFunction {
             self.process_groups(input, ctx, &mut out)?;
         }
         self.fire_timeouts(ctx, &mut out)?;
+        // One call per key gives many small batches: hand the sink one.
+        if out.len() > 1 {
+            let schema = out[0].schema();
+            out =
+                vec![concat_batches(&schema, &out).map_err(|e| {
+                    WeirError::Internal(format!("joining the stage's outputs: {e}"))
+                })?];
+        }
         self.last.name = self.config.stage.name.clone();
         self.last.duration = started.elapsed();
         self.last.counters = self.instance.counters().clone();

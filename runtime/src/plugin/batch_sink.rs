@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
-use wasmtime::component::Component;
 use wasmtime::{Engine, Store};
 
 use super::bindings::batch_sink::{BatchSinkPlugin, BatchSinkPluginPre};
 use super::bindings::{OutputCheck, PluginState};
 use super::{
-    PluginEngine, convert, deadline_ticks, guest, load_error, new_store, plugin_error, trap,
+    PluginEngine, convert, deadline_ticks, guest, instantiate_and_init, new_store, plugin_error,
+    trap,
 };
 use crate::config::PluginLimits;
 use crate::error::{PluginFailure, Result, WeirError};
@@ -21,19 +21,13 @@ impl PluginEngine {
     /// Compiles the component at `path` for stage `stage` and checks it
     /// implements the `batch-sink-plugin` world.
     pub fn load_batch_sink(&self, stage: &str, path: &Path) -> Result<BatchSinkComponent> {
-        let component = Component::from_file(&self.engine, path)
-            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
-        let pre = self
-            .batch_sink_linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
-        let pre = BatchSinkPluginPre::new(pre).map_err(|e| {
-            load_error(
-                stage,
-                path,
-                format!("it does not implement the weir:plugin batch-sink-plugin world: {e:#}"),
-            )
-        })?;
+        let pre = self.load(
+            &self.batch_sink_linker,
+            stage,
+            path,
+            "batch-sink-plugin",
+            BatchSinkPluginPre::new,
+        )?;
         Ok(BatchSinkComponent {
             engine: self.engine.clone(),
             stage: stage.to_string(),
@@ -60,24 +54,23 @@ impl BatchSinkComponent {
     ) -> Result<BatchSinkInstance> {
         let mut store = new_store(&self.engine, &self.stage, limits);
         store.data_mut().outputs.declared = outputs;
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| plugin_error(&self.stage, trap(&store, limits, e)))?;
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
-        match bindings
-            .weir_plugin_batch_sink()
-            .call_init(&mut store, config_json)
-        {
-            Ok(Ok(())) => Ok(BatchSinkInstance {
-                stage: self.stage.clone(),
-                store,
-                bindings,
-                limits,
-            }),
-            Ok(Err(e)) => Err(plugin_error(&self.stage, guest(e))),
-            Err(e) => Err(plugin_error(&self.stage, trap(&store, limits, e))),
-        }
+        let (store, bindings) = instantiate_and_init(
+            &self.stage,
+            store,
+            limits,
+            |store| self.pre.instantiate(store),
+            |bindings: &BatchSinkPlugin, store| {
+                bindings
+                    .weir_plugin_batch_sink()
+                    .call_init(store, config_json)
+            },
+        )?;
+        Ok(BatchSinkInstance {
+            stage: self.stage.clone(),
+            store,
+            bindings,
+            limits,
+        })
     }
 }
 

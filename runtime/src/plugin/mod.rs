@@ -80,22 +80,44 @@ impl PluginEngine {
     /// Compiles the component at `path` for stage `stage` and checks it
     /// implements the `transform-plugin` world.
     pub fn load_transform(&self, stage: &str, path: &Path) -> Result<TransformComponent> {
-        let load_error = |reason: String| load_error(stage, path, reason);
-        let component =
-            Component::from_file(&self.engine, path).map_err(|e| load_error(format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_error(format!("{e:#}")))?;
-        let pre = TransformPluginPre::new(pre).map_err(|e| {
-            load_error(format!(
-                "it does not implement the weir:plugin transform-plugin world: {e:#}"
-            ))
-        })?;
+        let pre = self.load(
+            &self.linker,
+            stage,
+            path,
+            "transform-plugin",
+            TransformPluginPre::new,
+        )?;
         Ok(TransformComponent {
             engine: self.engine.clone(),
             stage: stage.to_string(),
             pre,
+        })
+    }
+}
+
+impl PluginEngine {
+    /// Compiles the component at `path`, links it with `linker` and checks
+    /// it exports what `world` needs (`typed` builds the world's typed
+    /// `InstancePre`).
+    fn load<P>(
+        &self,
+        linker: &Linker<PluginState>,
+        stage: &str,
+        path: &Path,
+        world: &str,
+        typed: impl FnOnce(wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<P>,
+    ) -> Result<P> {
+        let component = Component::from_file(&self.engine, path)
+            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
+        typed(pre).map_err(|e| {
+            load_error(
+                stage,
+                path,
+                format!("it does not implement the weir:plugin {world} world: {e:#}"),
+            )
         })
     }
 }
@@ -152,29 +174,43 @@ impl TransformComponent {
         config_json: &str,
         limits: PluginLimits,
     ) -> Result<TransformInstance> {
-        let mut store = new_store(&self.engine, &self.stage, limits);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| plugin_error(&self.stage, trap(&store, limits, e)))?;
-        let mut instance = TransformInstance {
+        let store = new_store(&self.engine, &self.stage, limits);
+        let (store, bindings) = instantiate_and_init(
+            &self.stage,
+            store,
+            limits,
+            |store| self.pre.instantiate(store),
+            |bindings: &TransformPlugin, store| {
+                bindings
+                    .weir_plugin_transform()
+                    .call_init(store, config_json)
+            },
+        )?;
+        Ok(TransformInstance {
             stage: self.stage.clone(),
             store,
             bindings,
             limits,
-        };
-        instance
-            .store
-            .set_epoch_deadline(deadline_ticks(limits.timeout));
-        let result = instance
-            .bindings
-            .weir_plugin_transform()
-            .call_init(&mut instance.store, config_json);
-        match result {
-            Ok(Ok(())) => Ok(instance),
-            Ok(Err(e)) => Err(plugin_error(&self.stage, guest(e))),
-            Err(e) => Err(plugin_error(&self.stage, trap(&instance.store, limits, e))),
-        }
+        })
+    }
+}
+
+/// Instantiates a plugin in `store` and calls its `init`, keeping guest
+/// errors apart from traps and limits.
+fn instantiate_and_init<B>(
+    stage: &str,
+    mut store: Store<PluginState>,
+    limits: PluginLimits,
+    instantiate: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<B>,
+    init: impl FnOnce(&B, &mut Store<PluginState>) -> wasmtime::Result<Result<(), PluginError>>,
+) -> Result<(Store<PluginState>, B)> {
+    let bindings =
+        instantiate(&mut store).map_err(|e| plugin_error(stage, trap(&store, limits, e)))?;
+    store.set_epoch_deadline(deadline_ticks(limits.timeout));
+    match init(&bindings, &mut store) {
+        Ok(Ok(())) => Ok((store, bindings)),
+        Ok(Err(e)) => Err(plugin_error(stage, guest(e))),
+        Err(e) => Err(plugin_error(stage, trap(&store, limits, e))),
     }
 }
 

@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
-use wasmtime::component::Component;
 use wasmtime::{Engine, Store};
 
 use super::bindings::stateful::{StatefulPlugin, StatefulPluginPre};
 use super::bindings::{GroupState, PluginState};
 use super::{
-    PluginEngine, convert, deadline_ticks, guest, load_error, new_store, plugin_error, trap,
+    PluginEngine, convert, deadline_ticks, guest, instantiate_and_init, new_store, plugin_error,
+    trap,
 };
 use crate::config::PluginLimits;
 use crate::error::{PluginFailure, Result, WeirError};
@@ -19,19 +19,13 @@ impl PluginEngine {
     /// Compiles the component at `path` for stage `stage` and checks it
     /// implements the `stateful-plugin` world.
     pub fn load_stateful(&self, stage: &str, path: &Path) -> Result<StatefulComponent> {
-        let component = Component::from_file(&self.engine, path)
-            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
-        let pre = self
-            .stateful_linker
-            .instantiate_pre(&component)
-            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
-        let pre = StatefulPluginPre::new(pre).map_err(|e| {
-            load_error(
-                stage,
-                path,
-                format!("it does not implement the weir:plugin stateful-plugin world: {e:#}"),
-            )
-        })?;
+        let pre = self.load(
+            &self.stateful_linker,
+            stage,
+            path,
+            "stateful-plugin",
+            StatefulPluginPre::new,
+        )?;
         Ok(StatefulComponent {
             engine: self.engine.clone(),
             stage: stage.to_string(),
@@ -51,25 +45,24 @@ impl StatefulComponent {
     /// Instantiates the plugin under `limits` and calls its `init` with
     /// `config_json`.
     pub fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<StatefulInstance> {
-        let mut store = new_store(&self.engine, &self.stage, limits);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| plugin_error(&self.stage, trap(&store, limits, e)))?;
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
-        match bindings
-            .weir_plugin_stateful()
-            .call_init(&mut store, config_json)
-        {
-            Ok(Ok(())) => Ok(StatefulInstance {
-                stage: self.stage.clone(),
-                store,
-                bindings,
-                limits,
-            }),
-            Ok(Err(e)) => Err(plugin_error(&self.stage, guest(e))),
-            Err(e) => Err(plugin_error(&self.stage, trap(&store, limits, e))),
-        }
+        let store = new_store(&self.engine, &self.stage, limits);
+        let (store, bindings) = instantiate_and_init(
+            &self.stage,
+            store,
+            limits,
+            |store| self.pre.instantiate(store),
+            |bindings: &StatefulPlugin, store| {
+                bindings
+                    .weir_plugin_stateful()
+                    .call_init(store, config_json)
+            },
+        )?;
+        Ok(StatefulInstance {
+            stage: self.stage.clone(),
+            store,
+            bindings,
+            limits,
+        })
     }
 }
 
