@@ -43,6 +43,22 @@ pub fn assert_exit(output: &Output, code: i32) -> String {
     err
 }
 
+/// Spawns `cmd` (which must set `PR_SET_PDEATHSIG` in `pre_exec`) so that
+/// it lives exactly as long as the test process: the death signal fires
+/// when the spawning *thread* ends, so the spawn happens on a thread that
+/// never does.
+pub fn spawn_for_test_lifetime(mut cmd: Command) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let spawned = cmd.spawn().map(drop).map_err(|e| e.to_string());
+        tx.send(spawned).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap()
+}
+
 /// Runs `weir run pipeline` with `WEIR_CRASH_AT=<at>` (`point@batch`) and
 /// asserts it was killed there (SIGKILL, as `kill -9`).
 pub fn run_killed_at(pipeline: &Path, at: &str) {

@@ -9,6 +9,7 @@ mod formats;
 mod golden;
 mod pg;
 mod plugins;
+mod s3;
 mod stateful;
 mod triggers;
 mod windows;

@@ -145,18 +145,7 @@ fn start() -> Server {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("server.log")).unwrap());
     as_user(&mut postgres, user, true);
-    // The death signal fires when the spawning *thread* ends: spawn from a
-    // thread that lives as long as the test process.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let child = postgres.spawn();
-        let failed = child.as_ref().err().map(|e| e.to_string());
-        tx.send(failed).unwrap();
-        loop {
-            std::thread::park();
-        }
-    });
-    if let Some(e) = rx.recv().unwrap() {
+    if let Err(e) = crate::common::spawn_for_test_lifetime(postgres) {
         panic!("cannot start postgres: {e}");
     }
     let server = Server { port };

@@ -49,7 +49,7 @@ pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
 
 use crate::operator::{DeduplicateConfig, WindowAggregateConfig};
 use crate::state::BackendKind;
-use crate::storage::Location;
+use crate::storage::{Location, S3Options};
 
 /// A checked pipeline, with paths resolved.
 #[derive(Debug, Clone)]
@@ -227,8 +227,20 @@ struct RawPipeline {
     drop_duplicates_within_watermark: Option<Spanned<Vec<String>>>,
     drop_duplicates: Option<Spanned<Vec<String>>>,
     stateful: Option<Spanned<stateful_fn::RawStateful>>,
+    s3: Option<Spanned<RawS3>>,
     state_store: Option<BackendKind>,
     sink: Spanned<RawSink>,
+}
+
+/// `[s3]`: settings for every `s3://` location of the pipeline.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    endpoint: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    access_key_id: Option<Spanned<String>>,
+    secret_access_key: Option<Spanned<String>>,
+    allow_http: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -337,7 +349,16 @@ impl Pipeline {
                  cannot pass silently",
             )
         })?;
-        Resolver { file, text, base }.pipeline(raw)
+        let mut resolver = Resolver {
+            file,
+            text,
+            base,
+            s3: S3Options::default(),
+        };
+        if let Some(s3) = &raw.s3 {
+            resolver.s3 = resolver.s3_options(s3.get_ref())?;
+        }
+        resolver.pipeline(raw)
     }
 }
 
@@ -345,6 +366,8 @@ struct Resolver<'a> {
     file: &'a str,
     text: &'a str,
     base: &'a Path,
+    /// `[s3]` settings for `s3://` locations (unset: the environment's).
+    s3: S3Options,
 }
 
 impl Resolver<'_> {
@@ -681,9 +704,20 @@ impl Resolver<'_> {
         })
     }
 
+    fn s3_options(&self, raw: &RawS3) -> Result<S3Options, ConfigError> {
+        let expand = |v: &Option<Spanned<String>>| v.as_ref().map(|v| self.expand(v)).transpose();
+        Ok(S3Options {
+            endpoint: expand(&raw.endpoint)?,
+            region: expand(&raw.region)?,
+            access_key_id: expand(&raw.access_key_id)?,
+            secret_access_key: expand(&raw.secret_access_key)?,
+            allow_http: raw.allow_http,
+        })
+    }
+
     fn location(&self, raw: &Spanned<String>) -> Result<Location, ConfigError> {
         let expanded = self.expand(raw)?;
-        Location::parse(&expanded, self.base).map_err(|why| self.err(raw, why))
+        Location::parse_with(&expanded, self.base, Some(&self.s3)).map_err(|why| self.err(raw, why))
     }
 
     /// Expands `${VAR}` from the environment.

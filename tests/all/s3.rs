@@ -1,0 +1,345 @@
+//! Pipelines on S3: source, sink, checkpoint and state snapshots on a real
+//! S3-compatible server (moto, from PyPI, installed by `./dev test`) on
+//! 127.0.0.1, exactly once across kills, with conditional create keeping
+//! two writers from committing the same batch.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::Value;
+use weir::faults::CRASH_POINTS;
+use weir::storage::{Location, S3Options};
+
+use crate::common::{assert_ok, example, run_killed_at, spawn_for_test_lifetime, weir};
+
+struct Moto {
+    endpoint: String,
+}
+
+/// `moto_server`: from the test virtualenv `./dev test` makes, or PATH.
+fn moto_binary() -> std::path::PathBuf {
+    if let Some(venv) = std::env::var_os("WEIR_TEST_VENV") {
+        let bin = Path::new(&venv).join("bin/moto_server");
+        if bin.is_file() {
+            return bin;
+        }
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("moto_server"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "moto_server (an S3-compatible test server) not found: run `./dev test`, which \
+                 installs PyPI's moto[server] into a virtualenv and sets WEIR_TEST_VENV"
+            )
+        })
+}
+
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(moto_binary());
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        spawn_for_test_lifetime(cmd).unwrap_or_else(|e| panic!("cannot start moto_server: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http(port, "GET / HTTP/1.1").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    })
+}
+
+/// One plain HTTP request; returns the status line.
+fn http(port: u16, request_line: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.lines().next().unwrap_or_default().to_string())
+}
+
+/// A new, empty bucket.
+fn bucket(hint: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("weir-{hint}-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let port: u16 = moto().endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let status = http(port, &format!("PUT /{name} HTTP/1.1")).unwrap();
+    assert!(status.contains("200"), "creating bucket {name}: {status}");
+    name
+}
+
+fn options() -> S3Options {
+    S3Options {
+        endpoint: Some(moto().endpoint.clone()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        allow_http: Some(true),
+    }
+}
+
+/// The `[s3]` table pointing a pipeline at the test server.
+fn s3_table() -> String {
+    format!(
+        "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\n\
+         secret_access_key = \"test\"\nallow_http = true\n",
+        moto().endpoint
+    )
+}
+
+fn store(url: &str) -> Arc<dyn ObjectStore> {
+    Location::parse_with(url, Path::new("/"), Some(&options()))
+        .unwrap()
+        .open()
+        .unwrap()
+}
+
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Object names under `url`, sorted.
+fn list(url: &str) -> Vec<String> {
+    let store = store(url);
+    let mut names: Vec<String> = block_on(store.list(None).try_collect::<Vec<_>>())
+        .unwrap()
+        .into_iter()
+        .map(|meta| meta.location.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn read(url: &str, name: &str) -> Vec<u8> {
+    let store = store(url);
+    block_on(async {
+        store
+            .get(&ObjectPath::from(name))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    })
+}
+
+/// Rows the JSON sink at `url` committed: the files its `_weir_log` lists.
+fn committed_rows(url: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut batches: Vec<u64> = list(&format!("{url}/_weir_log"))
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    batches.sort();
+    for batch in batches {
+        let entry: Value =
+            serde_json::from_slice(&read(&format!("{url}/_weir_log"), &batch.to_string())).unwrap();
+        for file in entry["files"].as_array().unwrap() {
+            let text = String::from_utf8(read(url, file.as_str().unwrap())).unwrap();
+            rows.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+            );
+        }
+    }
+    rows
+}
+
+/// A pipeline with source, sink and checkpoint in a new bucket, over six
+/// input files of two rows each; returns the pipeline file's directory and
+/// the bucket.
+fn s3_pipeline() -> (tempfile::TempDir, String) {
+    let b = bucket("pipe");
+    let input = store(&format!("s3://{b}/in"));
+    block_on(async {
+        for f in 0..6 {
+            let body: String = (0..2)
+                .map(|r| {
+                    let id = f * 2 + r + 1;
+                    format!("{{\"id\": {id}, \"name\": \"n{id}\", \"amount\": {id}.5}}\n")
+                })
+                .collect();
+            input
+                .put(
+                    &ObjectPath::from(format!("part-{f:03}.json")),
+                    PutPayload::from(body),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        r#"name = "on-s3"
+checkpoint = "s3://{b}/ck"
+
+{s3}
+[trigger]
+available_now = true
+
+[source]
+kind = "file"
+path = "s3://{b}/in"
+format = "json"
+order = "name"
+max_files_per_trigger = 2
+schema = [
+  {{ name = "id", type = "long", nullable = false }},
+  {{ name = "name", type = "string" }},
+  {{ name = "amount", type = "double" }},
+]
+
+[[transform]]
+name = "double"
+plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_enrich.wasm"
+config = {{ input = "amount", output = "amount_x2", multiply = 2.0 }}
+
+[sink]
+kind = "json"
+path = "s3://{b}/out"
+"#,
+        s3 = s3_table()
+    );
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    (dir, b)
+}
+
+fn ids(rows: &[Value]) -> Vec<i64> {
+    rows.iter().map(|r| r["id"].as_i64().unwrap()).collect()
+}
+
+#[test]
+fn a_pipeline_on_s3_runs_exactly_once_across_kills() {
+    for point in CRASH_POINTS {
+        let (dir, b) = s3_pipeline();
+        let pipeline = dir.path().join("pipeline.toml");
+        run_killed_at(&pipeline, &format!("{point}@1"));
+        let err = assert_ok(&weir().arg("run").arg(&pipeline).output().unwrap());
+        let rows = committed_rows(&format!("s3://{b}/out"));
+        assert_eq!(
+            ids(&rows),
+            (1..=12).collect::<Vec<_>>(),
+            "kill at {point}@1:\n{err}"
+        );
+        assert_eq!(rows[0]["amount_x2"], 3.0);
+        let commits = list(&format!("s3://{b}/ck/commits"));
+        assert_eq!(commits, vec!["0", "1", "2"], "{point}");
+    }
+}
+
+#[test]
+fn only_one_of_several_writers_commits_a_batch_on_s3() {
+    let b = bucket("race");
+    let location =
+        Location::parse_with(&format!("s3://{b}/ck"), Path::new("/"), Some(&options())).unwrap();
+    let outcomes = block_on(async {
+        let first = weir::checkpoint::Checkpoint::open(&location, "race")
+            .await
+            .unwrap();
+        let mut writers = Vec::new();
+        for _ in 0..8 {
+            // Each writer has its own handle, as two processes would.
+            let checkpoint = weir::checkpoint::Checkpoint::open(&location, "race")
+                .await
+                .unwrap();
+            writers.push(tokio::spawn(async move {
+                checkpoint
+                    .write_commit(&weir::checkpoint::CommitEntry {
+                        batch_id: 0,
+                        output_rows: 0,
+                        next_watermark_ms: None,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            }));
+        }
+        drop(first);
+        let mut outcomes = Vec::new();
+        for writer in writers {
+            outcomes.push(writer.await.unwrap());
+        }
+        outcomes
+    });
+    let won = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| e.contains("already exists: another writer used this checkpoint")),
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn windowed_state_is_checkpointed_to_s3() {
+    let local = example("windowed-clicks");
+    assert_ok(
+        &weir()
+            .arg("run")
+            .arg(local.path().join("pipeline.toml"))
+            .output()
+            .unwrap(),
+    );
+    let expected = crate::common::committed_json_rows(&local.path().join(".weir/output"));
+
+    let b = bucket("state");
+    let dir = example("windowed-clicks");
+    let pipeline = dir.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let text = text
+        .replace(
+            "checkpoint = \".weir/checkpoint\"",
+            &format!("checkpoint = \"s3://{b}/ck\""),
+        )
+        .replacen("\n[trigger]", &format!("\n{}\n[trigger]", s3_table()), 1)
+        .replace(
+            "path = \".weir/output\"",
+            &format!("path = \"s3://{b}/out\""),
+        );
+    std::fs::write(&pipeline, text).unwrap();
+    // Killed mid-stream, then resumed: state comes back from S3.
+    run_killed_at(&pipeline, "after-commit@2");
+    let err = assert_ok(&weir().arg("run").arg(&pipeline).output().unwrap());
+    assert_eq!(committed_rows(&format!("s3://{b}/out")), expected, "{err}");
+    let state = list(&format!("s3://{b}/ck/state/0/0"));
+    assert!(state.iter().any(|n| n.ends_with(".delta")), "{state:?}");
+}
