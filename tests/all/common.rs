@@ -11,8 +11,15 @@ use serde_json::Value;
 pub fn weir() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
     cmd.env("WEIR_PLUGIN_DIR", weir_fixtures::PLUGIN_DIR)
+        .env("WEIR_COMPILE_CACHE", compile_cache_dir())
         .env_remove("WEIR_CRASH_AT");
     cmd
+}
+
+/// The compiled-plugin cache the tests share (under the target directory,
+/// not the user's home).
+pub fn compile_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled-plugins")
 }
 
 /// Stderr of a finished command, for assertions and failure messages.

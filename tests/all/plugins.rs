@@ -13,9 +13,18 @@ use arrow::datatypes::{Field, Int32Type, Schema};
 use weir::{PluginEngine, PluginFailure, WeirError};
 use weir_fixtures::{ENRICH, FILTER_PROJECT, TESTKIT};
 
+use crate::common::{Scenario, Spec, assert_ok};
+
+/// An engine caching compiled plugins where the other tests do.
+fn engine() -> PluginEngine {
+    PluginEngine::with_cache(Some(weir::plugin::CompileCache::at(
+        crate::common::compile_cache_dir(),
+    )))
+    .unwrap()
+}
+
 fn instance(path: &str, config: &str) -> weir::plugin::TransformInstance {
-    PluginEngine::new()
-        .unwrap()
+    engine()
         .load_transform("stage", path.as_ref())
         .unwrap()
         .instantiate(config, Default::default())
@@ -214,11 +223,7 @@ fn a_component_without_the_transform_world_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("core.wasm");
     std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
-    let err = PluginEngine::new()
-        .unwrap()
-        .load_transform("s", &path)
-        .err()
-        .unwrap();
+    let err = engine().load_transform("s", &path).err().unwrap();
     assert!(
         matches!(
             err,
@@ -229,4 +234,81 @@ fn a_component_without_the_transform_world_is_refused_at_load() {
         ),
         "{err}"
     );
+}
+
+/// Runs a fresh copy of the default scenario with compiled plugins cached
+/// in `cache`; returns stderr.
+fn run_with_cache(cache: &std::path::Path) -> String {
+    let s = Scenario::new(Spec::default());
+    s.json_inputs(2, 2);
+    let out = s
+        .command("run")
+        .env("WEIR_COMPILE_CACHE", cache)
+        .output()
+        .unwrap();
+    let err = assert_ok(&out);
+    assert_eq!(s.output_ids(), vec![1, 2, 3, 4], "{err}");
+    err
+}
+
+fn cache_entries(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
+}
+
+#[test]
+fn compiled_plugins_are_cached_and_bad_entries_rebuilt() {
+    let cache = tempfile::tempdir().unwrap();
+    let err = run_with_cache(cache.path());
+    assert!(err.contains("plugin stage `double`: compiled in"), "{err}");
+    let entries = cache_entries(cache.path());
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+
+    let err = run_with_cache(cache.path());
+    assert!(
+        err.contains("plugin stage `double`: loaded compiled from cache in"),
+        "{err}"
+    );
+
+    // One flipped byte in the compiled code: caught by the checksum.
+    let mut bytes = std::fs::read(entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(entry, &bytes).unwrap();
+    let err = run_with_cache(cache.path());
+    assert!(
+        err.contains("cache entry rejected") && err.contains("Corrupt"),
+        "{err}"
+    );
+    assert!(err.contains("plugin stage `double`: compiled in"), "{err}");
+    let err = run_with_cache(cache.path());
+    assert!(
+        err.contains("loaded compiled from cache"),
+        "rebuilt entry:\n{err}"
+    );
+
+    // A cut-short file, and an intact file wasmtime cannot use.
+    let good = std::fs::read(entry).unwrap();
+    std::fs::write(entry, &good[..good.len() / 3]).unwrap();
+    assert!(run_with_cache(cache.path()).contains("Corrupt"));
+    let payload = b"not compiled code".to_vec();
+    let mut stale = b"WEIRCC1\n".to_vec();
+    stale.extend_from_slice(&sha256(&payload));
+    stale.extend_from_slice(&payload);
+    std::fs::write(entry, stale).unwrap();
+    let err = run_with_cache(cache.path());
+    assert!(
+        err.contains("Stale") && err.contains("compiled in"),
+        "{err}"
+    );
+    assert!(run_with_cache(cache.path()).contains("loaded compiled from cache"));
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
 }

@@ -9,6 +9,7 @@
 
 mod batch_sink;
 mod bindings;
+mod cache;
 mod convert;
 mod stateful;
 
@@ -25,6 +26,7 @@ use crate::error::{PluginFailure, Result, WeirError};
 pub use batch_sink::{BatchSinkComponent, BatchSinkInstance};
 use bindings::{ErrorKind, PluginError, PluginState, TransformPlugin, TransformPluginPre};
 pub use bindings::{GroupState, OutputCheck};
+pub use cache::{CacheOutcome, CompileCache};
 pub use stateful::{GroupCall, StatefulComponent, StatefulInstance};
 
 /// The compiler and linker shared by all plugins of a process.
@@ -37,12 +39,21 @@ pub struct PluginEngine {
     stateful_linker: Arc<Linker<PluginState>>,
     /// Host imports of the `batch-sink-plugin` world.
     batch_sink_linker: Arc<Linker<PluginState>>,
+    /// Compiled components kept on disk across restarts, if enabled.
+    cache: Option<CompileCache>,
 }
 
 impl PluginEngine {
     /// An engine with the host imports (`weir:plugin/host` and WASI
-    /// without ambient capabilities) linked.
+    /// without ambient capabilities) linked, and the compile cache
+    /// [`CompileCache::from_env`] names.
     pub fn new() -> Result<PluginEngine> {
+        PluginEngine::with_cache(CompileCache::from_env())
+    }
+
+    /// Like [`PluginEngine::new`], with `cache` (or none) for compiled
+    /// components.
+    pub fn with_cache(cache: Option<CompileCache>) -> Result<PluginEngine> {
         let mut config = Config::new();
         // Async component calls are not used; leaving concurrency support on
         // makes every host->guest call several times slower (wasmtime #12836).
@@ -74,6 +85,7 @@ impl PluginEngine {
             linker: Arc::new(linker),
             stateful_linker: Arc::new(stateful_linker),
             batch_sink_linker: Arc::new(batch_sink_linker),
+            cache,
         })
     }
 
@@ -107,8 +119,7 @@ impl PluginEngine {
         world: &str,
         typed: impl FnOnce(wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<P>,
     ) -> Result<P> {
-        let component = Component::from_file(&self.engine, path)
-            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
+        let component = self.compile(stage, path)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
@@ -119,6 +130,30 @@ impl PluginEngine {
                 format!("it does not implement the weir:plugin {world} world: {e:#}"),
             )
         })
+    }
+}
+
+impl PluginEngine {
+    /// The component at `path`, compiled or loaded from the cache.
+    fn compile(&self, stage: &str, path: &Path) -> Result<Component> {
+        let started = std::time::Instant::now();
+        let wasm = std::fs::read(path).map_err(|e| load_error(stage, path, e.to_string()))?;
+        let (component, outcome) = match &self.cache {
+            Some(cache) => cache.component(&self.engine, &wasm),
+            None => Component::new(&self.engine, &wasm).map(|c| (c, CacheOutcome::Miss)),
+        }
+        .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
+        let how = if outcome == CacheOutcome::Hit {
+            "loaded compiled from cache"
+        } else {
+            "compiled"
+        };
+        tracing::info!(
+            "plugin stage `{stage}`: {how} in {:.1} ms ({} KiB component)",
+            started.elapsed().as_secs_f64() * 1e3,
+            wasm.len() / 1024
+        );
+        Ok(component)
     }
 }
 
