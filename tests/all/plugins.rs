@@ -312,3 +312,42 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).to_vec()
 }
+
+#[test]
+fn plugin_inspect_names_the_world_and_imports() {
+    for (plugin, world, import) in [
+        (ENRICH, "transform-plugin", "weir:plugin/types@"),
+        (
+            weir_fixtures::SESSIONIZE,
+            "stateful-plugin",
+            "weir:plugin/keyed-state@",
+        ),
+        (
+            weir_fixtures::CDC_UPSERT,
+            "batch-sink-plugin",
+            "weir:plugin/outputs@",
+        ),
+    ] {
+        let out = crate::common::weir()
+            .args(["plugin", "inspect", plugin])
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("world: weir:plugin {world}")),
+            "{text}"
+        );
+        assert!(text.contains(import), "{text}");
+        assert!(text.contains("ok: this host can run it"), "{text}");
+    }
+    let not_wasm = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_wasm.path(), "name = \"q\"\n").unwrap();
+    let out = crate::common::weir()
+        .args(["plugin", "inspect"])
+        .arg(not_wasm.path())
+        .output()
+        .unwrap();
+    let err = crate::common::assert_exit(&out, 1);
+    assert!(err.contains("it is not a WebAssembly file"), "{err}");
+}

@@ -44,6 +44,21 @@ enum Command {
         /// Pipeline file (TOML).
         pipeline: PathBuf,
     },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show which Weir world a component implements, what it imports and
+    /// exports, and whether this host can run it (exit 1 if not).
+    Inspect {
+        /// Component file (.wasm).
+        component: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +99,41 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<(), WeirError> {
     match command {
+        Command::Plugin {
+            command: PluginCommand::Inspect { component },
+        } => {
+            let engine = PluginEngine::with_cache(None)?;
+            let info = engine.inspect(&component)?;
+            println!("{}: {} KiB", component.display(), info.size / 1024);
+            println!(
+                "world: {}",
+                info.world
+                    .map_or("none (not a Weir plugin)".to_string(), |w| {
+                        format!("weir:plugin {w}")
+                    })
+            );
+            println!("exports:");
+            for export in &info.exports {
+                println!("  {export}");
+            }
+            println!("imports:");
+            for import in &info.imports {
+                println!("  {import}");
+            }
+            match info.link_error {
+                None => {
+                    println!("ok: this host can run it");
+                    Ok(())
+                }
+                Some(reason) => Err(WeirError::Plugin {
+                    stage: "inspect".into(),
+                    failure: weir::PluginFailure::Load {
+                        path: component,
+                        reason,
+                    },
+                }),
+            }
+        }
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let engine = PluginEngine::new()?;

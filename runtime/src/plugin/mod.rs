@@ -11,6 +11,7 @@ mod batch_sink;
 mod bindings;
 mod cache;
 mod convert;
+mod inspect;
 mod stateful;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use batch_sink::{BatchSinkComponent, BatchSinkInstance};
 use bindings::{ErrorKind, PluginError, PluginState, TransformPlugin, TransformPluginPre};
 pub use bindings::{GroupState, OutputCheck};
 pub use cache::{CacheOutcome, CompileCache};
+pub use inspect::PluginInfo;
 pub use stateful::{GroupCall, StatefulComponent, StatefulInstance};
 
 /// The compiler and linker shared by all plugins of a process.
@@ -137,7 +139,7 @@ impl PluginEngine {
     /// The component at `path`, compiled or loaded from the cache.
     fn compile(&self, stage: &str, path: &Path) -> Result<Component> {
         let started = std::time::Instant::now();
-        let wasm = std::fs::read(path).map_err(|e| load_error(stage, path, e.to_string()))?;
+        let wasm = read_wasm(stage, path)?;
         let (component, outcome) = match &self.cache {
             Some(cache) => cache.component(&self.engine, &wasm),
             None => Component::new(&self.engine, &wasm).map(|c| (c, CacheOutcome::Miss)),
@@ -155,6 +157,20 @@ impl PluginEngine {
         );
         Ok(component)
     }
+}
+
+/// The bytes of the component at `path`, refusing files that are not
+/// WebAssembly at all with a short reason.
+fn read_wasm(stage: &str, path: &Path) -> Result<Vec<u8>> {
+    let wasm = std::fs::read(path).map_err(|e| load_error(stage, path, e.to_string()))?;
+    if !wasm.starts_with(b"\0asm") {
+        return Err(load_error(
+            stage,
+            path,
+            "it is not a WebAssembly file (no `\\0asm` header); point `plugin` at a .wasm component".into(),
+        ));
+    }
+    Ok(wasm)
 }
 
 fn load_error(stage: &str, path: &Path, reason: String) -> WeirError {
