@@ -462,6 +462,7 @@ impl Runner {
                         .as_ref()
                         .and_then(|s| s.operator.stage_progress()),
                 )
+                .chain(self.sink.stage_progress())
                 .collect(),
         };
         tracing::debug!(?progress, "batch committed");

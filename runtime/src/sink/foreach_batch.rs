@@ -18,6 +18,7 @@ use crate::config::{ForeachBatchConfig, OutputConfig};
 use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::plugin::{BatchSinkInstance, OutputCheck, PluginEngine};
+use crate::query::StageProgress;
 
 enum Output {
     Files(FileSink),
@@ -29,6 +30,7 @@ pub struct ForeachBatchSink {
     stage: String,
     instance: Arc<Mutex<BatchSinkInstance>>,
     outputs: BTreeMap<String, Output>,
+    last: StageProgress,
 }
 
 impl ForeachBatchSink {
@@ -70,13 +72,23 @@ impl ForeachBatchSink {
             stage: stage.name.clone(),
             instance: Arc::new(Mutex::new(instance)),
             outputs,
+            last: StageProgress::default(),
         })
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for ForeachBatchSink {
+    fn stage_progress(&self) -> Option<StageProgress> {
+        Some(self.last.clone())
+    }
+
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
+        let started = std::time::Instant::now();
+        self.last = StageProgress {
+            name: self.stage.clone(),
+            ..StageProgress::default()
+        };
         let Some(first) = batches.iter().find(|b| b.num_rows() > 0) else {
             return Ok(CommitOutcome::Written);
         };
@@ -86,14 +98,17 @@ impl Sink for ForeachBatchSink {
         })?;
         let instance = self.instance.clone();
         // The plugin call is synchronous and may take long: off the runtime.
-        let written = tokio::task::spawn_blocking(move || {
-            instance
+        let (written, counters) = tokio::task::spawn_blocking(move || {
+            let mut instance = instance
                 .lock()
-                .map_err(|_| WeirError::Internal("a previous plugin call panicked".into()))?
-                .write_batch(batch_id, &rows)
+                .map_err(|_| WeirError::Internal("a previous plugin call panicked".into()))?;
+            let written = instance.write_batch(batch_id, &rows)?;
+            Ok::<_, WeirError>((written, instance.counters().clone()))
         })
         .await
         .map_err(|e| WeirError::Internal(format!("plugin task failed: {e}")))??;
+        self.last.calls = 1;
+        self.last.counters = counters;
         let mut skipped = 0;
         for (name, output) in &mut self.outputs {
             let Some(rows) = written.get(name) else {
@@ -108,6 +123,7 @@ impl Sink for ForeachBatchSink {
             }
             crash_point("sink-after-output", batch_id);
         }
+        self.last.duration = started.elapsed();
         Ok(if skipped > 0 && skipped == written.len() {
             CommitOutcome::AlreadyCommitted
         } else {

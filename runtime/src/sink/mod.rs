@@ -34,6 +34,11 @@ pub trait Sink: Send {
     /// Writes batch `batch_id`'s rows; a batch id committed before is
     /// recognised and skipped.
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome>;
+
+    /// What the sink's plugin did in the latest batch, if it runs one.
+    fn stage_progress(&self) -> Option<crate::query::StageProgress> {
+        None
+    }
 }
 
 /// Encodes batches as newline-delimited JSON (file and console sinks).
