@@ -298,7 +298,10 @@ fn cdc_upserts_give_the_latest_state_and_fan_out_to_parquet() {
     let scenario = CdcScenario::new(&stream, "key = [\"user_id\"]");
     let err = assert_ok(&run(&scenario.pipeline()));
     assert_eq!(scenario.table(), expected, "{err}");
-    assert!(err.contains("| cdc "), "the sink plugin's time in progress:\n{err}");
+    assert!(
+        err.contains("| cdc "),
+        "the sink plugin's time in progress:\n{err}"
+    );
     let every_epoch: BTreeMap<i64, i64> = (0..10).map(|e| (e, 1)).collect();
     assert_eq!(scenario.ledger(), every_epoch);
     assert_eq!(scenario.archive(), all_changes(&stream));
