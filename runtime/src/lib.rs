@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod faults;
+pub mod metrics;
 pub mod operator;
 pub mod plugin;
 pub mod query;

@@ -66,6 +66,29 @@ pub fn spawn_for_test_lifetime(mut cmd: Command) -> Result<(), String> {
     rx.recv().unwrap()
 }
 
+/// One plain HTTP/1.1 request to 127.0.0.1:`port` (`request_line` such as
+/// `GET /metrics HTTP/1.1`); returns the whole response.
+pub fn http(port: u16, request_line: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `weir run pipeline` with `WEIR_CRASH_AT=<at>` (`point@batch`) and
 /// asserts it was killed there (SIGKILL, as `kill -9`).
 pub fn run_killed_at(pipeline: &Path, at: &str) {

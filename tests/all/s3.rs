@@ -46,11 +46,7 @@ fn moto_binary() -> std::path::PathBuf {
 fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let mut cmd = std::process::Command::new(moto_binary());
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
@@ -78,16 +74,9 @@ fn moto() -> &'static Moto {
     })
 }
 
-/// One plain HTTP request; returns the status line.
+/// The status line of one plain HTTP request.
 fn http(port: u16, request_line: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        stream,
-        "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let response = crate::common::http(port, request_line)?;
     Ok(response.lines().next().unwrap_or_default().to_string())
 }
 

@@ -116,3 +116,42 @@ fn a_second_query_on_a_running_checkpoint_is_refused() {
     s.write_pipeline();
     assert_ok(&s.run());
 }
+
+#[test]
+fn prometheus_metrics_are_served_while_a_query_runs() {
+    let s = Scenario::new(Spec {
+        trigger: "processing_time = \"100ms\"",
+        ..Spec::default()
+    });
+    s.json_inputs(2, 2);
+    let port = crate::common::free_port();
+    let child = s
+        .command("run")
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_commit(&s, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let response = crate::common::http(port, "GET /metrics HTTP/1.1").unwrap_or_default();
+        if response.contains("weir_batches_total") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "no metrics: {response}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    terminate(&child);
+    assert_ok(&child.wait_with_output().unwrap());
+    for line in [
+        "weir_batches_total{query=\"test-query\"} 1",
+        "weir_input_rows_total{query=\"test-query\"} 4",
+        "weir_output_rows_total{query=\"test-query\"} 4",
+        "weir_plugin_calls_total{query=\"test-query\",stage=\"double\"} 2", // one per input file
+        "weir_batch_duration_seconds_count{query=\"test-query\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in:\n{metrics}");
+    }
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+}

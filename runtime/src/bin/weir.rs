@@ -38,6 +38,9 @@ enum Command {
         /// field names) to this file.
         #[arg(long, value_name = "FILE")]
         progress_log: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Check a pipeline file and its plugins without running anything.
     Validate {
@@ -176,8 +179,26 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             pipeline,
             quiet,
             progress_log,
+            metrics_addr,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            let metrics = match metrics_addr {
+                Some(addr) => {
+                    let listener = weir::metrics::bind(addr).await?;
+                    let mut registry = prometheus_client::registry::Registry::default();
+                    let metrics = weir::metrics::QueryMetrics::new(&mut registry);
+                    tracing::info!("metrics on http://{addr}/metrics");
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            weir::metrics::serve(listener, std::sync::Arc::new(registry)).await
+                        {
+                            tracing::warn!("{e}");
+                        }
+                    });
+                    Some(metrics)
+                }
+                None => None,
+            };
             let mut log = match &progress_log {
                 Some(path) => Some(
                     std::fs::OpenOptions::new()
@@ -204,6 +225,9 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 .on_progress(move |p| {
                     if !quiet {
                         eprintln!("{p}");
+                    }
+                    if let Some(metrics) = &metrics {
+                        metrics.observe(&query_name, p);
                     }
                     if let Some(file) = &mut log {
                         let mut json = p.to_json();
