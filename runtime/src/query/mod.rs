@@ -26,8 +26,9 @@ use crate::faults::crash_point;
 use crate::operator::{Deduplicate, Operator, OperatorContext, StatefulFunction, WindowAggregate};
 use crate::plugin::{PluginEngine, TransformInstance};
 use crate::sink::{self, CommitOutcome, Sink};
-use crate::source::{BadRecord, FileEntry, FileSource, SourceLogEntry};
+use crate::source::{BadRecord, FileSource, Source};
 use crate::state::StateStore;
+use serde_json::Value;
 
 /// How often a back-to-back query with no new input looks again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -154,7 +155,7 @@ impl Query {
             None => None,
         };
         let mut runner = Runner {
-            source: FileSource::open(pipeline.source.clone())?,
+            source: Box::new(FileSource::open(pipeline.source.clone())?),
             sink: match plugin_sink {
                 Some(plugin_sink) => plugin_sink,
                 None => sink::open(&pipeline.sink)?,
@@ -245,7 +246,7 @@ async fn restored_watermark(checkpoint: &Checkpoint, recovery: Recovery) -> Resu
 struct Runner {
     pipeline: Pipeline,
     checkpoint: Checkpoint,
-    source: FileSource,
+    source: Box<dyn Source>,
     stages: Vec<Stage>,
     operator: Option<Stateful>,
     watermark: Option<EventTime>,
@@ -258,21 +259,19 @@ struct Runner {
 
 impl Runner {
     async fn run(&mut self, recovery: Recovery) -> Result<QueryOutcome> {
-        let mut replayed_files = Vec::new();
+        let mut logged = Vec::new();
         for batch in 0..recovery.next_batch {
-            let logged: SourceLogEntry = self.checkpoint.source_log(0, batch).await?;
-            self.source.mark_seen(&logged.files);
-            if recovery.replay == Some(batch) {
-                replayed_files = logged.files;
-            }
+            logged.push(self.checkpoint.source_log::<Value>(0, batch).await?);
         }
+        self.source.restore(&logged)?;
         if let Some(batch) = recovery.replay {
+            let plan = logged[batch as usize].clone();
             tracing::info!(
                 batch,
-                files = replayed_files.len(),
+                inputs = self.source.plan_units(&plan),
                 "replaying the batch that was in flight"
             );
-            self.run_batch(batch, replayed_files, true).await?;
+            self.run_batch(batch, plan, true).await?;
         }
         let mut next = recovery.next_batch;
         let trigger = self.pipeline.trigger.clone();
@@ -283,22 +282,21 @@ impl Runner {
                         "trigger `once` is deprecated (as in Spark); use `available_now = true`"
                     );
                 }
-                // Only what is present now; files arriving later wait for the next run.
-                let mut pending = self.source.list_new().await?;
-                while !pending.is_empty() {
+                // Only what is present now; input arriving later waits for the next run.
+                self.source.fix_end().await?;
+                while let Some(plan) = self.source.plan(trigger == Trigger::AvailableNow).await? {
                     if self.stopped() {
                         return Ok(QueryOutcome::Stopped {
                             batches: self.batches_run,
                         });
                     }
-                    let files = self.source.plan(&pending, trigger == Trigger::AvailableNow);
-                    pending.drain(..files.len());
-                    self.run_batch(next, files, false).await?;
+                    self.run_batch(next, plan, false).await?;
                     next += 1;
                 }
                 // Let the watermark close what it can, as Spark's no-data batches do.
                 while self.needs_no_data_batch(false)? && !self.stopped() {
-                    self.run_batch(next, Vec::new(), false).await?;
+                    let plan = self.source.empty_plan();
+                    self.run_batch(next, plan, false).await?;
                     next += 1;
                 }
                 Ok(QueryOutcome::Drained {
@@ -312,11 +310,14 @@ impl Runner {
                     });
                 }
                 let started = Instant::now();
-                let pending = self.source.list_new().await?;
-                let ran = !pending.is_empty() || self.needs_no_data_batch(true)?;
-                if ran {
-                    let files = self.source.plan(&pending, true);
-                    self.run_batch(next, files, false).await?;
+                let plan = match self.source.plan(true).await? {
+                    Some(plan) => Some(plan),
+                    None if self.needs_no_data_batch(true)? => Some(self.source.empty_plan()),
+                    None => None,
+                };
+                let ran = plan.is_some();
+                if let Some(plan) = plan {
+                    self.run_batch(next, plan, false).await?;
                     next += 1;
                 }
                 let wait = match trigger {
@@ -330,12 +331,8 @@ impl Runner {
         }
     }
 
-    async fn run_batch(
-        &mut self,
-        batch_id: u64,
-        files: Vec<FileEntry>,
-        replay: bool,
-    ) -> Result<()> {
+    async fn run_batch(&mut self, batch_id: u64, plan: Value, replay: bool) -> Result<()> {
+        let inputs = self.source.plan_units(&plan);
         let started = Instant::now();
         let since_previous = self.last_batch_start.map(|t| started.duration_since(t));
         self.last_batch_start = Some(started);
@@ -348,25 +345,22 @@ impl Runner {
         };
         if !replay {
             crash_point("before-offsets", batch_id);
-            let log = SourceLogEntry {
-                files: files.clone(),
-            };
-            self.checkpoint.write_source_log(0, batch_id, &log).await?;
+            self.checkpoint.write_source_log(0, batch_id, &plan).await?;
             crash_point("after-source-log", batch_id);
             let entry = OffsetEntry {
                 batch_id,
                 batch_timestamp_ms: batch_time_ms,
-                source_files: vec![files.len()],
+                source_files: vec![inputs],
                 watermark_ms: self.watermark.as_ref().map(|w| w.current_ms),
             };
             self.checkpoint.write_offsets(&entry).await?;
             crash_point("after-offsets", batch_id);
         }
-        self.source.mark_seen(&files);
+        self.source.advance(&plan)?;
         durations.plan = started.elapsed();
 
         let phase = Instant::now();
-        let decoded = self.source.read(&files).await?;
+        let decoded = self.source.read(&plan).await?;
         self.write_dead_letters(batch_id, &decoded.bad_records)
             .await?;
         let input_rows: u64 = decoded.batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -442,7 +436,7 @@ impl Runner {
         let progress = BatchProgress {
             batch_id,
             replay,
-            input_files: files.len(),
+            input_files: inputs,
             input_rows,
             bad_records: decoded.bad_records.len() as u64,
             output_rows,

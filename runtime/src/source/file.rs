@@ -39,6 +39,8 @@ pub struct FileSource {
     config: FileSourceConfig,
     store: Arc<dyn ObjectStore>,
     seen: HashSet<String>,
+    /// With a draining trigger: the files present at start.
+    end: Option<Vec<FileEntry>>,
 }
 
 impl FileSource {
@@ -50,6 +52,7 @@ impl FileSource {
             config,
             store,
             seen: HashSet::new(),
+            end: None,
         })
     }
 
@@ -99,7 +102,7 @@ impl FileSource {
     /// The next batch's files from `candidates` (in order): all of them when
     /// `capped` is false, else as many as the per-trigger limits allow (and
     /// always at least one, so a large file cannot stall the stream).
-    pub fn plan(&self, candidates: &[FileEntry], capped: bool) -> Vec<FileEntry> {
+    pub fn select(&self, candidates: &[FileEntry], capped: bool) -> Vec<FileEntry> {
         if !capped {
             return candidates.to_vec();
         }
@@ -136,5 +139,58 @@ impl FileSource {
             all.bad_records.extend(decoded.bad_records);
         }
         Ok(all)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Source for FileSource {
+    fn restore(&mut self, logged: &[serde_json::Value]) -> Result<()> {
+        for plan in logged {
+            let entry: SourceLogEntry = super::parse_plan(plan)?;
+            self.mark_seen(&entry.files);
+        }
+        Ok(())
+    }
+
+    async fn fix_end(&mut self) -> Result<()> {
+        self.end = Some(self.list_new().await?);
+        Ok(())
+    }
+
+    async fn plan(&mut self, capped: bool) -> Result<Option<serde_json::Value>> {
+        let candidates = match &self.end {
+            Some(end) => end
+                .iter()
+                .filter(|f| !self.seen.contains(&f.path))
+                .cloned()
+                .collect(),
+            None => self.list_new().await?,
+        };
+        let files = self.select(&candidates, capped);
+        if files.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            serde_json::to_value(SourceLogEntry { files }).expect("serialisable"),
+        ))
+    }
+
+    fn empty_plan(&self) -> serde_json::Value {
+        serde_json::to_value(SourceLogEntry { files: Vec::new() }).expect("serialisable")
+    }
+
+    fn advance(&mut self, plan: &serde_json::Value) -> Result<()> {
+        let entry: SourceLogEntry = super::parse_plan(plan)?;
+        self.mark_seen(&entry.files);
+        Ok(())
+    }
+
+    async fn read(&mut self, plan: &serde_json::Value) -> Result<Decoded> {
+        let entry: SourceLogEntry = super::parse_plan(plan)?;
+        FileSource::read(self, &entry.files).await
+    }
+
+    fn plan_units(&self, plan: &serde_json::Value) -> usize {
+        plan["files"].as_array().map_or(0, Vec::len)
     }
 }

@@ -1,8 +1,52 @@
-//! Sources: where rows come from. Each source kind gets a module; today the
-//! file source (`file.rs`) with its format decoders (`decode.rs`).
+//! Sources: where rows come from. Each source kind gets a module — files
+//! (`file.rs`, with the format decoders in `decode.rs`) — behind the
+//! [`Source`] trait.
+//!
+//! A source is *replayable*: it describes each batch as a plan (which
+//! files, which offset ranges) that the query logs in `sources/0/N` before
+//! the batch runs, and reading a plan again gives the same rows.
 
 mod decode;
 mod file;
 
+use serde_json::Value;
+
 pub use decode::{BadRecord, Decoded};
 pub use file::{FileEntry, FileSource, SourceLogEntry};
+
+use crate::error::Result;
+
+/// A replayable input.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// Restores the position after the batches already run, from their
+    /// logged plans, in batch order.
+    fn restore(&mut self, logged: &[Value]) -> Result<()>;
+
+    /// For draining triggers: the input ends at what is available now.
+    async fn fix_end(&mut self) -> Result<()>;
+
+    /// The next batch's plan, or `None` when nothing new is available.
+    /// With `capped`, per-trigger limits apply.
+    async fn plan(&mut self, capped: bool) -> Result<Option<Value>>;
+
+    /// The plan of a batch that reads nothing (a no-data batch).
+    fn empty_plan(&self) -> Value;
+
+    /// Moves the position past a planned batch.
+    fn advance(&mut self, plan: &Value) -> Result<()>;
+
+    /// Reads a planned batch (also when it is replayed).
+    async fn read(&mut self, plan: &Value) -> Result<Decoded>;
+
+    /// How many input units (files, partitions) a plan covers.
+    fn plan_units(&self, plan: &Value) -> usize;
+}
+
+/// Decodes a logged plan, naming it when it is not what the source wrote.
+pub(crate) fn parse_plan<T: serde::de::DeserializeOwned>(plan: &Value) -> Result<T> {
+    serde_json::from_value(plan.clone()).map_err(|e| crate::error::WeirError::CheckpointCorrupt {
+        path: "sources/0".into(),
+        reason: format!("a batch plan does not match this source: {e}"),
+    })
+}
