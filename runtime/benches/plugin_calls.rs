@@ -23,6 +23,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use weir::plugin::TransformInstance;
 use weir_sdk::{Config, Transform};
 
+/// The `enrich` plugin's own source, compiled natively: the same code the
+/// Wasm component runs. (Not a dependency on the plugin crate: a crate that
+/// is also a `cdylib` gets an unhashed rlib name, which two builds with
+/// different dependency features overwrite.)
+#[path = "../../plugins/enrich/src/lib.rs"]
+#[allow(dead_code)]
+mod enrich_native;
+
 /// Median time of `f` over repeated runs lasting about `budget`.
 fn median(budget: Duration, mut f: impl FnMut()) -> Duration {
     for _ in 0..3 {
@@ -82,7 +90,7 @@ fn main() {
     // 1. Map transform, Wasm vs native.
     let config = r#"{"input": "amount", "output": "amount_eur", "multiply": 0.92, "add": 0.0}"#;
     let batch = orders(8192);
-    let mut native = weir_plugin_enrich::Enrich::new(Config::from_json(config)).unwrap();
+    let mut native = enrich_native::Enrich::new(Config::from_json(config)).unwrap();
     let mut wasm = instance(&engine, weir_fixtures::ENRICH, config);
     assert_eq!(
         native.process(batch.clone()).unwrap(),
