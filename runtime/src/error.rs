@@ -147,6 +147,15 @@ pub enum WeirError {
         source: object_store::Error,
     },
 
+    /// A source failed to plan or read its input.
+    #[error("source {input}: {reason}")]
+    Source {
+        /// Which source (and partition, file, ...).
+        input: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A sink or one of its outputs failed to write.
     #[error("sink {sink}: {reason}")]
     Sink {
@@ -193,6 +202,7 @@ impl WeirError {
             WeirError::CheckpointCorrupt { .. }
             | WeirError::Storage { .. }
             | WeirError::Sink { .. }
+            | WeirError::Source { .. }
             | WeirError::Io { .. }
             | WeirError::Format { .. } => ErrorDomain::External,
             WeirError::Internal(_) => ErrorDomain::Internal,

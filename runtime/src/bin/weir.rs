@@ -164,11 +164,19 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             })
             .await
             .map_err(|e| WeirError::Internal(e.to_string()))??;
+            let source = match &pipeline.source {
+                weir::config::SourceConfig::File(f) => {
+                    format!(
+                        "file source ({:?}, {} columns)",
+                        f.format,
+                        f.schema.fields().len()
+                    )
+                }
+                weir::config::SourceConfig::Kafka(k) => format!("kafka source ({:?})", k.topics),
+            };
             println!(
-                "ok: query `{}`: file source ({:?}, {} columns), {} plugin stage(s), {:?} sink, trigger {:?}",
+                "ok: query `{}`: {source}, {} plugin stage(s), {:?} sink, trigger {:?}",
                 pipeline.name,
-                pipeline.source.format,
-                pipeline.source.schema.fields().len(),
                 pipeline.transforms.len(),
                 pipeline.sink.kind,
                 pipeline.trigger

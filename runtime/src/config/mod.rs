@@ -27,6 +27,7 @@
 
 mod error;
 mod foreach_batch;
+mod kafka;
 mod schema;
 mod stateful;
 mod stateful_fn;
@@ -43,6 +44,7 @@ pub use error::ConfigError;
 pub use foreach_batch::{
     DeleteMarker, ForeachBatchConfig, OutputConfig, PostgresMode, PostgresOutputConfig,
 };
+pub use kafka::{KafkaSourceConfig, StartingOffsets, TopicSelection};
 pub use schema::parse_data_type;
 pub use stateful::{OutputMode, WatermarkConfig};
 pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
@@ -61,7 +63,7 @@ pub struct Pipeline {
     /// When batches run.
     pub trigger: Trigger,
     /// The input.
-    pub source: FileSourceConfig,
+    pub source: SourceConfig,
     /// Plugin stages, in order.
     pub transforms: Vec<TransformConfig>,
     /// Event-time watermark, if declared.
@@ -90,6 +92,25 @@ pub enum Trigger {
     /// Process everything present at start in one batch, then stop
     /// (deprecated in Spark in favour of `available_now`).
     Once,
+}
+
+/// The input of a query.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A directory of files.
+    File(Box<FileSourceConfig>),
+    /// Kafka topics.
+    Kafka(KafkaSourceConfig),
+}
+
+impl SourceConfig {
+    /// Where bad records go, if the source sets it.
+    pub fn dead_letter(&self) -> Option<&Location> {
+        match self {
+            SourceConfig::File(f) => f.dead_letter.as_ref(),
+            SourceConfig::Kafka(_) => None,
+        }
+    }
 }
 
 /// Input file format.
@@ -255,16 +276,23 @@ struct RawTrigger {
 #[serde(rename_all = "lowercase")]
 enum SourceKind {
     File,
+    Kafka,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    #[allow(dead_code)] // one kind today; the field is required so files stay explicit
-    kind: SourceKind,
-    path: Spanned<String>,
-    format: FileFormat,
-    schema: Spanned<Vec<Spanned<RawField>>>,
+    kind: Spanned<SourceKind>,
+    path: Option<Spanned<String>>,
+    format: Option<Spanned<FileFormat>>,
+    schema: Option<Spanned<Vec<Spanned<RawField>>>>,
+    // kafka only:
+    bootstrap_servers: Option<Spanned<String>>,
+    topics: Option<Spanned<Vec<String>>>,
+    topic_pattern: Option<Spanned<String>>,
+    starting_offsets: Option<StartingOffsets>,
+    max_offsets_per_trigger: Option<Spanned<i64>>,
+    fail_on_data_loss: Option<bool>,
     #[serde(default)]
     order: FileOrder,
     max_files_per_trigger: Option<Spanned<i64>>,
@@ -464,7 +492,7 @@ impl Resolver<'_> {
             name,
             checkpoint: self.location(&raw.checkpoint)?,
             trigger: self.trigger(raw.trigger.as_ref())?,
-            source: self.source(raw.source.get_ref())?,
+            source: self.source(&raw.source)?,
             transforms,
             watermark,
             aggregate,
@@ -506,9 +534,95 @@ impl Resolver<'_> {
         }
     }
 
-    fn source(&self, s: &RawSource) -> Result<FileSourceConfig, ConfigError> {
+    fn source(&self, spanned: &Spanned<RawSource>) -> Result<SourceConfig, ConfigError> {
+        let s = spanned.get_ref();
+        match s.kind.get_ref() {
+            SourceKind::File => self
+                .file_source(spanned)
+                .map(|f| SourceConfig::File(Box::new(f))),
+            SourceKind::Kafka => self.kafka_source(spanned).map(SourceConfig::Kafka),
+        }
+    }
+
+    fn kafka_source(&self, spanned: &Spanned<RawSource>) -> Result<KafkaSourceConfig, ConfigError> {
+        let s = spanned.get_ref();
+        let file_only = [
+            ("path", s.path.as_ref().map(|v| v.span())),
+            (
+                "max_files_per_trigger",
+                s.max_files_per_trigger.as_ref().map(|v| v.span()),
+            ),
+            (
+                "max_bytes_per_trigger",
+                s.max_bytes_per_trigger.as_ref().map(|v| v.span()),
+            ),
+            ("delimiter", s.delimiter.as_ref().map(|v| v.span())),
+        ];
+        if let Some((key, Some(span))) = file_only.iter().find(|(_, sp)| sp.is_some()) {
+            return Err(self.err_at(
+                span.clone(),
+                format!("`{key}` applies to file sources only"),
+            ));
+        }
+        let Some(servers) = &s.bootstrap_servers else {
+            return Err(self
+                .err(spanned, "a kafka source needs `bootstrap_servers`")
+                .hint("bootstrap_servers = \"127.0.0.1:9092\""));
+        };
+        let topics = match (&s.topics, &s.topic_pattern) {
+            (Some(t), None) if !t.get_ref().is_empty() => {
+                TopicSelection::Topics(t.get_ref().clone())
+            }
+            (None, Some(p)) => {
+                regex::Regex::new(p.get_ref())
+                    .map_err(|e| self.err(p, format!("invalid topic_pattern: {e}")))?;
+                TopicSelection::Pattern(p.get_ref().clone())
+            }
+            _ => {
+                return Err(self
+                    .err(
+                        spanned,
+                        "a kafka source needs one of `topics` or `topic_pattern`",
+                    )
+                    .hint("topics = [\"events\"]"));
+            }
+        };
+        let max_offsets = match &s.max_offsets_per_trigger {
+            Some(n) if *n.get_ref() < 1 => {
+                return Err(self.err(n, "max_offsets_per_trigger must be at least 1"));
+            }
+            Some(n) => Some(*n.get_ref() as u64),
+            None => None,
+        };
+        let value_schema = match (&s.format, &s.schema) {
+            (None, None) => None,
+            (Some(f), Some(schema)) if *f.get_ref() == FileFormat::Json => {
+                Some(Arc::new(Schema::new(self.fields(schema)?)))
+            }
+            (Some(f), _) if *f.get_ref() != FileFormat::Json => {
+                return Err(self
+                    .err(f, "a kafka source parses values as `json` only")
+                    .hint("format = \"json\" with a schema, or neither for binary key/value"));
+            }
+            _ => {
+                return Err(self
+                    .err(spanned, "`format = \"json\"` and `schema` go together")
+                    .hint("declare both to parse values, or neither for binary key/value"));
+            }
+        };
+        Ok(KafkaSourceConfig {
+            bootstrap_servers: self.expand(servers)?,
+            topics,
+            starting_offsets: s.starting_offsets.unwrap_or_default(),
+            max_offsets_per_trigger: max_offsets,
+            fail_on_data_loss: s.fail_on_data_loss.unwrap_or(true),
+            value_schema,
+        })
+    }
+
+    fn fields(&self, schema: &Spanned<Vec<Spanned<RawField>>>) -> Result<Vec<Field>, ConfigError> {
         let mut fields = Vec::new();
-        for f in s.schema.get_ref() {
+        for f in schema.get_ref() {
             let f = f.get_ref();
             let data_type = parse_data_type(f.data_type.get_ref()).ok_or_else(|| {
                 self.err(
@@ -526,9 +640,38 @@ impl Resolver<'_> {
         }
         if fields.is_empty() {
             return Err(self
-                .err(&s.schema, "the source schema has no columns")
+                .err(schema, "the source schema has no columns")
                 .hint("declare the columns: schema = [ { name = \"id\", type = \"long\" } ]"));
         }
+        Ok(fields)
+    }
+
+    fn file_source(&self, spanned: &Spanned<RawSource>) -> Result<FileSourceConfig, ConfigError> {
+        let s = spanned.get_ref();
+        let kafka_only = [
+            (
+                "bootstrap_servers",
+                s.bootstrap_servers.as_ref().map(|v| v.span()),
+            ),
+            ("topics", s.topics.as_ref().map(|v| v.span())),
+            ("topic_pattern", s.topic_pattern.as_ref().map(|v| v.span())),
+            (
+                "max_offsets_per_trigger",
+                s.max_offsets_per_trigger.as_ref().map(|v| v.span()),
+            ),
+        ];
+        if let Some((key, Some(span))) = kafka_only.iter().find(|(_, sp)| sp.is_some()) {
+            return Err(self.err_at(
+                span.clone(),
+                format!("`{key}` applies to kafka sources only"),
+            ));
+        }
+        let (Some(path), Some(format), Some(schema)) = (&s.path, &s.format, &s.schema) else {
+            return Err(self
+                .err(spanned, "a file source needs `path`, `format` and `schema`")
+                .hint("path = \"data/in\", format = \"json\", schema = [ { name = \"id\", type = \"long\" } ]"));
+        };
+        let fields = self.fields(schema)?;
         let max_files = match &s.max_files_per_trigger {
             Some(n) if *n.get_ref() < 1 => {
                 return Err(self.err(n, "max_files_per_trigger must be at least 1"));
@@ -551,8 +694,8 @@ impl Resolver<'_> {
             .map(|p| self.location(p))
             .transpose()?;
         Ok(FileSourceConfig {
-            path: self.location(&s.path)?,
-            format: s.format,
+            path: self.location(path)?,
+            format: *format.get_ref(),
             schema: Arc::new(Schema::new(fields)),
             order: s.order,
             max_files_per_trigger: max_files,

@@ -20,13 +20,13 @@ use tokio::sync::watch;
 pub use progress::{BatchProgress, PhaseDurations, StageProgress};
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
-use crate::config::{Pipeline, Trigger};
+use crate::config::{Pipeline, SourceConfig, Trigger};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::{Deduplicate, Operator, OperatorContext, StatefulFunction, WindowAggregate};
 use crate::plugin::{PluginEngine, TransformInstance};
 use crate::sink::{self, CommitOutcome, Sink};
-use crate::source::{BadRecord, FileSource, Source};
+use crate::source::{BadRecord, FileSource, KafkaSource, Source};
 use crate::state::StateStore;
 use serde_json::Value;
 
@@ -155,7 +155,10 @@ impl Query {
             None => None,
         };
         let mut runner = Runner {
-            source: Box::new(FileSource::open(pipeline.source.clone())?),
+            source: match &pipeline.source {
+                SourceConfig::File(config) => Box::new(FileSource::open((**config).clone())?),
+                SourceConfig::Kafka(config) => Box::new(KafkaSource::open(config.clone())?),
+            },
             sink: match plugin_sink {
                 Some(plugin_sink) => plugin_sink,
                 None => sink::open(&pipeline.sink)?,
@@ -475,8 +478,8 @@ impl Runner {
         let location = self
             .pipeline
             .source
-            .dead_letter
-            .clone()
+            .dead_letter()
+            .cloned()
             .unwrap_or_else(|| self.pipeline.checkpoint.join("dead_letter"));
         let mut lines = Vec::new();
         for record in bad {

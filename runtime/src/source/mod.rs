@@ -1,6 +1,6 @@
 //! Sources: where rows come from. Each source kind gets a module — files
-//! (`file.rs`, with the format decoders in `decode.rs`) — behind the
-//! [`Source`] trait.
+//! (`file.rs`, with the format decoders in `decode.rs`) and Kafka
+//! (`kafka.rs`) — behind the [`Source`] trait.
 //!
 //! A source is *replayable*: it describes each batch as a plan (which
 //! files, which offset ranges) that the query logs in `sources/0/N` before
@@ -8,11 +8,13 @@
 
 mod decode;
 mod file;
+mod kafka;
 
 use serde_json::Value;
 
 pub use decode::{BadRecord, Decoded};
 pub use file::{FileEntry, FileSource, SourceLogEntry};
+pub use kafka::KafkaSource;
 
 use crate::error::Result;
 
