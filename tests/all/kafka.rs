@@ -91,9 +91,14 @@ fn broker() -> &'static Broker {
 
 /// A new topic with `partitions` partitions.
 fn topic(partitions: i32) -> String {
+    topic_named("orders", partitions)
+}
+
+/// A new topic `<family>-<pid>-<n>` with `partitions` partitions.
+fn topic_named(family: &str, partitions: i32) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = format!(
-        "orders-{}-{}",
+        "{family}-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst)
     );
@@ -304,5 +309,35 @@ kind = "console"
                 "parses values as `json` only",
             ),
         ],
+    );
+}
+
+#[test]
+fn a_topic_pattern_picks_up_topics_created_later() {
+    // A family of its own, so topics of tests running alongside never match.
+    let first = topic_named("pattern", 1);
+    produce(&first, 1, 1..=3);
+    let dir = pipeline(&first);
+    let file = dir.path().join("pipeline.toml");
+    let prefix = first.rsplit_once('-').unwrap().0.to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &format!("topics = [\"{first}\"]"),
+        &format!("topic_pattern = \"^{prefix}-[0-9]+$\""),
+    );
+    std::fs::write(&file, text).unwrap();
+    let err = assert_ok(&weir().arg("run").arg(&file).output().unwrap());
+    assert_eq!(sorted_ids(&dir.path().join("out")), vec![1, 2, 3], "{err}");
+
+    // A topic created after the first run matches the pattern: read from
+    // its start on the next run, next to the first topic's new records.
+    let second = topic_named("pattern", 2);
+    assert!(second.starts_with(&prefix), "{second}");
+    produce(&second, 2, 4..=7);
+    produce(&first, 1, 8..=8);
+    let err = assert_ok(&weir().arg("run").arg(&file).output().unwrap());
+    assert_eq!(
+        sorted_ids(&dir.path().join("out")),
+        (1..=8).collect::<Vec<_>>(),
+        "{err}"
     );
 }
