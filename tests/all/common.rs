@@ -149,6 +149,21 @@ impl Default for Spec {
     }
 }
 
+/// The orders schema (`id`, `name`, `amount`) and a stage doubling the
+/// amount into `amount_x2`, as pipeline TOML: the middle of the S3 and
+/// Kafka tests' pipelines.
+pub const ORDERS_SCHEMA_AND_DOUBLE: &str = r#"schema = [
+  { name = "id", type = "long", nullable = false },
+  { name = "name", type = "string" },
+  { name = "amount", type = "double" },
+]
+
+[[transform]]
+name = "double"
+plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_enrich.wasm"
+config = { input = "amount", output = "amount_x2", multiply = 2.0 }
+"#;
+
 /// The `enrich` plugin adding `amount_x2 = amount * 2 + 1`.
 pub fn enrich_stage() -> String {
     r#"

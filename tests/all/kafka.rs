@@ -165,22 +165,13 @@ bootstrap_servers = "{servers}"
 topics = ["{topic}"]
 max_offsets_per_trigger = 12
 format = "json"
-schema = [
-  {{ name = "id", type = "long", nullable = false }},
-  {{ name = "name", type = "string" }},
-  {{ name = "amount", type = "double" }},
-]
-
-[[transform]]
-name = "double"
-plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_enrich.wasm"
-config = {{ input = "amount", output = "amount_x2", multiply = 2.0 }}
-
+{middle}
 [sink]
 kind = "json"
 path = "out"
 "#,
-        servers = broker().servers
+        servers = broker().servers,
+        middle = crate::common::ORDERS_SCHEMA_AND_DOUBLE
     );
     std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
     dir

@@ -210,22 +210,13 @@ path = "s3://{b}/in"
 format = "json"
 order = "name"
 max_files_per_trigger = 2
-schema = [
-  {{ name = "id", type = "long", nullable = false }},
-  {{ name = "name", type = "string" }},
-  {{ name = "amount", type = "double" }},
-]
-
-[[transform]]
-name = "double"
-plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_enrich.wasm"
-config = {{ input = "amount", output = "amount_x2", multiply = 2.0 }}
-
+{middle}
 [sink]
 kind = "json"
 path = "s3://{b}/out"
 "#,
-        s3 = s3_table()
+        s3 = s3_table(),
+        middle = crate::common::ORDERS_SCHEMA_AND_DOUBLE
     );
     std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
     (dir, b)
