@@ -50,11 +50,21 @@ pub fn assert_exit(output: &Output, code: i32) -> String {
     err
 }
 
-/// Spawns `cmd` (which must set `PR_SET_PDEATHSIG` in `pre_exec`) so that
-/// it lives exactly as long as the test process: the death signal fires
-/// when the spawning *thread* ends, so the spawn happens on a thread that
-/// never does.
+/// Spawns `cmd` so that it lives exactly as long as the test process: it
+/// gets SIGKILL when its parent dies (`PR_SET_PDEATHSIG`, set after any
+/// earlier `pre_exec` step such as a change of user, which would clear it).
+/// The death signal fires when the spawning *thread* ends, so the spawn
+/// happens on a thread that never does.
 pub fn spawn_for_test_lifetime(mut cmd: Command) -> Result<(), String> {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let spawned = cmd.spawn().map(drop).map_err(|e| e.to_string());

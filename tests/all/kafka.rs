@@ -66,14 +66,6 @@ fn broker() -> &'static Broker {
         .args(["--storage-engine", "memory://tansu/"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         spawn_for_test_lifetime(cmd).unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -62,18 +62,14 @@ fn server_user() -> Option<(u32, u32)> {
     Some((entry.pw_uid, entry.pw_gid))
 }
 
-/// `cmd` run as `user` (if set); with `die_with_parent`, killed when the
-/// test process exits.
-fn as_user(cmd: &mut Command, user: Option<(u32, u32)>, die_with_parent: bool) {
+/// `cmd` run as `user`, if set.
+fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
+    // SAFETY: setgid/setuid are async-signal-safe and touch no memory of ours.
     unsafe {
         cmd.pre_exec(move || {
             if let Some((uid, gid)) = user
                 && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
             {
-                return Err(std::io::Error::last_os_error());
-            }
-            // After setuid: changing credentials clears the death signal.
-            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -122,7 +118,7 @@ fn start() -> Server {
             "-D",
         ])
         .arg(&data);
-    as_user(&mut initdb, user, false);
+    as_user(&mut initdb, user);
     let out = initdb.output().expect("cannot run initdb");
     assert!(
         out.status.success(),
@@ -144,7 +140,7 @@ fn start() -> Server {
         .args(["-c", "fsync=off", "-c", "max_connections=200"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("server.log")).unwrap());
-    as_user(&mut postgres, user, true);
+    as_user(&mut postgres, user);
     if let Err(e) = crate::common::spawn_for_test_lifetime(postgres) {
         panic!("cannot start postgres: {e}");
     }

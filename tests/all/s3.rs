@@ -51,14 +51,6 @@ fn moto() -> &'static Moto {
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         spawn_for_test_lifetime(cmd).unwrap_or_else(|e| panic!("cannot start moto_server: {e}"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while http(port, "GET / HTTP/1.1").is_err() {
