@@ -165,8 +165,8 @@ pub fn normalize(array: &ArrayRef) -> Result<ArrayData, LayoutError> {
     // A sliced string array keeps offset 0 but its offsets start past 0:
     // sent as is, every value before the slice would cross too.
     let offsets_from_zero = match data.data_type() {
-        DataType::Utf8 | DataType::Binary => first_offset::<i32>(&data) == 0,
-        DataType::LargeUtf8 | DataType::LargeBinary => first_offset::<i64>(&data) == 0,
+        DataType::Utf8 | DataType::Binary => offset_at::<i32>(&data, 0) == 0,
+        DataType::LargeUtf8 | DataType::LargeBinary => offset_at::<i64>(&data, 0) == 0,
         _ => true,
     };
     if data.offset() == 0 && aligned_nulls && offsets_from_zero {
@@ -287,24 +287,21 @@ fn rebase(data: &ArrayData) -> Result<ArrayData, LayoutError> {
     Ok(mutable.freeze())
 }
 
-/// The first entry of a string or binary array's offsets.
-fn first_offset<O: arrow_buffer::ArrowNativeType + TryInto<usize>>(data: &ArrayData) -> usize {
+/// Entry `i` of a string or binary array's offsets, counted from the
+/// array's own offset.
+fn offset_at<O: arrow_buffer::ArrowNativeType + TryInto<usize>>(
+    data: &ArrayData,
+    i: usize,
+) -> usize {
     data.buffer::<O>(0)
-        .get(data.offset())
+        .get(data.offset() + i)
         .and_then(|o| (*o).try_into().ok())
         .unwrap_or(0)
 }
 
 /// Bytes of string or binary values a (possibly sliced) array covers.
 fn slice_value_bytes<O: arrow_buffer::ArrowNativeType + TryInto<usize>>(data: &ArrayData) -> usize {
-    let offsets = data.buffer::<O>(0);
-    let at = |i: usize| {
-        offsets
-            .get(data.offset() + i)
-            .and_then(|o| (*o).try_into().ok())
-            .unwrap_or(0)
-    };
-    at(data.len()).saturating_sub(at(0))
+    offset_at::<O>(data, data.len()).saturating_sub(offset_at::<O>(data, 0))
 }
 
 /// The number of bytes of each buffer that an offset-0 array uses.
@@ -314,18 +311,10 @@ fn buffer_byte_lens(data: &ArrayData) -> Vec<usize> {
     match data.data_type() {
         Null => vec![],
         Boolean => vec![len.div_ceil(8)],
-        Utf8 | Binary => vec![(len + 1) * 4, last_offset::<i32>(data)],
-        LargeUtf8 | LargeBinary => vec![(len + 1) * 8, last_offset::<i64>(data)],
+        Utf8 | Binary => vec![(len + 1) * 4, offset_at::<i32>(data, len)],
+        LargeUtf8 | LargeBinary => vec![(len + 1) * 8, offset_at::<i64>(data, len)],
         other => vec![len * other.primitive_width().unwrap_or(0)],
     }
-}
-
-fn last_offset<O: arrow_buffer::ArrowNativeType + TryInto<usize>>(data: &ArrayData) -> usize {
-    let offsets = data.buffer::<O>(0);
-    offsets
-        .get(data.len())
-        .and_then(|o| (*o).try_into().ok())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -22,6 +22,11 @@ pub fn compile_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled-plugins")
 }
 
+/// `weir run pipeline` to the end.
+pub fn run(pipeline: &Path) -> Output {
+    weir().arg("run").arg(pipeline).output().unwrap()
+}
+
 /// Stderr of a finished command, for assertions and failure messages.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

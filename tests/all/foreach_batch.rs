@@ -11,7 +11,7 @@ use arrow::datatypes::Int64Type;
 use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 
-use crate::common::{assert_exit, assert_ok, assert_refusals, run_killed_at, seeded, weir};
+use crate::common::{assert_exit, assert_ok, assert_refusals, run, run_killed_at, seeded, weir};
 use crate::pg;
 
 /// One Debezium-style change.
@@ -272,10 +272,6 @@ fn all_changes(stream: &[Vec<Change>]) -> Vec<(i64, i64)> {
         .collect();
     rows.sort();
     rows
-}
-
-fn run(pipeline: &Path) -> std::process::Output {
-    weir().arg("run").arg(pipeline).output().unwrap()
 }
 
 #[test]

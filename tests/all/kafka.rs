@@ -17,7 +17,7 @@ use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 
 use crate::common::{
-    assert_ok, committed_json_rows, free_port, run_killed_at, spawn_for_test_lifetime, weir,
+    assert_ok, committed_json_rows, free_port, run, run_killed_at, spawn_for_test_lifetime,
 };
 
 struct Broker {
@@ -183,13 +183,7 @@ fn kafka_batches_are_offset_ranges_capped_across_partitions() {
     let topic = topic(3);
     produce(&topic, 3, 1..=30);
     let dir = pipeline(&topic);
-    let err = assert_ok(
-        &weir()
-            .arg("run")
-            .arg(dir.path().join("pipeline.toml"))
-            .output()
-            .unwrap(),
-    );
+    let err = assert_ok(&run(&dir.path().join("pipeline.toml")));
     assert_eq!(
         sorted_ids(&dir.path().join("out")),
         (1..=30).collect::<Vec<_>>(),
@@ -215,13 +209,7 @@ fn kafka_batches_are_offset_ranges_capped_across_partitions() {
 
     // The next run reads only what arrived since.
     produce(&topic, 3, 31..=35);
-    let err = assert_ok(
-        &weir()
-            .arg("run")
-            .arg(dir.path().join("pipeline.toml"))
-            .output()
-            .unwrap(),
-    );
+    let err = assert_ok(&run(&dir.path().join("pipeline.toml")));
     assert_eq!(
         sorted_ids(&dir.path().join("out")),
         (1..=35).collect::<Vec<_>>(),
@@ -238,7 +226,7 @@ fn kafka_to_files_is_exactly_once_after_a_kill_at_every_step() {
         let dir = pipeline(&topic);
         let pipeline = dir.path().join("pipeline.toml");
         run_killed_at(&pipeline, &format!("{point}@1"));
-        let err = assert_ok(&weir().arg("run").arg(&pipeline).output().unwrap());
+        let err = assert_ok(&run(&pipeline));
         assert_eq!(
             sorted_ids(&dir.path().join("out")),
             (1..=30).collect::<Vec<_>>(),
@@ -308,7 +296,7 @@ fn a_topic_pattern_picks_up_topics_created_later() {
         &format!("topic_pattern = \"^{prefix}-[0-9]+$\""),
     );
     std::fs::write(&file, text).unwrap();
-    let err = assert_ok(&weir().arg("run").arg(&file).output().unwrap());
+    let err = assert_ok(&run(&file));
     assert_eq!(sorted_ids(&dir.path().join("out")), vec![1, 2, 3], "{err}");
 
     // A topic created after the first run matches the pattern: read from
@@ -317,7 +305,7 @@ fn a_topic_pattern_picks_up_topics_created_later() {
     assert!(second.starts_with(&prefix), "{second}");
     produce(&second, 2, 4..=7);
     produce(&first, 1, 8..=8);
-    let err = assert_ok(&weir().arg("run").arg(&file).output().unwrap());
+    let err = assert_ok(&run(&file));
     assert_eq!(
         sorted_ids(&dir.path().join("out")),
         (1..=8).collect::<Vec<_>>(),

@@ -16,7 +16,7 @@ use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 use weir::storage::{Location, S3Options};
 
-use crate::common::{assert_ok, example, run_killed_at, spawn_for_test_lifetime, weir};
+use crate::common::{assert_ok, example, run, run_killed_at, spawn_for_test_lifetime};
 
 struct Moto {
     endpoint: String,
@@ -224,7 +224,7 @@ fn a_pipeline_on_s3_runs_exactly_once_across_kills() {
         let (dir, b) = s3_pipeline();
         let pipeline = dir.path().join("pipeline.toml");
         run_killed_at(&pipeline, &format!("{point}@1"));
-        let err = assert_ok(&weir().arg("run").arg(&pipeline).output().unwrap());
+        let err = assert_ok(&run(&pipeline));
         let rows = committed_rows(&format!("s3://{b}/out"));
         assert_eq!(
             ids(&rows),
@@ -284,13 +284,7 @@ fn only_one_of_several_writers_commits_a_batch_on_s3() {
 #[test]
 fn windowed_state_is_checkpointed_to_s3() {
     let local = example("windowed-clicks");
-    assert_ok(
-        &weir()
-            .arg("run")
-            .arg(local.path().join("pipeline.toml"))
-            .output()
-            .unwrap(),
-    );
+    assert_ok(&run(&local.path().join("pipeline.toml")));
     let expected = crate::common::committed_json_rows(&local.path().join(".weir/output"));
 
     let b = bucket("state");
@@ -310,7 +304,7 @@ fn windowed_state_is_checkpointed_to_s3() {
     std::fs::write(&pipeline, text).unwrap();
     // Killed mid-stream, then resumed: state comes back from S3.
     run_killed_at(&pipeline, "after-commit@2");
-    let err = assert_ok(&weir().arg("run").arg(&pipeline).output().unwrap());
+    let err = assert_ok(&run(&pipeline));
     assert_eq!(committed_rows(&format!("s3://{b}/out")), expected, "{err}");
     let state = list(&format!("s3://{b}/ck/state/0/0"));
     assert!(state.iter().any(|n| n.ends_with(".delta")), "{state:?}");

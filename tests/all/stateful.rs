@@ -10,14 +10,10 @@ use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 
 use crate::common::{
-    assert_exit, assert_ok, assert_refusals, committed_json_batches, example, example_on,
+    assert_exit, assert_ok, assert_refusals, committed_json_batches, example, example_on, run,
     run_killed_at, weir,
 };
 use crate::windows::{random_click_files, random_stream_example};
-
-fn run(pipeline: &Path) -> std::process::Output {
-    weir().arg("run").arg(pipeline).output().unwrap()
-}
 
 /// Each committed batch's rows as JSON text, sorted within the batch.
 fn batches_as_text(out: &Path) -> BTreeMap<u64, Vec<String>> {

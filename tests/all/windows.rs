@@ -26,12 +26,9 @@ fn describe(row: &Value) -> String {
     )
 }
 
+/// `weir run` on the example pipeline in `dir`.
 fn run(dir: &Path) -> std::process::Output {
-    weir()
-        .arg("run")
-        .arg(dir.join("pipeline.toml"))
-        .output()
-        .unwrap()
+    crate::common::run(&dir.join("pipeline.toml"))
 }
 
 /// Rows of each batch the JSON file sink committed, by batch id.

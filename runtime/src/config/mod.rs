@@ -461,10 +461,21 @@ impl Resolver<'_> {
             raw.drop_duplicates.as_ref(),
             watermark.as_ref(),
         )?;
-        if let (Some(_), Some(raw_agg)) = (&deduplicate, &raw.aggregate) {
+        let operators = [
+            raw.aggregate.as_ref().map(|a| a.span()),
+            deduplicate.as_ref().map(|_| 0..0),
+            raw.stateful.as_ref().map(|s| s.span()),
+        ];
+        if operators.iter().flatten().count() > 1 {
+            // Point at the stateful function, else the aggregation: one of
+            // them is always among two operators.
+            let span = operators[2]
+                .clone()
+                .or(operators[0].clone())
+                .expect("two present");
             return Err(self
-                .err(
-                    raw_agg,
+                .err_at(
+                    span,
                     "a query has one stateful operator for now: an aggregation, a deduplication \
                      or a stateful function",
                 )
@@ -473,10 +484,7 @@ impl Resolver<'_> {
         let stateful = raw
             .stateful
             .as_ref()
-            .map(|s| {
-                let others = aggregate.is_some() || deduplicate.is_some();
-                self.stateful_function(s, watermark.as_ref(), *mode.get_ref(), others)
-            })
+            .map(|s| self.stateful_function(s, watermark.as_ref(), *mode.get_ref()))
             .transpose()?;
         if let Some(s) = &stateful
             && !names.insert(s.stage.name.clone())

@@ -62,18 +62,8 @@ impl Resolver<'_> {
         spanned: &Spanned<RawStateful>,
         watermark: Option<&WatermarkConfig>,
         mode: OutputMode,
-        other_operator: bool,
     ) -> Result<StatefulFunctionConfig, ConfigError> {
         let raw = spanned.get_ref();
-        if other_operator {
-            return Err(self
-                .err(
-                    spanned,
-                    "a query has one stateful operator for now: an aggregation, a deduplication \
-                     or a stateful function",
-                )
-                .hint("split the pipeline in two queries"));
-        }
         if raw.key.get_ref().is_empty() {
             return Err(self
                 .err(&raw.key, "no key columns")

@@ -10,7 +10,9 @@ mod dedup;
 mod stateful_fn;
 mod window;
 
-use arrow::datatypes::SchemaRef;
+use std::str::FromStr;
+
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 pub use accumulate::AggregateFn;
@@ -20,7 +22,7 @@ pub use window::{
     AggregateSpec, WindowAggregate, WindowAggregateConfig, WindowKind, event_times_ms,
 };
 
-use crate::error::Result;
+use crate::error::{Result, WeirError};
 use crate::state::StateStore;
 
 /// What an operator sees of the running batch.
@@ -74,6 +76,29 @@ pub trait Operator: Send {
     fn stage_progress(&self) -> Option<crate::query::StageProgress> {
         None
     }
+}
+
+/// A column as an operator keeps it in its stored layout: name, Arrow type
+/// as text, nullability. Serialised in checkpoints: the form must not change.
+pub(crate) type StoredField = (String, String, bool);
+
+/// `field` as a [`StoredField`].
+pub(crate) fn store_field(field: &Field) -> StoredField {
+    (
+        field.name().clone(),
+        field.data_type().to_string(),
+        field.is_nullable(),
+    )
+}
+
+/// An Arrow type written by [`store_field`].
+pub(crate) fn load_type(text: &str) -> Result<DataType> {
+    DataType::from_str(text).map_err(|e| WeirError::Internal(format!("stored type {text}: {e}")))
+}
+
+/// The field a [`StoredField`] describes.
+pub(crate) fn load_field((name, data_type, nullable): &StoredField) -> Result<Field> {
+    Ok(Field::new(name, load_type(data_type)?, *nullable))
 }
 
 /// The time in the first state key tagged `prefix` (keys laid out as

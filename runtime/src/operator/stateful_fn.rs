@@ -11,19 +11,21 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, BooleanArray, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use arrow::util::display::array_value_to_string;
 use serde::{Deserialize, Serialize};
 
-use super::{Operator, OperatorContext, earliest_time, encode_i64, event_times_ms};
+use super::{
+    Operator, OperatorContext, StoredField, earliest_time, encode_i64, event_times_ms, load_field,
+    store_field,
+};
 use crate::config::{StateTimeout, StatefulFunctionConfig};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::plugin::{GroupState, StatefulInstance};
@@ -45,8 +47,8 @@ struct StoredGroup {
 /// restarted query can fire timeouts before it has seen any input.
 #[derive(Serialize, Deserialize)]
 struct StoredLayout {
-    key: Vec<(String, String, bool)>,
-    input: Vec<(String, String, bool)>,
+    key: Vec<StoredField>,
+    input: Vec<StoredField>,
 }
 
 struct Layout {
@@ -100,8 +102,6 @@ impl StatefulFunction {
                 }
             })?,
             (None, Some(schema)) => {
-                let describe =
-                    |f: &Field| (f.name().clone(), f.data_type().to_string(), f.is_nullable());
                 let mut key = Vec::new();
                 for name in &self.config.key {
                     let field = schema.field_with_name(name).map_err(|_| {
@@ -110,11 +110,11 @@ impl StatefulFunction {
                             schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
                         ))
                     })?;
-                    key.push(describe(field));
+                    key.push(store_field(field));
                 }
                 let stored = StoredLayout {
                     key,
-                    input: schema.fields().iter().map(|f| describe(f)).collect(),
+                    input: schema.fields().iter().map(|f| store_field(f)).collect(),
                 };
                 state.put(
                     LAYOUT_KEY,
@@ -124,16 +124,8 @@ impl StatefulFunction {
             }
             (None, None) => return Ok(()),
         };
-        let fields = |columns: &[(String, String, bool)]| -> Result<Vec<Field>> {
-            columns
-                .iter()
-                .map(|(name, t, nullable)| {
-                    let data_type = DataType::from_str(t)
-                        .map_err(|e| WeirError::Internal(format!("stored type {t}: {e}")))?;
-                    Ok(Field::new(name, data_type, *nullable))
-                })
-                .collect()
-        };
+        let fields =
+            |columns: &[StoredField]| columns.iter().map(load_field).collect::<Result<Vec<_>>>();
         let key_fields = fields(&stored.key)?;
         let input_schema = Arc::new(Schema::new(fields(&stored.input)?));
         let key_indices = key_fields

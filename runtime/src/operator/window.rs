@@ -6,7 +6,6 @@
 //! emitting and evicting costs O(windows due), not O(state).
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray};
@@ -20,7 +19,10 @@ mod session;
 
 use self::session::{SESSION_INDEX, Session, load_sessions, merge_session};
 use super::accumulate::{Acc, AggregateFn, Family, Input, build_column};
-use super::{Operator, OperatorContext, decode_i64, earliest_time, encode_i64};
+use super::{
+    Operator, OperatorContext, StoredField, decode_i64, earliest_time, encode_i64, load_field,
+    load_type, store_field,
+};
 use crate::config::OutputMode;
 use crate::error::{Result, WeirError};
 use crate::state::StateStore;
@@ -97,7 +99,7 @@ pub struct WindowAggregateConfig {
 /// itself so a restarted query can emit before it has seen any input.
 #[derive(Serialize, Deserialize)]
 struct StoredLayout {
-    group: Vec<(String, String, bool)>,
+    group: Vec<StoredField>,
     aggregate_types: Vec<Option<String>>,
 }
 
@@ -130,15 +132,12 @@ impl WindowAggregate {
     }
 
     fn build_layout(&self, stored: &StoredLayout) -> Result<Layout> {
-        let parse = |t: &str| {
-            DataType::from_str(t).map_err(|e| WeirError::Internal(format!("stored type {t}: {e}")))
-        };
         let mut fields = Vec::new();
         let mut sort_fields = Vec::new();
-        for (name, data_type, nullable) in &stored.group {
-            let data_type = parse(data_type)?;
-            sort_fields.push(SortField::new(data_type.clone()));
-            fields.push(Field::new(name, data_type, *nullable));
+        for stored in &stored.group {
+            let field = load_field(stored)?;
+            sort_fields.push(SortField::new(field.data_type().clone()));
+            fields.push(field);
         }
         let timestamp = DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from("+00:00")));
         fields.push(Field::new("window_start", timestamp.clone(), false));
@@ -147,7 +146,7 @@ impl WindowAggregate {
         for (spec, input_type) in self.config.aggregates.iter().zip(&stored.aggregate_types) {
             let family = match input_type {
                 None => Family::Rows,
-                Some(t) => Family::of(&parse(t)?).ok_or_else(|| {
+                Some(t) => Family::of(&load_type(t)?).ok_or_else(|| {
                     self.schema_error(format!(
                         "aggregate `{}`: column type {t} cannot be aggregated",
                         spec.name
@@ -230,9 +229,7 @@ impl WindowAggregate {
             .config
             .group_by
             .iter()
-            .map(|g| {
-                field(g).map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable()))
-            })
+            .map(|g| field(g).map(store_field))
             .collect::<Result<_>>()?;
         let aggregate_types = self
             .config

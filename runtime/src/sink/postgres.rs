@@ -33,6 +33,8 @@ pub struct PostgresOutput {
     config: PostgresOutputConfig,
     query_id: String,
     name: String,
+    /// "output `name` (postgres table t)", for errors.
+    label: String,
     client: Option<Client>,
     /// The table's columns, read when connecting.
     columns: Vec<String>,
@@ -50,6 +52,7 @@ impl PostgresOutput {
     /// An output named `name` of query `query_id`; connects on first use.
     pub fn new(config: PostgresOutputConfig, query_id: String, name: String) -> PostgresOutput {
         PostgresOutput {
+            label: format!("output `{name}` (postgres table {})", config.table),
             config,
             query_id,
             name,
@@ -60,10 +63,7 @@ impl PostgresOutput {
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> WeirError {
         WeirError::Sink {
-            sink: format!(
-                "output `{}` (postgres table {})",
-                self.name, self.config.table
-            ),
+            sink: self.label.clone(),
             reason: format!("{what}: {e}"),
         }
     }
@@ -106,7 +106,7 @@ impl PostgresOutput {
         }
         let (client, connection) = tokio_postgres::connect(&self.config.url, NoTls)
             .await
-            .map_err(|e| self.error("cannot connect", e))?;
+            .map_err(|e| self.error("cannot connect", describe(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!("postgres connection closed: {e}");
@@ -124,7 +124,7 @@ impl PostgresOutput {
                     PRIMARY KEY (query_id, output, epoch))"
             ))
             .await
-            .map_err(|e| self.error("cannot create the epoch ledger", e))?;
+            .map_err(|e| self.error("cannot create the epoch ledger", describe(&e)))?;
         let (schema, table) = match self.config.table.split_once('.') {
             Some((schema, table)) => (schema.to_string(), table.to_string()),
             None => ("public".to_string(), self.config.table.clone()),
@@ -136,7 +136,7 @@ impl PostgresOutput {
                 &[&schema, &table],
             )
             .await
-            .map_err(|e| self.error("cannot read the table's columns", e))?;
+            .map_err(|e| self.error("cannot read the table's columns", describe(&e)))?;
         self.columns = rows.iter().map(|r| r.get::<_, String>(0)).collect();
         if self.columns.is_empty() {
             return Err(self.error(
@@ -173,7 +173,7 @@ impl PostgresOutput {
                     keys = keys.join(", "),
                 ))
                 .await
-                .map_err(|e| self.error("cannot create the tombstone table", e))?;
+                .map_err(|e| self.error("cannot create the tombstone table", describe(&e)))?;
         }
         self.client = Some(client);
         Ok(self.client.as_mut().expect("set above"))
@@ -191,12 +191,9 @@ impl PostgresOutput {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let (query_id, name) = (self.query_id.clone(), self.name.clone());
         let ledger = ident(&self.config.ledger_table);
-        let context = format!(
-            "output `{}` (postgres table {})",
-            self.name, self.config.table
-        );
+        let label = &self.label;
         let fail = |what: &str, e: tokio_postgres::Error| WeirError::Sink {
-            sink: context.clone(),
+            sink: label.clone(),
             reason: format!("{what}: {}", describe(&e)),
         };
         let client = self.client.as_mut().expect("connected above");

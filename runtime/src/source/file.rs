@@ -144,14 +144,6 @@ impl FileSource {
 
 #[async_trait::async_trait]
 impl super::Source for FileSource {
-    fn restore(&mut self, logged: &[serde_json::Value]) -> Result<()> {
-        for plan in logged {
-            let entry: SourceLogEntry = super::parse_plan(plan)?;
-            self.mark_seen(&entry.files);
-        }
-        Ok(())
-    }
-
     async fn fix_end(&mut self) -> Result<()> {
         self.end = Some(self.list_new().await?);
         Ok(())

@@ -137,13 +137,6 @@ impl KafkaSource {
 
 #[async_trait::async_trait]
 impl Source for KafkaSource {
-    fn restore(&mut self, logged: &[Value]) -> Result<()> {
-        for plan in logged {
-            self.advance(plan)?;
-        }
-        Ok(())
-    }
-
     async fn fix_end(&mut self) -> Result<()> {
         let marks = self.watermarks().await?;
         self.end = Some(

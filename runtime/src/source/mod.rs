@@ -23,7 +23,9 @@ use crate::error::Result;
 pub trait Source: Send {
     /// Restores the position after the batches already run, from their
     /// logged plans, in batch order.
-    fn restore(&mut self, logged: &[Value]) -> Result<()>;
+    fn restore(&mut self, logged: &[Value]) -> Result<()> {
+        logged.iter().try_for_each(|plan| self.advance(plan))
+    }
 
     /// For draining triggers: the input ends at what is available now.
     async fn fix_end(&mut self) -> Result<()>;
