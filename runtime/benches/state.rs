@@ -185,6 +185,7 @@ async fn main() {
                 batch_id: n,
                 output_rows: 0,
                 next_watermark_ms: Some(0),
+                sink_commit: None,
             })
             .await
             .unwrap();

@@ -20,6 +20,17 @@ pub const CRASH_POINTS: &[&str] = &[
     "after-commit",
 ];
 
+/// The Kafka sink's own crash points with `exactly_once`, in order; they
+/// fall between `after-transform` and `before-commit` (the file sink's
+/// `sink-after-*` points are not passed).
+pub const KAFKA_SINK_CRASH_POINTS: &[&str] = &[
+    "kafka-after-begin",
+    "kafka-after-produce",
+    "kafka-after-marker",
+    "kafka-before-commit",
+    "kafka-after-commit",
+];
+
 /// Dies here if `WEIR_CRASH_AT` names this point and batch.
 pub fn crash_point(point: &str, batch: u64) {
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();

@@ -258,6 +258,7 @@ fn only_one_of_several_writers_commits_a_batch_on_s3() {
                         batch_id: 0,
                         output_rows: 0,
                         next_watermark_ms: None,
+                        sink_commit: None,
                     })
                     .await
                     .map_err(|e| e.to_string())

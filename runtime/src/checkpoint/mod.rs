@@ -70,6 +70,10 @@ pub struct CommitEntry {
     /// The watermark batch N+1 will use (Spark's `nextBatchWatermarkMs`).
     #[serde(default)]
     pub next_watermark_ms: Option<i64>,
+    /// How the sink names the write that committed this batch (a Kafka
+    /// transaction attempt), when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink_commit: Option<String>,
 }
 
 /// Where a restarted query resumes.

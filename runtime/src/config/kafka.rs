@@ -1,3 +1,5 @@
+//! Kafka settings.
+//!
 //! `[source] kind = "kafka"`: topics read as a stream, offsets recorded per
 //! batch in the checkpoint (never in consumer-group commits).
 //!
@@ -11,6 +13,20 @@
 //! fail_on_data_loss = true
 //! format = "json"                     # parse `value` with `schema`; without it:
 //! schema = [ { name = "id", type = "long" } ]   # key and value as binary columns
+//! ```
+//!
+//! `[sink] kind = "kafka"`: each row becomes one record.
+//!
+//! ```toml
+//! [sink]
+//! kind = "kafka"
+//! bootstrap_servers = "127.0.0.1:9092"
+//! topic = "enriched"
+//! key_column = "user"        # optional: the record key (string, binary or a number)
+//! value_column = "payload"   # optional: a string/binary column as the value;
+//!                            # without it the value is the whole row as JSON
+//! exactly_once = true        # one transaction per batch; default false
+//!                            # (idempotent producer, at-least-once)
 //! ```
 
 use arrow::datatypes::SchemaRef;
@@ -54,4 +70,22 @@ pub struct KafkaSourceConfig {
     pub fail_on_data_loss: bool,
     /// With `format = "json"`: the columns parsed from each record's value.
     pub value_schema: Option<SchemaRef>,
+}
+
+/// A checked Kafka sink.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    /// `host:port[,host:port]`.
+    pub bootstrap_servers: String,
+    /// The topic every record goes to.
+    pub topic: String,
+    /// The column whose value is each record's key (records with equal
+    /// keys land in one partition, in order).
+    pub key_column: Option<String>,
+    /// A string or binary column sent as each record's value; without it
+    /// the value is the whole row as a JSON object.
+    pub value_column: Option<String>,
+    /// One Kafka transaction per batch, committed with the batch (true),
+    /// or an idempotent producer with at-least-once delivery (false).
+    pub exactly_once: bool,
 }

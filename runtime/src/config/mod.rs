@@ -44,7 +44,7 @@ pub use error::ConfigError;
 pub use foreach_batch::{
     DeleteMarker, ForeachBatchConfig, OutputConfig, PostgresMode, PostgresOutputConfig,
 };
-pub use kafka::{KafkaSourceConfig, StartingOffsets, TopicSelection};
+pub use kafka::{KafkaSinkConfig, KafkaSourceConfig, StartingOffsets, TopicSelection};
 pub use schema::parse_data_type;
 pub use stateful::{OutputMode, WatermarkConfig};
 pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
@@ -216,6 +216,8 @@ pub enum SinkKind {
     /// A Wasm plugin writing each batch through host outputs (foreachBatch).
     #[serde(rename = "foreach_batch")]
     ForeachBatch,
+    /// Records in a Kafka topic (exactly-once with `exactly_once = true`).
+    Kafka,
 }
 
 /// The output.
@@ -231,6 +233,8 @@ pub struct SinkConfig {
     pub console_json: bool,
     /// The plugin and outputs of a `foreach_batch` sink.
     pub foreach_batch: Option<ForeachBatchConfig>,
+    /// The settings of a `kafka` sink.
+    pub kafka: Option<KafkaSinkConfig>,
 }
 
 #[derive(Deserialize)]
@@ -350,6 +354,12 @@ struct RawSink {
     timeout: Option<Spanned<String>>,
     memory_limit: Option<Spanned<ByteCount>>,
     outputs: Option<Spanned<std::collections::BTreeMap<String, Spanned<foreach_batch::RawOutput>>>>,
+    // kafka only:
+    bootstrap_servers: Option<Spanned<String>>,
+    topic: Option<Spanned<String>>,
+    key_column: Option<Spanned<String>>,
+    value_column: Option<Spanned<String>>,
+    exactly_once: Option<Spanned<bool>>,
 }
 
 impl Pipeline {
@@ -812,8 +822,14 @@ impl Resolver<'_> {
             }
             None
         };
+        let kafka = self.kafka_sink(s)?;
         let path = match (kind, &raw.path) {
-            (SinkKind::Console | SinkKind::ForeachBatch, None) => None,
+            (SinkKind::Console | SinkKind::ForeachBatch | SinkKind::Kafka, None) => None,
+            (SinkKind::Kafka, Some(p)) => {
+                return Err(self
+                    .err(p, "a kafka sink takes no path")
+                    .hint("name the topic: topic = \"events\""));
+            }
             (SinkKind::ForeachBatch, Some(p)) => {
                 return Err(self
                     .err(p, "a foreach_batch sink takes no path")
@@ -852,7 +868,51 @@ impl Resolver<'_> {
                 .unwrap_or_default(),
             console_json,
             foreach_batch,
+            kafka,
         })
+    }
+
+    fn kafka_sink(&self, s: &Spanned<RawSink>) -> Result<Option<KafkaSinkConfig>, ConfigError> {
+        let raw = s.get_ref();
+        if *raw.kind.get_ref() != SinkKind::Kafka {
+            let kafka_only = [
+                (
+                    "bootstrap_servers",
+                    raw.bootstrap_servers.as_ref().map(|v| v.span()),
+                ),
+                ("topic", raw.topic.as_ref().map(|v| v.span())),
+                ("key_column", raw.key_column.as_ref().map(|v| v.span())),
+                ("value_column", raw.value_column.as_ref().map(|v| v.span())),
+                ("exactly_once", raw.exactly_once.as_ref().map(|v| v.span())),
+            ];
+            if let Some((key, Some(span))) = kafka_only.iter().find(|(_, sp)| sp.is_some()) {
+                return Err(self.err_at(
+                    span.clone(),
+                    format!("`{key}` applies to kind = \"kafka\" sinks only"),
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(servers) = &raw.bootstrap_servers else {
+            return Err(self
+                .err(s, "a kafka sink needs `bootstrap_servers`")
+                .hint("bootstrap_servers = \"127.0.0.1:9092\""));
+        };
+        let Some(topic) = &raw.topic else {
+            return Err(self
+                .err(s, "a kafka sink needs a `topic`")
+                .hint("topic = \"events\""));
+        };
+        if topic.get_ref().is_empty() {
+            return Err(self.err(topic, "the topic name is empty"));
+        }
+        Ok(Some(KafkaSinkConfig {
+            bootstrap_servers: self.expand(servers)?,
+            topic: topic.get_ref().clone(),
+            key_column: raw.key_column.as_ref().map(|c| c.get_ref().clone()),
+            value_column: raw.value_column.as_ref().map(|c| c.get_ref().clone()),
+            exactly_once: raw.exactly_once.as_ref().is_some_and(|e| *e.get_ref()),
+        }))
     }
 
     fn s3_options(&self, raw: &RawS3) -> Result<S3Options, ConfigError> {

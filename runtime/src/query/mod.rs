@@ -94,6 +94,7 @@ impl Query {
         let stateful_config = pipeline.stateful.clone();
         let foreach_batch = pipeline.sink.foreach_batch.clone();
         let query_id = checkpoint.metadata().id.to_string();
+        let query_id_for_sink = query_id.clone();
         let (stages, stateful_fn, plugin_sink) = off_runtime(move || {
             let stages = transforms
                 .iter()
@@ -159,9 +160,12 @@ impl Query {
                 SourceConfig::File(config) => Box::new(FileSource::open((**config).clone())?),
                 SourceConfig::Kafka(config) => Box::new(KafkaSource::open(config.clone())?),
             },
-            sink: match plugin_sink {
-                Some(plugin_sink) => plugin_sink,
-                None => sink::open(&pipeline.sink)?,
+            sink: match (plugin_sink, &pipeline.sink.kafka) {
+                (Some(plugin_sink), _) => plugin_sink,
+                (None, Some(config)) => Box::new(
+                    sink::KafkaSink::open(config, &query_id_for_sink, checkpoint.store()).await?,
+                ),
+                (None, None) => sink::open(&pipeline.sink)?,
             },
             checkpoint,
             pipeline,
@@ -419,6 +423,7 @@ impl Runner {
                 batch_id,
                 output_rows,
                 next_watermark_ms,
+                sink_commit: self.sink.commit_token(batch_id),
             })
             .await?;
         if let (Some(w), Some(next)) = (&mut self.watermark, next_watermark_ms) {

@@ -7,6 +7,7 @@
 mod console;
 mod file;
 mod foreach_batch;
+mod kafka;
 mod postgres;
 
 use arrow::record_batch::RecordBatch;
@@ -14,6 +15,7 @@ use arrow::record_batch::RecordBatch;
 pub use console::ConsoleSink;
 pub use file::{FileSink, SinkLogEntry};
 pub use foreach_batch::ForeachBatchSink;
+pub use kafka::KafkaSink;
 pub use postgres::PostgresOutput;
 
 use crate::config::{SinkConfig, SinkKind};
@@ -39,6 +41,12 @@ pub trait Sink: Send {
     fn stage_progress(&self) -> Option<crate::query::StageProgress> {
         None
     }
+
+    /// How the sink names the write that committed batch `batch_id` (a
+    /// Kafka transaction attempt), recorded in `commits/N`.
+    fn commit_token(&self, _batch_id: u64) -> Option<String> {
+        None
+    }
 }
 
 /// Encodes batches as newline-delimited JSON (file and console sinks).
@@ -55,12 +63,13 @@ pub(crate) fn json_lines(batches: &[RecordBatch], context: &str) -> Result<Vec<u
 }
 
 /// Opens the sink a pipeline declares (a `foreach_batch` sink is opened
-/// with [`ForeachBatchSink::open`], which loads its plugin).
+/// with [`ForeachBatchSink::open`], which loads its plugin, and a `kafka`
+/// sink with [`KafkaSink::open`], which talks to the broker).
 pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
     Ok(match (config.kind, &config.path) {
-        (SinkKind::ForeachBatch, _) => {
+        (SinkKind::ForeachBatch | SinkKind::Kafka, _) => {
             return Err(crate::error::WeirError::Internal(
-                "foreach_batch sinks are opened with their plugin".into(),
+                "foreach_batch and kafka sinks are opened with their own open".into(),
             ));
         }
         (SinkKind::Console, _) => Box::new(ConsoleSink {

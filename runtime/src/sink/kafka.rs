@@ -1,0 +1,475 @@
+//! Kafka sink: each output row becomes one record of one topic.
+//!
+//! With `exactly_once = true` every batch is one Kafka transaction under a
+//! stable `transactional.id` derived from the query id. In the same
+//! transaction the sink commits a consumer-group offset for the sink's group
+//! (`weir-<query id>`) on partition 0 of the output topic: offset `N + 1`,
+//! metadata `batch=N attempt=A`. Kafka makes that offset visible only if the
+//! transaction commits, so after a crash anywhere the restarted sink learns
+//! which batch Kafka last committed — after `init_transactions`, which
+//! fences the dead producer and aborts its open transaction — and a replay
+//! of a batch Kafka already has writes nothing. `read_committed` consumers
+//! then see each row once.
+//!
+//! Every record carries headers `weir.query`, `weir.batch` and
+//! `weir.attempt`, so records of an aborted attempt can be told apart on a
+//! broker that (wrongly) delivers them to `read_committed` consumers, as
+//! the test broker does.
+//!
+//! Without `exactly_once` the producer is idempotent (no duplicates from
+//! its own retries) and a replayed batch is sent again: at-least-once.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::{CommitOutcome, Sink};
+use crate::config::KafkaSinkConfig;
+use crate::error::{Result, WeirError};
+use crate::faults::crash_point;
+
+/// One record: optional key, value.
+type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+
+/// How long one broker request (init, commit, offset fetch) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The Kafka sink.
+pub struct KafkaSink {
+    config: KafkaSinkConfig,
+    query_id: String,
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
+    /// Exactly-once only: the consumer whose group carries the batch marker.
+    marker: Option<Arc<BaseConsumer>>,
+    /// The last batch Kafka committed for this query, with its attempt.
+    committed: Option<(u64, String)>,
+    /// Names this process's attempts: `<run>-<n>`.
+    run_id: String,
+    attempts: u64,
+    /// The checkpoint, where each attempt is named (`sinks/kafka/N`) just
+    /// before its transaction commits.
+    checkpoint: Arc<dyn ObjectStore>,
+}
+
+/// Counts records the producer failed to deliver (at-least-once mode; in a
+/// transaction a failed delivery fails the commit instead).
+#[derive(Default)]
+struct DeliveryTracker {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+    }
+}
+
+impl KafkaSink {
+    /// Connects; with `exactly_once`, fences any earlier producer of this
+    /// query (aborting its open transaction) and reads which batch Kafka
+    /// committed last. `checkpoint` is the query's checkpoint store.
+    pub async fn open(
+        config: &KafkaSinkConfig,
+        query_id: &str,
+        checkpoint: Arc<dyn ObjectStore>,
+    ) -> Result<KafkaSink> {
+        let (config, query_id) = (config.clone(), query_id.to_string());
+        let mut sink =
+            tokio::task::spawn_blocking(move || KafkaSink::connect(&config, &query_id, checkpoint))
+                .await
+                .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))??;
+        if let Some((batch, attempt)) = sink.committed.clone()
+            && attempt.is_empty()
+        {
+            // Brokers that drop offset metadata: the attempt named last before a commit.
+            let named = sink.read_attempt(batch).await?.unwrap_or_default();
+            sink.committed = Some((batch, named));
+        }
+        Ok(sink)
+    }
+
+    fn connect(
+        config: &KafkaSinkConfig,
+        query_id: &str,
+        checkpoint: Arc<dyn ObjectStore>,
+    ) -> Result<KafkaSink> {
+        let id = format!("weir-{query_id}");
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000");
+        if config.exactly_once {
+            client
+                .set("transactional.id", &id)
+                .set("transaction.timeout.ms", "60000");
+        }
+        let sink_error = |what: &str, e: KafkaError| kafka_error(config, what, e);
+        let producer: ThreadedProducer<DeliveryTracker> = client
+            .create_with_context(DeliveryTracker::default())
+            .map_err(|e| sink_error("cannot create the producer", e))?;
+        let mut sink = KafkaSink {
+            config: config.clone(),
+            query_id: query_id.to_string(),
+            producer: Arc::new(producer),
+            marker: None,
+            committed: None,
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            attempts: 0,
+            checkpoint,
+        };
+        if config.exactly_once {
+            sink.producer
+                .init_transactions(REQUEST_TIMEOUT)
+                .map_err(|e| sink_error("cannot start transactions (init_transactions)", e))?;
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &config.bootstrap_servers)
+                .set("group.id", &id)
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .create()
+                .map_err(|e| sink_error("cannot create the marker consumer", e))?;
+            sink.committed = committed_marker(&consumer, &config.topic)
+                .map_err(|e| sink_error("cannot read the committed batch marker", e))?;
+            if let Some((batch, attempt)) = &sink.committed {
+                tracing::info!(
+                    batch,
+                    attempt,
+                    topic = config.topic,
+                    "kafka sink: last committed batch"
+                );
+            }
+            sink.marker = Some(Arc::new(consumer));
+        }
+        Ok(sink)
+    }
+
+    fn attempt_path(batch_id: u64) -> ObjectPath {
+        ObjectPath::from(format!("sinks/kafka/{batch_id}"))
+    }
+
+    /// Names `attempt` as the one about to commit batch `batch_id`.
+    async fn write_attempt(&self, batch_id: u64, attempt: &str) -> Result<()> {
+        let path = Self::attempt_path(batch_id);
+        self.checkpoint
+            .put(&path, PutPayload::from(attempt.as_bytes().to_vec()))
+            .await
+            .map_err(|e| WeirError::storage(path.to_string(), e))?;
+        Ok(())
+    }
+
+    async fn read_attempt(&self, batch_id: u64) -> Result<Option<String>> {
+        let path = Self::attempt_path(batch_id);
+        match self.checkpoint.get(&path).await {
+            Ok(found) => {
+                let bytes = found
+                    .bytes()
+                    .await
+                    .map_err(|e| WeirError::storage(path.to_string(), e))?;
+                Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(WeirError::storage(path.to_string(), e)),
+        }
+    }
+
+    /// The records of one batch: (key, value) bytes per row.
+    fn records(&self, batches: &[RecordBatch]) -> Result<Vec<KeyValue>> {
+        let mut records = Vec::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let keys = match &self.config.key_column {
+                Some(name) => Some(self.bytes_column(batch, name, "key_column")?),
+                None => None,
+            };
+            let values = match &self.config.value_column {
+                Some(name) => self.bytes_column(batch, name, "value_column")?,
+                None => {
+                    let lines = super::json_lines(
+                        std::slice::from_ref(batch),
+                        &format!("encoding rows for kafka topic {}", self.config.topic),
+                    )?;
+                    lines
+                        .split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(|l| Some(l.to_vec()))
+                        .collect()
+                }
+            };
+            for (row, value) in values.into_iter().enumerate() {
+                let key = keys.as_ref().and_then(|k| k[row].clone());
+                records.push((key, value.unwrap_or_default()));
+            }
+        }
+        Ok(records)
+    }
+
+    /// A column as bytes per row: binary as is, anything else as its text.
+    fn bytes_column(
+        &self,
+        batch: &RecordBatch,
+        name: &str,
+        setting: &str,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let column = batch.column_by_name(name).ok_or_else(|| WeirError::Sink {
+            sink: format!("kafka topic {}", self.config.topic),
+            reason: format!(
+                "{setting} = {name:?} is not an output column (columns: {})",
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+        if let Some(binary) = column.as_any().downcast_ref::<BinaryArray>() {
+            return Ok(binary.iter().map(|v| v.map(<[u8]>::to_vec)).collect());
+        }
+        let text: ArrayRef = cast(column, &DataType::Utf8).map_err(|e| WeirError::Sink {
+            sink: format!("kafka topic {}", self.config.topic),
+            reason: format!("{setting} = {name:?} cannot be sent as text: {e}"),
+        })?;
+        let text = text
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8 gives a StringArray");
+        Ok(text
+            .iter()
+            .map(|v| v.map(|s| s.as_bytes().to_vec()))
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
+        if let Some((last, _)) = &self.committed
+            && batch_id <= *last
+        {
+            return Ok(CommitOutcome::AlreadyCommitted);
+        }
+        let records = self.records(batches)?;
+        self.attempts += 1;
+        let attempt = format!("{}-{}", self.run_id, self.attempts);
+        let job = Arc::new(Attempt {
+            config: self.config.clone(),
+            query_id: self.query_id.clone(),
+            producer: self.producer.clone(),
+            marker: self.marker.clone(),
+            batch_id,
+            attempt: attempt.clone(),
+        });
+        let blocking = |job: Arc<Attempt>, step: fn(&Attempt) -> Result<()>| async move {
+            tokio::task::spawn_blocking(move || step(&job))
+                .await
+                .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))?
+        };
+        let prepare = job.clone();
+        tokio::task::spawn_blocking(move || prepare.prepare(&records))
+            .await
+            .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))??;
+        if !self.config.exactly_once {
+            return Ok(CommitOutcome::Written);
+        }
+        if let Err(e) = self.write_attempt(batch_id, &attempt).await {
+            blocking(job, Attempt::abort).await?;
+            return Err(e);
+        }
+        blocking(job, Attempt::commit).await?;
+        self.committed = Some((batch_id, attempt));
+        Ok(CommitOutcome::Written)
+    }
+
+    fn commit_token(&self, batch_id: u64) -> Option<String> {
+        match &self.committed {
+            Some((batch, attempt)) if *batch == batch_id => Some(attempt.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// One attempt to write a batch, run on a blocking thread.
+struct Attempt {
+    config: KafkaSinkConfig,
+    query_id: String,
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
+    marker: Option<Arc<BaseConsumer>>,
+    batch_id: u64,
+    attempt: String,
+}
+
+impl Attempt {
+    /// Sends the batch: at-least-once, delivered and done; exactly-once,
+    /// inside a new transaction with the batch marker, not yet committed.
+    fn prepare(&self, records: &[KeyValue]) -> Result<()> {
+        let error = |what: &str, e: KafkaError| kafka_error(&self.config, what, e);
+        let batch = self.batch_id.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "weir.query",
+                value: Some(&self.query_id),
+            })
+            .insert(Header {
+                key: "weir.batch",
+                value: Some(&batch),
+            })
+            .insert(Header {
+                key: "weir.attempt",
+                value: Some(&self.attempt),
+            });
+        let Some(marker) = &self.marker else {
+            self.send_all(records, &headers)?;
+            let context = self.producer.context();
+            let failed_before = context.failed.load(Ordering::Relaxed);
+            self.producer
+                .flush(REQUEST_TIMEOUT)
+                .map_err(|e| error("cannot deliver the batch", e))?;
+            if context.failed.load(Ordering::Relaxed) > failed_before {
+                let last = context.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                return Err(WeirError::Sink {
+                    sink: format!("kafka topic {}", self.config.topic),
+                    reason: format!(
+                        "records of batch {} were not delivered: {}",
+                        self.batch_id,
+                        last.as_deref().unwrap_or("unknown error")
+                    ),
+                });
+            }
+            return Ok(());
+        };
+        self.producer
+            .begin_transaction()
+            .map_err(|e| error("cannot begin a transaction", e))?;
+        crash_point("kafka-after-begin", self.batch_id);
+        let result = (|| {
+            self.send_all(records, &headers)?;
+            crash_point("kafka-after-produce", self.batch_id);
+            let mut offsets = TopicPartitionList::new();
+            offsets
+                .add_partition_offset(
+                    &self.config.topic,
+                    0,
+                    Offset::Offset(self.batch_id as i64 + 1),
+                )
+                .map_err(|e| error("cannot build the batch marker", e))?;
+            if let Some(mut element) = offsets.find_partition(&self.config.topic, 0) {
+                element.set_metadata(format!("batch={} attempt={}", self.batch_id, self.attempt));
+            }
+            let group = marker.group_metadata().ok_or_else(|| {
+                WeirError::Internal("the marker consumer has no group metadata".into())
+            })?;
+            self.producer
+                .send_offsets_to_transaction(&offsets, &group, REQUEST_TIMEOUT)
+                .map_err(|e| error("cannot add the batch marker to the transaction", e))?;
+            crash_point("kafka-after-marker", self.batch_id);
+            Ok(())
+        })();
+        if result.is_err() {
+            self.abort()?;
+        }
+        result
+    }
+
+    /// Commits the prepared transaction (aborting it if that fails).
+    fn commit(&self) -> Result<()> {
+        crash_point("kafka-before-commit", self.batch_id);
+        if let Err(e) = self.producer.commit_transaction(REQUEST_TIMEOUT) {
+            self.abort()?;
+            return Err(kafka_error(
+                &self.config,
+                "cannot commit the transaction",
+                e,
+            ));
+        }
+        crash_point("kafka-after-commit", self.batch_id);
+        Ok(())
+    }
+
+    /// Aborts the open transaction so the producer can start another.
+    fn abort(&self) -> Result<()> {
+        if let Err(e) = self.producer.abort_transaction(REQUEST_TIMEOUT) {
+            tracing::warn!(error = %e, "kafka sink: aborting the failed transaction failed");
+        }
+        Ok(())
+    }
+
+    /// Queues every record, waiting for room when the local queue is full.
+    fn send_all(&self, records: &[KeyValue], headers: &OwnedHeaders) -> Result<()> {
+        for (key, value) in records {
+            let mut record = BaseRecord::to(&self.config.topic)
+                .payload(value.as_slice())
+                .headers(headers.clone());
+            if let Some(key) = key {
+                record = record.key(key.as_slice());
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka_error(&self.config, "cannot queue a record", e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The batch marker Kafka holds for this query: `(batch, attempt)`.
+fn committed_marker(
+    consumer: &BaseConsumer,
+    topic: &str,
+) -> std::result::Result<Option<(u64, String)>, KafkaError> {
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(topic, 0);
+    let committed = consumer.committed_offsets(wanted, REQUEST_TIMEOUT)?;
+    let Some(element) = committed.find_partition(topic, 0) else {
+        return Ok(None);
+    };
+    let Offset::Offset(next) = element.offset() else {
+        return Ok(None);
+    };
+    let attempt = element
+        .metadata()
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("attempt="))
+        .unwrap_or("")
+        .to_string();
+    Ok((next > 0).then(|| (next as u64 - 1, attempt)))
+}
+
+fn kafka_error(config: &KafkaSinkConfig, what: &str, e: KafkaError) -> WeirError {
+    WeirError::Sink {
+        sink: format!("kafka topic {}", config.topic),
+        reason: format!("{what}: {e}"),
+    }
+}

