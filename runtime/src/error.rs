@@ -125,6 +125,28 @@ pub enum WeirError {
         path: String,
     },
 
+    /// Another host holds the lease on an object-storage checkpoint.
+    #[error(
+        "checkpoint {path} is in use by another running query ({holder}); stop that query or use \
+         another checkpoint location (a lease left by a crashed host expires by itself)"
+    )]
+    CheckpointLeased {
+        /// Checkpoint location.
+        path: String,
+        /// Who holds the lease, and until when.
+        holder: String,
+    },
+
+    /// This query lost its checkpoint lease (it could not renew it in time,
+    /// or another host took it over); it stops before writing anything more.
+    #[error("lost the lease on checkpoint {path}: {reason}; this query stops")]
+    CheckpointLeaseLost {
+        /// Checkpoint location.
+        path: String,
+        /// What happened.
+        reason: String,
+    },
+
     /// A checkpoint file cannot be read as what it must be.
     #[error(
         "checkpoint file {path} is corrupt: {reason}; restore it from a backup, or start the \
@@ -198,7 +220,9 @@ impl WeirError {
             | WeirError::PluginKey { .. }
             | WeirError::BadRecord { .. }
             | WeirError::Schema { .. }
-            | WeirError::CheckpointLocked { .. } => ErrorDomain::User,
+            | WeirError::CheckpointLocked { .. }
+            | WeirError::CheckpointLeased { .. } => ErrorDomain::User,
+            WeirError::CheckpointLeaseLost { .. } => ErrorDomain::External,
             WeirError::CheckpointCorrupt { .. }
             | WeirError::Storage { .. }
             | WeirError::Sink { .. }

@@ -238,48 +238,201 @@ fn a_pipeline_on_s3_runs_exactly_once_across_kills() {
 }
 
 #[test]
-fn only_one_of_several_writers_commits_a_batch_on_s3() {
+fn only_one_of_several_hosts_opening_an_s3_checkpoint_gets_it() {
     let b = bucket("race");
     let location =
         Location::parse_with(&format!("s3://{b}/ck"), Path::new("/"), Some(&options())).unwrap();
     let outcomes = block_on(async {
-        let first = weir::checkpoint::Checkpoint::open(&location, "race")
-            .await
-            .unwrap();
-        let mut writers = Vec::new();
+        let mut openers = Vec::new();
         for _ in 0..8 {
-            // Each writer has its own handle, as two processes would.
-            let checkpoint = weir::checkpoint::Checkpoint::open(&location, "race")
-                .await
-                .unwrap();
-            writers.push(tokio::spawn(async move {
-                checkpoint
-                    .write_commit(&weir::checkpoint::CommitEntry {
-                        batch_id: 0,
-                        output_rows: 0,
-                        next_watermark_ms: None,
-                        sink_commit: None,
-                    })
+            // Each opener has its own handle, as separate hosts would.
+            let location = location.clone();
+            openers.push(tokio::spawn(async move {
+                weir::checkpoint::Checkpoint::open(&location, "race")
                     .await
                     .map_err(|e| e.to_string())
             }));
         }
-        drop(first);
         let mut outcomes = Vec::new();
-        for writer in writers {
-            outcomes.push(writer.await.unwrap());
+        for opener in openers {
+            outcomes.push(opener.await.unwrap());
         }
         outcomes
     });
     let won = outcomes.iter().filter(|o| o.is_ok()).count();
-    assert_eq!(won, 1, "{outcomes:?}");
-    assert!(
+    assert_eq!(
+        won,
+        1,
+        "{:?}",
         outcomes
             .iter()
-            .filter_map(|o| o.as_ref().err())
-            .all(|e| e.contains("already exists: another writer used this checkpoint")),
-        "{outcomes:?}"
+            .map(|o| o.as_ref().err())
+            .collect::<Vec<_>>()
     );
+    let pid = std::process::id();
+    for refusal in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert!(
+            refusal.contains("is in use by another running query")
+                && refusal.contains(&format!("held by process {pid} on host")),
+            "{refusal}"
+        );
+    }
+
+    // Underneath, a batch's log entries are create-if-absent: of writers
+    // racing for commits/0 exactly one wins (the store must honour that).
+    let store = store(&format!("s3://{b}/ck"));
+    let created = block_on(async {
+        let mut writers = Vec::new();
+        for n in 0..8 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                store
+                    .put_opts(
+                        &ObjectPath::from("commits/0"),
+                        PutPayload::from(format!("{{\"writer\": {n}}}")),
+                        object_store::PutOptions::from(object_store::PutMode::Create),
+                    )
+                    .await
+                    .is_ok()
+            }));
+        }
+        let mut created = 0;
+        for writer in writers {
+            created += usize::from(writer.await.unwrap());
+        }
+        created
+    });
+    assert_eq!(created, 1);
+}
+
+#[test]
+fn a_second_host_on_a_running_s3_checkpoint_stops_with_a_clear_error() {
+    let (dir, b) = s3_pipeline();
+    let pipeline = dir.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let running = text.replace("available_now = true", "processing_time = \"200ms\"");
+    let first_file = dir.path().join("first.toml");
+    std::fs::write(&first_file, &running).unwrap();
+    let first = crate::common::weir()
+        .arg("run")
+        .arg(&first_file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while list(&format!("s3://{b}/ck/commits")).len() < 3 {
+        assert!(Instant::now() < deadline, "the first host never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The second host is refused at start and names the holder.
+    let second = run(&pipeline);
+    let err = crate::common::stderr(&second);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("is in use by another running query")
+            && err.contains(&format!("held by process {} on host", first.id())),
+        "{err}"
+    );
+    // The first keeps going: a new input file becomes batch 3.
+    block_on(async {
+        store(&format!("s3://{b}/in"))
+            .put(
+                &ObjectPath::from("part-100.json"),
+                PutPayload::from("{\"id\": 13, \"name\": \"n13\", \"amount\": 13.5}\n"),
+            )
+            .await
+            .unwrap();
+    });
+    while list(&format!("s3://{b}/ck/commits")).len() < 4 {
+        assert!(Instant::now() < deadline, "the first host stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stopped gracefully, the first host releases the lease: the second starts at once.
+    // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGTERM);
+    }
+    let first_err = assert_ok(&first.wait_with_output().unwrap());
+    let err = assert_ok(&run(&pipeline));
+    assert_eq!(
+        ids(&committed_rows(&format!("s3://{b}/out"))),
+        (1..=13).collect::<Vec<_>>(),
+        "{first_err}\n{err}"
+    );
+}
+
+#[test]
+fn an_expired_lease_is_taken_over_and_its_holder_stops() {
+    // A lease whose holder (another host, by name) stopped renewing it.
+    let b = bucket("lease");
+    let ck = store(&format!("s3://{b}/ck"));
+    let stale = |expires_ms: i64| {
+        format!(
+            "{{\"host\": \"elsewhere\", \"pid\": 1, \"token\": \"t\", \"expires_ms\": {expires_ms}}}"
+        )
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    block_on(async {
+        ck.put(
+            &ObjectPath::from(".lease"),
+            PutPayload::from(stale(now_ms + 600_000)),
+        )
+        .await
+        .unwrap();
+    });
+    let location =
+        Location::parse_with(&format!("s3://{b}/ck"), Path::new("/"), Some(&options())).unwrap();
+    let refused = block_on(weir::checkpoint::Checkpoint::open(&location, "lease"))
+        .err()
+        .expect("a live lease of another host refuses the open")
+        .to_string();
+    assert!(
+        refused.contains("held by process 1 on host elsewhere"),
+        "{refused}"
+    );
+
+    block_on(async {
+        ck.put(
+            &ObjectPath::from(".lease"),
+            PutPayload::from(stale(now_ms - 1)),
+        )
+        .await
+        .unwrap();
+    });
+    let checkpoint = block_on(weir::checkpoint::Checkpoint::open(&location, "lease"))
+        .expect("an expired lease is taken over");
+    // The old holder is back and overwrites the lease: the new holder
+    // notices at its next renewal and refuses to write.
+    block_on(async {
+        ck.put(
+            &ObjectPath::from(".lease"),
+            PutPayload::from(stale(now_ms + 600_000)),
+        )
+        .await
+        .unwrap();
+    });
+    // Until that renewal (a third of the lease time) writes still go through.
+    let lost = block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for batch_id in 0.. {
+            let entry = weir::checkpoint::CommitEntry {
+                batch_id,
+                output_rows: 0,
+                next_watermark_ms: None,
+                sink_commit: None,
+            };
+            if let Err(e) = checkpoint.write_commit(&entry).await {
+                return e.to_string();
+            }
+            assert!(Instant::now() < deadline, "the lease was never found lost");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        unreachable!()
+    });
+    assert!(lost.contains("lost the lease"), "{lost}");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! ├── offsets/N         what batch N reads; written before batch N runs
 //! ├── commits/N         written after batch N's sink commit succeeded
 //! ├── sources/0/N       source-specific log (the file source: files of batch N)
-//! └── .lock             held while a query runs (local checkpoints)
+//! ├── .lock             held while a query runs (local checkpoints)
+//! └── .lease            held while a query runs (object storage; see `lease`)
 //! ```
 //!
 //! Restart follows the table in Spark's docs: `offsets/N` and `commits/N`
@@ -16,6 +17,7 @@
 //! Every entry is written once with a create-if-absent put, so no entry is
 //! ever half-written or overwritten.
 
+mod lease;
 mod lock;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Result, WeirError};
 use crate::storage::Location;
 
+pub use lease::Lease;
 pub use lock::CheckpointLock;
 
 /// Version of the checkpoint layout written by this build.
@@ -91,6 +94,8 @@ pub struct Checkpoint {
     store: Arc<dyn ObjectStore>,
     metadata: QueryMetadata,
     _lock: CheckpointLock,
+    /// Object-storage checkpoints: the lease that keeps other hosts out.
+    lease: Option<Lease>,
 }
 
 impl Checkpoint {
@@ -99,6 +104,10 @@ impl Checkpoint {
     pub async fn open(location: &Location, name: &str) -> Result<Checkpoint> {
         let store = location.open()?;
         let lock = CheckpointLock::acquire(location)?;
+        let lease = match location.local_dir() {
+            Some(_) => None,
+            None => Some(Lease::acquire(store.clone(), location.to_string()).await?),
+        };
         let mut checkpoint = Checkpoint {
             location: location.clone(),
             store,
@@ -108,6 +117,7 @@ impl Checkpoint {
                 format_version: FORMAT_VERSION,
             },
             _lock: lock,
+            lease,
         };
         match checkpoint.read_opt::<QueryMetadata>("metadata").await? {
             Some(existing) => {
@@ -213,6 +223,7 @@ impl Checkpoint {
         batch: u64,
         entry: &T,
     ) -> Result<()> {
+        self.check_lease()?;
         let name = format!("sources/{source}/{batch}");
         let bytes = to_json(&name, entry)?;
         self.store
@@ -264,8 +275,21 @@ impl Checkpoint {
             })
     }
 
+    /// Gives up the checkpoint (its lease, so another host can start at once).
+    pub async fn release(self) {
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
+    }
+
+    /// Errors if this query no longer holds the checkpoint's lease.
+    fn check_lease(&self) -> Result<()> {
+        self.lease.as_ref().map_or(Ok(()), Lease::check)
+    }
+
     /// Creates `name` atomically; it must not exist yet.
     async fn write_once<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        self.check_lease()?;
         let bytes = to_json(name, value)?;
         let options = PutOptions {
             mode: PutMode::Create,

@@ -177,7 +177,9 @@ impl Query {
             batches_run: 0,
             last_batch_start: None,
         };
-        runner.run(recovery).await
+        let outcome = runner.run(recovery).await;
+        runner.checkpoint.release().await;
+        outcome
     }
 }
 
