@@ -178,6 +178,16 @@ pub enum WeirError {
         reason: String,
     },
 
+    /// A service (a broker, an object store) cannot be reached or timed
+    /// out: worth retrying (see [`crate::retry`]).
+    #[error("{service} is unavailable: {reason}")]
+    Unavailable {
+        /// Which service (`kafka 127.0.0.1:9092`).
+        service: String,
+        /// What failed.
+        reason: String,
+    },
+
     /// A sink or one of its outputs failed to write.
     #[error("sink {sink}: {reason}")]
     Sink {
@@ -227,6 +237,7 @@ impl WeirError {
             | WeirError::Storage { .. }
             | WeirError::Sink { .. }
             | WeirError::Source { .. }
+            | WeirError::Unavailable { .. }
             | WeirError::Io { .. }
             | WeirError::Format { .. } => ErrorDomain::External,
             WeirError::Internal(_) => ErrorDomain::Internal,

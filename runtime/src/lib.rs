@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod operator;
 pub mod plugin;
 pub mod query;
+pub mod retry;
 pub mod sink;
 pub mod source;
 pub mod state;

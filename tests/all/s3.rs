@@ -18,8 +18,8 @@ use weir::storage::{Location, S3Options};
 
 use crate::common::{assert_ok, example, run, run_killed_at, spawn_for_test_lifetime};
 
-struct Moto {
-    endpoint: String,
+pub(crate) struct Moto {
+    pub(crate) endpoint: String,
 }
 
 /// `moto_server`: from the test virtualenv `./dev test` makes, or PATH.
@@ -43,7 +43,7 @@ fn moto_binary() -> std::path::PathBuf {
         })
 }
 
-fn moto() -> &'static Moto {
+pub(crate) fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
         let port = crate::common::free_port();
@@ -73,7 +73,7 @@ fn http(port: u16, request_line: &str) -> std::io::Result<String> {
 }
 
 /// A new, empty bucket.
-fn bucket(hint: &str) -> String {
+pub(crate) fn bucket(hint: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = format!("weir-{hint}-{}", NEXT.fetch_add(1, Ordering::SeqCst));
     let port: u16 = moto().endpoint.rsplit(':').next().unwrap().parse().unwrap();
@@ -93,7 +93,7 @@ fn options() -> S3Options {
 }
 
 /// The `[s3]` table pointing a pipeline at the test server.
-fn s3_table() -> String {
+pub(crate) fn s3_table() -> String {
     format!(
         "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\n\
          secret_access_key = \"test\"\nallow_http = true\n",
@@ -101,14 +101,14 @@ fn s3_table() -> String {
     )
 }
 
-fn store(url: &str) -> Arc<dyn ObjectStore> {
+pub(crate) fn store(url: &str) -> Arc<dyn ObjectStore> {
     Location::parse_with(url, Path::new("/"), Some(&options()))
         .unwrap()
         .open()
         .unwrap()
 }
 
-fn block_on<T>(future: impl Future<Output = T>) -> T {
+pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,7 +117,7 @@ fn block_on<T>(future: impl Future<Output = T>) -> T {
 }
 
 /// Object names under `url`, sorted.
-fn list(url: &str) -> Vec<String> {
+pub(crate) fn list(url: &str) -> Vec<String> {
     let store = store(url);
     let mut names: Vec<String> = block_on(store.list(None).try_collect::<Vec<_>>())
         .unwrap()
@@ -128,7 +128,7 @@ fn list(url: &str) -> Vec<String> {
     names
 }
 
-fn read(url: &str, name: &str) -> Vec<u8> {
+pub(crate) fn read(url: &str, name: &str) -> Vec<u8> {
     let store = store(url);
     block_on(async {
         store
@@ -143,7 +143,7 @@ fn read(url: &str, name: &str) -> Vec<u8> {
 }
 
 /// Rows the JSON sink at `url` committed: the files its `_weir_log` lists.
-fn committed_rows(url: &str) -> Vec<Value> {
+pub(crate) fn committed_rows(url: &str) -> Vec<Value> {
     let mut rows = Vec::new();
     let mut batches: Vec<u64> = list(&format!("{url}/_weir_log"))
         .iter()
@@ -154,7 +154,13 @@ fn committed_rows(url: &str) -> Vec<Value> {
         let entry: Value =
             serde_json::from_slice(&read(&format!("{url}/_weir_log"), &batch.to_string())).unwrap();
         for file in entry["files"].as_array().unwrap() {
-            let text = String::from_utf8(read(url, file.as_str().unwrap())).unwrap();
+            let name = file.as_str().unwrap();
+            let bytes = read(url, name);
+            if name.ends_with(".parquet") {
+                rows.extend(parquet_rows(bytes));
+                continue;
+            }
+            let text = String::from_utf8(bytes).unwrap();
             rows.extend(
                 text.lines()
                     .map(|l| serde_json::from_str::<Value>(l).unwrap()),
@@ -162,6 +168,26 @@ fn committed_rows(url: &str) -> Vec<Value> {
         }
     }
     rows
+}
+
+/// A Parquet file's rows as JSON objects.
+fn parquet_rows(bytes: Vec<u8>) -> Vec<Value> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    for batch in reader {
+        writer.write(&batch.unwrap()).unwrap();
+    }
+    writer.finish().unwrap();
+    String::from_utf8(writer.into_inner())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A pipeline with source, sink and checkpoint in a new bucket, over six

@@ -25,6 +25,7 @@ use crate::error::{PluginFailure, Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::{Deduplicate, Operator, OperatorContext, StatefulFunction, WindowAggregate};
 use crate::plugin::{PluginEngine, TransformInstance};
+use crate::retry::Retries;
 use crate::sink::{self, CommitOutcome, Sink};
 use crate::source::{BadRecord, FileSource, KafkaSource, Source};
 use crate::state::StateStore;
@@ -95,6 +96,7 @@ impl Query {
         let foreach_batch = pipeline.sink.foreach_batch.clone();
         let query_id = checkpoint.metadata().id.to_string();
         let query_id_for_sink = query_id.clone();
+        let retries = Retries::default();
         let (stages, stateful_fn, plugin_sink) = off_runtime(move || {
             let stages = transforms
                 .iter()
@@ -158,12 +160,20 @@ impl Query {
         let mut runner = Runner {
             source: match &pipeline.source {
                 SourceConfig::File(config) => Box::new(FileSource::open((**config).clone())?),
-                SourceConfig::Kafka(config) => Box::new(KafkaSource::open(config.clone())?),
+                SourceConfig::Kafka(config) => {
+                    Box::new(KafkaSource::open(config.clone(), retries.clone())?)
+                }
             },
             sink: match (plugin_sink, &pipeline.sink.kafka) {
                 (Some(plugin_sink), _) => plugin_sink,
                 (None, Some(config)) => Box::new(
-                    sink::KafkaSink::open(config, &query_id_for_sink, checkpoint.store()).await?,
+                    sink::KafkaSink::open(
+                        config,
+                        &query_id_for_sink,
+                        checkpoint.store(),
+                        retries.clone(),
+                    )
+                    .await?,
                 ),
                 (None, None) => sink::open(&pipeline.sink)?,
             },
@@ -176,6 +186,7 @@ impl Query {
             stop,
             batches_run: 0,
             last_batch_start: None,
+            retries,
         };
         let outcome = runner.run(recovery).await;
         runner.checkpoint.release().await;
@@ -264,6 +275,8 @@ struct Runner {
     stop: Option<watch::Receiver<bool>>,
     batches_run: u64,
     last_batch_start: Option<Instant>,
+    /// Outages the connectors retried since the last batch.
+    retries: Retries,
 }
 
 impl Runner {
@@ -456,6 +469,7 @@ impl Runner {
             watermark_ms,
             rows_dropped_by_watermark: dropped,
             state: self.operator.as_ref().map(|s| s.state.metrics()),
+            retries: self.retries.take(),
             durations,
             stages: self
                 .stages

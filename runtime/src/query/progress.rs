@@ -64,6 +64,8 @@ pub struct BatchProgress {
     pub rows_dropped_by_watermark: u64,
     /// State size after the batch, for a stateful query.
     pub state: Option<crate::state::StateMetrics>,
+    /// Outages retried since the previous batch (a broker restart, say).
+    pub retries: crate::retry::RetryReport,
 }
 
 impl BatchProgress {
@@ -104,6 +106,12 @@ impl BatchProgress {
         {
             json["eventTime"] =
                 serde_json::json!({ "watermark": wm.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string() });
+        }
+        if self.retries.count > 0 {
+            json["retries"] = serde_json::json!({
+                "count": self.retries.count,
+                "lastError": self.retries.last_error,
+            });
         }
         if let Some(state) = self.state {
             json["stateOperators"] =
@@ -157,6 +165,14 @@ impl fmt::Display for BatchProgress {
         }
         if let Some(state) = self.state {
             write!(f, " | state {} rows {} bytes", state.rows, state.bytes)?;
+        }
+        if self.retries.count > 0 {
+            write!(
+                f,
+                " | {} retries, last: {}",
+                self.retries.count,
+                self.retries.last_error.as_deref().unwrap_or("")
+            )?;
         }
         for stage in &self.stages {
             write!(f, " | {} {}", stage.name, ms(stage.duration))?;

@@ -42,6 +42,7 @@ use super::{CommitOutcome, Sink};
 use crate::config::KafkaSinkConfig;
 use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
+use crate::retry::Retries;
 
 /// One record: optional key, value.
 type KeyValue = (Option<Vec<u8>>, Vec<u8>);
@@ -53,9 +54,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct KafkaSink {
     config: KafkaSinkConfig,
     query_id: String,
-    producer: Arc<ThreadedProducer<DeliveryTracker>>,
-    /// Exactly-once only: the consumer whose group carries the batch marker.
-    marker: Option<Arc<BaseConsumer>>,
+    client: Client,
     /// The last batch Kafka committed for this query, with its attempt.
     committed: Option<(u64, String)>,
     /// Names this process's attempts: `<run>-<n>`.
@@ -64,6 +63,15 @@ pub struct KafkaSink {
     /// The checkpoint, where each attempt is named (`sinks/kafka/N`) just
     /// before its transaction commits.
     checkpoint: Arc<dyn ObjectStore>,
+    retries: Retries,
+}
+
+/// A producer, and with `exactly_once` the consumer whose group carries
+/// the batch marker. Replaced as a whole after an outage.
+#[derive(Clone)]
+struct Client {
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
+    marker: Option<Arc<BaseConsumer>>,
 }
 
 /// Counts records the producer failed to deliver (at-least-once mode; in a
@@ -90,82 +98,142 @@ impl ProducerContext for DeliveryTracker {
 impl KafkaSink {
     /// Connects; with `exactly_once`, fences any earlier producer of this
     /// query (aborting its open transaction) and reads which batch Kafka
-    /// committed last. `checkpoint` is the query's checkpoint store.
+    /// committed last. `checkpoint` is the query's checkpoint store; broker
+    /// outages are retried and recorded in `retries`.
     pub async fn open(
         config: &KafkaSinkConfig,
         query_id: &str,
         checkpoint: Arc<dyn ObjectStore>,
+        retries: Retries,
     ) -> Result<KafkaSink> {
-        let (config, query_id) = (config.clone(), query_id.to_string());
-        let mut sink =
-            tokio::task::spawn_blocking(move || KafkaSink::connect(&config, &query_id, checkpoint))
-                .await
-                .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))??;
-        if let Some((batch, attempt)) = sink.committed.clone()
-            && attempt.is_empty()
-        {
-            // Brokers that drop offset metadata: the attempt named last before a commit.
-            let named = sink.read_attempt(batch).await?.unwrap_or_default();
-            sink.committed = Some((batch, named));
-        }
+        let (client, committed) = Self::connect(config, query_id, &retries).await?;
+        let mut sink = KafkaSink {
+            config: config.clone(),
+            query_id: query_id.to_string(),
+            client,
+            committed: None,
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            attempts: 0,
+            checkpoint,
+            retries,
+        };
+        sink.set_committed(committed).await?;
         Ok(sink)
     }
 
-    fn connect(
+    /// Records what Kafka committed last; on brokers that drop offset
+    /// metadata, the attempt is the one named last before a commit.
+    async fn set_committed(&mut self, committed: Option<(u64, String)>) -> Result<()> {
+        self.committed = match committed {
+            Some((batch, attempt)) if attempt.is_empty() => {
+                Some((batch, self.read_attempt(batch).await?.unwrap_or_default()))
+            }
+            other => other,
+        };
+        if let Some((batch, attempt)) = &self.committed {
+            tracing::info!(
+                batch,
+                attempt,
+                topic = self.config.topic,
+                "kafka sink: last committed batch"
+            );
+        }
+        Ok(())
+    }
+
+    /// A new client (retried through outages) and the committed marker.
+    async fn connect(
         config: &KafkaSinkConfig,
         query_id: &str,
-        checkpoint: Arc<dyn ObjectStore>,
-    ) -> Result<KafkaSink> {
+        retries: &Retries,
+    ) -> Result<(Client, Option<(u64, String)>)> {
+        retries
+            .run("connecting the Kafka sink", || {
+                let (config, query_id) = (config.clone(), query_id.to_string());
+                async move {
+                    tokio::task::spawn_blocking(move || Self::connect_once(&config, &query_id))
+                        .await
+                        .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))?
+                }
+            })
+            .await
+    }
+
+    fn connect_once(
+        config: &KafkaSinkConfig,
+        query_id: &str,
+    ) -> Result<(Client, Option<(u64, String)>)> {
         let id = format!("weir-{query_id}");
-        let mut client = ClientConfig::new();
-        client
+        let mut settings = ClientConfig::new();
+        settings
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "60000");
         if config.exactly_once {
-            client
+            settings
                 .set("transactional.id", &id)
                 .set("transaction.timeout.ms", "60000");
         }
-        let sink_error = |what: &str, e: KafkaError| kafka_error(config, what, e);
-        let producer: ThreadedProducer<DeliveryTracker> = client
+        let producer: ThreadedProducer<DeliveryTracker> = settings
             .create_with_context(DeliveryTracker::default())
-            .map_err(|e| sink_error("cannot create the producer", e))?;
-        let mut sink = KafkaSink {
-            config: config.clone(),
-            query_id: query_id.to_string(),
-            producer: Arc::new(producer),
-            marker: None,
-            committed: None,
-            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-            attempts: 0,
-            checkpoint,
-        };
-        if config.exactly_once {
-            sink.producer
-                .init_transactions(REQUEST_TIMEOUT)
-                .map_err(|e| sink_error("cannot start transactions (init_transactions)", e))?;
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &config.bootstrap_servers)
-                .set("group.id", &id)
-                .set("enable.auto.commit", "false")
-                .set("isolation.level", "read_committed")
-                .create()
-                .map_err(|e| sink_error("cannot create the marker consumer", e))?;
-            sink.committed = committed_marker(&consumer, &config.topic)
-                .map_err(|e| sink_error("cannot read the committed batch marker", e))?;
-            if let Some((batch, attempt)) = &sink.committed {
-                tracing::info!(
-                    batch,
-                    attempt,
-                    topic = config.topic,
-                    "kafka sink: last committed batch"
-                );
-            }
-            sink.marker = Some(Arc::new(consumer));
+            .map_err(|e| kafka_error(config, "cannot create the producer", e))?;
+        if !config.exactly_once {
+            let client = Client {
+                producer: Arc::new(producer),
+                marker: None,
+            };
+            return Ok((client, None));
         }
-        Ok(sink)
+        producer
+            .init_transactions(REQUEST_TIMEOUT)
+            .map_err(|e| classify(config, "cannot start transactions (init_transactions)", e))?;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("group.id", &id)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| kafka_error(config, "cannot create the marker consumer", e))?;
+        let committed = committed_marker(&consumer, &config.topic)
+            .map_err(|e| classify(config, "cannot read the committed batch marker", e))?;
+        let client = Client {
+            producer: Arc::new(producer),
+            marker: Some(Arc::new(consumer)),
+        };
+        Ok((client, committed))
+    }
+
+    /// One attempt at writing `records` as batch `batch_id`.
+    async fn write(&mut self, batch_id: u64, records: Arc<Vec<KeyValue>>) -> Result<()> {
+        self.attempts += 1;
+        let attempt = format!("{}-{}", self.run_id, self.attempts);
+        let job = Arc::new(Attempt {
+            config: self.config.clone(),
+            query_id: self.query_id.clone(),
+            client: self.client.clone(),
+            batch_id,
+            attempt: attempt.clone(),
+        });
+        let blocking = |job: Arc<Attempt>, step: fn(&Attempt) -> Result<()>| async move {
+            tokio::task::spawn_blocking(move || step(&job))
+                .await
+                .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))?
+        };
+        let prepare = job.clone();
+        tokio::task::spawn_blocking(move || prepare.prepare(&records))
+            .await
+            .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))??;
+        if !self.config.exactly_once {
+            return Ok(());
+        }
+        if let Err(e) = self.write_attempt(batch_id, &attempt).await {
+            blocking(job, Attempt::abort).await?;
+            return Err(e);
+        }
+        blocking(job, Attempt::commit).await?;
+        self.committed = Some((batch_id, attempt));
+        Ok(())
     }
 
     fn attempt_path(batch_id: u64) -> ObjectPath {
@@ -273,36 +341,35 @@ impl Sink for KafkaSink {
         {
             return Ok(CommitOutcome::AlreadyCommitted);
         }
-        let records = self.records(batches)?;
-        self.attempts += 1;
-        let attempt = format!("{}-{}", self.run_id, self.attempts);
-        let job = Arc::new(Attempt {
-            config: self.config.clone(),
-            query_id: self.query_id.clone(),
-            producer: self.producer.clone(),
-            marker: self.marker.clone(),
-            batch_id,
-            attempt: attempt.clone(),
-        });
-        let blocking = |job: Arc<Attempt>, step: fn(&Attempt) -> Result<()>| async move {
-            tokio::task::spawn_blocking(move || step(&job))
-                .await
-                .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))?
-        };
-        let prepare = job.clone();
-        tokio::task::spawn_blocking(move || prepare.prepare(&records))
-            .await
-            .map_err(|e| WeirError::Internal(format!("kafka sink task failed: {e}")))??;
-        if !self.config.exactly_once {
-            return Ok(CommitOutcome::Written);
+        let records = Arc::new(self.records(batches)?);
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.write(batch_id, records.clone()).await {
+                Ok(()) => return Ok(CommitOutcome::Written),
+                Err(WeirError::Unavailable { service, reason })
+                    if started.elapsed() < crate::retry::RETRY_FOR =>
+                {
+                    tracing::warn!(service, reason, retry_in = ?backoff, "kafka sink: batch {batch_id} failed; retrying");
+                    self.retries
+                        .record(&format!("writing batch {batch_id}: {service}: {reason}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // A new producer fences the old one: its transaction is
+                    // aborted, or it committed, as the marker then says.
+                    let (client, committed) =
+                        Self::connect(&self.config, &self.query_id, &self.retries).await?;
+                    self.client = client;
+                    self.set_committed(committed).await?;
+                    if let Some((last, _)) = &self.committed
+                        && batch_id <= *last
+                    {
+                        return Ok(CommitOutcome::Written);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if let Err(e) = self.write_attempt(batch_id, &attempt).await {
-            blocking(job, Attempt::abort).await?;
-            return Err(e);
-        }
-        blocking(job, Attempt::commit).await?;
-        self.committed = Some((batch_id, attempt));
-        Ok(CommitOutcome::Written)
     }
 
     fn commit_token(&self, batch_id: u64) -> Option<String> {
@@ -317,8 +384,7 @@ impl Sink for KafkaSink {
 struct Attempt {
     config: KafkaSinkConfig,
     query_id: String,
-    producer: Arc<ThreadedProducer<DeliveryTracker>>,
-    marker: Option<Arc<BaseConsumer>>,
+    client: Client,
     batch_id: u64,
     attempt: String,
 }
@@ -327,7 +393,7 @@ impl Attempt {
     /// Sends the batch: at-least-once, delivered and done; exactly-once,
     /// inside a new transaction with the batch marker, not yet committed.
     fn prepare(&self, records: &[KeyValue]) -> Result<()> {
-        let error = |what: &str, e: KafkaError| kafka_error(&self.config, what, e);
+        let error = |what: &str, e: KafkaError| classify(&self.config, what, e);
         let batch = self.batch_id.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -342,17 +408,18 @@ impl Attempt {
                 key: "weir.attempt",
                 value: Some(&self.attempt),
             });
-        let Some(marker) = &self.marker else {
+        let Some(marker) = &self.client.marker else {
             self.send_all(records, &headers)?;
-            let context = self.producer.context();
+            let context = self.client.producer.context();
             let failed_before = context.failed.load(Ordering::Relaxed);
-            self.producer
+            self.client
+                .producer
                 .flush(REQUEST_TIMEOUT)
                 .map_err(|e| error("cannot deliver the batch", e))?;
             if context.failed.load(Ordering::Relaxed) > failed_before {
                 let last = context.last_error.lock().unwrap_or_else(|p| p.into_inner());
-                return Err(WeirError::Sink {
-                    sink: format!("kafka topic {}", self.config.topic),
+                return Err(WeirError::Unavailable {
+                    service: format!("kafka {}", self.config.bootstrap_servers),
                     reason: format!(
                         "records of batch {} were not delivered: {}",
                         self.batch_id,
@@ -362,7 +429,8 @@ impl Attempt {
             }
             return Ok(());
         };
-        self.producer
+        self.client
+            .producer
             .begin_transaction()
             .map_err(|e| error("cannot begin a transaction", e))?;
         crash_point("kafka-after-begin", self.batch_id);
@@ -383,7 +451,8 @@ impl Attempt {
             let group = marker.group_metadata().ok_or_else(|| {
                 WeirError::Internal("the marker consumer has no group metadata".into())
             })?;
-            self.producer
+            self.client
+                .producer
                 .send_offsets_to_transaction(&offsets, &group, REQUEST_TIMEOUT)
                 .map_err(|e| error("cannot add the batch marker to the transaction", e))?;
             crash_point("kafka-after-marker", self.batch_id);
@@ -398,7 +467,7 @@ impl Attempt {
     /// Commits the prepared transaction (aborting it if that fails).
     fn commit(&self) -> Result<()> {
         crash_point("kafka-before-commit", self.batch_id);
-        if let Err(e) = self.producer.commit_transaction(REQUEST_TIMEOUT) {
+        if let Err(e) = self.client.producer.commit_transaction(REQUEST_TIMEOUT) {
             self.abort()?;
             return Err(kafka_error(
                 &self.config,
@@ -412,7 +481,7 @@ impl Attempt {
 
     /// Aborts the open transaction so the producer can start another.
     fn abort(&self) -> Result<()> {
-        if let Err(e) = self.producer.abort_transaction(REQUEST_TIMEOUT) {
+        if let Err(e) = self.client.producer.abort_transaction(REQUEST_TIMEOUT) {
             tracing::warn!(error = %e, "kafka sink: aborting the failed transaction failed");
         }
         Ok(())
@@ -428,7 +497,7 @@ impl Attempt {
                 record = record.key(key.as_slice());
             }
             loop {
-                match self.producer.send(record) {
+                match self.client.producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
@@ -465,6 +534,33 @@ fn committed_marker(
         .unwrap_or("")
         .to_string();
     Ok((next > 0).then(|| (next as u64 - 1, attempt)))
+}
+
+/// An outage (worth a retry with a new producer) or a lasting error. A
+/// fenced producer is lasting: another instance of this query took over.
+fn classify(config: &KafkaSinkConfig, what: &str, e: KafkaError) -> WeirError {
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    );
+    let lasting = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidConfig
+                | RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidTransactionTimeout
+        )
+    );
+    if fenced || lasting {
+        return kafka_error(config, what, e);
+    }
+    WeirError::Unavailable {
+        service: format!("kafka {}", config.bootstrap_servers),
+        reason: format!("{what}: {e}"),
+    }
 }
 
 fn kafka_error(config: &KafkaSinkConfig, what: &str, e: KafkaError) -> WeirError {

