@@ -364,17 +364,20 @@ fn read_ranges(
                     _ => unavailable(servers, "cannot read records", e),
                 });
             }
-            None => {}
-        }
-        // Transaction markers take offsets too: a partition is done when its
-        // position reached the end even if no record carried offset end-1.
-        if let Ok(positions) = consumer.position() {
-            for element in positions.elements() {
-                let tp = (element.topic().to_string(), element.partition());
-                if let (Offset::Offset(at), Some(end)) = (element.offset(), ends.get(&tp))
-                    && at >= *end
-                {
-                    pending.retain(|p| *p != tp);
+            None => {
+                // Nothing more arrives: transaction markers take offsets too,
+                // so a partition is done when its position reached the end
+                // even if no record carried offset end-1. (Asked only when
+                // idle: asking per record costs more than reading it.)
+                if let Ok(positions) = consumer.position() {
+                    for element in positions.elements() {
+                        let tp = (element.topic().to_string(), element.partition());
+                        if let (Offset::Offset(at), Some(end)) = (element.offset(), ends.get(&tp))
+                            && at >= *end
+                        {
+                            pending.retain(|p| *p != tp);
+                        }
+                    }
                 }
             }
         }

@@ -3,7 +3,10 @@
 //! run, and exactly-once output after a kill at every step.
 
 use std::path::Path;
+use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 use weir::faults::CRASH_POINTS;
 
@@ -180,4 +183,87 @@ fn a_topic_pattern_picks_up_topics_created_later() {
         (1..=8).collect::<Vec<_>>(),
         "{err}"
     );
+}
+
+#[test]
+fn a_backlog_of_a_million_records_is_caught_up_in_capped_batches() {
+    let topic = topic(4);
+    // Large producer batches (fast), then one single-record batch per
+    // partition: the broker's "latest offset" then covers every record
+    // (see `produce_on` for why).
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker().servers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "2000000")
+        .create()
+        .unwrap();
+    const BACKLOG: i64 = 1_000_000;
+    for n in 0..BACKLOG {
+        let value = n.to_string();
+        let record = BaseRecord::<(), _>::to(&topic)
+            .partition((n % 4) as i32)
+            .payload(&value);
+        if let Err((e, _)) = producer.send(record) {
+            panic!("queueing record {n}: {e}");
+        }
+        if n % 100_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    drop(producer);
+    produce(&topic, 4, 1_000_001..=1_000_004);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let text = format!(
+        r#"name = "backlog"
+checkpoint = "ck"
+
+[trigger]
+available_now = true
+
+[source]
+kind = "kafka"
+bootstrap_servers = "{servers}"
+topics = ["{topic}"]
+max_offsets_per_trigger = 100000
+
+[sink]
+kind = "parquet"
+path = "out"
+"#,
+        servers = broker().servers
+    );
+    std::fs::write(&file, text).unwrap();
+    let err = assert_ok(&run(&file));
+    let mut sizes = Vec::new();
+    for batch in 0.. {
+        let Ok(bytes) = std::fs::read(dir.path().join(format!("ck/sources/0/{batch}"))) else {
+            break;
+        };
+        let plan: Value = serde_json::from_slice(&bytes).unwrap();
+        let size: i64 = plan["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["end"].as_i64().unwrap() - r["start"].as_i64().unwrap())
+            .sum();
+        sizes.push(size);
+    }
+    assert!(sizes.len() >= 10, "{sizes:?}\n{err}");
+    assert!(sizes.iter().all(|s| *s <= 100_000), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<i64>(), BACKLOG + 4, "{sizes:?}\n{err}");
+    // Every record reached the sink once.
+    let written: u64 = (0..sizes.len())
+        .map(|batch| {
+            let entry: Value = serde_json::from_slice(
+                &std::fs::read(dir.path().join(format!("out/_weir_log/{batch}"))).unwrap(),
+            )
+            .unwrap();
+            entry["rows"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(written, BACKLOG as u64 + 4);
 }
