@@ -412,10 +412,7 @@ impl Attempt {
             self.send_all(records, &headers)?;
             let context = self.client.producer.context();
             let failed_before = context.failed.load(Ordering::Relaxed);
-            self.client
-                .producer
-                .flush(REQUEST_TIMEOUT)
-                .map_err(|e| error("cannot deliver the batch", e))?;
+            self.wait_for_delivery()?;
             if context.failed.load(Ordering::Relaxed) > failed_before {
                 let last = context.last_error.lock().unwrap_or_else(|p| p.into_inner());
                 return Err(WeirError::Unavailable {
@@ -436,6 +433,9 @@ impl Attempt {
         crash_point("kafka-after-begin", self.batch_id);
         let result = (|| {
             self.send_all(records, &headers)?;
+            // Delivered before the commit, which would otherwise flush in
+            // rdkafka's 100 ms polling steps (see `wait_for_delivery`).
+            self.wait_for_delivery()?;
             crash_point("kafka-after-produce", self.batch_id);
             let mut offsets = TopicPartitionList::new();
             offsets
@@ -483,6 +483,26 @@ impl Attempt {
     fn abort(&self) -> Result<()> {
         if let Err(e) = self.client.producer.abort_transaction(REQUEST_TIMEOUT) {
             tracing::warn!(error = %e, "kafka sink: aborting the failed transaction failed");
+        }
+        Ok(())
+    }
+
+    /// Waits until every queued record is delivered or failed. (rdkafka's
+    /// `flush` polls in steps of 100 ms, which would cost each batch 100 ms;
+    /// the producer's own thread serves delivery reports as they come.)
+    fn wait_for_delivery(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        while self.client.producer.in_flight_count() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return Err(WeirError::Unavailable {
+                    service: format!("kafka {}", self.config.bootstrap_servers),
+                    reason: format!(
+                        "records of batch {} were not delivered within {REQUEST_TIMEOUT:?}",
+                        self.batch_id
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(500));
         }
         Ok(())
     }

@@ -51,7 +51,12 @@ struct KafkaPlan {
 /// The Kafka source.
 pub struct KafkaSource {
     config: KafkaSourceConfig,
+    /// Reads records (assigned the batch's ranges while reading).
     consumer: Arc<BaseConsumer>,
+    /// Asks for metadata and offsets, on connections of its own: behind the
+    /// reader's idle long-poll fetches such requests would wait up to
+    /// `fetch.wait.max.ms` on brokers that serve a connection in order.
+    planner: Arc<BaseConsumer>,
     schema: SchemaRef,
     /// Next offset to read per partition, after the batches run so far.
     next: BTreeMap<TopicPartition, i64>,
@@ -67,14 +72,22 @@ impl KafkaSource {
     /// A source for `config` (no broker request is made yet); broker
     /// outages are retried and recorded in `retries`.
     pub fn open(config: KafkaSourceConfig, retries: Retries) -> Result<KafkaSource> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("group.id", "weir-unused")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
-            .create()
-            .map_err(|e| kafka_error("cannot create the Kafka consumer", e))?;
+        let client = || {
+            ClientConfig::new()
+                .set("bootstrap.servers", &config.bootstrap_servers)
+                // A batch's read ends at a known offset, so there is nothing
+                // to wait for at a partition's end; and the next batch's
+                // fetch queues behind a waiting one (brokers serve a
+                // connection's requests in order).
+                .set("fetch.wait.max.ms", "10")
+                .set("group.id", "weir-unused")
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "error")
+                .create::<BaseConsumer>()
+                .map_err(|e| kafka_error("cannot create the Kafka consumer", e))
+        };
+        let (consumer, planner) = (client()?, client()?);
         let mut fields: Vec<Field> = match &config.value_schema {
             Some(schema) => schema.fields().iter().map(|f| f.as_ref().clone()).collect(),
             None => vec![
@@ -95,6 +108,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             config,
             consumer: Arc::new(consumer),
+            planner: Arc::new(planner),
             schema: Arc::new(Schema::new(fields)),
             next: BTreeMap::new(),
             end: None,
@@ -112,34 +126,49 @@ impl KafkaSource {
     }
 
     async fn watermarks_once(&self) -> Result<BTreeMap<TopicPartition, (i64, i64)>> {
-        let consumer = self.consumer.clone();
+        let consumer = self.planner.clone();
         let topics = self.config.topics.clone();
         let servers = self.config.bootstrap_servers.clone();
         tokio::task::spawn_blocking(move || {
-            let metadata = consumer
-                .fetch_metadata(None, REQUEST_TIMEOUT)
-                .map_err(|e| unavailable(&servers, "cannot read topic metadata", e))?;
-            let pattern = match &topics {
-                TopicSelection::Pattern(p) => Some(regex::Regex::new(p).map_err(|e| {
-                    WeirError::Internal(format!("topic pattern checked at load: {e}"))
-                })?),
-                TopicSelection::Topics(_) => None,
-            };
-            let mut marks = BTreeMap::new();
-            for topic in metadata.topics() {
-                let wanted = match (&topics, &pattern) {
-                    (TopicSelection::Topics(names), _) => names.iter().any(|n| n == topic.name()),
-                    (_, Some(re)) => re.is_match(topic.name()),
-                    _ => false,
-                };
-                if !wanted {
-                    continue;
+            let metadata_error = |e| unavailable(&servers, "cannot read topic metadata", e);
+            // Named topics are asked for by name: a request for every topic
+            // costs a full metadata refresh (hundreds of ms on some brokers).
+            let mut partitions: Vec<(String, Vec<i32>)> = Vec::new();
+            let mut add = |metadata: &rdkafka::metadata::Metadata,
+                           wanted: &dyn Fn(&str) -> bool| {
+                for topic in metadata.topics() {
+                    if topic.error().is_none() && wanted(topic.name()) {
+                        let ids = topic.partitions().iter().map(|p| p.id()).collect();
+                        partitions.push((topic.name().to_string(), ids));
+                    }
                 }
-                for partition in topic.partitions() {
+            };
+            match &topics {
+                TopicSelection::Topics(names) => {
+                    for name in names {
+                        let metadata = consumer
+                            .fetch_metadata(Some(name), REQUEST_TIMEOUT)
+                            .map_err(metadata_error)?;
+                        add(&metadata, &|topic| topic == name);
+                    }
+                }
+                TopicSelection::Pattern(p) => {
+                    let pattern = regex::Regex::new(p).map_err(|e| {
+                        WeirError::Internal(format!("topic pattern checked at load: {e}"))
+                    })?;
+                    let metadata = consumer
+                        .fetch_metadata(None, REQUEST_TIMEOUT)
+                        .map_err(metadata_error)?;
+                    add(&metadata, &|topic| pattern.is_match(topic));
+                }
+            }
+            let mut marks = BTreeMap::new();
+            for (topic, ids) in partitions {
+                for partition in ids {
                     let (low, high) = consumer
-                        .fetch_watermarks(topic.name(), partition.id(), REQUEST_TIMEOUT)
+                        .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
                         .map_err(|e| unavailable(&servers, "cannot read partition offsets", e))?;
-                    marks.insert((topic.name().to_string(), partition.id()), (low, high));
+                    marks.insert((topic.clone(), partition), (low, high));
                 }
             }
             Ok(marks)
