@@ -465,7 +465,10 @@ fn to_batch(
 /// Parses every record's value as one JSON object with `schema`. A value
 /// that is missing or does not parse is an error naming its offset.
 fn parse_values(records: &[Record], schema: &SchemaRef) -> Result<Vec<ArrayRef>> {
+    // One batch for all records, with room for one stray extra object (a
+    // full decoder stops consuming input, which would read as a bad value).
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(records.len() + 1)
         .build_decoder()
         .map_err(|e| WeirError::Internal(format!("json decoder: {e}")))?;
     for r in records {
@@ -479,11 +482,11 @@ fn parse_values(records: &[Record], schema: &SchemaRef) -> Result<Vec<ArrayRef>>
             .as_deref()
             .ok_or_else(|| bad("the record has no value".into()))?;
         let before = decoder.len();
-        decoder
+        let consumed = decoder
             .decode(value)
-            .and_then(|_| decoder.decode(b"\n"))
+            .and_then(|consumed| Ok(consumed + decoder.decode(b"\n")?))
             .map_err(|e| bad(format!("value is not valid JSON for the schema: {e}")))?;
-        if decoder.len() != before + 1 {
+        if decoder.len() != before + 1 || consumed != value.len() + 1 {
             return Err(bad("the value must be exactly one JSON object".into()));
         }
     }
@@ -520,6 +523,40 @@ mod tests {
             start,
             end,
         }
+    }
+
+    fn record(offset: i64, value: &str) -> Record {
+        Record {
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn json_values_parse_beyond_one_decoder_batch_and_strays_are_refused() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let records: Vec<Record> = (0..3000)
+            .map(|n| record(n, &format!("{{\"id\": {n}}}")))
+            .collect();
+        let columns = parse_values(&records, &schema).unwrap();
+        assert_eq!(columns[0].len(), 3000);
+        let ids = columns[0]
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(ids.value(2999), 2999);
+
+        let two = vec![
+            record(0, "{\"id\": 1}"),
+            record(1, "{\"id\": 2} {\"id\": 3}"),
+        ];
+        let err = parse_values(&two, &schema).unwrap_err().to_string();
+        assert!(err.contains("exactly one JSON object"), "{err}");
+        assert!(err.contains("partition 0") && err.contains('1'), "{err}");
     }
 
     #[test]
