@@ -156,10 +156,6 @@ exactly_once = {exactly_once}
         .unwrap();
     let elapsed = started.elapsed();
     let progress = progress.lock().unwrap().clone();
-    eprintln!(
-        "DEBUG total {elapsed:?}, batches {:?}",
-        progress.iter().map(|p| p.durations.total).sum::<Duration>()
-    );
     (elapsed, progress)
 }
 
