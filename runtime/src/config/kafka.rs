@@ -8,7 +8,9 @@
 //! kind = "kafka"
 //! bootstrap_servers = "127.0.0.1:9092"
 //! topics = ["events"]                 # or topic_pattern = "^events-.*"
-//! starting_offsets = "earliest"       # earliest | latest (where a new query starts)
+//! starting_offsets = "earliest"       # earliest | latest (where a new query starts),
+//!                                     # or per partition (-2 earliest, -1 latest):
+//!                                     # { events = { "0" = 1200, "1" = -2 } }
 //! max_offsets_per_trigger = 10000     # split across partitions by backlog
 //! fail_on_data_loss = true
 //! format = "json"                     # parse `value` with `schema`; without it:
@@ -29,8 +31,9 @@
 //!                            # (idempotent producer, at-least-once)
 //! ```
 
+use std::collections::BTreeMap;
+
 use arrow::datatypes::SchemaRef;
-use serde::Deserialize;
 
 /// Which topics a Kafka source reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,15 +46,41 @@ pub enum TopicSelection {
 }
 
 /// Where a query with no checkpoint yet starts in each partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StartingOffsets {
     /// The oldest retained record.
     #[default]
     Earliest,
     /// After the newest record when the query starts.
     Latest,
+    /// Per topic and partition, as Spark's JSON form: an offset, or
+    /// [`EARLIEST`] / [`LATEST`]. Partitions not listed (and partitions
+    /// that appear later) start at the earliest offset.
+    PerPartition(BTreeMap<String, BTreeMap<i32, i64>>),
 }
+
+impl StartingOffsets {
+    /// Where partition `(topic, partition)` starts, given its low and high
+    /// watermarks.
+    pub fn resolve(&self, (topic, partition): &(String, i32), low: i64, high: i64) -> i64 {
+        match self {
+            StartingOffsets::Earliest => low,
+            StartingOffsets::Latest => high,
+            StartingOffsets::PerPartition(offsets) => {
+                match offsets.get(topic).and_then(|p| p.get(partition)) {
+                    None | Some(&EARLIEST) => low,
+                    Some(&LATEST) => high,
+                    Some(offset) => *offset,
+                }
+            }
+        }
+    }
+}
+
+/// In per-partition starting offsets: the oldest retained record.
+pub const EARLIEST: i64 = -2;
+/// In per-partition starting offsets: after the newest record.
+pub const LATEST: i64 = -1;
 
 /// A checked Kafka source.
 #[derive(Debug, Clone)]

@@ -44,7 +44,9 @@ pub use error::ConfigError;
 pub use foreach_batch::{
     DeleteMarker, ForeachBatchConfig, OutputConfig, PostgresMode, PostgresOutputConfig,
 };
-pub use kafka::{KafkaSinkConfig, KafkaSourceConfig, StartingOffsets, TopicSelection};
+pub use kafka::{
+    EARLIEST, KafkaSinkConfig, KafkaSourceConfig, LATEST, StartingOffsets, TopicSelection,
+};
 pub use schema::parse_data_type;
 pub use stateful::{OutputMode, WatermarkConfig};
 pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
@@ -294,7 +296,7 @@ struct RawSource {
     bootstrap_servers: Option<Spanned<String>>,
     topics: Option<Spanned<Vec<String>>>,
     topic_pattern: Option<Spanned<String>>,
-    starting_offsets: Option<StartingOffsets>,
+    starting_offsets: Option<Spanned<RawStartingOffsets>>,
     max_offsets_per_trigger: Option<Spanned<i64>>,
     fail_on_data_loss: Option<bool>,
     #[serde(default)]
@@ -306,6 +308,14 @@ struct RawSource {
     dead_letter_path: Option<Spanned<String>>,
     header: Option<bool>,
     delimiter: Option<Spanned<String>>,
+}
+
+/// `"earliest"`, `"latest"`, or `{ topic = { "partition" = offset } }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStartingOffsets {
+    Named(String),
+    PerPartition(std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>),
 }
 
 #[derive(Deserialize)]
@@ -628,14 +638,70 @@ impl Resolver<'_> {
                     .hint("declare both to parse values, or neither for binary key/value"));
             }
         };
+        let starting_offsets = match &s.starting_offsets {
+            Some(raw) => self.starting_offsets(raw, &topics)?,
+            None => StartingOffsets::default(),
+        };
         Ok(KafkaSourceConfig {
             bootstrap_servers: self.expand(servers)?,
             topics,
-            starting_offsets: s.starting_offsets.unwrap_or_default(),
+            starting_offsets,
             max_offsets_per_trigger: max_offsets,
             fail_on_data_loss: s.fail_on_data_loss.unwrap_or(true),
             value_schema,
         })
+    }
+
+    fn starting_offsets(
+        &self,
+        raw: &Spanned<RawStartingOffsets>,
+        topics: &TopicSelection,
+    ) -> Result<StartingOffsets, ConfigError> {
+        let per_topic = match raw.get_ref() {
+            RawStartingOffsets::Named(name) if name == "earliest" => {
+                return Ok(StartingOffsets::Earliest);
+            }
+            RawStartingOffsets::Named(name) if name == "latest" => {
+                return Ok(StartingOffsets::Latest);
+            }
+            RawStartingOffsets::Named(name) => {
+                return Err(self
+                    .err(raw, format!("unknown starting_offsets {name:?}"))
+                    .hint("\"earliest\", \"latest\", or { topic = { \"0\" = 42 } }"));
+            }
+            RawStartingOffsets::PerPartition(per_topic) => per_topic,
+        };
+        let mut offsets = std::collections::BTreeMap::new();
+        for (topic, partitions) in per_topic {
+            if let TopicSelection::Topics(names) = topics
+                && !names.contains(topic)
+            {
+                return Err(self.err(
+                    raw,
+                    format!("starting_offsets names topic {topic:?}, which `topics` does not list"),
+                ));
+            }
+            let mut parsed = std::collections::BTreeMap::new();
+            for (partition, offset) in partitions {
+                let partition: i32 = partition.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+                    self.err(
+                        raw,
+                        format!("starting_offsets: {partition:?} in {topic:?} is not a partition number"),
+                    )
+                })?;
+                if *offset < EARLIEST {
+                    return Err(self
+                        .err(
+                            raw,
+                            format!("starting_offsets: offset {offset} for {topic:?} partition {partition}"),
+                        )
+                        .hint("an offset, or -2 for earliest, -1 for latest"));
+                }
+                parsed.insert(partition, *offset);
+            }
+            offsets.insert(topic.clone(), parsed);
+        }
+        Ok(StartingOffsets::PerPartition(offsets))
     }
 
     fn fields(&self, schema: &Spanned<Vec<Spanned<RawField>>>) -> Result<Vec<Field>, ConfigError> {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Decoded, Source, parse_plan};
-use crate::config::{KafkaSourceConfig, StartingOffsets, TopicSelection};
+use crate::config::{KafkaSourceConfig, TopicSelection};
 use crate::error::{Result, WeirError};
 use crate::retry::Retries;
 
@@ -203,16 +203,19 @@ impl Source for KafkaSource {
                 },
                 None => high,
             };
-            let mut start =
-                match self.next.get(&tp) {
-                    Some(next) => *next,
-                    None => *self.initial.entry(tp.clone()).or_insert(
-                        match self.config.starting_offsets {
-                            StartingOffsets::Earliest => low,
-                            StartingOffsets::Latest => high,
-                        },
-                    ),
-                };
+            // A new query starts where `starting_offsets` says, and its
+            // first batch logs every partition (empty ranges too), so a
+            // restart knows them all; a partition that appears later
+            // starts at its earliest offset, as in Spark.
+            let new_query = self.next.is_empty();
+            let mut start = match self.next.get(&tp) {
+                Some(next) => *next,
+                None if new_query => *self
+                    .initial
+                    .entry(tp.clone())
+                    .or_insert_with(|| self.config.starting_offsets.resolve(&tp, low, high)),
+                None => low,
+            };
             if start < low {
                 if self.config.fail_on_data_loss {
                     return Err(WeirError::Source {
@@ -231,19 +234,19 @@ impl Source for KafkaSource {
                 );
                 start = low;
             }
-            if high > start {
+            if high > start || new_query {
                 ranges.push(Range {
                     topic,
                     partition,
                     start,
-                    end: high,
+                    end: high.max(start),
                 });
             }
         }
         if let (true, Some(max)) = (capped, self.config.max_offsets_per_trigger) {
             cap(&mut ranges, max);
         }
-        if ranges.is_empty() {
+        if ranges.iter().all(|r| r.end == r.start) {
             return Ok(None);
         }
         Ok(Some(
@@ -289,14 +292,15 @@ impl Source for KafkaSource {
     }
 
     fn plan_units(&self, plan: &Value) -> usize {
-        plan["ranges"].as_array().map_or(0, Vec::len)
+        parse_plan::<KafkaPlan>(plan)
+            .map_or(0, |p| p.ranges.iter().filter(|r| r.end > r.start).count())
     }
 }
 
 /// Shrinks `ranges` to at most `max` records in all, split in proportion
 /// to each partition's backlog (every partition with a backlog gets at
 /// least one record while the budget lasts, so none starves).
-fn cap(ranges: &mut Vec<Range>, max: u64) {
+fn cap(ranges: &mut [Range], max: u64) {
     let total: u64 = ranges.iter().map(|r| (r.end - r.start) as u64).sum();
     if total <= max {
         return;
@@ -316,10 +320,10 @@ fn cap(ranges: &mut Vec<Range>, max: u64) {
         *share += extra;
         budget -= extra;
     }
+    // Ranges left empty stay: they still record where their partition is.
     for (r, share) in ranges.iter_mut().zip(shares) {
         r.end = r.start + share as i64;
     }
-    ranges.retain(|r| r.end > r.start);
 }
 
 /// One record as read.
@@ -340,8 +344,9 @@ fn read_ranges(
     schema: SchemaRef,
     value_schema: Option<SchemaRef>,
 ) -> Result<Decoded> {
+    let ranges: Vec<&Range> = ranges.iter().filter(|r| r.end > r.start).collect();
     let mut assignment = TopicPartitionList::new();
-    for r in ranges {
+    for r in &ranges {
         assignment
             .add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start))
             .map_err(|e| kafka_error("cannot assign partitions", e))?;

@@ -148,6 +148,26 @@ kind = "console"
             ),
             (
                 "topics = [\"a\"]",
+                "topics = [\"a\"]\nstarting_offsets = \"newest\"",
+                "unknown starting_offsets \"newest\"",
+            ),
+            (
+                "topics = [\"a\"]",
+                "topics = [\"a\"]\nstarting_offsets = { b = { \"0\" = 1 } }",
+                "names topic \"b\", which `topics` does not list",
+            ),
+            (
+                "topics = [\"a\"]",
+                "topics = [\"a\"]\nstarting_offsets = { a = { \"x\" = 1 } }",
+                "\"x\" in \"a\" is not a partition number",
+            ),
+            (
+                "topics = [\"a\"]",
+                "topics = [\"a\"]\nstarting_offsets = { a = { \"0\" = -3 } }",
+                "offset -3 for \"a\" partition 0",
+            ),
+            (
+                "topics = [\"a\"]",
                 "topics = [\"a\"]\nformat = \"csv\"\nschema = [ { name = \"x\", type = \"long\" } ]",
                 "parses values as `json` only",
             ),
@@ -266,4 +286,30 @@ path = "out"
         })
         .sum();
     assert_eq!(written, BACKLOG as u64 + 4);
+}
+
+#[test]
+fn per_partition_starting_offsets_hold_across_restarts() {
+    let topic = topic(2);
+    // Partition 0 holds 2, 4, .., 10 at offsets 0..=4; partition 1 the odd ids.
+    produce(&topic, 2, 1..=10);
+    let dir = pipeline(&topic);
+    let file = dir.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "max_offsets_per_trigger = 12",
+        &format!("starting_offsets = {{ {topic:?} = {{ \"0\" = 3, \"1\" = -1 }} }}"),
+    );
+    std::fs::write(&file, text).unwrap();
+    let err = assert_ok(&run(&file));
+    assert_eq!(sorted_ids(&dir.path().join("out")), vec![8, 10], "{err}");
+
+    // Partition 1 started at its latest offset when the query began: what
+    // arrives later is read, also after a restart.
+    produce(&topic, 2, 11..=14);
+    let err = assert_ok(&run(&file));
+    assert_eq!(
+        sorted_ids(&dir.path().join("out")),
+        vec![8, 10, 11, 12, 13, 14],
+        "{err}"
+    );
 }
