@@ -216,6 +216,29 @@ impl Source for KafkaSource {
                     .or_insert_with(|| self.config.starting_offsets.resolve(&tp, low, high)),
                 None => low,
             };
+            if self.next.contains_key(&tp) && high < start {
+                // Offsets went back: the topic was deleted and created
+                // again (or truncated). What it held past `high` is gone.
+                if self.config.fail_on_data_loss {
+                    return Err(WeirError::Source {
+                        input: format!("kafka {topic} partition {partition}"),
+                        reason: format!(
+                            "the partition ends at offset {high}, before offset {start} this \
+                             query already read up to: the topic was deleted and created again, \
+                             or truncated, and records may be lost; set fail_on_data_loss = false \
+                             to read it again from its earliest offset"
+                        ),
+                    });
+                }
+                tracing::warn!(
+                    topic,
+                    partition,
+                    from = start,
+                    to = high,
+                    "offsets went back (topic recreated?): reading from the earliest offset"
+                );
+                start = low;
+            }
             if start < low {
                 if self.config.fail_on_data_loss {
                     return Err(WeirError::Source {

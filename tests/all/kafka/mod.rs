@@ -126,6 +126,24 @@ pub fn create_topic(servers: &str, name: &str, partitions: i32) {
     }
 }
 
+/// Deletes topic `name` on the broker at `servers`.
+pub fn delete_topic(servers: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for result in runtime
+        .block_on(admin.delete_topics(&[name], &AdminOptions::new()))
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
 /// Sends orders `ids` as JSON values, order `id` to partition `id % partitions`.
 pub fn produce(topic: &str, partitions: i64, ids: std::ops::RangeInclusive<i64>) {
     produce_on(&broker().servers, topic, partitions, ids);

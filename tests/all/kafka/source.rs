@@ -313,3 +313,48 @@ fn per_partition_starting_offsets_hold_across_restarts() {
         "{err}"
     );
 }
+
+#[test]
+fn a_topic_recreated_behind_the_checkpoint_is_data_loss() {
+    let topic = topic(1);
+    produce(&topic, 1, 1..=6);
+    let dir = pipeline(&topic);
+    let file = dir.path().join("pipeline.toml");
+    let err = assert_ok(&run(&file));
+    assert_eq!(
+        sorted_ids(&dir.path().join("out")),
+        (1..=6).collect::<Vec<_>>(),
+        "{err}"
+    );
+
+    // Deleted and created again with fewer records: offsets 0..2 < 6.
+    super::delete_topic(&broker().servers, &topic);
+    super::create_topic(&broker().servers, &topic, 1);
+    produce(&topic, 1, 7..=8);
+    let out = run(&file);
+    let err = crate::common::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("ends at offset 2, before offset 6") && err.contains("fail_on_data_loss"),
+        "{err}"
+    );
+    // Nothing was written meanwhile.
+    assert_eq!(
+        sorted_ids(&dir.path().join("out")),
+        (1..=6).collect::<Vec<_>>()
+    );
+
+    // Told to go on, it reads the new topic from its start.
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "max_offsets_per_trigger = 12",
+        "max_offsets_per_trigger = 12\nfail_on_data_loss = false",
+    );
+    std::fs::write(&file, text).unwrap();
+    let err = assert_ok(&run(&file));
+    assert!(err.contains("offsets went back"), "{err}");
+    assert_eq!(
+        sorted_ids(&dir.path().join("out")),
+        (1..=8).collect::<Vec<_>>(),
+        "{err}"
+    );
+}
