@@ -147,6 +147,7 @@ fn stateful(
         plugin: PathBuf::from(plugin),
         config_json: config.into(),
         limits: PluginLimits::default(),
+        on_swap_failure: Default::default(),
     };
     let instance = engine
         .load_stateful(&stage.name, &stage.plugin)

@@ -188,6 +188,17 @@ pub enum WeirError {
         reason: String,
     },
 
+    /// A `weir serve` host refused a request.
+    #[error("the host at {server} answered {status}: {message}")]
+    Refused {
+        /// The host's address.
+        server: String,
+        /// HTTP status.
+        status: u16,
+        /// Its explanation.
+        message: String,
+    },
+
     /// A sink or one of its outputs failed to write.
     #[error("sink {sink}: {reason}")]
     Sink {
@@ -231,7 +242,8 @@ impl WeirError {
             | WeirError::BadRecord { .. }
             | WeirError::Schema { .. }
             | WeirError::CheckpointLocked { .. }
-            | WeirError::CheckpointLeased { .. } => ErrorDomain::User,
+            | WeirError::CheckpointLeased { .. }
+            | WeirError::Refused { .. } => ErrorDomain::User,
             WeirError::CheckpointLeaseLost { .. } => ErrorDomain::External,
             WeirError::CheckpointCorrupt { .. }
             | WeirError::Storage { .. }

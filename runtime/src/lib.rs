@@ -22,6 +22,7 @@ pub mod operator;
 pub mod plugin;
 pub mod query;
 pub mod retry;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod state;

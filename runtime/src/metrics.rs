@@ -163,7 +163,14 @@ impl QueryMetrics {
 /// Serves `registry` as Prometheus text at `http://<listener>/metrics`
 /// until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) -> Result<()> {
-    let app = axum::Router::new().route(
+    axum::serve(listener, router(registry))
+        .await
+        .map_err(|e| WeirError::Internal(format!("metrics server: {e}")))
+}
+
+/// The `/metrics` route alone, to serve or merge into another router.
+pub fn router(registry: Arc<Registry>) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let registry = registry.clone();
@@ -186,10 +193,7 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) -
                 }
             }
         }),
-    );
-    axum::serve(listener, app)
-        .await
-        .map_err(|e| WeirError::Internal(format!("metrics server: {e}")))
+    )
 }
 
 /// Binds the metrics listener (so a taken port fails at start).

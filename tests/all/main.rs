@@ -11,6 +11,7 @@ mod kafka;
 mod pg;
 mod plugins;
 mod s3;
+mod serve;
 mod stateful;
 mod triggers;
 mod windows;

@@ -8,7 +8,10 @@
 //! - `corrupt_on_id`: it returns string offsets that point past the data;
 //! - `drop_column_on_id`: it returns the batch without its last column;
 //! - `loop_on_id`: it never returns (for time limits);
-//! - `allocate_on_id`: it allocates 256 MiB (for memory limits).
+//! - `allocate_on_id`: it allocates 256 MiB (for memory limits);
+//!
+//! and with `trap_always = true` it traps on every batch (a broken
+//! version to hot-swap in).
 //!
 //! With no trigger ids it is the identity, used to measure the cost of
 //! moving a batch host -> guest -> host.
@@ -29,6 +32,8 @@ struct Settings {
     drop_column_on_id: Option<i64>,
     loop_on_id: Option<i64>,
     allocate_on_id: Option<i64>,
+    #[serde(default)]
+    trap_always: bool,
 }
 
 thread_local! {
@@ -53,7 +58,7 @@ impl Guest for Testkit {
         let (trap, error, corrupt, drop, spin, allocate) = SETTINGS.with(|s| {
             let s = s.borrow();
             (
-                hit(s.trap_on_id),
+                s.trap_always || hit(s.trap_on_id),
                 hit(s.error_on_id),
                 hit(s.corrupt_on_id),
                 hit(s.drop_column_on_id),

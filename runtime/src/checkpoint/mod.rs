@@ -235,6 +235,11 @@ impl Checkpoint {
 
     /// The highest N in `dir/` (ignoring names that are not batch ids).
     async fn last_id(&self, dir: &str) -> Result<Option<u64>> {
+        self.last_id_up_to(dir, u64::MAX).await
+    }
+
+    /// The highest N ≤ `limit` in `dir/`.
+    async fn last_id_up_to(&self, dir: &str, limit: u64) -> Result<Option<u64>> {
         let prefix = ObjectPath::from(dir);
         let entries: Vec<_> = self
             .store
@@ -245,7 +250,63 @@ impl Checkpoint {
         Ok(entries
             .iter()
             .filter_map(|meta| meta.location.filename()?.parse::<u64>().ok())
+            .filter(|id| *id <= limit)
             .max())
+    }
+
+    /// The plugin versions batch `batch` ran with: the latest `versions/N`
+    /// with N ≤ `batch`, if any was written.
+    pub async fn versions_at<T: DeserializeOwned>(&self, batch: u64) -> Result<Option<T>> {
+        match self.last_id_up_to("versions", batch).await? {
+            Some(n) => self.read_opt(&format!("versions/{n}")).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Records the plugin versions batch N runs with (written when they
+    /// change, before the sink receives the batch).
+    pub async fn write_versions<T: Serialize>(&self, batch: u64, versions: &T) -> Result<()> {
+        self.write_once(&format!("versions/{batch}"), versions)
+            .await
+    }
+
+    /// Keeps a plugin component under `name` (`plugins/<digest>.wasm`), so
+    /// a replay can run the version a batch first ran with.
+    pub async fn store_plugin(&self, name: &str, wasm: &[u8]) -> Result<()> {
+        self.check_lease()?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(
+                &ObjectPath::from(name),
+                PutPayload::from(wasm.to_vec()),
+                options,
+            )
+            .await
+        {
+            // Content-addressed: an existing object holds the same bytes.
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(WeirError::storage(self.describe(name), e)),
+        }
+    }
+
+    /// A plugin component [`Checkpoint::store_plugin`] kept.
+    pub async fn plugin(&self, name: &str) -> Result<Vec<u8>> {
+        match self.store.get(&ObjectPath::from(name)).await {
+            Ok(found) => Ok(found
+                .bytes()
+                .await
+                .map_err(|e| WeirError::storage(self.describe(name), e))?
+                .to_vec()),
+            Err(object_store::Error::NotFound { .. }) => Err(WeirError::CheckpointCorrupt {
+                path: self.describe(name),
+                reason: "the plugin version a logged batch ran with is missing".into(),
+            }),
+            Err(e) => Err(WeirError::storage(self.describe(name), e)),
+        }
     }
 
     async fn read<T: DeserializeOwned>(&self, name: &str) -> Result<T> {

@@ -203,6 +203,20 @@ pub struct TransformConfig {
     pub config_json: String,
     /// Time and memory limits.
     pub limits: PluginLimits,
+    /// What happens when a version swapped in fails its first batch.
+    pub on_swap_failure: SwapFailure,
+}
+
+/// What a stage does when a plugin version swapped into it while running
+/// fails its first batch (`on_swap_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapFailure {
+    /// Go back to the version before and run the batch with it.
+    #[default]
+    Rollback,
+    /// Fail the query.
+    Fail,
 }
 
 /// Output kinds.
@@ -344,6 +358,7 @@ fn yes() -> bool {
 struct RawTransform {
     name: Spanned<String>,
     plugin: Spanned<String>,
+    on_swap_failure: Option<SwapFailure>,
     #[serde(default)]
     config: toml::Table,
     timeout: Option<Spanned<String>>,
@@ -814,13 +829,15 @@ impl Resolver<'_> {
     }
 
     fn transform(&self, t: &RawTransform) -> Result<TransformConfig, ConfigError> {
-        self.plugin_stage(
+        let mut stage = self.plugin_stage(
             &t.name,
             &t.plugin,
             &t.config,
             t.timeout.as_ref(),
             t.memory_limit.as_ref(),
-        )
+        )?;
+        stage.on_swap_failure = t.on_swap_failure.unwrap_or_default();
+        Ok(stage)
     }
 
     /// The parts every plugin stage has: name, component, config, limits.
@@ -853,6 +870,7 @@ impl Resolver<'_> {
             plugin: file,
             config_json,
             limits,
+            on_swap_failure: SwapFailure::default(),
         })
     }
 

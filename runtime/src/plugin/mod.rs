@@ -94,10 +94,31 @@ impl PluginEngine {
     /// Compiles the component at `path` for stage `stage` and checks it
     /// implements the `transform-plugin` world.
     pub fn load_transform(&self, stage: &str, path: &Path) -> Result<TransformComponent> {
-        let pre = self.load(
+        let wasm = read_wasm(stage, path)?;
+        self.load_transform_wasm(stage, path, wasm)
+    }
+
+    /// Like [`PluginEngine::load_transform`], for component bytes already
+    /// read (`origin` names them in errors).
+    pub fn load_transform_wasm(
+        &self,
+        stage: &str,
+        origin: &Path,
+        wasm: Vec<u8>,
+    ) -> Result<TransformComponent> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(load_error(
+                stage,
+                origin,
+                "it is not a WebAssembly file".into(),
+            ));
+        }
+        let component = self.compile_wasm(stage, origin, &wasm)?;
+        let pre = self.link(
             &self.linker,
             stage,
-            path,
+            origin,
+            &component,
             "transform-plugin",
             TransformPluginPre::new,
         )?;
@@ -105,6 +126,8 @@ impl PluginEngine {
             engine: self.engine.clone(),
             stage: stage.to_string(),
             pre,
+            digest: digest(&wasm),
+            wasm: Arc::new(wasm),
         })
     }
 }
@@ -122,8 +145,21 @@ impl PluginEngine {
         typed: impl FnOnce(wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<P>,
     ) -> Result<P> {
         let component = self.compile(stage, path)?;
+        self.link(linker, stage, path, &component, world, typed)
+    }
+
+    /// Links a compiled component and checks it exports what `world` needs.
+    fn link<P>(
+        &self,
+        linker: &Linker<PluginState>,
+        stage: &str,
+        path: &Path,
+        component: &Component,
+        world: &str,
+        typed: impl FnOnce(wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<P>,
+    ) -> Result<P> {
         let pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
         typed(pre).map_err(|e| {
             load_error(
@@ -138,11 +174,16 @@ impl PluginEngine {
 impl PluginEngine {
     /// The component at `path`, compiled or loaded from the cache.
     fn compile(&self, stage: &str, path: &Path) -> Result<Component> {
-        let started = std::time::Instant::now();
         let wasm = read_wasm(stage, path)?;
+        self.compile_wasm(stage, path, &wasm)
+    }
+
+    /// Component bytes `wasm` (from `path`), compiled or loaded from the cache.
+    fn compile_wasm(&self, stage: &str, path: &Path, wasm: &[u8]) -> Result<Component> {
+        let started = std::time::Instant::now();
         let (component, outcome) = match &self.cache {
-            Some(cache) => cache.component(&self.engine, &wasm),
-            None => Component::new(&self.engine, &wasm).map(|c| (c, CacheOutcome::Miss)),
+            Some(cache) => cache.component(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm).map(|c| (c, CacheOutcome::Miss)),
         }
         .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
         let how = if outcome == CacheOutcome::Hit {
@@ -215,9 +256,30 @@ pub struct TransformComponent {
     engine: Engine,
     stage: String,
     pre: TransformPluginPre<PluginState>,
+    /// `sha256:<hex>` of the component bytes.
+    digest: String,
+    wasm: Arc<Vec<u8>>,
+}
+
+/// `sha256:<hex>` of component bytes: a plugin version's name.
+pub fn digest(wasm: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(wasm);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 impl TransformComponent {
+    /// The component's digest (`sha256:<hex>`), naming this version.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The component bytes (kept so a checkpoint can store this version).
+    pub fn wasm(&self) -> &Arc<Vec<u8>> {
+        &self.wasm
+    }
+
     /// Instantiates the plugin under `limits` and calls its `init` with
     /// `config_json`.
     pub fn instantiate(

@@ -7,6 +7,8 @@
 //! is idempotent per batch id.
 
 mod progress;
+mod swap;
+mod versions;
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,12 @@ use object_store::path::Path as ObjectPath;
 use tokio::sync::watch;
 
 pub use progress::{BatchProgress, PhaseDurations, StageProgress};
+pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
+
+use std::sync::Arc;
+
+use crate::plugin::TransformComponent;
+use swap::{StageSettings, SwapRequest};
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::config::{Pipeline, SourceConfig, Trigger};
@@ -57,6 +65,7 @@ pub struct Query {
     engine: PluginEngine,
     listener: Option<ProgressListener>,
     stop: Option<watch::Receiver<bool>>,
+    swaps: Option<tokio::sync::mpsc::UnboundedReceiver<SwapRequest>>,
 }
 
 impl Query {
@@ -67,7 +76,25 @@ impl Query {
             engine,
             listener: None,
             stop: None,
+            swaps: None,
         }
+    }
+
+    /// A handle to swap this query's transform plugins while it runs.
+    pub fn control(&mut self) -> QueryControl {
+        let stages = self
+            .pipeline
+            .transforms
+            .iter()
+            .map(|t| StageSettings {
+                name: t.name.clone(),
+                config_json: t.config_json.clone(),
+                limits: t.limits,
+            })
+            .collect();
+        let (control, receiver) = QueryControl::new(self.engine.clone(), stages);
+        self.swaps = Some(receiver);
+        control
     }
 
     /// Calls `listener` after each committed batch.
@@ -89,7 +116,9 @@ impl Query {
             engine,
             listener,
             stop,
+            swaps,
         } = self;
+        let engine_for_runner = engine.clone();
         let checkpoint = Checkpoint::open(&pipeline.checkpoint, &pipeline.name).await?;
         let transforms = pipeline.transforms.clone();
         let stateful_config = pipeline.stateful.clone();
@@ -101,14 +130,21 @@ impl Query {
             let stages = transforms
                 .iter()
                 .map(|t| {
-                    let instance = engine
-                        .load_transform(&t.name, &t.plugin)?
-                        .instantiate(&t.config_json, t.limits)?;
+                    let component = Arc::new(engine.load_transform(&t.name, &t.plugin)?);
+                    let instance = component.instantiate(&t.config_json, t.limits)?;
                     Ok(Stage {
                         name: t.name.clone(),
                         instance,
                         schema: None,
                         last: StageProgress::default(),
+                        version: StageVersion {
+                            digest: component.digest().to_string(),
+                            config_json: t.config_json.clone(),
+                        },
+                        component,
+                        limits: t.limits,
+                        on_failure: t.on_swap_failure,
+                        previous: None,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -187,6 +223,11 @@ impl Query {
             batches_run: 0,
             last_batch_start: None,
             retries,
+            engine: engine_for_runner,
+            swaps,
+            versions: None,
+            stored_plugins: Default::default(),
+            events: Vec::new(),
         };
         let outcome = runner.run(recovery).await;
         runner.checkpoint.release().await;
@@ -201,6 +242,37 @@ struct Stage {
     schema: Option<SchemaRef>,
     /// What the stage did in the latest batch.
     last: StageProgress,
+    /// The plugin version running.
+    version: StageVersion,
+    component: Arc<TransformComponent>,
+    limits: crate::config::PluginLimits,
+    on_failure: crate::config::SwapFailure,
+    /// After a swap, until the new version completed a batch: the version
+    /// before, to roll back to.
+    previous: Option<Box<PluginVersion>>,
+}
+
+/// A stage's plugin, swapped out but kept.
+struct PluginVersion {
+    instance: TransformInstance,
+    version: StageVersion,
+    component: Arc<TransformComponent>,
+}
+
+impl Stage {
+    /// Puts `next` in, returning the version that ran until now. (Another
+    /// version may emit other columns: its first output sets the schema.)
+    fn replace(&mut self, next: PluginVersion) -> PluginVersion {
+        self.schema = None;
+        let instance = std::mem::replace(&mut self.instance, next.instance);
+        let version = std::mem::replace(&mut self.version, next.version);
+        let component = std::mem::replace(&mut self.component, next.component);
+        PluginVersion {
+            instance,
+            version,
+            component,
+        }
+    }
 }
 
 /// The stateful operator and its state.
@@ -277,6 +349,15 @@ struct Runner {
     last_batch_start: Option<Instant>,
     /// Outages the connectors retried since the last batch.
     retries: Retries,
+    engine: PluginEngine,
+    /// Plugin versions swapped in while running, applied between batches.
+    swaps: Option<tokio::sync::mpsc::UnboundedReceiver<SwapRequest>>,
+    /// The stage versions `versions/` last recorded.
+    versions: Option<StageVersions>,
+    /// Digests whose components the checkpoint already holds.
+    stored_plugins: std::collections::BTreeSet<String>,
+    /// Swaps and rollbacks since the last batch's progress.
+    events: Vec<String>,
 }
 
 impl Runner {
@@ -286,6 +367,7 @@ impl Runner {
             logged.push(self.checkpoint.source_log::<Value>(0, batch).await?);
         }
         self.source.restore(&logged)?;
+        self.versions = self.checkpoint.versions_at(u64::MAX).await?;
         if let Some(batch) = recovery.replay {
             let plan = logged[batch as usize].clone();
             tracing::info!(
@@ -390,18 +472,22 @@ impl Runner {
         crash_point("after-read", batch_id);
 
         let phase = Instant::now();
-        let mut stages = std::mem::take(&mut self.stages);
-        let input = decoded.batches;
-        let (stages, output) = off_runtime(move || {
-            let mut batches = Ok(input);
-            for stage in &mut stages {
-                batches = batches.and_then(|b| stage.process(&b));
-            }
-            Ok((stages, batches))
-        })
-        .await?;
-        self.stages = stages;
-        let mut batches = output?;
+        // A replay runs the plugin versions that first ran the batch; a new
+        // batch takes in versions swapped in since the last.
+        let put_back = if replay {
+            self.use_logged_versions(batch_id).await?
+        } else {
+            self.apply_swaps();
+            Vec::new()
+        };
+        let transformed = self.transform(decoded.batches).await;
+        for (index, current) in put_back {
+            self.stages[index].replace(current);
+        }
+        let mut batches = transformed?;
+        if !replay {
+            self.log_versions(batch_id).await?;
+        }
         let max_event_ms = self.max_event_time(&batches)?;
         let watermark_ms = self.watermark.as_ref().map(|w| w.current_ms);
         let mut dropped = 0;
@@ -470,6 +556,7 @@ impl Runner {
             rows_dropped_by_watermark: dropped,
             state: self.operator.as_ref().map(|s| s.state.metrics()),
             retries: self.retries.take(),
+            plugin_events: std::mem::take(&mut self.events),
             durations,
             stages: self
                 .stages

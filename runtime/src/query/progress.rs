@@ -66,6 +66,9 @@ pub struct BatchProgress {
     pub state: Option<crate::state::StateMetrics>,
     /// Outages retried since the previous batch (a broker restart, say).
     pub retries: crate::retry::RetryReport,
+    /// Plugin swaps, rollbacks and replays with logged versions, since the
+    /// previous batch.
+    pub plugin_events: Vec<String>,
 }
 
 impl BatchProgress {
@@ -106,6 +109,9 @@ impl BatchProgress {
         {
             json["eventTime"] =
                 serde_json::json!({ "watermark": wm.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string() });
+        }
+        if !self.plugin_events.is_empty() {
+            json["pluginEvents"] = serde_json::json!(self.plugin_events);
         }
         if self.retries.count > 0 {
             json["retries"] = serde_json::json!({
@@ -165,6 +171,9 @@ impl fmt::Display for BatchProgress {
         }
         if let Some(state) = self.state {
             write!(f, " | state {} rows {} bytes", state.rows, state.bytes)?;
+        }
+        for event in &self.plugin_events {
+            write!(f, " | {event}")?;
         }
         if self.retries.count > 0 {
             write!(

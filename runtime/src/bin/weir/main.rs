@@ -4,6 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod admin;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir::{Pipeline, PluginEngine, Query, QueryOutcome, WeirError};
@@ -51,6 +53,62 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Host many queries (of many tenants) with an HTTP admin API; queries
+    /// submitted earlier resume from their checkpoints.
+    Serve {
+        /// Address of the admin API (and /metrics).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        addr: std::net::SocketAddr,
+        /// Where submitted pipelines and their default checkpoints live.
+        #[arg(long, default_value = ".weir-serve")]
+        state_dir: PathBuf,
+        /// At most this many running queries per tenant.
+        #[arg(long, default_value_t = 16)]
+        max_queries_per_tenant: usize,
+    },
+    /// Submit a pipeline to a `weir serve` host.
+    Submit {
+        /// Pipeline file (TOML); relative paths in it resolve on the host,
+        /// in the query's own directory.
+        pipeline: PathBuf,
+        /// Whose query it is.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+    },
+    /// Show the queries of a `weir serve` host, or one (`tenant/name`).
+    Status {
+        id: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+    },
+    /// Swap a transform plugin of a running query, from its next batch.
+    Swap {
+        /// `tenant/name`.
+        id: String,
+        /// Transform stage name.
+        stage: String,
+        /// The new component (.wasm), a path the host can read.
+        plugin: PathBuf,
+        /// The stage's `config` for the new version, as JSON (default: as before).
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+    },
+    /// Stop a query after its current batch (it stays stopped).
+    Stop {
+        id: String,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
+    },
+    /// Start a stopped query again, from its checkpoint.
+    Start {
+        id: String,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        server: String,
     },
 }
 
@@ -102,6 +160,30 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<(), WeirError> {
     match command {
+        Command::Serve {
+            addr,
+            state_dir,
+            max_queries_per_tenant,
+        } => admin::serve(addr, state_dir, max_queries_per_tenant).await,
+        Command::Submit {
+            pipeline,
+            tenant,
+            server,
+        } => admin::Client::new(&server).submit(&pipeline, &tenant).await,
+        Command::Status { id, server } => admin::Client::new(&server).status(id.as_deref()).await,
+        Command::Swap {
+            id,
+            stage,
+            plugin,
+            config,
+            server,
+        } => {
+            admin::Client::new(&server)
+                .swap(&id, &stage, &plugin, config.as_deref())
+                .await
+        }
+        Command::Stop { id, server } => admin::Client::new(&server).post(&id, "stop").await,
+        Command::Start { id, server } => admin::Client::new(&server).post(&id, "start").await,
         Command::Plugin {
             command: PluginCommand::Inspect { component },
         } => {

@@ -1,0 +1,181 @@
+//! The runner's side of hot swap: applying swapped-in versions between
+//! batches, rolling back a version that fails its first batch, recording
+//! versions in the checkpoint and running a replay with the logged ones.
+
+use std::path::Path;
+
+use arrow::record_batch::RecordBatch;
+
+use super::{PluginVersion, Runner, StageVersion, StageVersions, off_runtime};
+use crate::config::SwapFailure;
+use crate::error::Result;
+
+/// `sha256:0123456789ab` — enough of a digest to tell versions apart in logs.
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(19)]
+}
+
+impl Runner {
+    /// Puts in the versions swapped in since the last batch.
+    pub(super) fn apply_swaps(&mut self) {
+        let Some(requests) = &mut self.swaps else {
+            return;
+        };
+        while let Ok(request) = requests.try_recv() {
+            let Some(stage) = self.stages.iter_mut().find(|s| s.name == request.stage) else {
+                continue;
+            };
+            let next = PluginVersion {
+                instance: request.instance,
+                version: StageVersion {
+                    digest: request.component.digest().to_string(),
+                    config_json: request.config_json,
+                },
+                component: request.component,
+            };
+            let old = stage.replace(next);
+            self.events.push(format!(
+                "stage `{}`: swapped {} for {}",
+                stage.name,
+                short(&old.version.digest),
+                short(&stage.version.digest)
+            ));
+            // Roll back to the last version that completed a batch.
+            if stage.previous.is_none() {
+                stage.previous = Some(Box::new(old));
+            }
+        }
+    }
+
+    /// Runs the transform stages; a version swapped in that fails its first
+    /// batch is rolled back (unless its stage says `fail`) and the batch
+    /// runs again with the version before.
+    pub(super) async fn transform(&mut self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let first = self.run_stages(input.clone()).await;
+        let error = match first {
+            Ok(output) => {
+                for stage in &mut self.stages {
+                    stage.previous = None;
+                }
+                return Ok(output);
+            }
+            Err(error) => error,
+        };
+        let mut rolled_back = false;
+        for stage in &mut self.stages {
+            if stage.on_failure != SwapFailure::Rollback {
+                continue;
+            }
+            let Some(previous) = stage.previous.take() else {
+                continue;
+            };
+            let failed = stage.replace(*previous);
+            self.events.push(format!(
+                "stage `{}`: version {} failed its first batch ({error}); rolled back to {}",
+                stage.name,
+                short(&failed.version.digest),
+                short(&stage.version.digest)
+            ));
+            tracing::warn!(
+                stage = stage.name,
+                failed = failed.version.digest,
+                back_to = stage.version.digest,
+                %error,
+                "a swapped-in plugin failed its first batch: rolled back"
+            );
+            rolled_back = true;
+        }
+        if !rolled_back {
+            return Err(error);
+        }
+        self.run_stages(input).await
+    }
+
+    async fn run_stages(&mut self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let mut stages = std::mem::take(&mut self.stages);
+        let (stages, output) = off_runtime(move || {
+            let mut batches = Ok(input);
+            for stage in &mut stages {
+                batches = batches.and_then(|b| stage.process(&b));
+            }
+            Ok((stages, batches))
+        })
+        .await?;
+        self.stages = stages;
+        output
+    }
+
+    /// Records the stage versions from batch `batch_id` on, when they
+    /// changed, with each version's component.
+    pub(super) async fn log_versions(&mut self, batch_id: u64) -> Result<()> {
+        if self.stages.is_empty() {
+            return Ok(());
+        }
+        let current: StageVersions = self
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.version.clone()))
+            .collect();
+        if self.versions.as_ref() == Some(&current) {
+            return Ok(());
+        }
+        for stage in &self.stages {
+            if self.stored_plugins.insert(stage.version.digest.clone()) {
+                self.checkpoint
+                    .store_plugin(&stage.version.object_name(), stage.component.wasm())
+                    .await?;
+            }
+        }
+        self.checkpoint.write_versions(batch_id, &current).await?;
+        self.versions = Some(current);
+        Ok(())
+    }
+
+    /// For a replay: puts in the versions batch `batch_id` first ran with
+    /// where they differ from the running ones; returns what to put back.
+    pub(super) async fn use_logged_versions(
+        &mut self,
+        batch_id: u64,
+    ) -> Result<Vec<(usize, PluginVersion)>> {
+        let Some(logged) = self
+            .checkpoint
+            .versions_at::<StageVersions>(batch_id)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut put_back = Vec::new();
+        for index in 0..self.stages.len() {
+            let stage = &self.stages[index];
+            let Some(version) = logged.get(&stage.name).cloned() else {
+                continue;
+            };
+            if version == stage.version {
+                continue;
+            }
+            let object = version.object_name();
+            let wasm = self.checkpoint.plugin(&object).await?;
+            let (engine, name, limits) = (self.engine.clone(), stage.name.clone(), stage.limits);
+            let config = version.config_json.clone();
+            let (component, instance) = off_runtime(move || {
+                let component = engine.load_transform_wasm(&name, Path::new(&object), wasm)?;
+                let instance = component.instantiate(&config, limits)?;
+                Ok((std::sync::Arc::new(component), instance))
+            })
+            .await?;
+            let stage = &mut self.stages[index];
+            let current = stage.replace(PluginVersion {
+                instance,
+                version,
+                component,
+            });
+            self.events.push(format!(
+                "stage `{}`: batch {batch_id} replayed with {}, the version that first ran it",
+                stage.name,
+                short(&stage.version.digest)
+            ));
+            put_back.push((index, current));
+        }
+        Ok(put_back)
+    }
+}

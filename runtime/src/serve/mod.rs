@@ -1,0 +1,463 @@
+//! `weir serve`: one long-running host for many tenants' queries.
+//!
+//! Each query lives in `<state dir>/tenants/<tenant>/<name>/`: its
+//! `pipeline.toml` (relative paths in it — the checkpoint, say — resolve
+//! there, so every query has its own namespace), a `progress.jsonl` log
+//! and, once stopped by an operator, a `stopped` marker. When the host
+//! starts it resumes every query without the marker from its checkpoint.
+//! The HTTP admin API over this is in [`api`].
+
+pub mod api;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::config::Pipeline;
+use crate::error::{Result, WeirError};
+use crate::metrics::QueryMetrics;
+use crate::plugin::PluginEngine;
+use crate::query::{Query, QueryControl, QueryOutcome, SwapAccepted};
+
+/// How many progress events each query keeps for the API.
+const RECENT_PROGRESS: usize = 100;
+
+/// Settings of a host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where queries and their state live.
+    pub state_dir: PathBuf,
+    /// At most this many queries may run per tenant.
+    pub max_queries_per_tenant: usize,
+}
+
+/// Why a host request was refused (mapped to HTTP statuses by [`api`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The request is wrong (a bad pipeline, an unknown stage, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such query.
+    #[error("no query {0}")]
+    NotFound(String),
+    /// A query of that name runs already.
+    #[error("query {0} is running already")]
+    Conflict(String),
+    /// The tenant's quota is used up.
+    #[error("tenant {tenant} runs {running} queries, its quota")]
+    Quota {
+        /// The tenant.
+        tenant: String,
+        /// Queries it runs.
+        running: usize,
+    },
+    /// Anything else.
+    #[error(transparent)]
+    Weir(#[from] WeirError),
+}
+
+/// A query's state as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "error")]
+pub enum Status {
+    /// Running batches.
+    Running,
+    /// Stopped by an operator (or by the host shutting down).
+    Stopped,
+    /// A draining trigger processed all input.
+    Finished,
+    /// Failed with this error; other queries go on.
+    Failed(String),
+}
+
+/// A query in the API's lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryInfo {
+    /// `<tenant>/<name>`.
+    pub id: String,
+    /// Owner.
+    pub tenant: String,
+    /// Pipeline name.
+    pub name: String,
+    /// State.
+    pub status: Status,
+    /// Batches committed since the host started it.
+    pub batches: u64,
+    /// Transform stages (names for swaps).
+    pub stages: Vec<String>,
+}
+
+struct Running {
+    tenant: String,
+    name: String,
+    status: Mutex<Status>,
+    stop: watch::Sender<bool>,
+    control: QueryControl,
+    progress: Mutex<VecDeque<Value>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Running {
+    fn info(&self) -> QueryInfo {
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        QueryInfo {
+            id: format!("{}/{}", self.tenant, self.name),
+            tenant: self.tenant.clone(),
+            name: self.name.clone(),
+            status: self
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            batches: progress
+                .back()
+                .map_or(0, |p| p["hostBatches"].as_u64().unwrap_or(0)),
+            stages: self.control.stage_names(),
+        }
+    }
+}
+
+/// A host running many queries on one runtime.
+pub struct Host {
+    config: HostConfig,
+    engine: PluginEngine,
+    queries: Mutex<BTreeMap<String, Arc<Running>>>,
+    metrics: Arc<QueryMetrics>,
+    registry: Arc<Registry>,
+}
+
+impl Host {
+    /// A host keeping its queries under `config.state_dir`.
+    pub fn new(config: HostConfig, engine: PluginEngine) -> Result<Arc<Host>> {
+        std::fs::create_dir_all(config.state_dir.join("tenants")).map_err(|source| {
+            WeirError::Io {
+                path: config.state_dir.clone(),
+                source,
+            }
+        })?;
+        let mut registry = Registry::default();
+        let metrics = QueryMetrics::new(&mut registry);
+        Ok(Arc::new(Host {
+            config,
+            engine,
+            queries: Mutex::new(BTreeMap::new()),
+            metrics: Arc::new(metrics),
+            registry: Arc::new(registry),
+        }))
+    }
+
+    /// The Prometheus registry of all queries.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Starts every stored query that was not stopped by an operator;
+    /// returns how many. A query that cannot start is reported as failed.
+    pub fn resume(self: &Arc<Self>) -> Result<usize> {
+        let mut started = 0;
+        for (tenant, name) in self.stored()? {
+            let dir = self.query_dir(&tenant, &name);
+            if dir.join("stopped").exists() {
+                continue;
+            }
+            match self.start(&tenant, &name) {
+                Ok(()) => started += 1,
+                Err(e) => tracing::warn!(tenant, name, "cannot resume query: {e}"),
+            }
+        }
+        Ok(started)
+    }
+
+    fn stored(&self) -> Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        let tenants = self.config.state_dir.join("tenants");
+        let io = |path: &Path, source| WeirError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        for tenant in std::fs::read_dir(&tenants).map_err(|e| io(&tenants, e))? {
+            let tenant = tenant.map_err(|e| io(&tenants, e))?;
+            let Ok(queries) = std::fs::read_dir(tenant.path()) else {
+                continue;
+            };
+            for query in queries.flatten() {
+                if query.path().join("pipeline.toml").is_file() {
+                    found.push((
+                        tenant.file_name().to_string_lossy().into_owned(),
+                        query.file_name().to_string_lossy().into_owned(),
+                    ));
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    fn query_dir(&self, tenant: &str, name: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("tenants")
+            .join(tenant)
+            .join(name)
+    }
+
+    /// Checks and stores pipeline `text` for `tenant`, then starts it.
+    pub fn submit(self: &Arc<Self>, tenant: &str, text: &str) -> Result<QueryInfo, HostError> {
+        check_name("tenant", tenant)?;
+        let name = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("name").and_then(|n| n.as_str().map(str::to_string)))
+            .ok_or_else(|| HostError::Invalid("the pipeline needs a `name`".into()))?;
+        check_name("query name", &name)?;
+        let id = format!("{tenant}/{name}");
+        if self.running(&id).is_some() {
+            return Err(HostError::Conflict(id));
+        }
+        let dir = self.query_dir(tenant, &name);
+        let io = |source| WeirError::Io {
+            path: dir.clone(),
+            source,
+        };
+        // Checked as if where it will live (relative paths resolve there)
+        // before anything is stored.
+        if let Err(e) = Pipeline::parse(text, "pipeline.toml", &dir) {
+            return Err(HostError::Invalid(e.to_string()));
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let candidate = dir.join(".pipeline.toml.new");
+        std::fs::write(&candidate, text).map_err(io)?;
+        std::fs::rename(&candidate, dir.join("pipeline.toml")).map_err(io)?;
+        let _ = std::fs::remove_file(dir.join("stopped"));
+        self.start(tenant, &name)?;
+        Ok(self.running(&id).map(|r| r.info()).expect("just started"))
+    }
+
+    fn running(&self, id: &str) -> Option<Arc<Running>> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .filter(|r| *r.status.lock().unwrap_or_else(|p| p.into_inner()) == Status::Running)
+    }
+
+    /// Starts stored query `<tenant>/<name>`.
+    fn start(self: &Arc<Self>, tenant: &str, name: &str) -> Result<(), HostError> {
+        let id = format!("{tenant}/{name}");
+        let running_for_tenant = self
+            .queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| {
+                r.tenant == tenant
+                    && *r.status.lock().unwrap_or_else(|p| p.into_inner()) == Status::Running
+            })
+            .count();
+        if running_for_tenant >= self.config.max_queries_per_tenant {
+            return Err(HostError::Quota {
+                tenant: tenant.to_string(),
+                running: running_for_tenant,
+            });
+        }
+        let dir = self.query_dir(tenant, name);
+        let pipeline = Pipeline::load(&dir.join("pipeline.toml"))
+            .map_err(|e| HostError::Invalid(e.to_string()))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut query = Query::new(pipeline, self.engine.clone()).with_stop_signal(stop_rx);
+        let control = query.control();
+        let running = Arc::new(Running {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            status: Mutex::new(Status::Running),
+            stop,
+            control,
+            progress: Mutex::new(VecDeque::new()),
+            task: Mutex::new(None),
+        });
+        let log_path = dir.join("progress.jsonl");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| WeirError::Io {
+                path: log_path.clone(),
+                source,
+            })?;
+        let (metrics, label, recent) = (self.metrics.clone(), id.clone(), running.clone());
+        let mut host_batches = 0u64;
+        let query = query.on_progress(move |p| {
+            host_batches += 1;
+            metrics.observe(&label, p);
+            let mut json = p.to_json();
+            json["id"] = label.clone().into();
+            json["hostBatches"] = host_batches.into();
+            if let Err(e) = writeln!(log, "{json}") {
+                tracing::warn!("cannot write the progress log: {e}");
+            }
+            let mut progress = recent.progress.lock().unwrap_or_else(|p| p.into_inner());
+            if progress.len() == RECENT_PROGRESS {
+                progress.pop_front();
+            }
+            progress.push_back(json);
+        });
+        let finished = running.clone();
+        // A query's future is not `Send` (its state and plugin handles stay
+        // on one thread): each is driven on a thread of the blocking pool,
+        // sharing the runtime's timers and I/O.
+        let handle = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            handle.block_on(async move {
+            let status = match query.run().await {
+                Ok(QueryOutcome::Drained { .. }) => Status::Finished,
+                Ok(QueryOutcome::Stopped { .. }) => Status::Stopped,
+                Err(e) => {
+                    tracing::warn!(query = %format!("{}/{}", finished.tenant, finished.name), "query failed: {e}");
+                    Status::Failed(e.to_string())
+                }
+            };
+            *finished.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        })
+        });
+        *running.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        tracing::info!(query = id, "query started");
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, running);
+        Ok(())
+    }
+
+    /// Stops a query after its current batch; it stays stopped across
+    /// host restarts until started again.
+    pub async fn stop(&self, id: &str) -> Result<QueryInfo, HostError> {
+        let running = self.known(id)?;
+        let dir = self.query_dir(&running.tenant, &running.name);
+        std::fs::write(dir.join("stopped"), b"").map_err(|source| WeirError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let _ = running.stop.send(true);
+        let task = running
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(running.info())
+    }
+
+    /// Starts a stopped (or finished, or failed) query again.
+    pub fn restart(self: &Arc<Self>, id: &str) -> Result<QueryInfo, HostError> {
+        let (tenant, name) = id
+            .split_once('/')
+            .ok_or_else(|| HostError::NotFound(id.to_string()))?;
+        if !self.query_dir(tenant, name).join("pipeline.toml").is_file() {
+            return Err(HostError::NotFound(id.to_string()));
+        }
+        if self.running(id).is_some() {
+            return Err(HostError::Conflict(id.to_string()));
+        }
+        let _ = std::fs::remove_file(self.query_dir(tenant, name).join("stopped"));
+        self.start(tenant, name)?;
+        Ok(self.known(id)?.info())
+    }
+
+    /// Swaps a stage's plugin in a running query (from its next batch).
+    pub async fn swap(
+        &self,
+        id: &str,
+        stage: &str,
+        plugin: &Path,
+        config_json: Option<String>,
+    ) -> Result<SwapAccepted, HostError> {
+        let running = self
+            .running(id)
+            .ok_or_else(|| HostError::NotFound(format!("{id} (running)")))?;
+        running
+            .control
+            .swap(stage, plugin, config_json)
+            .await
+            .map_err(|e| HostError::Invalid(e.to_string()))
+    }
+
+    /// Every query the host knows, in id order.
+    pub fn list(&self) -> Vec<QueryInfo> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| r.info())
+            .collect()
+    }
+
+    /// One query and its recent progress events (oldest first).
+    pub fn get(&self, id: &str) -> Result<(QueryInfo, Vec<Value>), HostError> {
+        let running = self.known(id)?;
+        let progress = running
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        Ok((running.info(), progress))
+    }
+
+    fn known(&self, id: &str) -> Result<Arc<Running>, HostError> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HostError::NotFound(id.to_string()))
+    }
+
+    /// Stops every query (after its current batch), as a host shutdown.
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Running>> = self
+            .queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for running in &all {
+            let _ = running.stop.send(true);
+        }
+        for running in all {
+            let task = running
+                .task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// Tenant and query names become directory names: keep them plain.
+fn check_name(what: &str, name: &str) -> Result<(), HostError> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(HostError::Invalid(format!(
+            "{what} {name:?} must be 1-64 letters, digits, '-' or '_'"
+        )))
+    }
+}

@@ -1,0 +1,410 @@
+//! `weir serve`: queries submitted over the admin API (with the CLI), hot
+//! swaps under a steady stream, stop and start, and resuming after a host
+//! restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{free_port, numbered_entries, weir};
+
+/// A `weir serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(state: &Path, port: u16, log: &Path) -> Server {
+        let child = weir()
+            .args([
+                "serve",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--state-dir",
+            ])
+            .arg(state)
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "weir serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Runs a client command (`submit`, `swap`, ...) against this server.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = weir()
+            .args(args)
+            .args(["--server", &self.url])
+            .output()
+            .unwrap();
+        let err = crate::common::stderr(&out);
+        assert!(
+            out.status.success(),
+            "weir {args:?} failed: {err}\nserver log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn terminate(mut self) -> String {
+        // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "weir serve exited with {status}:\n{log}");
+        log
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes input file `n`: orders `5n+1 ..= 5n+5`.
+fn write_input(dir: &Path, n: u64) {
+    let rows: String = (5 * n + 1..=5 * n + 5)
+        .map(|id| format!("{{\"id\": {id}, \"name\": \"n{id}\", \"amount\": {id}.5}}\n"))
+        .collect();
+    let tmp = dir.join(format!(".f-{n:04}.json"));
+    std::fs::write(&tmp, rows).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("f-{n:04}.json"))).unwrap();
+}
+
+fn pipeline_text(input: &Path) -> String {
+    format!(
+        r#"name = "orders"
+checkpoint = "ck"
+
+[trigger]
+processing_time = "100ms"
+
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+order = "name"
+max_files_per_trigger = 2
+{middle}
+[sink]
+kind = "json"
+path = "out"
+"#,
+        input = input.display(),
+        middle = crate::common::ORDERS_SCHEMA_AND_DOUBLE
+    )
+}
+
+fn committed_batches(query: &Path) -> Vec<u64> {
+    numbered_entries(&query.join("ck/commits"))
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Rows of each committed batch of the JSON sink at `out`.
+fn rows_by_batch(out: &Path) -> Vec<(u64, Vec<Value>)> {
+    numbered_entries(&out.join("_weir_log"))
+        .into_iter()
+        .map(|batch| {
+            let entry: Value = serde_json::from_slice(
+                &std::fs::read(out.join("_weir_log").join(batch.to_string())).unwrap(),
+            )
+            .unwrap();
+            let mut rows = Vec::new();
+            for file in entry["files"].as_array().unwrap() {
+                let text = std::fs::read_to_string(out.join(file.as_str().unwrap())).unwrap();
+                rows.extend(
+                    text.lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+                );
+            }
+            (batch, rows)
+        })
+        .collect()
+}
+
+/// `versions/N` entries: (N, the `double` stage's multiplier).
+fn logged_multipliers(query: &Path) -> Vec<(u64, f64)> {
+    numbered_entries(&query.join("ck/versions"))
+        .into_iter()
+        .map(|n| {
+            let versions: Value = serde_json::from_slice(
+                &std::fs::read(query.join(format!("ck/versions/{n}"))).unwrap(),
+            )
+            .unwrap();
+            let config: Value =
+                serde_json::from_str(versions["double"]["config_json"].as_str().unwrap()).unwrap();
+            (n, config["multiply"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn plugins_are_hot_swapped_under_a_steady_stream_without_losing_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let state = dir.path().join("state");
+    let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
+    let pipeline = dir.path().join("orders.toml");
+    std::fs::write(&pipeline, pipeline_text(&input)).unwrap();
+    let submitted = server.cli(&["submit", pipeline.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(submitted.contains("\"id\": \"acme/orders\""), "{submitted}");
+    let query = state.join("tenants/acme/orders");
+
+    let enrich = format!("{}/weir_plugin_enrich.wasm", weir_fixtures::PLUGIN_DIR);
+    let testkit = format!("{}/weir_plugin_testkit.wasm", weir_fixtures::PLUGIN_DIR);
+    let swaps: [(&str, String); 5] = [
+        (
+            enrich.as_str(),
+            r#"{"input":"amount","output":"amount_x2","multiply":3.0}"#.into(),
+        ),
+        (
+            enrich.as_str(),
+            r#"{"input":"amount","output":"amount_x2","multiply":4.0}"#.into(),
+        ),
+        // Traps on its first batch: rolled back to multiply 4.
+        (testkit.as_str(), r#"{"trap_always":true}"#.into()),
+        (
+            enrich.as_str(),
+            r#"{"input":"amount","output":"amount_x2","multiply":5.0}"#.into(),
+        ),
+        (
+            enrich.as_str(),
+            r#"{"input":"amount","output":"amount_x2","multiply":6.0}"#.into(),
+        ),
+    ];
+    // A steady stream: a file every 60 ms; a swap every 8 files, each
+    // followed by at least one committed batch before the next.
+    let files = 48;
+    let mut swaps = swaps.iter();
+    let mut swapped = 0;
+    for n in 0..files {
+        write_input(&input, n);
+        std::thread::sleep(Duration::from_millis(60));
+        if n % 8 == 7
+            && let Some((plugin, config)) = swaps.next()
+        {
+            let answer = server.cli(&["swap", "acme/orders", "double", plugin, "--config", config]);
+            assert!(answer.contains("sha256:"), "{answer}");
+            swapped += 1;
+            write_input(&input, 1000 + n); // a batch right after the swap
+            // The batch that put the new version in reports it.
+            wait_until("a batch with the new version", || {
+                std::fs::read_to_string(query.join("progress.jsonl"))
+                    .unwrap_or_default()
+                    .matches("swapped sha256:")
+                    .count()
+                    == swapped
+            });
+        }
+    }
+    let expected_rows = (files + 5) * 5;
+    wait_until("every row committed", || {
+        rows_by_batch(&query.join("out"))
+            .iter()
+            .map(|(_, rows)| rows.len() as u64)
+            .sum::<u64>()
+            == expected_rows
+    });
+    let stopped = server.cli(&["stop", "acme/orders"]);
+    assert!(stopped.contains("\"state\": \"stopped\""), "{stopped}");
+
+    // Every row once.
+    let batches = rows_by_batch(&query.join("out"));
+    let mut ids: Vec<u64> = batches
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().map(|r| r["id"].as_u64().unwrap()))
+        .collect();
+    ids.sort();
+    let mut expected: Vec<u64> = (0..files)
+        .chain((0..files).filter(|n| n % 8 == 7).take(5).map(|n| 1000 + n))
+        .flat_map(|n| 5 * n + 1..=5 * n + 5)
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    // The versions that ran, in order; the trapping one never completed a batch.
+    let logged = logged_multipliers(&query);
+    assert_eq!(
+        logged.iter().map(|(_, m)| *m).collect::<Vec<_>>(),
+        vec![2.0, 3.0, 4.0, 5.0, 6.0],
+        "{logged:?}"
+    );
+    // Each row was processed by the version active for its batch.
+    for (batch, rows) in &batches {
+        let multiply = logged
+            .iter()
+            .rev()
+            .find(|(from, _)| from <= batch)
+            .map(|(_, m)| *m)
+            .unwrap();
+        for row in rows {
+            let amount = row["amount"].as_f64().unwrap();
+            assert_eq!(
+                row["amount_x2"].as_f64().unwrap(),
+                amount * multiply,
+                "batch {batch}: {row}"
+            );
+        }
+    }
+    let progress = std::fs::read_to_string(query.join("progress.jsonl")).unwrap();
+    assert_eq!(progress.matches("swapped sha256:").count(), 5, "{progress}");
+    assert_eq!(
+        progress.matches("failed its first batch").count(),
+        1,
+        "{progress}"
+    );
+    let log = server.terminate();
+    assert!(log.contains("rolled back"), "{log}");
+}
+
+#[test]
+fn a_host_restart_resumes_its_queries_and_keeps_stopped_ones_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let server = Server::start(&state, port, &dir.path().join("serve-1.log"));
+    let first = dir.path().join("orders.toml");
+    std::fs::write(&first, pipeline_text(&input)).unwrap();
+    let second = dir.path().join("other.toml");
+    std::fs::write(
+        &second,
+        pipeline_text(&input).replace("name = \"orders\"", "name = \"other\""),
+    )
+    .unwrap();
+    server.cli(&["submit", first.to_str().unwrap(), "--tenant", "acme"]);
+    server.cli(&["submit", second.to_str().unwrap(), "--tenant", "acme"]);
+    write_input(&input, 0);
+    let orders = state.join("tenants/acme/orders");
+    let other = state.join("tenants/acme/other");
+    wait_until("both ran", || {
+        !committed_batches(&orders).is_empty() && !committed_batches(&other).is_empty()
+    });
+    server.cli(&["stop", "acme/other"]);
+    // A refused pipeline names the line; nothing of it is stored.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"bad\"\ncheckpoint = 3\n").unwrap();
+    let out = weir()
+        .args([
+            "submit",
+            bad.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--server",
+            &server.url,
+        ])
+        .output()
+        .unwrap();
+    let err = crate::common::stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("answered 400") && err.contains("pipeline.toml:2:"),
+        "{err}"
+    );
+    assert!(!state.join("tenants/acme/bad/pipeline.toml").exists());
+    server.terminate();
+
+    // The new host resumes `orders` (and not `other`): new input reaches it.
+    write_input(&input, 1);
+    let server = Server::start(&state, port, &dir.path().join("serve-2.log"));
+    wait_until("orders resumed", || {
+        rows_by_batch(&orders.join("out"))
+            .iter()
+            .map(|(_, r)| r.len())
+            .sum::<usize>()
+            == 10
+    });
+    let status = server.cli(&["status"]);
+    let queries: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(queries.as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(queries[0]["id"], "acme/orders");
+    assert_eq!(queries[0]["status"]["state"], "running");
+    // Started again, `other` catches up from its checkpoint.
+    server.cli(&["start", "acme/other"]);
+    wait_until("other caught up", || {
+        rows_by_batch(&other.join("out"))
+            .iter()
+            .map(|(_, r)| r.len())
+            .sum::<usize>()
+            == 10
+    });
+    let detail: Value = serde_json::from_str(&server.cli(&["status", "acme/other"])).unwrap();
+    assert!(
+        !detail["progress"].as_array().unwrap().is_empty(),
+        "{detail}"
+    );
+    let metrics = crate::common::http(port, "GET /metrics HTTP/1.1").unwrap();
+    assert!(
+        metrics.contains("weir_batches_total{query=\"acme/other\"}"),
+        "{metrics}"
+    );
+    server.terminate();
+}
+
+#[test]
+fn a_replay_runs_the_plugin_version_that_first_ran_the_batch() {
+    // `weir run`: batch 1 is killed after its sink wrote; meanwhile the
+    // pipeline's plugin changes to another component. The replay of batch 1
+    // still runs the version that first ran it (kept in the checkpoint);
+    // later batches run the new one.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for n in 0..3 {
+        write_input(&input, n);
+    }
+    let file = dir.path().join("pipeline.toml");
+    let text = pipeline_text(&input)
+        .replace("processing_time = \"100ms\"", "available_now = true")
+        .replace("max_files_per_trigger = 2", "max_files_per_trigger = 1");
+    std::fs::write(&file, &text).unwrap();
+    crate::common::run_killed_at(&file, "before-commit@1");
+    let identity = text
+        .replace("weir_plugin_enrich.wasm", "weir_plugin_testkit.wasm")
+        .replace(
+            "config = { input = \"amount\", output = \"amount_x2\", multiply = 2.0 }",
+            "config = {}",
+        );
+    assert_ne!(identity, text);
+    std::fs::write(&file, identity).unwrap();
+    let err = crate::common::assert_ok(&crate::common::run(&file));
+    assert!(
+        err.contains("batch 1 replayed with sha256:"),
+        "the replay names the version it ran:\n{err}"
+    );
+    let batches = rows_by_batch(&dir.path().join("out"));
+    let doubled: Vec<(u64, bool)> = batches
+        .iter()
+        .map(|(batch, rows)| (*batch, rows.iter().all(|r| r.get("amount_x2").is_some())))
+        .collect();
+    assert_eq!(doubled, vec![(0, true), (1, true), (2, false)], "{err}");
+    let stored = std::fs::read_dir(dir.path().join("ck/plugins"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 2, "both versions kept in the checkpoint");
+}
