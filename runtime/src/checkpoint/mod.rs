@@ -235,11 +235,6 @@ impl Checkpoint {
 
     /// The highest N in `dir/` (ignoring names that are not batch ids).
     async fn last_id(&self, dir: &str) -> Result<Option<u64>> {
-        self.last_id_up_to(dir, u64::MAX).await
-    }
-
-    /// The highest N ≤ `limit` in `dir/`.
-    async fn last_id_up_to(&self, dir: &str, limit: u64) -> Result<Option<u64>> {
         let prefix = ObjectPath::from(dir);
         let entries: Vec<_> = self
             .store
@@ -250,21 +245,17 @@ impl Checkpoint {
         Ok(entries
             .iter()
             .filter_map(|meta| meta.location.filename()?.parse::<u64>().ok())
-            .filter(|id| *id <= limit)
             .max())
     }
 
-    /// The plugin versions batch `batch` ran with: the latest `versions/N`
-    /// with N ≤ `batch`, if any was written.
-    pub async fn versions_at<T: DeserializeOwned>(&self, batch: u64) -> Result<Option<T>> {
-        match self.last_id_up_to("versions", batch).await? {
-            Some(n) => self.read_opt(&format!("versions/{n}")).await,
-            None => Ok(None),
-        }
+    /// The plugin versions batch `batch` ran with (`versions/N`), if its
+    /// transforms completed before (they do before the sink sees a row).
+    pub async fn versions_of<T: DeserializeOwned>(&self, batch: u64) -> Result<Option<T>> {
+        self.read_opt(&format!("versions/{batch}")).await
     }
 
-    /// Records the plugin versions batch N runs with (written when they
-    /// change, before the sink receives the batch).
+    /// Records the plugin versions batch N ran with, once its transforms
+    /// completed and before the sink receives it.
     pub async fn write_versions<T: Serialize>(&self, batch: u64, versions: &T) -> Result<()> {
         self.write_once(&format!("versions/{batch}"), versions)
             .await

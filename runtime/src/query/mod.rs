@@ -225,7 +225,6 @@ impl Query {
             retries,
             engine: engine_for_runner,
             swaps,
-            versions: None,
             stored_plugins: Default::default(),
             events: Vec::new(),
         };
@@ -352,8 +351,6 @@ struct Runner {
     engine: PluginEngine,
     /// Plugin versions swapped in while running, applied between batches.
     swaps: Option<tokio::sync::mpsc::UnboundedReceiver<SwapRequest>>,
-    /// The stage versions `versions/` last recorded.
-    versions: Option<StageVersions>,
     /// Digests whose components the checkpoint already holds.
     stored_plugins: std::collections::BTreeSet<String>,
     /// Swaps and rollbacks since the last batch's progress.
@@ -367,7 +364,6 @@ impl Runner {
             logged.push(self.checkpoint.source_log::<Value>(0, batch).await?);
         }
         self.source.restore(&logged)?;
-        self.versions = self.checkpoint.versions_at(u64::MAX).await?;
         if let Some(batch) = recovery.replay {
             let plan = logged[batch as usize].clone();
             tracing::info!(
@@ -472,20 +468,21 @@ impl Runner {
         crash_point("after-read", batch_id);
 
         let phase = Instant::now();
-        // A replay runs the plugin versions that first ran the batch; a new
-        // batch takes in versions swapped in since the last.
-        let put_back = if replay {
+        // A replay runs the plugin versions that first ran the batch, if
+        // its transforms completed then; a new batch takes in versions
+        // swapped in since the last.
+        let (put_back, logged) = if replay {
             self.use_logged_versions(batch_id).await?
         } else {
             self.apply_swaps();
-            Vec::new()
+            (Vec::new(), false)
         };
         let transformed = self.transform(decoded.batches).await;
         for (index, current) in put_back {
             self.stages[index].replace(current);
         }
         let mut batches = transformed?;
-        if !replay {
+        if !logged {
             self.log_versions(batch_id).await?;
         }
         let max_event_ms = self.max_event_time(&batches)?;

@@ -105,8 +105,11 @@ impl Runner {
         output
     }
 
-    /// Records the stage versions from batch `batch_id` on, when they
-    /// changed, with each version's component.
+    /// Records the stage versions batch `batch_id` ran with, and keeps
+    /// each version's component. Written for every batch: its presence
+    /// says the batch got past its transforms, so only then must a replay
+    /// run these versions (a batch that failed in a plugin is replayed with
+    /// the versions of now — a fixed plugin, say).
     pub(super) async fn log_versions(&mut self, batch_id: u64) -> Result<()> {
         if self.stages.is_empty() {
             return Ok(());
@@ -116,9 +119,6 @@ impl Runner {
             .iter()
             .map(|s| (s.name.clone(), s.version.clone()))
             .collect();
-        if self.versions.as_ref() == Some(&current) {
-            return Ok(());
-        }
         for stage in &self.stages {
             if self.stored_plugins.insert(stage.version.digest.clone()) {
                 self.checkpoint
@@ -127,22 +127,22 @@ impl Runner {
             }
         }
         self.checkpoint.write_versions(batch_id, &current).await?;
-        self.versions = Some(current);
         Ok(())
     }
 
     /// For a replay: puts in the versions batch `batch_id` first ran with
-    /// where they differ from the running ones; returns what to put back.
+    /// where they differ from the running ones; returns what to put back,
+    /// and whether versions were logged for the batch.
     pub(super) async fn use_logged_versions(
         &mut self,
         batch_id: u64,
-    ) -> Result<Vec<(usize, PluginVersion)>> {
+    ) -> Result<(Vec<(usize, PluginVersion)>, bool)> {
         let Some(logged) = self
             .checkpoint
-            .versions_at::<StageVersions>(batch_id)
+            .versions_of::<StageVersions>(batch_id)
             .await?
         else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         let mut put_back = Vec::new();
         for index in 0..self.stages.len() {
@@ -176,6 +176,6 @@ impl Runner {
             ));
             put_back.push((index, current));
         }
-        Ok(put_back)
+        Ok((put_back, true))
     }
 }
