@@ -57,6 +57,16 @@ pub enum PluginFailure {
         /// The limit (`memory_limit` in the stage's settings).
         limit_bytes: u64,
     },
+    /// One call returned more output than the stage's limit.
+    #[error(
+        "the plugin returned {bytes} bytes from one call, over its output limit of {limit_bytes} bytes"
+    )]
+    OutputTooLarge {
+        /// What it returned (Arrow memory).
+        bytes: u64,
+        /// The limit (`output_limit` in the stage's settings).
+        limit_bytes: u64,
+    },
     /// The plugin returned a batch the host refused.
     #[error("the plugin returned invalid output: {reason}")]
     InvalidOutput {

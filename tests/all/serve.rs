@@ -19,6 +19,10 @@ struct Server {
 
 impl Server {
     fn start(state: &Path, port: u16, log: &Path) -> Server {
+        Server::start_with_env(state, port, log, &[])
+    }
+
+    fn start_with_env(state: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Server {
         let child = weir()
             .args([
                 "serve",
@@ -27,6 +31,7 @@ impl Server {
                 "--state-dir",
             ])
             .arg(state)
+            .envs(env.iter().copied())
             .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
             .spawn()
             .unwrap();
@@ -404,4 +409,187 @@ fn a_replay_runs_the_plugin_version_that_first_ran_the_batch() {
         .unwrap()
         .count();
     assert_eq!(stored, 2, "both versions kept in the checkpoint");
+}
+
+#[test]
+fn adversarial_plugins_fail_their_own_queries_while_a_good_tenant_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let secret = "s3cr3t-do-not-leak";
+    let server = Server::start_with_env(
+        &state,
+        free_port(),
+        &dir.path().join("serve.log"),
+        &[("WEIR_TEST_SECRET", secret)],
+    );
+    let secret_file = dir.path().join("secret.txt");
+    std::fs::write(&secret_file, secret).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+
+    // The good tenant's steady stream.
+    let good_input = dir.path().join("good-in");
+    std::fs::create_dir(&good_input).unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, pipeline_text(&good_input)).unwrap();
+    server.cli(&["submit", good.to_str().unwrap(), "--tenant", "good"]);
+
+    let adversary = weir_fixtures::ADVERSARY;
+    let testkit = weir_fixtures::TESTKIT;
+    // (query, plugin, config, extra stage settings, what the error must say)
+    let attacks: Vec<(&str, &str, String, &str, Vec<String>)> = vec![
+        (
+            "spin",
+            adversary,
+            r#"{ mode = "loop" }"#.into(),
+            "timeout = \"1s\"",
+            vec!["exceeded its time limit of 1s".into()],
+        ),
+        (
+            "hog",
+            adversary,
+            r#"{ mode = "memory_bomb" }"#.into(),
+            "memory_limit = \"64MiB\"",
+            vec!["exceeded its memory limit of 67108864 bytes".into()],
+        ),
+        (
+            "flood",
+            adversary,
+            r#"{ mode = "huge_output" }"#.into(),
+            "output_limit = \"16MiB\"",
+            vec!["over its output limit of 16777216 bytes".into()],
+        ),
+        (
+            "crash",
+            adversary,
+            r#"{ mode = "panic" }"#.into(),
+            "",
+            vec!["the plugin trapped".into(), "panicking on purpose".into()],
+        ),
+        (
+            "snoop",
+            adversary,
+            format!(
+                "{{ mode = \"read_file\", path = \"{}\" }}",
+                secret_file.display()
+            ),
+            "",
+            vec!["read_file".into(), "denied".into()],
+        ),
+        (
+            "dial",
+            adversary,
+            format!("{{ mode = \"connect\", address = \"{address}\" }}"),
+            "",
+            vec!["connect".into(), "denied".into()],
+        ),
+        (
+            "peek",
+            adversary,
+            r#"{ mode = "read_env", variable = "WEIR_TEST_SECRET" }"#.into(),
+            "",
+            vec!["read_env".into(), "denied".into()],
+        ),
+        (
+            "garble",
+            testkit,
+            "{ corrupt_on_id = 3 }".into(),
+            "",
+            vec!["the plugin returned invalid output".into()],
+        ),
+    ];
+    let mut n = 0;
+    for (name, plugin, config, extra, _) in &attacks {
+        let input = dir.path().join(format!("{name}-in"));
+        std::fs::create_dir(&input).unwrap();
+        write_input(&input, 0);
+        let text = format!(
+            r#"name = "{name}"
+checkpoint = "ck"
+
+[trigger]
+processing_time = "100ms"
+
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+schema = [
+  {{ name = "id", type = "long", nullable = false }},
+  {{ name = "name", type = "string" }},
+  {{ name = "amount", type = "double" }},
+]
+
+[[transform]]
+name = "attack"
+plugin = "{plugin}"
+config = {config}
+{extra}
+
+[sink]
+kind = "json"
+path = "out"
+"#,
+            input = input.display(),
+        );
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        server.cli(&["submit", file.to_str().unwrap(), "--tenant", "evil"]);
+        write_input(&good_input, n);
+        n += 1;
+    }
+    // The good tenant keeps committing while the attacks fail one by one.
+    let good_query = state.join("tenants/good/orders");
+    let started = Instant::now();
+    let mut last_change = Instant::now();
+    let mut last_count = 0;
+    let mut longest_gap = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(6) {
+        write_input(&good_input, n);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        let count = committed_batches(&good_query).len();
+        if count != last_count {
+            longest_gap = longest_gap.max(last_change.elapsed());
+            last_change = Instant::now();
+            last_count = count;
+        }
+    }
+    assert!(
+        longest_gap < Duration::from_secs(3),
+        "the good tenant stalled for {longest_gap:?}"
+    );
+    let expected = n * 5;
+    wait_until("the good tenant caught up", || {
+        rows_by_batch(&good_query.join("out"))
+            .iter()
+            .map(|(_, r)| r.len() as u64)
+            .sum::<u64>()
+            == expected
+    });
+    let status: Value = serde_json::from_str(&server.cli(&["status"])).unwrap();
+    let queries = status.as_array().unwrap();
+    for (name, _, _, _, must_say) in &attacks {
+        let query = queries
+            .iter()
+            .find(|q| q["id"] == format!("evil/{name}"))
+            .unwrap_or_else(|| panic!("{name} missing: {status}"));
+        assert_eq!(query["status"]["state"], "failed", "{name}: {query}");
+        let error = query["status"]["error"].as_str().unwrap();
+        for phrase in must_say {
+            assert!(error.contains(phrase.as_str()), "{name}: {error}");
+        }
+        assert!(!error.contains(secret), "{name} leaked the secret: {error}");
+        // Nothing of the failed batch reached the sink.
+        let out = state.join(format!("tenants/evil/{name}/out"));
+        assert!(rows_by_batch(&out).is_empty(), "{name} wrote output");
+    }
+    let good_status = queries.iter().find(|q| q["id"] == "good/orders").unwrap();
+    assert_eq!(good_status["status"]["state"], "running", "{good_status}");
+    assert!(
+        listener.accept().is_err(),
+        "a plugin opened a connection to {address}"
+    );
+    server.terminate();
 }

@@ -181,6 +181,8 @@ pub struct PluginLimits {
     pub timeout: Duration,
     /// Most linear memory an instance may grow to, in bytes.
     pub memory_bytes: u64,
+    /// Most output one call may return, in bytes of Arrow memory.
+    pub output_bytes: u64,
 }
 
 impl Default for PluginLimits {
@@ -188,6 +190,7 @@ impl Default for PluginLimits {
         PluginLimits {
             timeout: Duration::from_secs(60),
             memory_bytes: 1 << 30,
+            output_bytes: 256 << 20,
         }
     }
 }
@@ -363,6 +366,7 @@ struct RawTransform {
     config: toml::Table,
     timeout: Option<Spanned<String>>,
     memory_limit: Option<Spanned<ByteCount>>,
+    output_limit: Option<Spanned<ByteCount>>,
 }
 
 #[derive(Deserialize)]
@@ -837,6 +841,9 @@ impl Resolver<'_> {
             t.memory_limit.as_ref(),
         )?;
         stage.on_swap_failure = t.on_swap_failure.unwrap_or_default();
+        if let Some(limit) = &t.output_limit {
+            stage.limits.output_bytes = self.byte_count(limit, "output_limit")?;
+        }
         Ok(stage)
     }
 

@@ -353,14 +353,28 @@ impl TransformInstance {
             Ok(Err(e)) => return Err(plugin_error(&self.stage, guest(e))),
             Err(e) => return Err(plugin_error(&self.stage, trap(&self.store, self.limits, e))),
         };
-        outputs
+        let batches: Vec<RecordBatch> = outputs
             .into_iter()
             .map(|out| {
                 convert::batch_from_wit(out).map_err(|reason| {
                     plugin_error(&self.stage, PluginFailure::InvalidOutput { reason })
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        let bytes: u64 = batches
+            .iter()
+            .map(|b| b.get_array_memory_size() as u64)
+            .sum();
+        if bytes > self.limits.output_bytes {
+            return Err(plugin_error(
+                &self.stage,
+                PluginFailure::OutputTooLarge {
+                    bytes,
+                    limit_bytes: self.limits.output_bytes,
+                },
+            ));
+        }
+        Ok(batches)
     }
 
     /// Counters the plugin reported through `counter-add`.

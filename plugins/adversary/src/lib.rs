@@ -1,0 +1,100 @@
+//! A plugin that attacks its sandbox, one way per `mode`, on every batch:
+//!
+//! - `loop`: never returns (the stage's `timeout` must stop it);
+//! - `memory_bomb`: allocates until it cannot (`memory_limit`);
+//! - `huge_output`: returns 64 MiB per batch (`output_limit`);
+//! - `panic`: panics (a trap);
+//! - `read_file`: reads `path` and returns its text as a column;
+//! - `connect`: opens a TCP connection to `address`;
+//! - `read_env`: reads environment variable `variable`.
+//!
+//! What it gets from the host it returns as rows, so a test can tell a
+//! capability that was granted from one that was denied; a denial is
+//! returned as an input error carrying the sandbox's answer. (Broken batch
+//! layouts come from `testkit`, which writes the raw layout itself.)
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use serde::Deserialize;
+use weir_sdk::{Config, Error, Transform};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdversaryConfig {
+    mode: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    variable: String,
+}
+
+struct Adversary {
+    config: AdversaryConfig,
+}
+
+fn one_text(name: &str, value: String) -> Result<Vec<RecordBatch>, Error> {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+    let column: ArrayRef = Arc::new(StringArray::from(vec![value]));
+    RecordBatch::try_new(schema, vec![column])
+        .map(|b| vec![b])
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+impl Transform for Adversary {
+    fn new(config: Config) -> Result<Self, Error> {
+        Ok(Adversary {
+            config: config.parse()?,
+        })
+    }
+
+    fn process(&mut self, _batch: RecordBatch) -> Result<Vec<RecordBatch>, Error> {
+        match self.config.mode.as_str() {
+            "loop" => loop {
+                std::hint::black_box(());
+            },
+            "memory_bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "huge_output" => {
+                let values = Int64Array::from_iter_values(0..(8 << 20));
+                let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+                RecordBatch::try_new(schema, vec![Arc::new(values) as ArrayRef])
+                    .map(|b| vec![b])
+                    .map_err(|e| Error::internal(e.to_string()))
+            }
+            "panic" => panic!("adversary: panicking on purpose"),
+            "read_file" => match std::fs::read_to_string(&self.config.path) {
+                Ok(text) => one_text("stolen", text),
+                Err(e) => Err(Error::input(format!(
+                    "read_file {}: denied: {e}",
+                    self.config.path
+                ))),
+            },
+            "connect" => match std::net::TcpStream::connect(&self.config.address) {
+                Ok(_) => one_text("stolen", format!("connected to {}", self.config.address)),
+                Err(e) => Err(Error::input(format!(
+                    "connect {}: denied: {e}",
+                    self.config.address
+                ))),
+            },
+            "read_env" => match std::env::var(&self.config.variable) {
+                Ok(value) => one_text("stolen", value),
+                Err(e) => Err(Error::input(format!(
+                    "read_env {}: denied: {e}",
+                    self.config.variable
+                ))),
+            },
+            other => Err(Error::config(format!("unknown mode {other:?}"))),
+        }
+    }
+}
+
+weir_sdk::export_transform!(Adversary);
