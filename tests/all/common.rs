@@ -99,6 +99,46 @@ pub fn http(port: u16, request_line: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// `GET /metrics` from 127.0.0.1:`port`, parsed by a Prometheus text
+/// parser (not ours), or why not.
+pub fn scrape_metrics(port: u16) -> Result<prometheus_parse::Scrape, String> {
+    let response = http(port, "GET /metrics HTTP/1.1").map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP response: {response}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("status: {head}"));
+    }
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| format!("unparsable metrics ({e}):\n{body}"))
+}
+
+/// The value of sample `metric` with exactly `labels` in `scrape`.
+pub fn metric_value(
+    scrape: &prometheus_parse::Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == metric
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .and_then(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(*v),
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .map(|b| b.count)
+                .fold(None, |m, c| Some(c.max(m.unwrap_or(0.0)))),
+            prometheus_parse::Value::Summary(_) => None,
+        })
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

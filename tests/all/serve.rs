@@ -360,10 +360,18 @@ fn a_host_restart_resumes_its_queries_and_keeps_stopped_ones_stopped() {
         !detail["progress"].as_array().unwrap().is_empty(),
         "{detail}"
     );
-    let metrics = crate::common::http(port, "GET /metrics HTTP/1.1").unwrap();
+    let metrics = crate::common::scrape_metrics(port).unwrap();
+    let batches =
+        |id: &str| crate::common::metric_value(&metrics, "weir_batches_total", &[("query", id)]);
     assert!(
-        metrics.contains("weir_batches_total{query=\"acme/other\"}"),
-        "{metrics}"
+        batches("acme/other").is_some_and(|n| n >= 1.0),
+        "{:?}",
+        metrics.samples
+    );
+    assert!(
+        batches("acme/orders").is_some_and(|n| n >= 1.0),
+        "{:?}",
+        metrics.samples
     );
     server.terminate();
 }
