@@ -6,7 +6,12 @@
 //! 2. a batch's round trip host -> guest -> host (the `testkit` identity
 //!    plugin, which does not touch Arrow) vs one memcpy of the same bytes,
 //!    at 1 MiB and 16 MiB (goal: >= 0.5x);
-//! 3. the fixed cost of one plugin call on an empty batch (goal: < 2 us).
+//! 3. the fixed cost of one plugin call on an empty batch (goal: < 2 us);
+//! 4. instantiating a plugin from its `InstancePre` (with `init`), on-demand
+//!    vs the pooling allocator (goal with pooling: < 50 us) — what a hot swap
+//!    or a new query pays, off the batch path;
+//! 5. the map transform with per-call time limits (epoch deadlines) on vs
+//!    off (goal: >= 0.95x).
 //!
 //! Run with `./dev bench` (or `cargo bench -p weir --bench plugin_calls`).
 
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use weir::PluginEngine;
+use weir::plugin::EngineOptions;
 
 // The allocator the `weir` binary uses.
 #[global_allocator]
@@ -146,6 +152,59 @@ fn main() {
     println!(
         "\n3. one call on an empty 3-column batch: {} (goal < 2 us)",
         us(t_empty)
+    );
+
+    // 4. Instantiation from InstancePre, on-demand vs pooling.
+    println!("\n4. instantiate + init from InstancePre (enrich)");
+    let mut times = Vec::new();
+    for pooling in [false, true] {
+        let engine = PluginEngine::with_options(
+            None,
+            EngineOptions {
+                pooling,
+                ..EngineOptions::default()
+            },
+        )
+        .unwrap();
+        let component = engine
+            .load_transform("bench", weir_fixtures::ENRICH.as_ref())
+            .unwrap();
+        let t = median(budget, || {
+            black_box(component.instantiate(config, Default::default()).unwrap());
+        });
+        println!(
+            "   {:<10} {}",
+            if pooling { "pooling" } else { "on-demand" },
+            us(t)
+        );
+        times.push(t);
+    }
+    println!(
+        "   pooling = {:.2}x the on-demand speed (goal with pooling < 50 us)",
+        ratio(times[0], times[1])
+    );
+
+    // 5. Time limits on vs off, same batches.
+    let unlimited = PluginEngine::with_options(
+        None,
+        EngineOptions {
+            epoch_deadlines: false,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    let mut free = instance(&unlimited, weir_fixtures::ENRICH, config);
+    let t_free = median(budget, || {
+        black_box(free.process(black_box(&batch)).unwrap());
+    });
+    let t_limited = median(budget, || {
+        black_box(wasm.process(black_box(&batch)).unwrap());
+    });
+    println!(
+        "\n5. enrich map, 8192 rows: deadlines off {}   on {}   on = {:.2}x off (goal >= 0.95x)",
+        us(t_free),
+        us(t_limited),
+        ratio(t_free, t_limited)
     );
 }
 

@@ -31,6 +31,26 @@ pub use cache::{CacheOutcome, CompileCache};
 pub use inspect::PluginInfo;
 pub use stateful::{GroupCall, StatefulComponent, StatefulInstance};
 
+/// How a [`PluginEngine`] is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Per-call time limits through epoch interruption (on by default; off
+    /// only to measure what they cost — a looping plugin then hangs).
+    pub epoch_deadlines: bool,
+    /// Wasmtime's pooling allocator: instance slots reserved up front, so
+    /// instantiating is cheaper (memory limits up to 1 GiB per plugin).
+    pub pooling: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            epoch_deadlines: true,
+            pooling: false,
+        }
+    }
+}
+
 /// The compiler and linker shared by all plugins of a process.
 #[derive(Clone)]
 pub struct PluginEngine {
@@ -56,6 +76,15 @@ impl PluginEngine {
     /// Like [`PluginEngine::new`], with `cache` (or none) for compiled
     /// components.
     pub fn with_cache(cache: Option<CompileCache>) -> Result<PluginEngine> {
+        PluginEngine::with_options(cache, EngineOptions::default())
+    }
+
+    /// An engine with `options` (for benchmarks and hosts that tune
+    /// instantiation), and `cache` for compiled components.
+    pub fn with_options(
+        cache: Option<CompileCache>,
+        options: EngineOptions,
+    ) -> Result<PluginEngine> {
         let mut config = Config::new();
         // Async component calls are not used; leaving concurrency support on
         // makes every host->guest call several times slower (wasmtime #12836).
@@ -63,9 +92,21 @@ impl PluginEngine {
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
         // Time limits: a ticker bumps the epoch; each call gets a deadline
         // in ticks. The check compiled into loops is a load and a compare.
-        config.epoch_interruption(true);
+        config.epoch_interruption(options.epoch_deadlines);
+        if options.pooling {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            pool.total_component_instances(256)
+                .total_core_instances(1024)
+                .total_memories(512)
+                .total_tables(512)
+                .max_memories_per_component(4)
+                .max_memory_size(1 << 30);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&config).map_err(internal)?;
-        start_epoch_ticker(&engine)?;
+        if options.epoch_deadlines {
+            start_epoch_ticker(&engine)?;
+        }
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(internal)?;
         let mut stateful_linker = linker.clone();

@@ -22,6 +22,7 @@ impl Runner {
             return;
         };
         while let Ok(request) = requests.try_recv() {
+            let pause = std::time::Instant::now();
             let Some(stage) = self.stages.iter_mut().find(|s| s.name == request.stage) else {
                 continue;
             };
@@ -34,16 +35,19 @@ impl Runner {
                 component: request.component,
             };
             let old = stage.replace(next);
-            self.events.push(format!(
-                "stage `{}`: swapped {} for {}",
-                stage.name,
-                short(&old.version.digest),
-                short(&stage.version.digest)
-            ));
+            let old_digest = old.version.digest.clone();
             // Roll back to the last version that completed a batch.
             if stage.previous.is_none() {
                 stage.previous = Some(Box::new(old));
             }
+            let pause = pause.elapsed();
+            self.events.push(format!(
+                "stage `{}`: swapped {} for {} (paused {:.1} µs)",
+                stage.name,
+                short(&old_digest),
+                short(&stage.version.digest),
+                pause.as_secs_f64() * 1e6
+            ));
         }
     }
 
