@@ -265,3 +265,26 @@ fn a_plugin_over_its_memory_limit_is_stopped() {
     );
     assert_stopped_at_batch_1_then_recovers(&mut s);
 }
+
+#[test]
+fn a_chatty_plugin_is_logged_at_a_limited_rate_and_not_stopped() {
+    // 10,000 lines per batch: before stdout and stderr were rate-limited
+    // host log streams, stderr filled a 64 KiB buffer and the plugin's
+    // next print trapped.
+    let s = Scenario::new(Spec {
+        max_files: Some(1),
+        transforms: vec![format!(
+            "[[transform]]\nname = \"chatty\"\nplugin = \"{}\"\nconfig = {{ mode = \"chatty\" }}\n",
+            weir_fixtures::ADVERSARY
+        )],
+        ..Spec::default()
+    });
+    s.json_inputs(3, 2);
+    let err = assert_ok(&s.run());
+    assert_eq!(s.output_ids(), vec![1, 2, 3, 4, 5, 6]);
+    let logged = err.matches("of a chatty plugin").count();
+    assert!((50..=400).contains(&logged), "{logged} plugin lines logged");
+    assert!(err.contains("stdout line 0 of a chatty plugin"), "{err}");
+    assert!(err.contains("stderr line 0 of a chatty plugin"), "{err}");
+    assert!(err.contains("lines of the plugin not logged"), "{err}");
+}

@@ -6,7 +6,9 @@
 //! - `panic`: panics (a trap);
 //! - `read_file`: reads `path` and returns its text as a column;
 //! - `connect`: opens a TCP connection to `address`;
-//! - `read_env`: reads environment variable `variable`.
+//! - `read_env`: reads environment variable `variable`;
+//! - `chatty`: prints 5,000 lines to stdout and to stderr, then passes the
+//!   batch through (output must neither trap it nor flood the host log).
 //!
 //! What it gets from the host it returns as rows, so a test can tell a
 //! capability that was granted from one that was denied; a denial is
@@ -20,23 +22,30 @@ use arrow_schema::{DataType, Field, Schema};
 use serde::Deserialize;
 use weir_sdk::{Config, Error, Transform};
 
+/// Configuration: the attack, and what it aims at.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AdversaryConfig {
-    mode: String,
+pub struct AdversaryConfig {
+    /// Which attack (see the crate docs).
+    pub mode: String,
+    /// `read_file`: the file.
     #[serde(default)]
-    path: String,
+    pub path: String,
+    /// `connect`: `host:port`.
     #[serde(default)]
-    address: String,
+    pub address: String,
+    /// `read_env`: the variable.
     #[serde(default)]
-    variable: String,
+    pub variable: String,
 }
 
-struct Adversary {
+/// The adversary transform.
+pub struct Adversary {
     config: AdversaryConfig,
 }
 
-fn one_text(name: &str, value: String) -> Result<Vec<RecordBatch>, Error> {
+/// One row with one text column: what an attack got hold of.
+pub fn one_text(name: &str, value: String) -> Result<Vec<RecordBatch>, Error> {
     let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
     let column: ArrayRef = Arc::new(StringArray::from(vec![value]));
     RecordBatch::try_new(schema, vec![column])
@@ -51,8 +60,15 @@ impl Transform for Adversary {
         })
     }
 
-    fn process(&mut self, _batch: RecordBatch) -> Result<Vec<RecordBatch>, Error> {
+    fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, Error> {
         match self.config.mode.as_str() {
+            "chatty" => {
+                for line in 0..5_000 {
+                    println!("adversary stdout line {line} of a chatty plugin");
+                    eprintln!("adversary stderr line {line} of a chatty plugin");
+                }
+                Ok(vec![batch])
+            }
             "loop" => loop {
                 std::hint::black_box(());
             },

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use wasmtime::component::{Resource, ResourceTable};
 
 use crate::config::StateTimeout;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
@@ -71,15 +70,14 @@ pub struct GroupState {
     pub batch_time_us: i64,
 }
 
-/// Bytes of plugin stderr kept to explain a trap (panic messages land there).
-const STDERR_CAPTURE: usize = 64 * 1024;
-
 /// Caps an instance's linear memory and remembers when it refused growth,
 /// so the resulting trap can be reported as running out of memory.
 pub struct MemoryLimiter {
     max_bytes: usize,
     /// Whether a growth request was refused.
     pub refused: bool,
+    /// Linear memory the instance holds now, in bytes.
+    pub bytes: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -90,6 +88,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         self.refused |= desired > self.max_bytes;
+        if desired <= self.max_bytes {
+            self.bytes = desired;
+        }
         Ok(desired <= self.max_bytes)
     }
 
@@ -111,7 +112,7 @@ pub struct PluginState {
     pub limiter: MemoryLimiter,
     wasi: WasiCtx,
     table: ResourceTable,
-    stderr: MemoryOutputPipe,
+    stderr: super::log_pipe::LogPipe,
     /// Counters the plugin reported with `counter-add`.
     pub counters: BTreeMap<String, i64>,
     /// A foreachBatch plugin's outputs and the rows queued for them.
@@ -136,15 +137,20 @@ pub struct OutputQueue {
 
 impl PluginState {
     /// State with no ambient capabilities: no files, network, environment or
-    /// arguments; stdout is discarded and stderr kept to explain traps.
+    /// arguments; stdout and stderr go to the host log, rate-limited (the
+    /// end of stderr is also kept to explain traps).
     pub fn new(stage: &str, max_memory_bytes: u64) -> PluginState {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let stderr = super::log_pipe::LogPipe::new(stage, "stderr");
+        let wasi = WasiCtx::builder()
+            .stdout(super::log_pipe::LogPipe::new(stage, "stdout"))
+            .stderr(stderr.clone())
+            .build();
         PluginState {
             stage: stage.to_string(),
             limiter: MemoryLimiter {
                 max_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
                 refused: false,
+                bytes: 0,
             },
             wasi,
             table: ResourceTable::new(),
@@ -154,11 +160,10 @@ impl PluginState {
         }
     }
 
-    /// What the plugin wrote to stderr so far (its panic message, after a trap).
+    /// The end of what the plugin wrote to stderr (its panic message,
+    /// after a trap).
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents())
-            .trim()
-            .to_string()
+        self.stderr.tail_text()
     }
 }
 

@@ -12,6 +12,7 @@ mod bindings;
 mod cache;
 mod convert;
 mod inspect;
+mod log_pipe;
 mod stateful;
 
 use std::path::Path;
@@ -421,6 +422,11 @@ impl TransformInstance {
     /// Counters the plugin reported through `counter-add`.
     pub fn counters(&self) -> &std::collections::BTreeMap<String, i64> {
         &self.store.data().counters
+    }
+
+    /// Linear memory the instance holds, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.bytes as u64
     }
 }
 

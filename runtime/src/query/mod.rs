@@ -434,6 +434,7 @@ impl Runner {
     async fn run_batch(&mut self, batch_id: u64, plan: Value, replay: bool) -> Result<()> {
         let inputs = self.source.plan_units(&plan);
         let started = Instant::now();
+        let started_at_ms = now_ms();
         let since_previous = self.last_batch_start.map(|t| started.duration_since(t));
         self.last_batch_start = Some(started);
         let mut durations = PhaseDurations::default();
@@ -541,6 +542,7 @@ impl Runner {
         };
         let progress = BatchProgress {
             batch_id,
+            started_at_ms,
             replay,
             input_files: inputs,
             input_rows,
@@ -691,6 +693,7 @@ impl Stage {
             calls,
             duration: started.elapsed(),
             counters: self.instance.counters().clone(),
+            memory_bytes: self.instance.memory_bytes(),
         };
         Ok(outputs)
     }

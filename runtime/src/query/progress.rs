@@ -29,6 +29,8 @@ pub struct StageProgress {
     pub duration: Duration,
     /// The plugin's counters (`counter-add`), totals since the query started.
     pub counters: std::collections::BTreeMap<String, i64>,
+    /// Linear memory the plugin instance holds after the batch, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// What one micro-batch did, reported when it commits.
@@ -36,6 +38,8 @@ pub struct StageProgress {
 pub struct BatchProgress {
     /// Batch id.
     pub batch_id: u64,
+    /// When the batch started (ms since the epoch; Spark's `timestamp`).
+    pub started_at_ms: i64,
     /// Whether this batch was a replay of one in flight at a crash.
     pub replay: bool,
     /// Input files read.
@@ -80,6 +84,8 @@ impl BatchProgress {
         let d = &self.durations;
         let mut json = serde_json::json!({
             "batchId": self.batch_id,
+            "timestamp": chrono::DateTime::from_timestamp_millis(self.started_at_ms)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
             "replay": self.replay,
             "numInputRows": self.input_rows,
             "numInputFiles": self.input_files,
@@ -100,6 +106,7 @@ impl BatchProgress {
                 "name": s.name,
                 "calls": s.calls,
                 "durationMs": ms(s.duration),
+                "memoryBytes": s.memory_bytes,
                 "counters": s.counters,
             })).collect::<Vec<_>>(),
         });
