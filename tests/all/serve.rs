@@ -601,3 +601,102 @@ path = "out"
     );
     server.terminate();
 }
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn fifty_queries_in_one_host_keep_their_triggers_and_memory_flat() {
+    const QUERIES: usize = 50;
+    const INTERVAL_MS: u64 = 500;
+    const SECONDS: u64 = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let state = dir.path().join("state");
+    let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
+    for q in 0..QUERIES {
+        let file = dir.path().join(format!("q{q}.toml"));
+        let text = pipeline_text(&input)
+            .replace("name = \"orders\"", &format!("name = \"q{q}\""))
+            .replace(
+                "processing_time = \"100ms\"",
+                &format!("processing_time = \"{INTERVAL_MS}ms\""),
+            );
+        std::fs::write(&file, text).unwrap();
+        server.cli(&[
+            "submit",
+            file.to_str().unwrap(),
+            "--tenant",
+            &format!("t{}", q % 5),
+        ]);
+    }
+    // A new input file every trigger interval, for all queries to read.
+    let started = Instant::now();
+    let mut n = 0;
+    let mut rss_warm = 0;
+    while started.elapsed() < Duration::from_secs(SECONDS) {
+        write_input(&input, n);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(INTERVAL_MS));
+        if rss_warm == 0 && started.elapsed() > Duration::from_secs(30) {
+            rss_warm = rss_kib(server.child.id());
+        }
+    }
+    let rss_end = rss_kib(server.child.id());
+    let expected = n * 5;
+    wait_until("every query caught up", || {
+        (0..QUERIES).all(|q| {
+            rows_by_batch(&state.join(format!("tenants/t{}/q{q}/out", q % 5)))
+                .iter()
+                .map(|(_, r)| r.len() as u64)
+                .sum::<u64>()
+                == expected
+        })
+    });
+    // No missed triggers: while input kept coming, every query ran a batch
+    // about every interval (gaps measured between batch start times).
+    let mut worst = Duration::ZERO;
+    for q in 0..QUERIES {
+        let log =
+            std::fs::read_to_string(state.join(format!("tenants/t{}/q{q}/progress.jsonl", q % 5)))
+                .unwrap();
+        let starts: Vec<i64> = log
+            .lines()
+            .map(|l| {
+                let progress: Value = serde_json::from_str(l).unwrap();
+                chrono::DateTime::parse_from_rfc3339(progress["timestamp"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis()
+            })
+            .collect();
+        assert!(
+            starts.len() as u64 >= n * 8 / 10,
+            "q{q}: {} batches for {n} trigger intervals with input",
+            starts.len()
+        );
+        for pair in starts.windows(2).skip(2) {
+            worst = worst.max(Duration::from_millis((pair[1] - pair[0]) as u64));
+        }
+    }
+    assert!(
+        worst < Duration::from_millis(INTERVAL_MS * 3),
+        "a trigger came {worst:?} after the one before (interval {INTERVAL_MS} ms)"
+    );
+    // Memory flat: after warm-up, resident memory grows by less than a quarter.
+    assert!(
+        rss_end < rss_warm + rss_warm / 4,
+        "RSS grew from {rss_warm} KiB (30 s) to {rss_end} KiB ({SECONDS} s)"
+    );
+    eprintln!(
+        "50 queries: RSS {rss_warm} KiB at 30 s, {rss_end} KiB at {SECONDS} s; worst trigger gap {worst:?}"
+    );
+    server.terminate();
+}
