@@ -23,6 +23,16 @@ impl Server {
     }
 
     fn start_with_env(state: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with(state, port, log, env, &[])
+    }
+
+    fn start_with(
+        state: &Path,
+        port: u16,
+        log: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let child = weir()
             .args([
                 "serve",
@@ -31,6 +41,7 @@ impl Server {
                 "--state-dir",
             ])
             .arg(state)
+            .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
             .spawn()
@@ -698,5 +709,62 @@ fn fifty_queries_in_one_host_keep_their_triggers_and_memory_flat() {
     eprintln!(
         "50 queries: RSS {rss_warm} KiB at 30 s, {rss_end} KiB at {SECONDS} s; worst trigger gap {worst:?}"
     );
+    server.terminate();
+}
+
+#[test]
+fn tenant_quotas_refuse_queries_over_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let server = Server::start_with(
+        &dir.path().join("state"),
+        free_port(),
+        &dir.path().join("serve.log"),
+        &[],
+        &[
+            "--max-queries-per-tenant",
+            "2",
+            "--max-memory-per-tenant",
+            "1536MiB",
+        ],
+    );
+    let submit = |name: &str, tenant: &str, memory: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        let text = pipeline_text(&input)
+            .replace("name = \"orders\"", &format!("name = \"{name}\""))
+            .replace(
+                "multiply = 2.0 }",
+                &format!("multiply = 2.0 }}\nmemory_limit = \"{memory}\""),
+            );
+        std::fs::write(&file, text).unwrap();
+        weir()
+            .args([
+                "submit",
+                file.to_str().unwrap(),
+                "--tenant",
+                tenant,
+                "--server",
+                &server.url,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(submit("a", "acme", "1GiB").status.success());
+    // Memory: 1 GiB + 1 GiB of memory limits is over 1.5 GiB.
+    let out = submit("b", "acme", "1GiB");
+    let err = crate::common::stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("answered 429"),
+        "{err}"
+    );
+    assert!(err.contains("over its 1610612736 bytes"), "{err}");
+    // Within memory, but a third query is over the count.
+    assert!(submit("c", "acme", "256MiB").status.success());
+    let out = submit("d", "acme", "64MiB");
+    let err = crate::common::stderr(&out);
+    assert!(err.contains("2 running queries (at most 2)"), "{err}");
+    // Other tenants have their own quota.
+    assert!(submit("e", "other", "1GiB").status.success());
     server.terminate();
 }

@@ -35,6 +35,10 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// At most this many queries may run per tenant.
     pub max_queries_per_tenant: usize,
+    /// At most this much plugin memory per tenant: the sum of the
+    /// `memory_limit`s of its running queries' plugins (reserved, not
+    /// measured, so a tenant can never take more).
+    pub max_memory_per_tenant: Option<u64>,
 }
 
 /// Why a host request was refused (mapped to HTTP statuses by [`api`]).
@@ -50,12 +54,12 @@ pub enum HostError {
     #[error("query {0} is running already")]
     Conflict(String),
     /// The tenant's quota is used up.
-    #[error("tenant {tenant} runs {running} queries, its quota")]
+    #[error("tenant {tenant} is at its quota: {reason}")]
     Quota {
         /// The tenant.
         tenant: String,
-        /// Queries it runs.
-        running: usize,
+        /// Which quota, and how much is used.
+        reason: String,
     },
     /// Anything else.
     #[error(transparent)]
@@ -96,6 +100,8 @@ pub struct QueryInfo {
 struct Running {
     tenant: String,
     name: String,
+    /// Plugin memory the query may use (the sum of its memory limits).
+    memory_reserved: u64,
     status: Mutex<Status>,
     stop: watch::Sender<bool>,
     control: QueryControl,
@@ -234,7 +240,11 @@ impl Host {
         std::fs::write(&candidate, text).map_err(io)?;
         std::fs::rename(&candidate, dir.join("pipeline.toml")).map_err(io)?;
         let _ = std::fs::remove_file(dir.join("stopped"));
-        self.start(tenant, &name)?;
+        if let Err(e) = self.start(tenant, &name) {
+            // Stored but not running (a quota, say): `weir start` later.
+            let _ = std::fs::write(dir.join("stopped"), b"");
+            return Err(e);
+        }
         Ok(self.running(&id).map(|r| r.info()).expect("just started"))
     }
 
@@ -250,7 +260,11 @@ impl Host {
     /// Starts stored query `<tenant>/<name>`.
     fn start(self: &Arc<Self>, tenant: &str, name: &str) -> Result<(), HostError> {
         let id = format!("{tenant}/{name}");
-        let running_for_tenant = self
+        let dir = self.query_dir(tenant, name);
+        let pipeline = Pipeline::load(&dir.join("pipeline.toml"))
+            .map_err(|e| HostError::Invalid(e.to_string()))?;
+        let memory_reserved = plugin_memory(&pipeline);
+        let (running_for_tenant, memory_for_tenant) = self
             .queries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -259,22 +273,34 @@ impl Host {
                 r.tenant == tenant
                     && *r.status.lock().unwrap_or_else(|p| p.into_inner()) == Status::Running
             })
-            .count();
+            .fold((0, 0), |(n, bytes), r| (n + 1, bytes + r.memory_reserved));
         if running_for_tenant >= self.config.max_queries_per_tenant {
             return Err(HostError::Quota {
                 tenant: tenant.to_string(),
-                running: running_for_tenant,
+                reason: format!(
+                    "{running_for_tenant} running queries (at most {})",
+                    self.config.max_queries_per_tenant
+                ),
             });
         }
-        let dir = self.query_dir(tenant, name);
-        let pipeline = Pipeline::load(&dir.join("pipeline.toml"))
-            .map_err(|e| HostError::Invalid(e.to_string()))?;
+        if let Some(max) = self.config.max_memory_per_tenant
+            && memory_for_tenant + memory_reserved > max
+        {
+            return Err(HostError::Quota {
+                tenant: tenant.to_string(),
+                reason: format!(
+                    "its running queries' plugins may use {memory_for_tenant} bytes and this one \
+                     {memory_reserved} more, over its {max} bytes (lower the stages' memory_limit)"
+                ),
+            });
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut query = Query::new(pipeline, self.engine.clone()).with_stop_signal(stop_rx);
         let control = query.control();
         let running = Arc::new(Running {
             tenant: tenant.to_string(),
             name: name.to_string(),
+            memory_reserved,
             status: Mutex::new(Status::Running),
             stop,
             control,
@@ -444,6 +470,21 @@ impl Host {
             }
         }
     }
+}
+
+/// The memory a query's plugins may use: the sum of their limits.
+fn plugin_memory(pipeline: &Pipeline) -> u64 {
+    let transforms = pipeline.transforms.iter().map(|t| t.limits.memory_bytes);
+    let stateful = pipeline
+        .stateful
+        .iter()
+        .map(|s| s.stage.limits.memory_bytes);
+    let sink = pipeline
+        .sink
+        .foreach_batch
+        .iter()
+        .map(|f| f.stage.limits.memory_bytes);
+    transforms.chain(stateful).chain(sink).sum()
 }
 
 /// Tenant and query names become directory names: keep them plain.

@@ -1,25 +1,15 @@
 //! `weir serve` and the commands that talk to it (`submit`, `status`,
 //! `swap`, `stop`, `start`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use weir::serve::{Host, HostConfig};
 use weir::{PluginEngine, WeirError};
 
 /// Runs the host until Ctrl-C / SIGTERM, then stops every query after its
 /// current batch (they resume when the host starts again).
-pub async fn serve(
-    addr: std::net::SocketAddr,
-    state_dir: PathBuf,
-    max_queries_per_tenant: usize,
-) -> Result<(), WeirError> {
-    let host = Host::new(
-        HostConfig {
-            state_dir,
-            max_queries_per_tenant,
-        },
-        PluginEngine::new()?,
-    )?;
+pub async fn serve(addr: std::net::SocketAddr, config: HostConfig) -> Result<(), WeirError> {
+    let host = Host::new(config, PluginEngine::new()?)?;
     let listener = weir::metrics::bind(addr).await?;
     let resumed = host.resume()?;
     eprintln!("weir serve: admin API on http://{addr} ({resumed} queries resumed)");

@@ -66,6 +66,10 @@ enum Command {
         /// At most this many running queries per tenant.
         #[arg(long, default_value_t = 16)]
         max_queries_per_tenant: usize,
+        /// At most this much plugin memory per tenant (the sum of its
+        /// running queries' `memory_limit`s), e.g. 4GiB.
+        #[arg(long)]
+        max_memory_per_tenant: Option<bytesize::ByteSize>,
     },
     /// Submit a pipeline to a `weir serve` host.
     Submit {
@@ -164,7 +168,18 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             addr,
             state_dir,
             max_queries_per_tenant,
-        } => admin::serve(addr, state_dir, max_queries_per_tenant).await,
+            max_memory_per_tenant,
+        } => {
+            admin::serve(
+                addr,
+                weir::serve::HostConfig {
+                    state_dir,
+                    max_queries_per_tenant,
+                    max_memory_per_tenant: max_memory_per_tenant.map(|b| b.as_u64()),
+                },
+            )
+            .await
+        }
         Command::Submit {
             pipeline,
             tenant,
