@@ -7,6 +7,7 @@ mod crash;
 mod foreach_batch;
 mod formats;
 mod golden;
+mod joins;
 mod kafka;
 mod pg;
 mod plugins;

@@ -31,6 +31,7 @@ mod kafka;
 mod schema;
 mod stateful;
 mod stateful_fn;
+mod static_join;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub use kafka::{
 pub use schema::parse_data_type;
 pub use stateful::{OutputMode, WatermarkConfig};
 pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
+pub use static_join::{JoinHow, StaticJoinConfig};
 
 use crate::operator::{DeduplicateConfig, WindowAggregateConfig};
 use crate::state::BackendKind;
@@ -76,6 +78,9 @@ pub struct Pipeline {
     pub deduplicate: Option<DeduplicateConfig>,
     /// A Wasm stateful function after the plugin stages, if declared.
     pub stateful: Option<StatefulFunctionConfig>,
+    /// A join of every batch with a table read from files, after the
+    /// transforms and before any stateful operator.
+    pub static_join: Option<StaticJoinConfig>,
     /// Where operator state is kept while running.
     pub state_store: BackendKind,
     /// The output.
@@ -271,6 +276,7 @@ struct RawPipeline {
     drop_duplicates_within_watermark: Option<Spanned<Vec<String>>>,
     drop_duplicates: Option<Spanned<Vec<String>>>,
     stateful: Option<Spanned<stateful_fn::RawStateful>>,
+    static_join: Option<Spanned<RawStaticJoin>>,
     s3: Option<Spanned<RawS3>>,
     state_store: Option<BackendKind>,
     sink: Spanned<RawSink>,
@@ -336,6 +342,16 @@ enum RawStartingOffsets {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStaticJoin {
+    on: Spanned<Vec<String>>,
+    #[serde(default)]
+    how: JoinHow,
+    refresh: Option<Spanned<String>>,
+    table: Spanned<RawSource>,
+}
+
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum ByteCount {
     Bytes(i64),
@@ -350,6 +366,15 @@ struct RawField {
     data_type: Spanned<String>,
     #[serde(default = "yes")]
     nullable: bool,
+}
+
+fn field_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn yes() -> bool {
@@ -545,8 +570,45 @@ impl Resolver<'_> {
             aggregate,
             deduplicate,
             stateful,
+            static_join: raw
+                .static_join
+                .as_ref()
+                .map(|j| self.static_join(j))
+                .transpose()?,
             state_store: raw.state_store.unwrap_or_default(),
             sink,
+        })
+    }
+
+    fn static_join(
+        &self,
+        spanned: &Spanned<RawStaticJoin>,
+    ) -> Result<StaticJoinConfig, ConfigError> {
+        let raw = spanned.get_ref();
+        if *raw.table.get_ref().kind.get_ref() != SourceKind::File {
+            return Err(self
+                .err(&raw.table, "a static join reads its table from files")
+                .hint("kind = \"file\" with path, format and schema"));
+        }
+        let table = self.file_source(&raw.table)?;
+        if raw.on.get_ref().is_empty() {
+            return Err(self.err(&raw.on, "a static join needs at least one key in `on`"));
+        }
+        for key in raw.on.get_ref() {
+            if table.schema.field_with_name(key).is_err() {
+                return Err(self
+                    .err(
+                        &raw.on,
+                        format!("join key `{key}` is not a column of the table"),
+                    )
+                    .hint(format!("table columns: {}", field_names(&table.schema))));
+            }
+        }
+        Ok(StaticJoinConfig {
+            table,
+            on: raw.on.get_ref().clone(),
+            how: raw.how,
+            refresh: raw.refresh.as_ref().map(|r| self.duration(r)).transpose()?,
         })
     }
 

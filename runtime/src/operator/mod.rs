@@ -8,6 +8,7 @@
 mod accumulate;
 mod dedup;
 mod stateful_fn;
+mod static_join;
 mod window;
 
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use arrow::record_batch::RecordBatch;
 pub use accumulate::AggregateFn;
 pub use dedup::{Deduplicate, DeduplicateConfig};
 pub use stateful_fn::StatefulFunction;
+pub use static_join::StaticJoin;
 pub use window::{
     AggregateSpec, WindowAggregate, WindowAggregateConfig, WindowKind, event_times_ms,
 };

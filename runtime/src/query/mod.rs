@@ -31,7 +31,9 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::config::{Pipeline, SourceConfig, Trigger};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::faults::crash_point;
-use crate::operator::{Deduplicate, Operator, OperatorContext, StatefulFunction, WindowAggregate};
+use crate::operator::{
+    Deduplicate, Operator, OperatorContext, StatefulFunction, StaticJoin, WindowAggregate,
+};
 use crate::plugin::{PluginEngine, TransformInstance};
 use crate::retry::Retries;
 use crate::sink::{self, CommitOutcome, Sink};
@@ -227,7 +229,14 @@ impl Query {
             swaps,
             stored_plugins: Default::default(),
             events: Vec::new(),
+            static_join: None,
         };
+        if let Some(config) = &runner.pipeline.static_join {
+            let mut join = StaticJoin::new(config.clone());
+            // Read at start, so a broken table stops the query before batch 0.
+            join.refresh_if_due().await?;
+            runner.static_join = Some(join);
+        }
         let outcome = runner.run(recovery).await;
         runner.checkpoint.release().await;
         outcome
@@ -355,6 +364,8 @@ struct Runner {
     stored_plugins: std::collections::BTreeSet<String>,
     /// Swaps and rollbacks since the last batch's progress.
     events: Vec<String>,
+    /// The join with a table read from files, if the pipeline has one.
+    static_join: Option<StaticJoin>,
 }
 
 impl Runner {
@@ -485,6 +496,14 @@ impl Runner {
         let mut batches = transformed?;
         if !logged {
             self.log_versions(batch_id).await?;
+        }
+        if let Some(join) = &mut self.static_join {
+            join.refresh_if_due().await?;
+            batches = batches
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| join.join(b))
+                .collect::<Result<_>>()?;
         }
         let max_event_ms = self.max_event_time(&batches)?;
         let watermark_ms = self.watermark.as_ref().map(|w| w.current_ms);
