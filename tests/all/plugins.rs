@@ -351,3 +351,76 @@ fn plugin_inspect_names_the_world_and_imports() {
     let err = crate::common::assert_exit(&out, 1);
     assert!(err.contains("it is not a WebAssembly file"), "{err}");
 }
+
+/// Seeded random order batches: int64 and float64 amounts with nulls,
+/// multi-byte UTF-8 names, and an empty batch among them.
+fn random_batches(seed: u64) -> Vec<RecordBatch> {
+    let mut random = crate::common::seeded(seed);
+    let names = ["Zoë", "東京", "🚀 rocket", "plain", "", "naïve café"];
+    (0..6)
+        .map(|b| {
+            let rows = if b == 2 { 0 } else { 1 + random(300) as usize };
+            let ids = Int64Array::from_iter_values((0..rows as i64).map(|i| b * 1000 + i));
+            let names = StringArray::from_iter((0..rows).map(|_| {
+                let pick = random(names.len() as i64 + 1) as usize;
+                names.get(pick).copied()
+            }));
+            let amounts =
+                Float64Array::from_iter((0..rows).map(|_| {
+                    (random(5) != 0).then(|| (random(2_000_000) - 1_000_000) as f64 / 7.0)
+                }));
+            let counts = Int64Array::from_iter(
+                (0..rows)
+                    .map(|_| (random(4) != 0).then(|| random(i64::from(i32::MAX)) - (1 << 30))),
+            );
+            RecordBatch::try_from_iter(vec![
+                ("id", Arc::new(ids) as ArrayRef),
+                ("name", Arc::new(names) as ArrayRef),
+                ("amount", Arc::new(amounts) as ArrayRef),
+                ("count", Arc::new(counts) as ArrayRef),
+            ])
+            .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_python_enrich_plugin_gives_the_rust_plugins_output_exactly() {
+    for (input, output) in [("amount", "amount_eur"), ("count", "count_scaled")] {
+        let config = format!(
+            r#"{{"input": "{input}", "output": "{output}", "multiply": 0.92, "add": -1.5}}"#
+        );
+        let mut rust = instance(ENRICH, &config);
+        let mut python = instance(weir_fixtures::PYTHON_ENRICH, &config);
+        for seed in [1, 2, 3] {
+            for batch in random_batches(seed) {
+                if batch.num_rows() == 0 {
+                    continue; // the host never calls a plugin with no rows
+                }
+                let expected = rust.process(&batch).unwrap();
+                let got = python.process(&batch).unwrap();
+                assert_eq!(
+                    got,
+                    expected,
+                    "seed {seed}, {input}, {} rows",
+                    batch.num_rows()
+                );
+            }
+        }
+    }
+    // The same errors, apart from the language.
+    let mut python = instance(
+        weir_fixtures::PYTHON_ENRICH,
+        r#"{"input": "missing", "output": "x"}"#,
+    );
+    let err = python.process(&orders()).unwrap_err().to_string();
+    assert!(err.contains("input column `missing` not found"), "{err}");
+    let err = engine()
+        .load_transform("py", weir_fixtures::PYTHON_ENRICH.as_ref())
+        .unwrap()
+        .instantiate("{}", Default::default())
+        .err()
+        .expect("a config without `input` is refused")
+        .to_string();
+    assert!(err.contains("invalid enrich config"), "{err}");
+}
