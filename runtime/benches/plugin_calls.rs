@@ -11,7 +11,10 @@
 //!    vs the pooling allocator (goal with pooling: < 50 us) — what a hot swap
 //!    or a new query pays, off the batch path;
 //! 5. the map transform with per-call time limits (epoch deadlines) on vs
-//!    off (goal: >= 0.95x).
+//!    off (goal: >= 0.95x);
+//! 6. per language, the same `enrich` transform: component size, compile
+//!    time cold and from the on-disk cache, instantiation, and rows/s
+//!    relative to the Rust plugin.
 //!
 //! Run with `./dev bench` (or `cargo bench -p weir --bench plugin_calls`).
 
@@ -206,6 +209,58 @@ fn main() {
         us(t_limited),
         ratio(t_free, t_limited)
     );
+
+    // 6. Per language.
+    println!("\n6. the enrich transform per language (8192-row batches)");
+    println!(
+        "   {:<8} {:>9} {:>12} {:>12} {:>14} {:>12} {:>8}",
+        "language", "size KiB", "compile ms", "cached ms", "instantiate", "rows/s", "vs Rust"
+    );
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut rust_rate = None;
+    for (language, path) in [
+        ("Rust", weir_fixtures::ENRICH),
+        ("Python", weir_fixtures::PYTHON_ENRICH),
+    ] {
+        let size = std::fs::metadata(path).unwrap().len() / 1024;
+        let cold = Instant::now();
+        PluginEngine::with_cache(None)
+            .unwrap()
+            .load_transform("bench", path.as_ref())
+            .unwrap();
+        let cold = cold.elapsed();
+        let cached_engine = PluginEngine::with_cache(Some(weir::plugin::CompileCache::at(
+            cache_dir.path().to_path_buf(),
+        )))
+        .unwrap();
+        cached_engine
+            .load_transform("bench", path.as_ref())
+            .unwrap();
+        let warm = Instant::now();
+        let component = cached_engine
+            .load_transform("bench", path.as_ref())
+            .unwrap();
+        let warm = warm.elapsed();
+        let t_instantiate = median(budget, || {
+            black_box(component.instantiate(config, Default::default()).unwrap());
+        });
+        let mut plugin = component.instantiate(config, Default::default()).unwrap();
+        let t_batch = median(budget, || {
+            black_box(plugin.process(black_box(&batch)).unwrap());
+        });
+        let rate = batch.num_rows() as f64 / t_batch.as_secs_f64();
+        let relative = rate / *rust_rate.get_or_insert(rate);
+        println!(
+            "   {:<8} {:>9} {:>12.1} {:>12.1} {} {:>12.0} {:>7.2}x",
+            language,
+            size,
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3,
+            us(t_instantiate),
+            rate,
+            relative
+        );
+    }
 }
 
 /// Throughput of `candidate` relative to `baseline` (1.0 = as fast).
