@@ -162,6 +162,14 @@ fn rows_by_batch(out: &Path) -> Vec<(u64, Vec<Value>)> {
         .collect()
 }
 
+/// How many rows the JSON sink at `out` committed.
+fn committed_rows(out: &Path) -> u64 {
+    rows_by_batch(out)
+        .iter()
+        .map(|(_, rows)| rows.len() as u64)
+        .sum()
+}
+
 /// `versions/N` entries: (batch N, the `double` stage's multiplier).
 fn logged_multipliers(query: &Path) -> Vec<(u64, f64)> {
     numbered_entries(&query.join("ck/versions"))
@@ -240,11 +248,7 @@ fn plugins_are_hot_swapped_under_a_steady_stream_without_losing_a_row() {
     }
     let expected_rows = (files + 5) * 5;
     wait_until("every row committed", || {
-        rows_by_batch(&query.join("out"))
-            .iter()
-            .map(|(_, rows)| rows.len() as u64)
-            .sum::<u64>()
-            == expected_rows
+        committed_rows(&query.join("out")) == expected_rows
     });
     let stopped = server.cli(&["stop", "acme/orders"]);
     assert!(stopped.contains("\"state\": \"stopped\""), "{stopped}");
@@ -346,11 +350,7 @@ fn a_host_restart_resumes_its_queries_and_keeps_stopped_ones_stopped() {
     write_input(&input, 1);
     let server = Server::start(&state, port, &dir.path().join("serve-2.log"));
     wait_until("orders resumed", || {
-        rows_by_batch(&orders.join("out"))
-            .iter()
-            .map(|(_, r)| r.len())
-            .sum::<usize>()
-            == 10
+        committed_rows(&orders.join("out")) == 10
     });
     let status = server.cli(&["status"]);
     let queries: Value = serde_json::from_str(&status).unwrap();
@@ -360,11 +360,7 @@ fn a_host_restart_resumes_its_queries_and_keeps_stopped_ones_stopped() {
     // Started again, `other` catches up from its checkpoint.
     server.cli(&["start", "acme/other"]);
     wait_until("other caught up", || {
-        rows_by_batch(&other.join("out"))
-            .iter()
-            .map(|(_, r)| r.len())
-            .sum::<usize>()
-            == 10
+        committed_rows(&other.join("out")) == 10
     });
     let detail: Value = serde_json::from_str(&server.cli(&["status", "acme/other"])).unwrap();
     assert!(
@@ -581,11 +577,7 @@ path = "out"
     );
     let expected = n * 5;
     wait_until("the good tenant caught up", || {
-        rows_by_batch(&good_query.join("out"))
-            .iter()
-            .map(|(_, r)| r.len() as u64)
-            .sum::<u64>()
-            == expected
+        committed_rows(&good_query.join("out")) == expected
     });
     let status: Value = serde_json::from_str(&server.cli(&["status"])).unwrap();
     let queries = status.as_array().unwrap();
@@ -665,11 +657,7 @@ fn fifty_queries_in_one_host_for_three_minutes_keep_their_triggers_and_memory_fl
     let expected = n * 5;
     wait_until("every query caught up", || {
         (0..QUERIES).all(|q| {
-            rows_by_batch(&state.join(format!("tenants/t{}/q{q}/out", q % 5)))
-                .iter()
-                .map(|(_, r)| r.len() as u64)
-                .sum::<u64>()
-                == expected
+            committed_rows(&state.join(format!("tenants/t{}/q{q}/out", q % 5))) as u64 == expected
         })
     });
     // No missed triggers: while input kept coming, every query ran a batch

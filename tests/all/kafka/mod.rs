@@ -105,41 +105,39 @@ pub fn topic_named(family: &str, partitions: i32) -> String {
     name
 }
 
-/// Creates topic `name` on the broker at `servers`.
-pub fn create_topic(servers: &str, name: &str, partitions: i32) {
+/// Runs one admin request against the broker at `servers`.
+fn admin<T>(
+    servers: &str,
+    request: impl AsyncFnOnce(&AdminClient<DefaultClientContext>) -> T,
+) -> T {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .create()
         .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let results = runtime
-        .block_on(admin.create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .unwrap();
-    for result in results {
+        .unwrap()
+        .block_on(request(&admin))
+}
+
+/// Creates topic `name` on the broker at `servers`.
+pub fn create_topic(servers: &str, name: &str, partitions: i32) {
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin(servers, async |a| {
+        a.create_topics(&[topic], &AdminOptions::new()).await
+    });
+    for result in results.unwrap() {
         result.unwrap();
     }
 }
 
 /// Deletes topic `name` on the broker at `servers`.
 pub fn delete_topic(servers: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()
-        .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for result in runtime
-        .block_on(admin.delete_topics(&[name], &AdminOptions::new()))
-        .unwrap()
-    {
+    let results = admin(servers, async |a| {
+        a.delete_topics(&[name], &AdminOptions::new()).await
+    });
+    for result in results.unwrap() {
         result.unwrap();
     }
 }
