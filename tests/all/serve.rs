@@ -657,7 +657,7 @@ fn fifty_queries_in_one_host_for_three_minutes_keep_their_triggers_and_memory_fl
     let expected = n * 5;
     wait_until("every query caught up", || {
         (0..QUERIES).all(|q| {
-            committed_rows(&state.join(format!("tenants/t{}/q{q}/out", q % 5))) as u64 == expected
+            committed_rows(&state.join(format!("tenants/t{}/q{q}/out", q % 5))) == expected
         })
     });
     // No missed triggers: while input kept coming, every query ran a batch
