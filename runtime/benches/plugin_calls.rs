@@ -221,6 +221,7 @@ fn main() {
     for (language, path) in [
         ("Rust", weir_fixtures::ENRICH),
         ("Python", weir_fixtures::PYTHON_ENRICH),
+        ("JS", weir_fixtures::JS_ENRICH),
     ] {
         let size = std::fs::metadata(path).unwrap().len() / 1024;
         let cold = Instant::now();

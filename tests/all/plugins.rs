@@ -385,42 +385,51 @@ fn random_batches(seed: u64) -> Vec<RecordBatch> {
 }
 
 #[test]
-fn the_python_enrich_plugin_gives_the_rust_plugins_output_exactly() {
+fn the_python_and_javascript_enrich_plugins_give_the_rust_plugins_output_exactly() {
+    let others = [
+        ("Python", weir_fixtures::PYTHON_ENRICH),
+        ("JavaScript", weir_fixtures::JS_ENRICH),
+    ];
     for (input, output) in [("amount", "amount_eur"), ("count", "count_scaled")] {
         let config = format!(
             r#"{{"input": "{input}", "output": "{output}", "multiply": 0.92, "add": -1.5}}"#
         );
         let mut rust = instance(ENRICH, &config);
-        let mut python = instance(weir_fixtures::PYTHON_ENRICH, &config);
-        for seed in [1, 2, 3] {
-            for batch in random_batches(seed) {
-                if batch.num_rows() == 0 {
-                    continue; // the host never calls a plugin with no rows
+        for (language, plugin) in others {
+            let mut other = instance(plugin, &config);
+            for seed in [1, 2, 3] {
+                for batch in random_batches(seed) {
+                    if batch.num_rows() == 0 {
+                        continue; // the host never calls a plugin with no rows
+                    }
+                    let expected = rust.process(&batch).unwrap();
+                    let got = other.process(&batch).unwrap();
+                    assert_eq!(
+                        got,
+                        expected,
+                        "{language}, seed {seed}, {input}, {} rows",
+                        batch.num_rows()
+                    );
                 }
-                let expected = rust.process(&batch).unwrap();
-                let got = python.process(&batch).unwrap();
-                assert_eq!(
-                    got,
-                    expected,
-                    "seed {seed}, {input}, {} rows",
-                    batch.num_rows()
-                );
             }
         }
     }
     // The same errors, apart from the language.
-    let mut python = instance(
-        weir_fixtures::PYTHON_ENRICH,
-        r#"{"input": "missing", "output": "x"}"#,
-    );
-    let err = python.process(&orders()).unwrap_err().to_string();
-    assert!(err.contains("input column `missing` not found"), "{err}");
-    let err = engine()
-        .load_transform("py", weir_fixtures::PYTHON_ENRICH.as_ref())
-        .unwrap()
-        .instantiate("{}", Default::default())
-        .err()
-        .expect("a config without `input` is refused")
-        .to_string();
-    assert!(err.contains("invalid enrich config"), "{err}");
+    for (language, plugin) in others {
+        let mut other = instance(plugin, r#"{"input": "missing", "output": "x"}"#);
+        let err = other.process(&orders()).unwrap_err().to_string();
+        assert!(
+            err.contains("the plugin returned an error (input)")
+                && err.contains("input column `missing` not found"),
+            "{language}: {err}"
+        );
+        let err = engine()
+            .load_transform("other", plugin.as_ref())
+            .unwrap()
+            .instantiate("{}", Default::default())
+            .err()
+            .expect("a config without `input` is refused")
+            .to_string();
+        assert!(err.contains("invalid enrich config"), "{language}: {err}");
+    }
 }
