@@ -43,25 +43,23 @@ impl Retries {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = self.backoff(what);
         loop {
             match operation().await {
-                Err(WeirError::Unavailable { service, reason })
-                    if started.elapsed() < RETRY_FOR =>
-                {
-                    tracing::warn!(
-                        service,
-                        reason,
-                        retry_in = ?backoff,
-                        "{what} failed; retrying"
-                    );
-                    self.record(&format!("{what}: {service}: {reason}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                other => return other,
+                Ok(value) => return Ok(value),
+                Err(error) => backoff.wait(error).await?,
             }
+        }
+    }
+
+    /// The retry schedule of one operation, for callers that must do more
+    /// between attempts than [`Retries::run`] allows (reconnect, say).
+    pub fn backoff(&self, what: &str) -> Backoff {
+        Backoff {
+            retries: self.clone(),
+            what: what.to_string(),
+            started: Instant::now(),
+            next: FIRST_BACKOFF,
         }
     }
 
@@ -75,6 +73,39 @@ impl Retries {
     /// The retries since the last call, resetting the record.
     pub fn take(&self) -> RetryReport {
         std::mem::take(&mut *self.report.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// One operation's retries: exponential waits, recorded, for up to
+/// [`RETRY_FOR`].
+pub struct Backoff {
+    retries: Retries,
+    what: String,
+    started: Instant,
+    next: Duration,
+}
+
+impl Backoff {
+    /// After a failed attempt: if `error` is an outage and time is left,
+    /// records it, waits and returns `Ok` (try again); else returns it.
+    pub async fn wait(&mut self, error: WeirError) -> Result<()> {
+        match error {
+            WeirError::Unavailable { service, reason } if self.started.elapsed() < RETRY_FOR => {
+                tracing::warn!(
+                    service,
+                    reason,
+                    retry_in = ?self.next,
+                    "{} failed; retrying",
+                    self.what
+                );
+                self.retries
+                    .record(&format!("{}: {service}: {reason}", self.what));
+                tokio::time::sleep(self.next).await;
+                self.next = (self.next * 2).min(MAX_BACKOFF);
+                Ok(())
+            }
+            other => Err(other),
+        }
     }
 }
 

@@ -13,12 +13,24 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{Result, WeirError};
+
+/// The bytes of object `path` in `store`, or `None` if there is none.
+pub async fn get_if_exists(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+) -> object_store::Result<Option<bytes::Bytes>> {
+    match store.get(path).await {
+        Ok(found) => found.bytes().await.map(Some),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// A directory-like location.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Result, WeirError};
-use crate::storage::Location;
+use crate::storage::{Location, get_if_exists};
 
 pub use lease::Lease;
 pub use lock::CheckpointLock;
@@ -286,18 +286,19 @@ impl Checkpoint {
 
     /// A plugin component [`Checkpoint::store_plugin`] kept.
     pub async fn plugin(&self, name: &str) -> Result<Vec<u8>> {
-        match self.store.get(&ObjectPath::from(name)).await {
-            Ok(found) => Ok(found
-                .bytes()
-                .await
-                .map_err(|e| WeirError::storage(self.describe(name), e))?
-                .to_vec()),
-            Err(object_store::Error::NotFound { .. }) => Err(WeirError::CheckpointCorrupt {
+        self.bytes(name)
+            .await?
+            .map(|b| b.to_vec())
+            .ok_or_else(|| WeirError::CheckpointCorrupt {
                 path: self.describe(name),
                 reason: "the plugin version a logged batch ran with is missing".into(),
-            }),
-            Err(e) => Err(WeirError::storage(self.describe(name), e)),
-        }
+            })
+    }
+
+    async fn bytes(&self, name: &str) -> Result<Option<bytes::Bytes>> {
+        get_if_exists(self.store.as_ref(), &ObjectPath::from(name))
+            .await
+            .map_err(|e| WeirError::storage(self.describe(name), e))
     }
 
     async fn read<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
@@ -310,14 +311,8 @@ impl Checkpoint {
     }
 
     async fn read_opt<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        let path = ObjectPath::from(name);
-        let bytes = match self.store.get(&path).await {
-            Ok(found) => found
-                .bytes()
-                .await
-                .map_err(|e| WeirError::storage(self.describe(name), e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(WeirError::storage(self.describe(name), e)),
+        let Some(bytes) = self.bytes(name).await? else {
+            return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)

@@ -109,18 +109,23 @@ struct Running {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// A lock whose holder panicked still guards usable data here.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Running {
+    fn is_running(&self) -> bool {
+        *lock(&self.status) == Status::Running
+    }
+
     fn info(&self) -> QueryInfo {
-        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let progress = lock(&self.progress);
         QueryInfo {
             id: format!("{}/{}", self.tenant, self.name),
             tenant: self.tenant.clone(),
             name: self.name.clone(),
-            status: self
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            status: lock(&self.status).clone(),
             batches: progress
                 .back()
                 .map_or(0, |p| p["hostBatches"].as_u64().unwrap_or(0)),
@@ -249,12 +254,10 @@ impl Host {
     }
 
     fn running(&self, id: &str) -> Option<Arc<Running>> {
-        self.queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.queries)
             .get(id)
             .cloned()
-            .filter(|r| *r.status.lock().unwrap_or_else(|p| p.into_inner()) == Status::Running)
+            .filter(|r| r.is_running())
     }
 
     /// Starts stored query `<tenant>/<name>`.
@@ -264,15 +267,9 @@ impl Host {
         let pipeline = Pipeline::load(&dir.join("pipeline.toml"))
             .map_err(|e| HostError::Invalid(e.to_string()))?;
         let memory_reserved = plugin_memory(&pipeline);
-        let (running_for_tenant, memory_for_tenant) = self
-            .queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let (running_for_tenant, memory_for_tenant) = lock(&self.queries)
             .values()
-            .filter(|r| {
-                r.tenant == tenant
-                    && *r.status.lock().unwrap_or_else(|p| p.into_inner()) == Status::Running
-            })
+            .filter(|r| r.tenant == tenant && r.is_running())
             .fold((0, 0), |(n, bytes), r| (n + 1, bytes + r.memory_reserved));
         if running_for_tenant >= self.config.max_queries_per_tenant {
             return Err(HostError::Quota {
@@ -327,7 +324,7 @@ impl Host {
             if let Err(e) = writeln!(log, "{json}") {
                 tracing::warn!("cannot write the progress log: {e}");
             }
-            let mut progress = recent.progress.lock().unwrap_or_else(|p| p.into_inner());
+            let mut progress = lock(&recent.progress);
             if progress.len() == RECENT_PROGRESS {
                 progress.pop_front();
             }
@@ -348,15 +345,12 @@ impl Host {
                     Status::Failed(e.to_string())
                 }
             };
-            *finished.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+            *lock(&finished.status) = status;
         })
         });
-        *running.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        *lock(&running.task) = Some(task);
         tracing::info!(query = id, "query started");
-        self.queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, running);
+        lock(&self.queries).insert(id, running);
         Ok(())
     }
 
@@ -370,11 +364,7 @@ impl Host {
             source,
         })?;
         let _ = running.stop.send(true);
-        let task = running
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let task = lock(&running.task).take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -417,31 +407,18 @@ impl Host {
 
     /// Every query the host knows, in id order.
     pub fn list(&self) -> Vec<QueryInfo> {
-        self.queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|r| r.info())
-            .collect()
+        lock(&self.queries).values().map(|r| r.info()).collect()
     }
 
     /// One query and its recent progress events (oldest first).
     pub fn get(&self, id: &str) -> Result<(QueryInfo, Vec<Value>), HostError> {
         let running = self.known(id)?;
-        let progress = running
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let progress = lock(&running.progress).iter().cloned().collect();
         Ok((running.info(), progress))
     }
 
     fn known(&self, id: &str) -> Result<Arc<Running>, HostError> {
-        self.queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.queries)
             .get(id)
             .cloned()
             .ok_or_else(|| HostError::NotFound(id.to_string()))
@@ -449,22 +426,12 @@ impl Host {
 
     /// Stops every query (after its current batch), as a host shutdown.
     pub async fn shutdown(&self) {
-        let all: Vec<Arc<Running>> = self
-            .queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let all: Vec<Arc<Running>> = lock(&self.queries).values().cloned().collect();
         for running in &all {
             let _ = running.stop.send(true);
         }
         for running in all {
-            let task = running
-                .task
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            let task = lock(&running.task).take();
             if let Some(task) = task {
                 let _ = task.await;
             }

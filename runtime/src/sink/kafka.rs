@@ -252,17 +252,10 @@ impl KafkaSink {
 
     async fn read_attempt(&self, batch_id: u64) -> Result<Option<String>> {
         let path = Self::attempt_path(batch_id);
-        match self.checkpoint.get(&path).await {
-            Ok(found) => {
-                let bytes = found
-                    .bytes()
-                    .await
-                    .map_err(|e| WeirError::storage(path.to_string(), e))?;
-                Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(WeirError::storage(path.to_string(), e)),
-        }
+        let bytes = crate::storage::get_if_exists(self.checkpoint.as_ref(), &path)
+            .await
+            .map_err(|e| WeirError::storage(path.to_string(), e))?;
+        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// The records of one batch: (key, value) bytes per row.
@@ -342,32 +335,22 @@ impl Sink for KafkaSink {
             return Ok(CommitOutcome::AlreadyCommitted);
         }
         let records = Arc::new(self.records(batches)?);
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = self.retries.backoff(&format!("writing batch {batch_id}"));
         loop {
-            match self.write(batch_id, records.clone()).await {
-                Ok(()) => return Ok(CommitOutcome::Written),
-                Err(WeirError::Unavailable { service, reason })
-                    if started.elapsed() < crate::retry::RETRY_FOR =>
-                {
-                    tracing::warn!(service, reason, retry_in = ?backoff, "kafka sink: batch {batch_id} failed; retrying");
-                    self.retries
-                        .record(&format!("writing batch {batch_id}: {service}: {reason}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    // A new producer fences the old one: its transaction is
-                    // aborted, or it committed, as the marker then says.
-                    let (client, committed) =
-                        Self::connect(&self.config, &self.query_id, &self.retries).await?;
-                    self.client = client;
-                    self.set_committed(committed).await?;
-                    if let Some((last, _)) = &self.committed
-                        && batch_id <= *last
-                    {
-                        return Ok(CommitOutcome::Written);
-                    }
-                }
-                Err(e) => return Err(e),
+            let Err(error) = self.write(batch_id, records.clone()).await else {
+                return Ok(CommitOutcome::Written);
+            };
+            backoff.wait(error).await?;
+            // A new producer fences the old one: its transaction is
+            // aborted, or it committed, as the marker then says.
+            let (client, committed) =
+                Self::connect(&self.config, &self.query_id, &self.retries).await?;
+            self.client = client;
+            self.set_committed(committed).await?;
+            if let Some((last, _)) = &self.committed
+                && batch_id <= *last
+            {
+                return Ok(CommitOutcome::Written);
             }
         }
     }
