@@ -385,10 +385,11 @@ fn random_batches(seed: u64) -> Vec<RecordBatch> {
 }
 
 #[test]
-fn the_python_and_javascript_enrich_plugins_give_the_rust_plugins_output_exactly() {
+fn the_python_javascript_and_c_enrich_plugins_give_the_rust_plugins_output_exactly() {
     let others = [
         ("Python", weir_fixtures::PYTHON_ENRICH),
         ("JavaScript", weir_fixtures::JS_ENRICH),
+        ("C", weir_fixtures::C_ENRICH),
     ];
     for (input, output) in [("amount", "amount_eur"), ("count", "count_scaled")] {
         let config = format!(
