@@ -42,8 +42,10 @@ mod javascript;
 mod manifest;
 mod python;
 pub mod rust;
+mod scaffold;
 
 pub use manifest::{Language, MANIFEST_FILE, Manifest};
+pub use scaffold::new_plugin;
 
 /// Why a plugin could not be built.
 #[derive(Debug, thiserror::Error)]

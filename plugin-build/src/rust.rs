@@ -147,7 +147,11 @@ pub fn crate_name(dir: &Path) -> Result<String, Error> {
 
 pub(crate) fn build(project: &Project, work: &Path, out: &Path) -> Result<(), Error> {
     let name = &project.manifest().name;
-    let target_dir = work.join("cargo");
+    // As cargo does: CARGO_TARGET_DIR shares builds of the SDK and arrow
+    // between plugin projects.
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| work.join("cargo"));
     let mut cmd = wasm_cargo()?;
     cmd.arg("build")
         .arg("--release")

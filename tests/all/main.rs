@@ -10,6 +10,7 @@ mod golden;
 mod joins;
 mod kafka;
 mod pg;
+mod plugin_projects;
 mod plugins;
 mod s3;
 mod serve;

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod admin;
+mod plugin_dev;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir::{Pipeline, PluginEngine, Query, QueryOutcome, WeirError};
+use weir_plugin_build::Language;
 
 // Batches are large, short-lived allocations; glibc's malloc hands many of
 // them back to the kernel and page-faults them in again on every batch.
@@ -53,6 +55,11 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Create a project: `weir new plugin NAME --lang rust|python|js|c`.
+    New {
+        #[command(subcommand)]
+        command: NewCommand,
     },
     /// Host many queries (of many tenants) with an HTTP admin API; queries
     /// submitted earlier resume from their checkpoints.
@@ -117,7 +124,44 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum NewCommand {
+    /// A transform plugin project that `weir plugin build` builds as it is.
+    Plugin {
+        /// Plugin name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// Source language.
+        #[arg(long, value_parser = parse_language)]
+        lang: Language,
+        /// Directory to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rust only: the Weir SDK (a checkout's sdk/ directory) to depend on
+        /// (default: the checkout this weir was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+fn parse_language(text: &str) -> Result<Language, String> {
+    Language::ALL
+        .into_iter()
+        .find(|l| l.key() == text || (text == "javascript" && *l == Language::JavaScript))
+        .ok_or_else(|| format!("`{text}`: expected rust, python, js or c"))
+}
+
+#[derive(Subcommand)]
 enum PluginCommand {
+    /// Build a plugin project (a directory with weir-plugin.toml, or a Rust
+    /// crate) to a component, with whatever toolchain this machine has; says
+    /// what to install when there is none.
+    Build {
+        /// Project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the component (default: DIR/target/wasm).
+        #[arg(long, short)]
+        out_dir: Option<PathBuf>,
+    },
     /// Show which Weir world a component implements, what it imports and
     /// exports, and whether this host can run it (exit 1 if not).
     Inspect {
@@ -136,6 +180,11 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    // Plugin-project commands need neither the async runtime nor a host.
+    let command = match plugin_dev::dispatch(cli.command) {
+        Ok(exit) => return exit,
+        Err(other) => other,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -143,7 +192,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -201,39 +250,11 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         Command::Start { id, server } => admin::Client::new(&server).post(&id, "start").await,
         Command::Plugin {
             command: PluginCommand::Inspect { component },
-        } => {
-            let engine = PluginEngine::with_cache(None)?;
-            let info = engine.inspect(&component)?;
-            println!("{}: {} KiB", component.display(), info.size / 1024);
-            println!(
-                "world: {}",
-                info.world
-                    .map_or("none (not a Weir plugin)".to_string(), |w| {
-                        format!("weir:plugin {w}")
-                    })
-            );
-            println!("exports:");
-            for export in &info.exports {
-                println!("  {export}");
-            }
-            println!("imports:");
-            for import in &info.imports {
-                println!("  {import}");
-            }
-            match info.link_error {
-                None => {
-                    println!("ok: this host can run it");
-                    Ok(())
-                }
-                Some(reason) => Err(WeirError::Plugin {
-                    stage: "inspect".into(),
-                    failure: weir::PluginFailure::Load {
-                        path: component,
-                        reason,
-                    },
-                }),
-            }
-        }
+        } => plugin_dev::inspect(&component),
+        Command::New { .. }
+        | Command::Plugin {
+            command: PluginCommand::Build { .. },
+        } => unreachable!("handled by plugin_dev::dispatch"),
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let engine = PluginEngine::new()?;

@@ -1,0 +1,106 @@
+//! Plugin-author commands: `weir new plugin`, `weir plugin build` and
+//! `weir plugin inspect`.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use weir::{PluginEngine, WeirError};
+use weir_plugin_build::{BuildOptions, Language, Project};
+
+use crate::{Command, NewCommand, PluginCommand};
+
+/// Runs `weir new` and `weir plugin build`; any other command comes back.
+pub fn dispatch(command: Command) -> Result<ExitCode, Command> {
+    let result = match command {
+        Command::New {
+            command:
+                NewCommand::Plugin {
+                    name,
+                    lang,
+                    dir,
+                    sdk,
+                },
+        } => new_plugin(&name, lang, dir, sdk.as_deref()),
+        Command::Plugin {
+            command: PluginCommand::Build { dir, out_dir },
+        } => build(&dir, out_dir),
+        other => return Err(other),
+    };
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn new_plugin(
+    name: &str,
+    language: Language,
+    dir: Option<PathBuf>,
+    sdk: Option<&Path>,
+) -> Result<(), Box<dyn Error>> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let files = weir_plugin_build::new_plugin(&dir, name, language, sdk)?;
+    println!("created {} ({language} transform plugin):", dir.display());
+    for file in files {
+        println!("  {}", file.display());
+    }
+    println!("build it with: weir plugin build {}", dir.display());
+    Ok(())
+}
+
+fn build(dir: &Path, out_dir: Option<PathBuf>) -> Result<(), Box<dyn Error>> {
+    let project = Project::open(dir)?;
+    let manifest = project.manifest();
+    let out_dir = out_dir.unwrap_or_else(|| project.dir().join("target/wasm"));
+    eprintln!(
+        "building {} ({} plugin, world {})",
+        manifest.name, manifest.language, manifest.world
+    );
+    let started = Instant::now();
+    let wasm = project.build(&BuildOptions::new(out_dir))?;
+    eprintln!("built {} in {:.1?}", wasm.display(), started.elapsed());
+    // A component this host cannot run is a failed build.
+    inspect(&wasm)?;
+    Ok(())
+}
+
+/// Prints a component's world, exports and imports; an error if this host
+/// cannot link it.
+pub fn inspect(component: &Path) -> Result<(), WeirError> {
+    let engine = PluginEngine::with_cache(None)?;
+    let info = engine.inspect(component)?;
+    println!("{}: {} KiB", component.display(), info.size / 1024);
+    println!(
+        "world: {}",
+        info.world
+            .map_or("none (not a Weir plugin)".to_string(), |w| {
+                format!("weir:plugin {w}")
+            })
+    );
+    println!("exports:");
+    for export in &info.exports {
+        println!("  {export}");
+    }
+    println!("imports:");
+    for import in &info.imports {
+        println!("  {import}");
+    }
+    match info.link_error {
+        None => {
+            println!("ok: this host can run it");
+            Ok(())
+        }
+        Some(reason) => Err(WeirError::Plugin {
+            stage: "inspect".into(),
+            failure: weir::PluginFailure::Load {
+                path: component.to_path_buf(),
+                reason,
+            },
+        }),
+    }
+}
