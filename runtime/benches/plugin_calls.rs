@@ -222,6 +222,7 @@ fn main() {
         ("Rust", weir_fixtures::ENRICH),
         ("Python", weir_fixtures::PYTHON_ENRICH),
         ("JS", weir_fixtures::JS_ENRICH),
+        ("C", weir_fixtures::C_ENRICH),
     ] {
         let size = std::fs::metadata(path).unwrap().len() / 1024;
         let cold = Instant::now();
