@@ -185,6 +185,7 @@ async fn main() {
                 batch_id: n,
                 output_rows: 0,
                 next_watermark_ms: Some(0),
+                next_input_watermarks_ms: Vec::new(),
                 sink_commit: None,
             })
             .await

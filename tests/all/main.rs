@@ -15,5 +15,6 @@ mod plugins;
 mod s3;
 mod serve;
 mod stateful;
+mod stream_joins;
 mod triggers;
 mod windows;

@@ -448,6 +448,7 @@ fn an_expired_lease_is_taken_over_and_its_holder_stops() {
                 batch_id,
                 output_rows: 0,
                 next_watermark_ms: None,
+                next_input_watermarks_ms: Vec::new(),
                 sink_commit: None,
             };
             if let Err(e) = checkpoint.write_commit(&entry).await {

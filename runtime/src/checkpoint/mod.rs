@@ -73,6 +73,10 @@ pub struct CommitEntry {
     /// The watermark batch N+1 will use (Spark's `nextBatchWatermarkMs`).
     #[serde(default)]
     pub next_watermark_ms: Option<i64>,
+    /// With several inputs: each input's own watermark after this batch
+    /// (the query's is `next_watermark_ms`, their min or max).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_input_watermarks_ms: Vec<Option<i64>>,
     /// How the sink names the write that committed this batch (a Kafka
     /// transaction attempt), when it names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

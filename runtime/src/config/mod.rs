@@ -32,6 +32,7 @@ mod schema;
 mod stateful;
 mod stateful_fn;
 mod static_join;
+mod stream_join;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub use schema::parse_data_type;
 pub use stateful::{OutputMode, WatermarkConfig};
 pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
 pub use static_join::{JoinHow, StaticJoinConfig};
+pub use stream_join::{
+    InputConfig, JoinTimeRange, StreamJoinConfig, StreamJoinKind, WatermarkPolicy,
+};
 
 use crate::operator::{DeduplicateConfig, WindowAggregateConfig};
 use crate::state::BackendKind;
@@ -66,11 +70,17 @@ pub struct Pipeline {
     pub checkpoint: Location,
     /// When batches run.
     pub trigger: Trigger,
-    /// The input.
-    pub source: SourceConfig,
+    /// The inputs: one `[source]`, or several named `[[sources]]` (a
+    /// union, or the two sides of `[join]`).
+    pub inputs: Vec<InputConfig>,
+    /// How the query's watermark follows several inputs' watermarks.
+    pub multiple_watermark_policy: WatermarkPolicy,
+    /// A stream-stream join of the two inputs, before the transforms.
+    pub stream_join: Option<StreamJoinConfig>,
     /// Plugin stages, in order.
     pub transforms: Vec<TransformConfig>,
-    /// Event-time watermark, if declared.
+    /// Event-time watermark of a single `[source]`, if declared (with
+    /// `[[sources]]`, each input has its own: [`InputConfig::watermark`]).
     pub watermark: Option<WatermarkConfig>,
     /// Windowed aggregation after the plugin stages, if declared.
     pub aggregate: Option<WindowAggregateConfig>,
@@ -268,7 +278,10 @@ struct RawPipeline {
     checkpoint: Spanned<String>,
     #[serde(default)]
     trigger: Option<Spanned<RawTrigger>>,
-    source: Spanned<RawSource>,
+    source: Option<Spanned<RawSource>>,
+    sources: Option<Spanned<Vec<Spanned<RawSource>>>>,
+    multiple_watermark_policy: Option<WatermarkPolicy>,
+    join: Option<Spanned<stream_join::RawStreamJoin>>,
     #[serde(default)]
     transform: Vec<Spanned<RawTransform>>,
     watermark: Option<Spanned<stateful::RawWatermark>>,
@@ -312,6 +325,9 @@ enum SourceKind {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     kind: Spanned<SourceKind>,
+    // [[sources]] only:
+    name: Option<Spanned<String>>,
+    watermark: Option<Spanned<stateful::RawWatermark>>,
     path: Option<Spanned<String>>,
     format: Option<Spanned<FileFormat>>,
     schema: Option<Spanned<Vec<Spanned<RawField>>>>,
@@ -525,6 +541,32 @@ impl Resolver<'_> {
             raw.drop_duplicates.as_ref(),
             watermark.as_ref(),
         )?;
+        let inputs = self.inputs(&raw, watermark.as_ref())?;
+        let stream_join = raw
+            .join
+            .as_ref()
+            .map(|j| self.stream_join(j, &inputs, *mode.get_ref()))
+            .transpose()?;
+        if inputs.len() > 1 {
+            let operator = [
+                raw.aggregate.as_ref().map(|a| a.span()),
+                raw.stateful.as_ref().map(|s| s.span()),
+                raw.static_join.as_ref().map(|s| s.span()),
+                raw.drop_duplicates.as_ref().map(|s| s.span()),
+                raw.drop_duplicates_within_watermark
+                    .as_ref()
+                    .map(|s| s.span()),
+            ];
+            if let Some(span) = operator.into_iter().flatten().next() {
+                return Err(self
+                    .err_at(
+                        span,
+                        "stateful operators and static joins after several [[sources]] are not \
+                         supported yet",
+                    )
+                    .hint("write the union or join to a sink and read it in a second query"));
+            }
+        }
         let operators = [
             raw.aggregate.as_ref().map(|a| a.span()),
             deduplicate.as_ref().map(|_| 0..0),
@@ -564,7 +606,9 @@ impl Resolver<'_> {
             name,
             checkpoint: self.location(&raw.checkpoint)?,
             trigger: self.trigger(raw.trigger.as_ref())?,
-            source: self.source(&raw.source)?,
+            inputs,
+            multiple_watermark_policy: raw.multiple_watermark_policy.unwrap_or_default(),
+            stream_join,
             transforms,
             watermark,
             aggregate,

@@ -9,6 +9,7 @@ mod accumulate;
 mod dedup;
 mod stateful_fn;
 mod static_join;
+mod stream_join;
 mod window;
 
 use std::str::FromStr;
@@ -20,6 +21,7 @@ pub use accumulate::AggregateFn;
 pub use dedup::{Deduplicate, DeduplicateConfig};
 pub use stateful_fn::StatefulFunction;
 pub use static_join::StaticJoin;
+pub use stream_join::StreamJoin;
 pub use window::{
     AggregateSpec, WindowAggregate, WindowAggregateConfig, WindowKind, event_times_ms,
 };

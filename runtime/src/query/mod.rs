@@ -28,11 +28,12 @@ use crate::plugin::TransformComponent;
 use swap::{StageSettings, SwapRequest};
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
-use crate::config::{Pipeline, SourceConfig, Trigger};
+use crate::config::{Pipeline, SourceConfig, Trigger, WatermarkPolicy};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::{
-    Deduplicate, Operator, OperatorContext, StatefulFunction, StaticJoin, WindowAggregate,
+    Deduplicate, Operator, OperatorContext, StatefulFunction, StaticJoin, StreamJoin,
+    WindowAggregate,
 };
 use crate::plugin::{PluginEngine, TransformInstance};
 use crate::retry::Retries;
@@ -187,21 +188,64 @@ impl Query {
             }
             None => None,
         };
-        let watermark = match &pipeline.watermark {
-            Some(config) => Some(EventTime {
-                column: config.column.clone(),
-                delay_ms: config.delay.as_millis() as i64,
-                current_ms: restored_watermark(&checkpoint, recovery).await?,
-            }),
-            None => None,
-        };
-        let mut runner = Runner {
-            source: match &pipeline.source {
+        let watermark_ms = restored_watermark(&checkpoint, recovery).await?;
+        let input_watermarks = restored_input_watermarks(&checkpoint, recovery).await?;
+        let mut inputs = Vec::new();
+        for (index, input) in pipeline.inputs.iter().enumerate() {
+            let source: Box<dyn Source> = match &input.source {
                 SourceConfig::File(config) => Box::new(FileSource::open((**config).clone())?),
                 SourceConfig::Kafka(config) => {
                     Box::new(KafkaSource::open(config.clone(), retries.clone())?)
                 }
-            },
+            };
+            inputs.push(Input {
+                name: input.name.clone(),
+                source,
+                watermark: input.watermark.as_ref().map(|config| EventTime {
+                    column: config.column.clone(),
+                    delay_ms: config.delay.as_millis() as i64,
+                    current_ms: input_watermarks
+                        .get(index)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(watermark_ms),
+                }),
+            });
+        }
+        let has_watermark = inputs.iter().any(|i| i.watermark.is_some());
+        let stream_join = match &pipeline.stream_join {
+            Some(config) => {
+                let side = |i: usize| &pipeline.inputs[i];
+                let join = StreamJoin::new(
+                    config.clone(),
+                    [
+                        side(config.left).name.clone(),
+                        side(config.right).name.clone(),
+                    ],
+                    [
+                        side(config.left)
+                            .watermark
+                            .as_ref()
+                            .map(|w| w.column.clone()),
+                        side(config.right)
+                            .watermark
+                            .as_ref()
+                            .map(|w| w.column.clone()),
+                    ],
+                );
+                let state = StateStore::open(
+                    checkpoint.store(),
+                    "join",
+                    pipeline.state_store,
+                    first_batch,
+                )
+                .await?;
+                Some(JoinState { join, state })
+            }
+            None => None,
+        };
+        let mut runner = Runner {
+            inputs,
             sink: match (plugin_sink, &pipeline.sink.kafka) {
                 (Some(plugin_sink), _) => plugin_sink,
                 (None, Some(config)) => Box::new(
@@ -219,7 +263,8 @@ impl Query {
             pipeline,
             stages,
             operator,
-            watermark,
+            stream_join,
+            watermark_ms: has_watermark.then_some(watermark_ms),
             listener,
             stop,
             batches_run: 0,
@@ -315,7 +360,20 @@ impl Stateful {
     }
 }
 
-/// The query's event-time watermark.
+/// One input of the query.
+struct Input {
+    name: String,
+    source: Box<dyn Source>,
+    watermark: Option<EventTime>,
+}
+
+/// The stream-stream join and its state.
+struct JoinState {
+    join: StreamJoin,
+    state: StateStore,
+}
+
+/// An input's event-time watermark.
 struct EventTime {
     column: String,
     delay_ms: i64,
@@ -343,13 +401,31 @@ async fn restored_watermark(checkpoint: &Checkpoint, recovery: Recovery) -> Resu
     .unwrap_or(0))
 }
 
+/// With several inputs, each input's watermark before the first batch this
+/// run executes (from the previous batch's commit); empty otherwise.
+async fn restored_input_watermarks(
+    checkpoint: &Checkpoint,
+    recovery: Recovery,
+) -> Result<Vec<Option<i64>>> {
+    let first = recovery.replay.unwrap_or(recovery.next_batch);
+    if first == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(checkpoint
+        .commit_entry(first - 1)
+        .await?
+        .next_input_watermarks_ms)
+}
+
 struct Runner {
     pipeline: Pipeline,
     checkpoint: Checkpoint,
-    source: Box<dyn Source>,
+    inputs: Vec<Input>,
     stages: Vec<Stage>,
     operator: Option<Stateful>,
-    watermark: Option<EventTime>,
+    stream_join: Option<JoinState>,
+    /// The watermark the next batch uses, if any input declares one.
+    watermark_ms: Option<i64>,
     sink: Box<dyn Sink>,
     listener: Option<ProgressListener>,
     stop: Option<watch::Receiver<bool>>,
@@ -370,19 +446,21 @@ struct Runner {
 
 impl Runner {
     async fn run(&mut self, recovery: Recovery) -> Result<QueryOutcome> {
-        let mut logged = Vec::new();
-        for batch in 0..recovery.next_batch {
-            logged.push(self.checkpoint.source_log::<Value>(0, batch).await?);
+        let mut logged = vec![Vec::new(); self.inputs.len()];
+        for (index, input) in self.inputs.iter_mut().enumerate() {
+            for batch in 0..recovery.next_batch {
+                logged[index].push(self.checkpoint.source_log::<Value>(index, batch).await?);
+            }
+            input.source.restore(&logged[index])?;
         }
-        self.source.restore(&logged)?;
         if let Some(batch) = recovery.replay {
-            let plan = logged[batch as usize].clone();
+            let plans: Vec<Value> = logged.iter().map(|l| l[batch as usize].clone()).collect();
             tracing::info!(
                 batch,
-                inputs = self.source.plan_units(&plan),
+                inputs = self.plan_units(&plans).iter().sum::<usize>(),
                 "replaying the batch that was in flight"
             );
-            self.run_batch(batch, plan, true).await?;
+            self.run_batch(batch, plans, true).await?;
         }
         let mut next = recovery.next_batch;
         let trigger = self.pipeline.trigger.clone();
@@ -394,8 +472,10 @@ impl Runner {
                     );
                 }
                 // Only what is present now; input arriving later waits for the next run.
-                self.source.fix_end().await?;
-                while let Some(plan) = self.source.plan(trigger == Trigger::AvailableNow).await? {
+                for input in &mut self.inputs {
+                    input.source.fix_end().await?;
+                }
+                while let Some(plan) = self.plan(trigger == Trigger::AvailableNow).await? {
                     if self.stopped() {
                         return Ok(QueryOutcome::Stopped {
                             batches: self.batches_run,
@@ -406,7 +486,7 @@ impl Runner {
                 }
                 // Let the watermark close what it can, as Spark's no-data batches do.
                 while self.needs_no_data_batch(false)? && !self.stopped() {
-                    let plan = self.source.empty_plan();
+                    let plan = self.empty_plan();
                     self.run_batch(next, plan, false).await?;
                     next += 1;
                 }
@@ -421,9 +501,9 @@ impl Runner {
                     });
                 }
                 let started = Instant::now();
-                let plan = match self.source.plan(true).await? {
+                let plan = match self.plan(true).await? {
                     Some(plan) => Some(plan),
-                    None if self.needs_no_data_batch(true)? => Some(self.source.empty_plan()),
+                    None if self.needs_no_data_batch(true)? => Some(self.empty_plan()),
                     None => None,
                 };
                 let ran = plan.is_some();
@@ -442,8 +522,38 @@ impl Runner {
         }
     }
 
-    async fn run_batch(&mut self, batch_id: u64, plan: Value, replay: bool) -> Result<()> {
-        let inputs = self.source.plan_units(&plan);
+    /// The next batch's plan per input, or `None` when no input has new
+    /// data (inputs without new data read nothing in the batch).
+    async fn plan(&mut self, capped: bool) -> Result<Option<Vec<Value>>> {
+        let mut plans = Vec::with_capacity(self.inputs.len());
+        let mut any = false;
+        for input in &mut self.inputs {
+            match input.source.plan(capped).await? {
+                Some(plan) => {
+                    any = true;
+                    plans.push(plan);
+                }
+                None => plans.push(input.source.empty_plan()),
+            }
+        }
+        Ok(any.then_some(plans))
+    }
+
+    fn empty_plan(&self) -> Vec<Value> {
+        self.inputs.iter().map(|i| i.source.empty_plan()).collect()
+    }
+
+    fn plan_units(&self, plans: &[Value]) -> Vec<usize> {
+        self.inputs
+            .iter()
+            .zip(plans)
+            .map(|(input, plan)| input.source.plan_units(plan))
+            .collect()
+    }
+
+    async fn run_batch(&mut self, batch_id: u64, plans: Vec<Value>, replay: bool) -> Result<()> {
+        let units = self.plan_units(&plans);
+        let inputs: usize = units.iter().sum();
         let started = Instant::now();
         let started_at_ms = now_ms();
         let since_previous = self.last_batch_start.map(|t| started.duration_since(t));
@@ -457,25 +567,71 @@ impl Runner {
         };
         if !replay {
             crash_point("before-offsets", batch_id);
-            self.checkpoint.write_source_log(0, batch_id, &plan).await?;
+            for (index, plan) in plans.iter().enumerate() {
+                self.checkpoint
+                    .write_source_log(index, batch_id, plan)
+                    .await?;
+            }
             crash_point("after-source-log", batch_id);
             let entry = OffsetEntry {
                 batch_id,
                 batch_timestamp_ms: batch_time_ms,
-                source_files: vec![inputs],
-                watermark_ms: self.watermark.as_ref().map(|w| w.current_ms),
+                source_files: units,
+                watermark_ms: self.watermark_ms,
             };
             self.checkpoint.write_offsets(&entry).await?;
             crash_point("after-offsets", batch_id);
         }
-        self.source.advance(&plan)?;
+        for (input, plan) in self.inputs.iter_mut().zip(&plans) {
+            input.source.advance(plan)?;
+        }
         durations.plan = started.elapsed();
 
         let phase = Instant::now();
-        let decoded = self.source.read(&plan).await?;
-        self.write_dead_letters(batch_id, &decoded.bad_records)
-            .await?;
-        let input_rows: u64 = decoded.batches.iter().map(|b| b.num_rows() as u64).sum();
+        let mut per_input = Vec::with_capacity(self.inputs.len());
+        let mut bad_records = 0;
+        for (index, plan) in plans.iter().enumerate() {
+            let decoded = self.inputs[index].source.read(plan).await?;
+            bad_records += decoded.bad_records.len() as u64;
+            self.write_dead_letters(index, batch_id, &decoded.bad_records)
+                .await?;
+            per_input.push(decoded.batches);
+        }
+        let input_rows: u64 = per_input
+            .iter()
+            .flatten()
+            .map(|b| b.num_rows() as u64)
+            .sum();
+        // With several inputs each watermark follows its own input's rows;
+        // a single input's follows the rows reaching the operators.
+        let input_max_ms = if self.inputs.len() > 1 {
+            self.inputs
+                .iter()
+                .zip(&per_input)
+                .map(|(input, batches)| match &input.watermark {
+                    Some(w) => max_event_time(&w.column, batches),
+                    None => Ok(None),
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        let mut dropped = 0;
+        let joined = match &mut self.stream_join {
+            Some(JoinState { join, state }) => {
+                let config = self.pipeline.stream_join.as_ref().expect("a join");
+                let (rows, late) = join.process(
+                    state,
+                    batch_id,
+                    self.watermark_ms,
+                    &per_input[config.left],
+                    &per_input[config.right],
+                )?;
+                dropped += late;
+                rows
+            }
+            None => per_input.into_iter().flatten().collect(),
+        };
         durations.read = phase.elapsed();
         crash_point("after-read", batch_id);
 
@@ -489,7 +645,7 @@ impl Runner {
             self.apply_swaps();
             (Vec::new(), false)
         };
-        let transformed = self.transform(decoded.batches).await;
+        let transformed = self.transform(joined).await;
         for (index, current) in put_back {
             self.stages[index].replace(current);
         }
@@ -505,9 +661,11 @@ impl Runner {
                 .map(|b| join.join(b))
                 .collect::<Result<_>>()?;
         }
-        let max_event_ms = self.max_event_time(&batches)?;
-        let watermark_ms = self.watermark.as_ref().map(|w| w.current_ms);
-        let mut dropped = 0;
+        let max_event_ms = match (self.inputs.len(), &self.inputs[0].watermark) {
+            (1, Some(w)) => vec![max_event_time(&w.column, &batches)?],
+            _ => input_max_ms,
+        };
+        let watermark_ms = self.watermark_ms;
         if let Some(mut stateful) = self.operator.take() {
             // Operators may call plugins: off the async runtime too.
             let (stateful, result) = off_runtime(move || {
@@ -516,7 +674,9 @@ impl Runner {
             })
             .await?;
             self.operator = Some(stateful);
-            (batches, dropped) = result?;
+            let late;
+            (batches, late) = result?;
+            dropped += late;
         }
         durations.transform = phase.elapsed();
         crash_point("after-transform", batch_id);
@@ -526,26 +686,51 @@ impl Runner {
         if let Some(stateful) = &mut self.operator {
             stateful.state.commit(batch_id + 1).await?;
         }
+        if let Some(join) = &mut self.stream_join {
+            join.state.commit(batch_id + 1).await?;
+        }
         durations.sink = phase.elapsed();
         crash_point("before-commit", batch_id);
 
         let phase = Instant::now();
         let output_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        // Spark: the watermark never moves back; late rows cannot lower it.
-        let next_watermark_ms = self
-            .watermark
-            .as_ref()
-            .map(|w| max_event_ms.map_or(w.current_ms, |max| w.current_ms.max(max - w.delay_ms)));
+        // Spark: a watermark never moves back; late rows cannot lower it.
+        let next_input_watermarks: Vec<Option<i64>> = self
+            .inputs
+            .iter()
+            .zip(max_event_ms.iter().chain(std::iter::repeat(&None)))
+            .map(|(input, max)| {
+                input
+                    .watermark
+                    .as_ref()
+                    .map(|w| max.map_or(w.current_ms, |max| w.current_ms.max(max - w.delay_ms)))
+            })
+            .collect();
+        let declared = next_input_watermarks.iter().flatten().copied();
+        let next_watermark_ms = match self.pipeline.multiple_watermark_policy {
+            WatermarkPolicy::Min => declared.min(),
+            WatermarkPolicy::Max => declared.max(),
+        };
         self.checkpoint
             .write_commit(&CommitEntry {
                 batch_id,
                 output_rows,
                 next_watermark_ms,
+                next_input_watermarks_ms: if self.inputs.len() > 1 {
+                    next_input_watermarks.clone()
+                } else {
+                    Vec::new()
+                },
                 sink_commit: self.sink.commit_token(batch_id),
             })
             .await?;
-        if let (Some(w), Some(next)) = (&mut self.watermark, next_watermark_ms) {
-            w.current_ms = next;
+        for (input, next) in self.inputs.iter_mut().zip(next_input_watermarks) {
+            if let (Some(w), Some(next)) = (&mut input.watermark, next) {
+                w.current_ms = next;
+            }
+        }
+        if next_watermark_ms.is_some() {
+            self.watermark_ms = next_watermark_ms;
         }
         durations.commit = phase.elapsed();
         crash_point("after-commit", batch_id);
@@ -565,14 +750,18 @@ impl Runner {
             replay,
             input_files: inputs,
             input_rows,
-            bad_records: decoded.bad_records.len() as u64,
+            bad_records,
             output_rows,
             sink_skipped: outcome == CommitOutcome::AlreadyCommitted,
             input_rows_per_second: rate(since_previous.unwrap_or(durations.total)),
             processed_rows_per_second: rate(durations.total),
             watermark_ms,
             rows_dropped_by_watermark: dropped,
-            state: self.operator.as_ref().map(|s| s.state.metrics()),
+            state: self
+                .operator
+                .as_ref()
+                .map(|s| s.state.metrics())
+                .or(self.stream_join.as_ref().map(|j| j.state.metrics())),
             retries: self.retries.take(),
             plugin_events: std::mem::take(&mut self.events),
             durations,
@@ -597,12 +786,16 @@ impl Runner {
 
     /// Writes batch N's bad records to `<dead_letter>/batch-N.jsonl`; a
     /// replay rewrites the same file with the same rows.
-    async fn write_dead_letters(&self, batch_id: u64, bad: &[BadRecord]) -> Result<()> {
+    async fn write_dead_letters(
+        &self,
+        input: usize,
+        batch_id: u64,
+        bad: &[BadRecord],
+    ) -> Result<()> {
         if bad.is_empty() {
             return Ok(());
         }
-        let location = self
-            .pipeline
+        let location = self.pipeline.inputs[input]
             .source
             .dead_letter()
             .cloned()
@@ -613,7 +806,11 @@ impl Runner {
                 .map_err(|e| WeirError::Internal(e.to_string()))?;
             lines.push(b'\n');
         }
-        let name = format!("batch-{batch_id:06}.jsonl");
+        let name = if self.inputs.len() > 1 {
+            format!("batch-{batch_id:06}-{}.jsonl", self.inputs[input].name)
+        } else {
+            format!("batch-{batch_id:06}.jsonl")
+        };
         tracing::warn!(batch_id, count = bad.len(), location = %location, "bad records sent to the dead-letter location");
         location
             .open()?
@@ -623,38 +820,19 @@ impl Runner {
             .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))
     }
 
-    /// The latest event time among `batches`, for the watermark.
-    fn max_event_time(&self, batches: &[RecordBatch]) -> Result<Option<i64>> {
-        let Some(w) = &self.watermark else {
-            return Ok(None);
-        };
-        let mut max = None;
-        for batch in batches {
-            let column = batch
-                .column_by_name(&w.column)
-                .ok_or_else(|| WeirError::Schema {
-                    context: "watermark".into(),
-                    reason: format!(
-                        "the event-time column `{}` is not in the rows reaching the watermark",
-                        w.column
-                    ),
-                })?;
-            let times = crate::operator::event_times_ms(column)?;
-            max = max.max(arrow::compute::max(&times));
-        }
-        Ok(max)
-    }
-
     /// Whether the watermark (or, with `now`, processing time) has moved
     /// far enough for the operator to emit, evict or time out without new
     /// input.
     fn needs_no_data_batch(&self, now: bool) -> Result<bool> {
+        if let Some(JoinState { join, state }) = &self.stream_join {
+            return join.has_work_at(state, self.watermark_ms);
+        }
         match &self.operator {
-            Some(stateful) => stateful.operator.has_work_at(
-                &stateful.state,
-                self.watermark.as_ref().map(|w| w.current_ms),
-                now.then(now_ms),
-            ),
+            Some(stateful) => {
+                stateful
+                    .operator
+                    .has_work_at(&stateful.state, self.watermark_ms, now.then(now_ms))
+            }
             None => Ok(false),
         }
     }
@@ -727,6 +905,24 @@ async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| WeirError::Internal(format!("plugin task failed: {e}")))?
+}
+
+/// The latest event time in `column` among `batches`, for a watermark.
+fn max_event_time(column: &str, batches: &[RecordBatch]) -> Result<Option<i64>> {
+    let mut max = None;
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        let values = batch
+            .column_by_name(column)
+            .ok_or_else(|| WeirError::Schema {
+                context: "watermark".into(),
+                reason: format!(
+                    "the event-time column `{column}` is not in the rows reaching the watermark"
+                ),
+            })?;
+        let times = crate::operator::event_times_ms(values)?;
+        max = max.max(arrow::compute::max(&times));
+    }
+    Ok(max)
 }
 
 fn field_list(schema: &SchemaRef) -> Vec<String> {

@@ -282,16 +282,31 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             })
             .await
             .map_err(|e| WeirError::Internal(e.to_string()))??;
-            let source = match &pipeline.source {
-                weir::config::SourceConfig::File(f) => {
-                    format!(
-                        "file source ({:?}, {} columns)",
-                        f.format,
-                        f.schema.fields().len()
-                    )
-                }
-                weir::config::SourceConfig::Kafka(k) => format!("kafka source ({:?})", k.topics),
-            };
+            let described: Vec<String> = pipeline
+                .inputs
+                .iter()
+                .map(|input| {
+                    let what = match &input.source {
+                        weir::config::SourceConfig::File(f) => format!(
+                            "file source ({:?}, {} columns)",
+                            f.format,
+                            f.schema.fields().len()
+                        ),
+                        weir::config::SourceConfig::Kafka(k) => {
+                            format!("kafka source ({:?})", k.topics)
+                        }
+                    };
+                    if pipeline.inputs.len() > 1 {
+                        format!("`{}` {what}", input.name)
+                    } else {
+                        what
+                    }
+                })
+                .collect();
+            let mut source = described.join(" + ");
+            if let Some(join) = &pipeline.stream_join {
+                source.push_str(&format!(" in a {:?} join", join.kind));
+            }
             println!(
                 "ok: query `{}`: {source}, {} plugin stage(s), {:?} sink, trigger {:?}",
                 pipeline.name,

@@ -1,0 +1,625 @@
+//! Stream-stream join: Spark's symmetric hash join over two inputs.
+//!
+//! Every input row is joined with the rows the *other* side has buffered,
+//! then buffered itself; the left input goes first, so a pair arriving in
+//! one batch is found once (by its right row). Rows at or below the
+//! watermark are dropped as late. A buffered row is evicted once the
+//! watermark shows no future row of the other side can match it — for
+//! `right_time BETWEEN left_time + lower AND left_time + upper`, a left row
+//! at `t` when `t + upper <= watermark`, a right row at `t` when
+//! `t - lower <= watermark` (future rows are later than the watermark). An
+//! outer join emits an evicted row that never matched with the other side's
+//! columns null: exactly once, and only after the watermark passed.
+//!
+//! State layout (one [`StateStore`]):
+//!
+//! ```text
+//! [0, side]                                          -> the side's columns
+//! [1 + side, key length, key, time, batch, row]      -> [matched] + row
+//! ```
+//!
+//! Keys and rows are Arrow's row format (`arrow::row`); a key's rows sit
+//! together, so a probe is one prefix scan.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, new_null_array};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+
+use super::{StoredField, decode_i64, encode_i64, event_times_ms, load_field, store_field};
+use crate::config::{StreamJoinConfig, StreamJoinKind};
+use crate::error::{Result, WeirError};
+use crate::state::StateStore;
+
+const COLUMNS: u8 = 0;
+const ROWS: u8 = 1;
+
+/// One input of the join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Left = 0,
+    Right = 1,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Left => Side::Right,
+            Side::Right => Side::Left,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn row_tag(self) -> u8 {
+        ROWS + self as u8
+    }
+}
+
+/// Encoders for one side's rows, made from its columns.
+struct SideCodec {
+    schema: SchemaRef,
+    rows: RowConverter,
+    keys: RowConverter,
+    key_columns: Vec<usize>,
+    time_column: Option<usize>,
+    late_column: Option<usize>,
+}
+
+/// What one batch of the join produced, still in row format.
+#[derive(Default)]
+struct Emitted {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    left_only: Vec<Vec<u8>>,
+    right_only: Vec<Vec<u8>>,
+}
+
+/// A buffered row found by a probe or an eviction scan.
+struct Buffered {
+    key: Vec<u8>,
+    time: i64,
+    matched: bool,
+    row: Vec<u8>,
+}
+
+/// The stream-stream join operator.
+pub struct StreamJoin {
+    config: StreamJoinConfig,
+    /// The inputs' names, for messages.
+    names: [String; 2],
+    /// Each input's watermark column: its rows at or below the watermark
+    /// are late.
+    late_columns: [Option<String>; 2],
+    codecs: [Option<SideCodec>; 2],
+}
+
+impl StreamJoin {
+    /// A join of the inputs named `names` (left, right) whose watermarks
+    /// are on `late_columns`.
+    pub fn new(
+        config: StreamJoinConfig,
+        names: [String; 2],
+        late_columns: [Option<String>; 2],
+    ) -> StreamJoin {
+        StreamJoin {
+            config,
+            names,
+            late_columns,
+            codecs: [None, None],
+        }
+    }
+
+    /// Joins one batch of both inputs; returns the joined rows and the
+    /// number of input rows dropped as late.
+    pub fn process(
+        &mut self,
+        state: &mut StateStore,
+        batch_id: u64,
+        watermark_ms: Option<i64>,
+        left: &[RecordBatch],
+        right: &[RecordBatch],
+    ) -> Result<(Vec<RecordBatch>, u64)> {
+        let mut emitted = Emitted::default();
+        let mut dropped = 0;
+        for (side, inputs) in [(Side::Left, left), (Side::Right, right)] {
+            let mut seq = 0u32;
+            for batch in inputs.iter().filter(|b| b.num_rows() > 0) {
+                self.learn_columns(state, side, &batch.schema())?;
+                dropped += self.join_input(
+                    state,
+                    side,
+                    batch,
+                    batch_id,
+                    &mut seq,
+                    watermark_ms,
+                    &mut emitted,
+                )?;
+            }
+        }
+        for side in [Side::Left, Side::Right] {
+            self.restore_columns(state, side)?;
+        }
+        if let Some(watermark) = watermark_ms {
+            self.evict(state, watermark, &mut emitted)?;
+        }
+        Ok((self.build(emitted)?, dropped))
+    }
+
+    /// Whether the watermark lets the join evict (and so maybe emit) rows.
+    pub fn has_work_at(&self, state: &StateStore, watermark_ms: Option<i64>) -> Result<bool> {
+        let (Some(watermark), Some(_)) = (watermark_ms, &self.config.time) else {
+            return Ok(false);
+        };
+        for side in [Side::Left, Side::Right] {
+            let mut found = false;
+            self.scan_side(state, side, &mut |row| {
+                found = self.evictable(side, row.time, watermark);
+                !found
+            })?;
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The schema of the joined rows, once both inputs' columns are known.
+    pub fn output_schema(&self) -> Option<SchemaRef> {
+        let left = &self.codecs[0].as_ref()?.schema;
+        if self.config.kind == StreamJoinKind::LeftSemi {
+            return Some(left.clone());
+        }
+        let right = &self.codecs[1].as_ref()?.schema;
+        let nullable_left = self.config.kind == StreamJoinKind::RightOuter;
+        let nullable_right = self.config.kind == StreamJoinKind::LeftOuter;
+        // Outer joins null the other side's columns (a shared key too: it is
+        // filled from the right, whose key may be null).
+        let mut fields: Vec<Field> = left
+            .fields()
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .clone()
+                    .with_nullable(f.is_nullable() || nullable_left)
+            })
+            .collect();
+        for (i, f) in right.fields().iter().enumerate() {
+            if self.is_shared_right_column(i) {
+                continue;
+            }
+            fields.push(
+                f.as_ref()
+                    .clone()
+                    .with_nullable(f.is_nullable() || nullable_right),
+            );
+        }
+        Some(Arc::new(Schema::new(fields)))
+    }
+
+    /// The key position `k` whose left and right columns are both named
+    /// `name` (such a key appears once in the output).
+    fn shared_key_index(&self, name: &str) -> Option<usize> {
+        self.config
+            .left_on
+            .iter()
+            .zip(&self.config.right_on)
+            .position(|(l, r)| l == name && r == name)
+    }
+
+    fn is_shared_right_column(&self, index: usize) -> bool {
+        let codec = self.codecs[1].as_ref().expect("right columns known");
+        self.shared_key_index(codec.schema.field(index).name())
+            .is_some()
+    }
+
+    /// Takes note of a side's columns on its first rows: stored with the
+    /// state, so a restarted query decodes buffered rows, and checked
+    /// against what was stored.
+    fn learn_columns(
+        &mut self,
+        state: &mut StateStore,
+        side: Side,
+        schema: &SchemaRef,
+    ) -> Result<()> {
+        self.restore_columns(state, side)?;
+        let stored: Vec<StoredField> = schema.fields().iter().map(|f| store_field(f)).collect();
+        if let Some(codec) = &self.codecs[side.index()] {
+            let known: Vec<StoredField> = codec
+                .schema
+                .fields()
+                .iter()
+                .map(|f| store_field(f))
+                .collect();
+            if known != stored {
+                return Err(WeirError::Schema {
+                    context: format!("join input `{}`", self.names[side.index()]),
+                    reason: format!(
+                        "its columns changed: first {known:?}, now {stored:?}; a join keeps rows \
+                         of one shape"
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        let encoded =
+            serde_json::to_vec(&stored).map_err(|e| WeirError::Internal(e.to_string()))?;
+        state.put(&[COLUMNS, side as u8], &encoded)?;
+        self.codecs[side.index()] = Some(self.codec(side, schema.clone())?);
+        self.check_output_names()
+    }
+
+    /// Loads a side's columns from state, if stored and not yet loaded.
+    fn restore_columns(&mut self, state: &StateStore, side: Side) -> Result<()> {
+        if self.codecs[side.index()].is_some() {
+            return Ok(());
+        }
+        let Some(bytes) = state.get(&[COLUMNS, side as u8])? else {
+            return Ok(());
+        };
+        let stored: Vec<StoredField> = serde_json::from_slice(&bytes).map_err(|e| {
+            WeirError::Internal(format!("join state: stored columns unreadable: {e}"))
+        })?;
+        let fields = stored.iter().map(load_field).collect::<Result<Vec<_>>>()?;
+        self.codecs[side.index()] = Some(self.codec(side, Arc::new(Schema::new(fields)))?);
+        Ok(())
+    }
+
+    fn codec(&self, side: Side, schema: SchemaRef) -> Result<SideCodec> {
+        let name = &self.names[side.index()];
+        let column = |wanted: &str, role: &str| {
+            schema.index_of(wanted).map_err(|_| WeirError::Schema {
+                context: format!("join input `{name}`"),
+                reason: format!("its {role} column `{wanted}` is not among its columns"),
+            })
+        };
+        let keys = match side {
+            Side::Left => &self.config.left_on,
+            Side::Right => &self.config.right_on,
+        };
+        let key_columns = keys
+            .iter()
+            .map(|k| column(k, "key"))
+            .collect::<Result<Vec<_>>>()?;
+        let time_column = match &self.config.time {
+            Some(t) => Some(column(
+                match side {
+                    Side::Left => &t.left,
+                    Side::Right => &t.right,
+                },
+                "event-time",
+            )?),
+            None => None,
+        };
+        let late_column = match &self.late_columns[side.index()] {
+            Some(c) => Some(column(c, "watermark")?),
+            None => None,
+        };
+        let sort_fields = |indices: &mut dyn Iterator<Item = usize>| {
+            indices
+                .map(|i| SortField::new(schema.field(i).data_type().clone()))
+                .collect::<Vec<_>>()
+        };
+        let rows = RowConverter::new(sort_fields(&mut (0..schema.fields().len())))
+            .map_err(|e| WeirError::format("join rows", e))?;
+        let keys = RowConverter::new(sort_fields(&mut key_columns.iter().copied()))
+            .map_err(|e| WeirError::format("join keys", e))?;
+        Ok(SideCodec {
+            schema,
+            rows,
+            keys,
+            key_columns,
+            time_column,
+            late_column,
+        })
+    }
+
+    /// A column name on both sides (other than a shared key) would be
+    /// ambiguous in the output.
+    fn check_output_names(&self) -> Result<()> {
+        let (Some(left), Some(right)) = (&self.codecs[0], &self.codecs[1]) else {
+            return Ok(());
+        };
+        if self.config.kind == StreamJoinKind::LeftSemi {
+            return Ok(());
+        }
+        for (i, f) in right.schema.fields().iter().enumerate() {
+            if !self.is_shared_right_column(i) && left.schema.field_with_name(f.name()).is_ok() {
+                return Err(WeirError::Schema {
+                    context: "join".into(),
+                    reason: format!(
+                        "column `{}` is in both `{}` and `{}`; rename it in one of the sources' \
+                         schemas (only keys named alike on both sides appear once)",
+                        f.name(),
+                        self.names[0],
+                        self.names[1]
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join_input(
+        &self,
+        state: &mut StateStore,
+        side: Side,
+        batch: &RecordBatch,
+        batch_id: u64,
+        seq: &mut u32,
+        watermark_ms: Option<i64>,
+        emitted: &mut Emitted,
+    ) -> Result<u64> {
+        let codec = self.codecs[side.index()].as_ref().expect("learned above");
+        let key_arrays: Vec<ArrayRef> = codec
+            .key_columns
+            .iter()
+            .map(|i| batch.column(*i).clone())
+            .collect();
+        let keys = codec
+            .keys
+            .convert_columns(&key_arrays)
+            .map_err(|e| WeirError::format("join keys", e))?;
+        let rows = codec
+            .rows
+            .convert_columns(batch.columns())
+            .map_err(|e| WeirError::format("join rows", e))?;
+        let times: Option<Int64Array> = codec
+            .time_column
+            .map(|i| event_times_ms(batch.column(i)))
+            .transpose()?;
+        let late_times: Option<Int64Array> = codec
+            .late_column
+            .map(|i| event_times_ms(batch.column(i)))
+            .transpose()?;
+        let kind = self.config.kind;
+        // Whether this side's unmatched rows are emitted (null-extended).
+        let preserved = |s: Side| {
+            matches!(
+                (kind, s),
+                (StreamJoinKind::LeftOuter, Side::Left) | (StreamJoinKind::RightOuter, Side::Right)
+            )
+        };
+        let mut dropped = 0;
+        for row in 0..batch.num_rows() {
+            if let (Some(watermark), Some(late)) = (watermark_ms, &late_times)
+                && (late.is_null(row) || late.value(row) <= watermark)
+            {
+                dropped += 1;
+                continue;
+            }
+            let time = match &times {
+                Some(t) if t.is_null(row) => {
+                    dropped += 1; // no event time: it can never be in range
+                    continue;
+                }
+                Some(t) => t.value(row),
+                None => 0,
+            };
+            let null_key = key_arrays.iter().any(|a| a.is_null(row));
+            let key = keys.row(row);
+            let this_row = rows.row(row);
+            let mut matched = false;
+            if !null_key {
+                let mut hits = Vec::new();
+                let prefix = row_prefix(side.other(), key.as_ref());
+                state.scan_from(&prefix, &mut |k, v| {
+                    if !k.starts_with(&prefix) {
+                        return false;
+                    }
+                    let stored = decode_buffered(k, v, prefix.len());
+                    if self.in_range(side, time, stored.time) {
+                        hits.push(stored);
+                    }
+                    true
+                })?;
+                for hit in hits {
+                    matched = true;
+                    match (kind, side) {
+                        (StreamJoinKind::LeftSemi, Side::Left) => break,
+                        (StreamJoinKind::LeftSemi, Side::Right) => {
+                            // A left row is emitted at its first match, then
+                            // no longer needed.
+                            emitted.left_only.push(hit.row);
+                            state.delete(&hit.key)?;
+                        }
+                        _ => {
+                            let mine = this_row.as_ref().to_vec();
+                            emitted.pairs.push(match side {
+                                Side::Left => (mine, hit.row.clone()),
+                                Side::Right => (hit.row.clone(), mine),
+                            });
+                            if preserved(side.other()) && !hit.matched {
+                                let mut value = vec![1];
+                                value.extend_from_slice(&hit.row);
+                                state.put(&hit.key, &value)?;
+                            }
+                        }
+                    }
+                }
+            }
+            if kind == StreamJoinKind::LeftSemi && side == Side::Left && matched {
+                emitted.left_only.push(this_row.as_ref().to_vec());
+                continue; // emitted; nothing more can come of it
+            }
+            if null_key && !preserved(side) {
+                continue; // can never match, never emitted
+            }
+            let mut stored_key = row_prefix(side, key.as_ref());
+            stored_key.extend_from_slice(&encode_i64(time));
+            stored_key.extend_from_slice(&batch_id.to_be_bytes());
+            stored_key.extend_from_slice(&seq.to_be_bytes());
+            *seq += 1;
+            let mut value = vec![u8::from(matched)];
+            value.extend_from_slice(this_row.as_ref());
+            state.put(&stored_key, &value)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Whether a row of `side` at `time` and a buffered row of the other
+    /// side at `other_time` satisfy the time condition.
+    fn in_range(&self, side: Side, time: i64, other_time: i64) -> bool {
+        let Some(t) = &self.config.time else {
+            return true;
+        };
+        let (left, right) = match side {
+            Side::Left => (time, other_time),
+            Side::Right => (other_time, time),
+        };
+        let gap = right - left;
+        t.lower_ms <= gap && gap <= t.upper_ms
+    }
+
+    /// Whether no future row of the other side can match a row of `side`
+    /// at `time` under `watermark`.
+    fn evictable(&self, side: Side, time: i64, watermark: i64) -> bool {
+        match (&self.config.time, side) {
+            (None, _) => false,
+            (Some(t), Side::Left) => time.saturating_add(t.upper_ms) <= watermark,
+            (Some(t), Side::Right) => time.saturating_sub(t.lower_ms) <= watermark,
+        }
+    }
+
+    fn scan_side(
+        &self,
+        state: &StateStore,
+        side: Side,
+        visit: &mut dyn FnMut(Buffered) -> bool,
+    ) -> Result<()> {
+        let tag = side.row_tag();
+        state.scan_from(&[tag], &mut |k, v| {
+            if k[0] != tag {
+                return false;
+            }
+            let key_len = u32::from_be_bytes(k[1..5].try_into().expect("4 bytes")) as usize;
+            visit(decode_buffered(k, v, 5 + key_len))
+        })
+    }
+
+    fn evict(&self, state: &mut StateStore, watermark: i64, emitted: &mut Emitted) -> Result<()> {
+        for side in [Side::Left, Side::Right] {
+            let preserved = matches!(
+                (self.config.kind, side),
+                (StreamJoinKind::LeftOuter, Side::Left) | (StreamJoinKind::RightOuter, Side::Right)
+            );
+            // Null-extended rows need the other side's columns: wait for them.
+            if preserved && self.codecs[side.other().index()].is_none() {
+                continue;
+            }
+            let mut gone = Vec::new();
+            self.scan_side(state, side, &mut |row| {
+                if self.evictable(side, row.time, watermark) {
+                    gone.push(row);
+                }
+                true
+            })?;
+            for row in gone {
+                state.delete(&row.key)?;
+                if preserved && !row.matched {
+                    match side {
+                        Side::Left => emitted.left_only.push(row.row),
+                        Side::Right => emitted.right_only.push(row.row),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a side's rows (row format) into its columns.
+    fn decode(&self, side: Side, rows: &[Vec<u8>]) -> Result<Vec<ArrayRef>> {
+        let codec = self.codecs[side.index()].as_ref().expect("columns known");
+        let parser = codec.rows.parser();
+        codec
+            .rows
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))
+            .map_err(|e| WeirError::format("join rows", e))
+    }
+
+    fn build(&self, emitted: Emitted) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        let no_rows = emitted.pairs.is_empty()
+            && emitted.left_only.is_empty()
+            && emitted.right_only.is_empty();
+        if no_rows {
+            return Ok(out);
+        }
+        let schema = self.output_schema().ok_or_else(|| {
+            WeirError::Internal("join rows emitted before both inputs' columns are known".into())
+        })?;
+        let make = |columns: Vec<ArrayRef>| {
+            RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| WeirError::format("join output", e))
+        };
+        if self.config.kind == StreamJoinKind::LeftSemi {
+            out.push(make(self.decode(Side::Left, &emitted.left_only)?)?);
+            return Ok(out);
+        }
+        let right_fields = self.codecs[1].as_ref().expect("known").schema.clone();
+        // Right columns in the output (shared keys appear once, from the left).
+        let right_kept: Vec<usize> = (0..right_fields.fields().len())
+            .filter(|i| !self.is_shared_right_column(*i))
+            .collect();
+        let left_schema = self.codecs[0].as_ref().expect("known").schema.clone();
+        if !emitted.pairs.is_empty() {
+            let (lefts, rights): (Vec<_>, Vec<_>) = emitted.pairs.into_iter().unzip();
+            let mut columns = self.decode(Side::Left, &lefts)?;
+            let right = self.decode(Side::Right, &rights)?;
+            columns.extend(right_kept.iter().map(|i| right[*i].clone()));
+            out.push(make(columns)?);
+        }
+        if !emitted.left_only.is_empty() {
+            let n = emitted.left_only.len();
+            let mut columns = self.decode(Side::Left, &emitted.left_only)?;
+            columns.extend(
+                right_kept
+                    .iter()
+                    .map(|i| new_null_array(right_fields.field(*i).data_type(), n)),
+            );
+            out.push(make(columns)?);
+        }
+        if !emitted.right_only.is_empty() {
+            let n = emitted.right_only.len();
+            let right = self.decode(Side::Right, &emitted.right_only)?;
+            let mut columns: Vec<ArrayRef> = left_schema
+                .fields()
+                .iter()
+                .map(|f| match self.shared_key_index(f.name()) {
+                    Some(k) => {
+                        let index = right_fields
+                            .index_of(&self.config.right_on[k])
+                            .expect("checked when learned");
+                        right[index].clone()
+                    }
+                    None => new_null_array(f.data_type(), n),
+                })
+                .collect();
+            columns.extend(right_kept.iter().map(|i| right[*i].clone()));
+            out.push(make(columns)?);
+        }
+        Ok(out)
+    }
+}
+
+/// `[1 + side, key length, key]`: where a key's buffered rows start.
+fn row_prefix(side: Side, key: &[u8]) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(5 + key.len() + 20);
+    prefix.push(side.row_tag());
+    prefix.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    prefix.extend_from_slice(key);
+    prefix
+}
+
+/// A buffered row from its state key (time right after `time_at`) and value.
+fn decode_buffered(key: &[u8], value: &[u8], time_at: usize) -> Buffered {
+    Buffered {
+        key: key.to_vec(),
+        time: decode_i64(&key[time_at..]),
+        matched: value[0] == 1,
+        row: value[1..].to_vec(),
+    }
+}
