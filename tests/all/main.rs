@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod continuous;
 mod crash;
 mod foreach_batch;
 mod formats;

@@ -109,6 +109,11 @@ pub enum Trigger {
     /// Process everything present at start in one batch, then stop
     /// (deprecated in Spark in favour of `available_now`).
     Once,
+    /// Rows flow through as they arrive, in small batches with no
+    /// per-batch checkpoint; progress is checkpointed every interval (an
+    /// epoch). At-least-once: after a crash, rows since the last epoch are
+    /// processed again. Stateless pipelines only, as in Spark.
+    Continuous(Duration),
 }
 
 /// The input of a query.
@@ -310,6 +315,7 @@ struct RawS3 {
 #[serde(deny_unknown_fields)]
 struct RawTrigger {
     processing_time: Option<Spanned<String>>,
+    continuous: Option<Spanned<String>>,
     available_now: Option<bool>,
     once: Option<bool>,
 }
@@ -602,10 +608,14 @@ impl Resolver<'_> {
                 )
                 .hint("the [stateful] stage needs a name no [[transform]] has"));
         }
+        let trigger = self.trigger(raw.trigger.as_ref())?;
+        if let (Trigger::Continuous(_), Some(spanned)) = (&trigger, &raw.trigger) {
+            self.check_continuous(spanned, &raw, &sink, inputs.len())?;
+        }
         Ok(Pipeline {
             name,
             checkpoint: self.location(&raw.checkpoint)?,
-            trigger: self.trigger(raw.trigger.as_ref())?,
+            trigger,
             inputs,
             multiple_watermark_policy: raw.multiple_watermark_policy.unwrap_or_default(),
             stream_join,
@@ -656,6 +666,68 @@ impl Resolver<'_> {
         })
     }
 
+    /// Spark's rule for continuous processing: only map-like stages (here
+    /// Wasm transforms) between a file or Kafka source and a file, console
+    /// or at-least-once Kafka sink.
+    fn check_continuous(
+        &self,
+        trigger: &Spanned<RawTrigger>,
+        raw: &RawPipeline,
+        sink: &SinkConfig,
+        inputs: usize,
+    ) -> Result<(), ConfigError> {
+        let stateful = [
+            ("[aggregate]", raw.aggregate.as_ref().map(|a| a.span())),
+            ("[stateful]", raw.stateful.as_ref().map(|a| a.span())),
+            ("[static_join]", raw.static_join.as_ref().map(|a| a.span())),
+            ("[join]", raw.join.as_ref().map(|a| a.span())),
+            (
+                "drop_duplicates",
+                raw.drop_duplicates.as_ref().map(|a| a.span()),
+            ),
+            (
+                "drop_duplicates_within_watermark",
+                raw.drop_duplicates_within_watermark
+                    .as_ref()
+                    .map(|a| a.span()),
+            ),
+        ];
+        if let Some((what, span)) = stateful
+            .into_iter()
+            .find_map(|(what, span)| span.map(|s| (what, s)))
+        {
+            return Err(self
+                .err_at(
+                    span,
+                    format!(
+                        "the continuous trigger runs stateless pipelines only (as in Spark); \
+                         {what} keeps state"
+                    ),
+                )
+                .hint("use a processing_time trigger for this pipeline"));
+        }
+        if inputs > 1 {
+            return Err(self.err(trigger, "the continuous trigger reads one [source]"));
+        }
+        let refused = match (&sink.kind, &sink.kafka) {
+            (SinkKind::ForeachBatch, _) => Some("a foreach_batch sink works per micro-batch"),
+            (_, Some(kafka)) if kafka.exactly_once => Some(
+                "a continuous query is at-least-once; a Kafka sink with exactly_once = true \
+                 needs micro-batches",
+            ),
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            return Err(self
+                .err(
+                    &raw.sink,
+                    format!("the continuous trigger cannot use this sink: {reason}"),
+                )
+                .hint("use a file, console or Kafka (exactly_once = false) sink"));
+        }
+        Ok(())
+    }
+
     fn trigger(&self, raw: Option<&Spanned<RawTrigger>>) -> Result<Trigger, ConfigError> {
         let Some(spanned) = raw else {
             return Ok(Trigger::BackToBack);
@@ -672,6 +744,9 @@ impl Resolver<'_> {
             })?;
             chosen.push(Trigger::ProcessingTime(d));
         }
+        if let Some(interval) = &t.continuous {
+            chosen.push(Trigger::Continuous(self.duration(interval)?));
+        }
         if t.available_now == Some(true) {
             chosen.push(Trigger::AvailableNow);
         }
@@ -683,7 +758,7 @@ impl Resolver<'_> {
             1 => Ok(chosen.remove(0)),
             _ => Err(self
                 .err(spanned, "a query has one trigger, but several are set")
-                .hint("keep one of processing_time, available_now, once")),
+                .hint("keep one of processing_time, continuous, available_now, once")),
         }
     }
 

@@ -6,6 +6,7 @@
 //! the checkpoint tells on restart which batch was in flight, and the sink
 //! is idempotent per batch id.
 
+mod continuous;
 mod progress;
 mod swap;
 mod versions;
@@ -451,9 +452,28 @@ impl Runner {
             for batch in 0..recovery.next_batch {
                 logged[index].push(self.checkpoint.source_log::<Value>(index, batch).await?);
             }
-            input.source.restore(&logged[index])?;
+            // A continuous epoch logs the plans of its small batches.
+            let flat: Vec<Value> = logged[index]
+                .iter()
+                .flat_map(|plan| match continuous::epoch_plans(plan) {
+                    Some(plans) => plans.clone(),
+                    None => vec![plan.clone()],
+                })
+                .collect();
+            input.source.restore(&flat)?;
         }
-        if let Some(batch) = recovery.replay {
+        if let Some(batch) = recovery.replay
+            && let Some(plans) = continuous::epoch_plans(&logged[0][batch as usize])
+        {
+            // Logged after its rows reached the sink: only the commit is missing.
+            let rows = logged[0][batch as usize]["rows"].as_u64().unwrap_or(0);
+            tracing::info!(
+                epoch = batch,
+                batches = plans.len(),
+                "completing a continuous epoch"
+            );
+            self.commit_epoch(batch, rows).await?;
+        } else if let Some(batch) = recovery.replay {
             let plans: Vec<Value> = logged.iter().map(|l| l[batch as usize].clone()).collect();
             tracing::info!(
                 batch,
@@ -465,6 +485,7 @@ impl Runner {
         let mut next = recovery.next_batch;
         let trigger = self.pipeline.trigger.clone();
         match trigger {
+            Trigger::Continuous(interval) => self.run_continuous(interval, next).await,
             Trigger::AvailableNow | Trigger::Once => {
                 if trigger == Trigger::Once {
                     tracing::warn!(
