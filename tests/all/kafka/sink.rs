@@ -56,29 +56,12 @@ pub(super) fn pipeline_text(
     input: &str,
     output: &str,
 ) -> String {
-    format!(
-        r#"name = "kafka-to-kafka"
-checkpoint = "ck"
-
-[trigger]
-{trigger}
-
-[source]
-kind = "kafka"
-bootstrap_servers = "{servers}"
-topics = ["{input}"]
-max_offsets_per_trigger = {cap}
-format = "json"
-{middle}
-[sink]
-kind = "kafka"
-bootstrap_servers = "{servers}"
-topic = "{output}"
-key_column = "partition"
-exactly_once = true
-"#,
-        middle = crate::common::ORDERS_SCHEMA_AND_DOUBLE
-    )
+    let sink = format!(
+        "[sink]\nkind = \"kafka\"\nbootstrap_servers = \"{servers}\"\ntopic = \"{output}\"\n\
+         key_column = \"partition\"\nexactly_once = true\n"
+    );
+    let cap = format!("max_offsets_per_trigger = {cap}");
+    super::orders_pipeline("kafka-to-kafka", servers, trigger, input, &cap, &sink)
 }
 
 /// Every record of `topic` as a `read_committed` consumer sees it, in

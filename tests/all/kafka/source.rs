@@ -16,26 +16,11 @@ use crate::common::{assert_ok, committed_json_rows, run, run_killed_at};
 /// A pipeline reading `topic` into a JSON sink through the enrich plugin.
 fn pipeline(topic: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"name = "from-kafka"
-checkpoint = "ck"
-
-[trigger]
-available_now = true
-
-[source]
-kind = "kafka"
-bootstrap_servers = "{servers}"
-topics = ["{topic}"]
-max_offsets_per_trigger = 12
-format = "json"
-{middle}
-[sink]
-kind = "json"
-path = "out"
-"#,
-        servers = broker().servers,
-        middle = crate::common::ORDERS_SCHEMA_AND_DOUBLE
+    let text = super::orders_to_json(
+        "from-kafka",
+        "available_now = true",
+        topic,
+        "max_offsets_per_trigger = 12",
     );
     std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
     dir
