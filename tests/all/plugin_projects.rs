@@ -166,3 +166,61 @@ fn display(lang: &str) -> &str {
         _ => "C",
     }
 }
+
+/// `weir validate` with `plugin` as the transform of a small pipeline.
+fn validate_as_transform(dir: &Path, plugin: &Path) -> String {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"q\"\ncheckpoint = \"ck\"\n\n[source]\nkind = \"file\"\npath = \"in\"\n\
+             format = \"json\"\nschema = [ {{ name = \"id\", type = \"long\" }} ]\n\n\
+             [[transform]]\nname = \"t\"\nplugin = \"{}\"\n\n[sink]\nkind = \"console\"\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let out = weir().arg("validate").arg(&pipeline).output().unwrap();
+    assert_exit(&out, 1)
+}
+
+#[test]
+fn validate_names_the_world_a_component_has_or_the_export_it_lacks() {
+    let root = tempfile::tempdir().unwrap();
+    // A stateful function where a transform goes.
+    let err = validate_as_transform(root.path(), Path::new(weir_fixtures::SESSIONIZE));
+    assert!(
+        err.contains("it is a `stateful-plugin` component, not a `transform-plugin` one"),
+        "{err}"
+    );
+    // A component of the host-imports-only world: it exports nothing.
+    let dir = root.path().join("hostonly");
+    let out = weir()
+        .args(["new", "plugin", "hostonly", "--lang", "c", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    std::fs::remove_file(dir.join("plugin.c")).unwrap();
+    std::fs::write(
+        dir.join("plugin.c"),
+        "#include \"plugin_host.h\"\nint unused_marker;\n",
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(dir.join("weir-plugin.toml")).unwrap();
+    std::fs::write(
+        dir.join("weir-plugin.toml"),
+        manifest.replace("transform-plugin", "plugin-host"),
+    )
+    .unwrap();
+    // It builds, but `weir plugin build` says no host can run it as a plugin.
+    let err = assert_exit(&build(&dir).output().unwrap(), 1);
+    assert!(err.contains("it exports none of"), "{err}");
+    let err = validate_as_transform(root.path(), &dir.join("target/wasm/hostonly.wasm"));
+    assert!(
+        err.contains("no exported instance named `weir:plugin/transform@0.1.1`")
+            && err.contains("this component exports nothing"),
+        "{err}"
+    );
+}

@@ -47,14 +47,7 @@ impl PluginEngine {
             .imports(&self.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        let world = WORLDS
-            .iter()
-            .find(|(interface, _)| {
-                exports
-                    .iter()
-                    .any(|e| e.split('@').next() == Some(*interface))
-            })
-            .map(|(_, world)| *world);
+        let world = world_exported(&exports);
         let linker: Option<&Linker<PluginState>> = match world {
             Some("transform-plugin") => Some(&self.linker),
             Some("stateful-plugin") => Some(&self.stateful_linker),
@@ -78,5 +71,51 @@ impl PluginEngine {
             size: wasm.len() as u64,
             link_error,
         })
+    }
+}
+
+/// The Weir world whose interface `exports` (export names) include.
+fn world_exported(exports: &[String]) -> Option<&'static str> {
+    WORLDS
+        .iter()
+        .find(|(interface, _)| {
+            exports
+                .iter()
+                .any(|e| e.split('@').next() == Some(*interface))
+        })
+        .map(|(_, world)| *world)
+}
+
+/// Why `component` cannot be linked as a `wanted` plugin, when the reason is
+/// that it implements another Weir world (or none): a clearer message than
+/// the linker's about the first import or export that does not fit.
+pub(super) fn world_mismatch(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    wanted: &str,
+) -> Option<String> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    match world_exported(&exports) {
+        Some(world) if world == wanted => None,
+        Some(world) => Some(format!(
+            "it is a `{world}` component, not a `{wanted}` one (it exports {})",
+            exports.join(", ")
+        )),
+        None => Some(format!(
+            "it implements no Weir world: a `{wanted}` exports `{}`, this component exports {}",
+            WORLDS
+                .iter()
+                .find(|(_, w)| *w == wanted)
+                .map_or("?", |(i, _)| *i),
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
+        )),
     }
 }

@@ -200,14 +200,16 @@ impl PluginEngine {
         world: &str,
         typed: impl FnOnce(wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<P>,
     ) -> Result<P> {
+        let mismatch = || inspect::world_mismatch(&self.engine, component, world);
         let pre = linker
             .instantiate_pre(component)
-            .map_err(|e| load_error(stage, path, format!("{e:#}")))?;
+            .map_err(|e| load_error(stage, path, mismatch().unwrap_or_else(|| format!("{e:#}"))))?;
         typed(pre).map_err(|e| {
+            let detail = mismatch().map_or_else(|| format!("{e:#}"), |m| format!("{m}; {e:#}"));
             load_error(
                 stage,
                 path,
-                format!("it does not implement the weir:plugin {world} world: {e:#}"),
+                format!("it does not implement the weir:plugin {world} world: {detail}"),
             )
         })
     }

@@ -69,13 +69,103 @@ impl FileSource {
     /// Files not processed yet, oldest first. Hidden files (`.x`, `_x`) and
     /// files still being written by the object store (`x#n`) are ignored.
     pub async fn list_new(&self) -> Result<Vec<FileEntry>> {
+        let local = match self.config.path.local_dir() {
+            Some(dir) => self.list_local_new(dir)?,
+            None => None,
+        };
+        let mut files = match local {
+            Some(files) => files,
+            None => self.list_store_new().await?,
+        };
+        match self.config.order {
+            FileOrder::Modified => {
+                files.sort_by(|a, b| (a.modified_ms, &a.path).cmp(&(b.modified_ms, &b.path)))
+            }
+            FileOrder::Name => files.sort_by(|a, b| a.path.cmp(&b.path)),
+        }
+        Ok(files)
+    }
+
+    /// New files of a local directory: names from the directory itself, a
+    /// `stat` only for names not seen yet. (The object store's listing stats
+    /// every file, so each look cost O(files ever written): 4.7 ms at 500
+    /// files in a debug build, on the continuous trigger's every poll.)
+    /// `None` when a name needs the object store's path encoding: then the
+    /// store lists.
+    fn list_local_new(&self, root: &std::path::Path) -> Result<Option<Vec<FileEntry>>> {
+        let plain = |name: &str| {
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-=+,@".contains(&b))
+        };
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| WeirError::Io { path, source }
+        };
+        let mut found = Vec::new();
+        let mut dirs = vec![(root.to_path_buf(), String::new())];
+        while let Some((dir, prefix)) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => continue,
+                Err(e) => return Err(io(&dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io(&dir))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str().filter(|n| plain(n)) else {
+                    return Ok(None);
+                };
+                if name.starts_with('.') || name.starts_with('_') {
+                    continue;
+                }
+                let relative = if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let path = entry.path();
+                let mut kind = entry.file_type().map_err(io(&path))?;
+                if kind.is_symlink() {
+                    // Followed, as the object store's listing does.
+                    match std::fs::metadata(&path) {
+                        Ok(meta) => kind = meta.file_type(),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io(&path)(e)),
+                    }
+                }
+                if kind.is_dir() {
+                    dirs.push((path, relative));
+                    continue;
+                }
+                if self.seen.contains(&relative) {
+                    continue;
+                }
+                let meta = match std::fs::metadata(&path) {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&path)(e)),
+                };
+                let modified: chrono::DateTime<chrono::Utc> =
+                    meta.modified().map_err(io(&path))?.into();
+                found.push(FileEntry {
+                    path: relative,
+                    size: meta.len(),
+                    modified_ms: modified.timestamp_millis(),
+                });
+            }
+        }
+        Ok(Some(found))
+    }
+
+    /// New files, from the object store's listing.
+    async fn list_store_new(&self) -> Result<Vec<FileEntry>> {
         let listed: Vec<_> = self
             .store
             .list(None)
             .try_collect()
             .await
             .map_err(|e| WeirError::storage(&self.config.path, e))?;
-        let mut files: Vec<FileEntry> = listed
+        let files: Vec<FileEntry> = listed
             .into_iter()
             .filter(|meta| {
                 meta.location.parts().all(|part| {
@@ -90,12 +180,6 @@ impl FileSource {
             })
             .filter(|f| !self.seen.contains(&f.path))
             .collect();
-        match self.config.order {
-            FileOrder::Modified => {
-                files.sort_by(|a, b| (a.modified_ms, &a.path).cmp(&(b.modified_ms, &b.path)))
-            }
-            FileOrder::Name => files.sort_by(|a, b| a.path.cmp(&b.path)),
-        }
         Ok(files)
     }
 
