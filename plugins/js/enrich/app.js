@@ -1,6 +1,10 @@
 // The `enrich` transform in JavaScript (the same transform as plugins/enrich
 // in Rust): appends `output = input * multiply + add` as a float64 column.
-// It reads and builds the batch layout directly (see docs/plugin-guide.md).
+// Columns are apache-arrow Vectors (`weir-arrow`, bundled by `weir plugin
+// build` together with apache-arrow from npm).
+import { Float64, makeData, makeVector } from 'apache-arrow';
+import { columnVector, vectorColumn } from 'weir-arrow';
+
 let config = null;
 
 function fail(kind, message) {
@@ -8,35 +12,6 @@ function fail(kind, message) {
   const error = new Error(message);
   error.payload = { kind, message };
   throw error;
-}
-
-function read(batch, index) {
-  const column = batch.columns[index];
-  const tag = batch.fields[index].dataType.tag;
-  const n = Number(column.len);
-  const buffer = column.buffers[0];
-  const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-  const valid = (i) => column.validity === undefined || ((column.validity[i >> 3] >> (i & 7)) & 1) === 1;
-  const out = new Array(n);
-  for (let i = 0; i < n; i++) {
-    if (!valid(i)) { out[i] = null; continue; }
-    out[i] = tag === 'float64' ? view.getFloat64(i * 8, true) : Number(view.getBigInt64(i * 8, true));
-  }
-  return out;
-}
-
-function float64Column(values) {
-  const n = values.length;
-  const data = new Uint8Array(n * 8);
-  const view = new DataView(data.buffer);
-  let nulls = 0;
-  const bits = new Uint8Array((n + 7) >> 3);
-  for (let i = 0; i < n; i++) {
-    if (values[i] === null) { nulls++; continue; }
-    bits[i >> 3] |= 1 << (i & 7);
-    view.setFloat64(i * 8, values[i], true);
-  }
-  return { len: BigInt(n), nullCount: BigInt(nulls), validity: nulls ? bits : undefined, buffers: [data] };
 }
 
 export const transform = {
@@ -55,12 +30,24 @@ export const transform = {
     if (field.dataType.tag !== 'float64' && field.dataType.tag !== 'int64') {
       fail('input', `column \`${config.input}\` has type ${field.dataType.tag}; expected int64 or float64`);
     }
-    const values = read(input, index);
-    const computed = values.map((v) => (v === null ? null : v * config.multiply + config.add));
+    // The input as an Arrow vector; its values as a typed array (a null
+    // slot's value is unspecified: computed, then masked by the same bitmap).
+    const data = columnVector(input, index).data[0];
+    const source = data.values;
+    const computed = new Float64Array(data.length);
+    const { multiply, add } = config;
+    if (field.dataType.tag === 'float64') {
+      for (let i = 0; i < data.length; i++) computed[i] = source[i] * multiply + add;
+    } else {
+      for (let i = 0; i < data.length; i++) computed[i] = Number(source[i]) * multiply + add;
+    }
+    const output = makeVector(makeData({
+      type: new Float64(), length: data.length, nullCount: data.nullCount, nullBitmap: data.nullBitmap, data: computed,
+    }));
     return [{
       fields: [...input.fields, { name: config.output, dataType: { tag: 'float64' }, nullable: field.nullable }],
       numRows: input.numRows,
-      columns: [...input.columns, float64Column(computed)],
+      columns: [...input.columns, vectorColumn(output)],
     }];
   },
 };
