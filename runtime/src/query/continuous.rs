@@ -82,7 +82,8 @@ impl Runner {
                 self.close_epoch(epoch, done, started_at_ms).await?;
                 epoch += 1;
             }
-            if due || current.plans.is_empty() && epoch_started.elapsed() >= interval {
+            if due {
+                // A new epoch starts (also after an idle interval, which logs nothing).
                 epoch_started = Instant::now();
                 started_at_ms = now_ms();
             }
