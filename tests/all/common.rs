@@ -440,6 +440,27 @@ pub fn committed_json_batches(out: &Path) -> std::collections::BTreeMap<u64, Vec
         .collect()
 }
 
+/// How often each `id` reached a JSON file sink at `out` so far (rows of
+/// the batches its log lists; safe while the query is still writing).
+pub fn delivered_ids(out: &Path) -> std::collections::BTreeMap<i64, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for row in committed_json_batches(out).values().flatten() {
+        *seen.entry(row["id"].as_i64().unwrap()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Stops a running `weir run` with SIGTERM (it finishes its batch or epoch)
+/// and asserts a clean exit.
+pub fn stop_gracefully(mut child: std::process::Child) {
+    // SAFETY: a plain kill(2) on our child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// A seeded LCG: `random(n)` is in `0..n`, the same sequence every run.
 pub fn seeded(seed: u64) -> impl FnMut(i64) -> i64 {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{assert_exit, assert_refusals, weir};
+use crate::common::{
+    assert_exit, assert_refusals, committed_json_batches, delivered_ids, stop_gracefully, weir,
+};
 
 const PIPELINE: &str = r#"name = "continuous"
 checkpoint = "ck"
@@ -49,32 +51,14 @@ fn write_file(dir: &Path, n: u64) {
     std::fs::rename(&hidden, dir.join(format!("in/{n:04}.json"))).unwrap();
 }
 
-/// How often each id reached the sink, from the sink's log (the data
-/// files it lists), checking the transform's column on the way.
+/// How often each id reached the sink, checking the transform's column.
 fn delivered(dir: &Path) -> BTreeMap<i64, usize> {
     let out = dir.join("out");
-    let mut seen = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(out.join("_weir_log")) else {
-        return seen;
-    };
-    for entry in entries {
-        let entry: Value =
-            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
-        for file in entry["files"].as_array().unwrap() {
-            let text = std::fs::read_to_string(out.join(file.as_str().unwrap())).unwrap();
-            for line in text.lines() {
-                let row: Value = serde_json::from_str(line).unwrap();
-                let id = row["id"].as_i64().unwrap();
-                assert_eq!(
-                    row["amount_x2"].as_f64(),
-                    Some((id as f64 + 0.5) * 2.0),
-                    "{row}"
-                );
-                *seen.entry(id).or_insert(0) += 1;
-            }
-        }
+    for row in committed_json_batches(&out).values().flatten() {
+        let id = row["id"].as_f64().unwrap();
+        assert_eq!(row["amount_x2"].as_f64(), Some((id + 0.5) * 2.0), "{row}");
     }
-    seen
+    delivered_ids(&out)
 }
 
 fn start(dir: &Path, crash_at: Option<&str>) -> Child {
@@ -113,16 +97,6 @@ fn wait_for(dir: &Path, ids: i64, child: &mut Child) {
     }
 }
 
-/// SIGTERM: the query closes its epoch and exits cleanly.
-fn stop(mut child: Child) {
-    // SAFETY: a plain kill(2) on our child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
-}
-
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
@@ -139,7 +113,7 @@ fn rows_flow_through_as_they_arrive_and_epochs_are_checkpointed() {
         std::thread::sleep(Duration::from_millis(10));
     }
     wait_for(dir.path(), 300, &mut child);
-    stop(child);
+    stop_gracefully(child);
     let seen = delivered(dir.path());
     assert!(seen.values().all(|n| *n == 1), "no crash, no duplicates");
     assert_eq!(seen.len(), 300);
@@ -210,7 +184,7 @@ fn a_kill_9_anywhere_in_an_epoch_loses_nothing() {
         let mut child = start(dir.path(), None);
         write_files_paced(dir.path(), 60, 80).join().unwrap();
         wait_for(dir.path(), 800, &mut child);
-        stop(child);
+        stop_gracefully(child);
         let seen = delivered(dir.path());
         assert_eq!(
             seen.keys().copied().collect::<Vec<_>>(),

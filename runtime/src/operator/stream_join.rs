@@ -376,13 +376,6 @@ impl StreamJoin {
             .map(|i| event_times_ms(batch.column(i)))
             .transpose()?;
         let kind = self.config.kind;
-        // Whether this side's unmatched rows are emitted (null-extended).
-        let preserved = |s: Side| {
-            matches!(
-                (kind, s),
-                (StreamJoinKind::LeftOuter, Side::Left) | (StreamJoinKind::RightOuter, Side::Right)
-            )
-        };
         let mut dropped = 0;
         for row in 0..batch.num_rows() {
             if let (Some(watermark), Some(late)) = (watermark_ms, &late_times)
@@ -432,7 +425,7 @@ impl StreamJoin {
                                 Side::Left => (mine, hit.row.clone()),
                                 Side::Right => (hit.row.clone(), mine),
                             });
-                            if preserved(side.other()) && !hit.matched {
+                            if self.preserved(side.other()) && !hit.matched {
                                 let mut value = vec![1];
                                 value.extend_from_slice(&hit.row);
                                 state.put(&hit.key, &value)?;
@@ -445,7 +438,7 @@ impl StreamJoin {
                 emitted.left_only.push(this_row.as_ref().to_vec());
                 continue; // emitted; nothing more can come of it
             }
-            if null_key && !preserved(side) {
+            if null_key && !self.preserved(side) {
                 continue; // can never match, never emitted
             }
             let mut stored_key = row_prefix(side, key.as_ref());
@@ -458,6 +451,15 @@ impl StreamJoin {
             state.put(&stored_key, &value)?;
         }
         Ok(dropped)
+    }
+
+    /// Whether `side`'s rows without a match are emitted (null-extended):
+    /// the outer side of an outer join.
+    fn preserved(&self, side: Side) -> bool {
+        matches!(
+            (self.config.kind, side),
+            (StreamJoinKind::LeftOuter, Side::Left) | (StreamJoinKind::RightOuter, Side::Right)
+        )
     }
 
     /// Whether a row of `side` at `time` and a buffered row of the other
@@ -502,10 +504,7 @@ impl StreamJoin {
 
     fn evict(&self, state: &mut StateStore, watermark: i64, emitted: &mut Emitted) -> Result<()> {
         for side in [Side::Left, Side::Right] {
-            let preserved = matches!(
-                (self.config.kind, side),
-                (StreamJoinKind::LeftOuter, Side::Left) | (StreamJoinKind::RightOuter, Side::Right)
-            );
+            let preserved = self.preserved(side);
             // Null-extended rows need the other side's columns: wait for them.
             if preserved && self.codecs[side.other().index()].is_none() {
                 continue;

@@ -1,40 +1,15 @@
 //! The continuous trigger on a Kafka source: records reach the sink as they
 //! arrive, and a stopped query resumes after the last checkpointed epoch.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::{produce, topic};
-use crate::common::weir;
-
-/// How often each id reached the JSON sink (from the sink's log).
-fn delivered(out: &Path) -> BTreeMap<i64, usize> {
-    let mut seen = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(out.join("_weir_log")) else {
-        return seen;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().parse::<u64>().is_err() {
-            continue; // still being written under a temporary name
-        }
-        let entry: Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
-        for file in entry["files"].as_array().unwrap() {
-            let text = std::fs::read_to_string(out.join(file.as_str().unwrap())).unwrap();
-            for line in text.lines() {
-                let row: Value = serde_json::from_str(line).unwrap();
-                *seen.entry(row["id"].as_i64().unwrap()).or_insert(0) += 1;
-            }
-        }
-    }
-    seen
-}
+use crate::common::{delivered_ids, stop_gracefully, weir};
 
 fn wait_for(out: &Path, ids: std::ops::RangeInclusive<i64>) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !ids.clone().all(|id| delivered(out).contains_key(&id)) {
+    while !ids.clone().all(|id| delivered_ids(out).contains_key(&id)) {
         assert!(Instant::now() < deadline, "ids {ids:?} not all delivered");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -50,7 +25,7 @@ fn a_continuous_query_streams_kafka_records_and_resumes_after_its_last_epoch() {
     std::fs::write(&pipeline, text).unwrap();
     let out = dir.path().join("out");
     for (round, ids) in [(0, 1..=40), (1, 41..=80)] {
-        let mut child = weir()
+        let child = weir()
             .arg("run")
             .arg(&pipeline)
             .arg("--quiet")
@@ -62,13 +37,9 @@ fn a_continuous_query_streams_kafka_records_and_resumes_after_its_last_epoch() {
             produce(&topic, 2, 41..=80);
         }
         wait_for(&out, ids);
-        // SAFETY: a plain kill(2) on our child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        assert!(child.wait().unwrap().success());
+        stop_gracefully(child);
     }
-    let seen = delivered(&out);
+    let seen = delivered_ids(&out);
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
         (1..=80).collect::<Vec<_>>()
