@@ -16,7 +16,7 @@ use crate::pg;
 
 /// One Debezium-style change.
 #[derive(Clone, Debug, PartialEq)]
-struct Change {
+pub(crate) struct Change {
     op: &'static str,
     user_id: i64,
     email: Option<String>,
@@ -38,7 +38,7 @@ impl Change {
 /// `files` files of changes to 10 users: times overlap between files (out
 /// of order), some changes are exact duplicates, about one in five is a
 /// delete, and deleted users come back.
-fn cdc_stream(seed: u64, files: i64) -> Vec<Vec<Change>> {
+pub(crate) fn cdc_stream(seed: u64, files: i64) -> Vec<Vec<Change>> {
     let mut random = seeded(seed);
     let mut seen = std::collections::HashSet::new();
     let mut all: Vec<Change> = Vec::new();
@@ -84,7 +84,7 @@ fn cdc_stream(seed: u64, files: i64) -> Vec<Vec<Change>> {
 /// Whether a later file carries an update older than an earlier file's
 /// change of the same user that is that user's final state: a delete
 /// (`op = "d"`, so only a tombstone keeps the user deleted) or an update.
-fn has_older_change_after(stream: &[Vec<Change>], op: &str) -> bool {
+pub(crate) fn has_older_change_after(stream: &[Vec<Change>], op: &str) -> bool {
     let last = |user: i64| {
         stream
             .iter()
@@ -105,7 +105,7 @@ fn has_older_change_after(stream: &[Vec<Change>], op: &str) -> bool {
     })
 }
 
-fn latest_state(stream: &[Vec<Change>]) -> Vec<String> {
+pub(crate) fn latest_state(stream: &[Vec<Change>]) -> Vec<String> {
     let mut latest: BTreeMap<i64, &Change> = BTreeMap::new();
     for change in stream.iter().flatten() {
         let entry = latest.entry(change.user_id).or_insert(change);
@@ -120,29 +120,21 @@ fn latest_state(stream: &[Vec<Change>]) -> Vec<String> {
         .collect()
 }
 
-struct CdcScenario {
-    dir: tempfile::TempDir,
-    url: String,
+/// Writes `stream` as `in/f000.json`, ... (one file per batch).
+pub(crate) fn write_cdc_inputs(dir: &Path, stream: &[Vec<Change>]) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    for (i, file) in stream.iter().enumerate() {
+        let body: String = file.iter().map(|c| c.json() + "\n").collect();
+        std::fs::write(dir.join(format!("in/f{i:03}.json")), body).unwrap();
+    }
 }
 
-impl CdcScenario {
-    /// A pipeline reading `stream` (one file per batch) into the CDC sink,
-    /// with the `users` table created in a fresh database. `users_extra`
-    /// is appended to the `users` output's table.
-    fn new(stream: &[Vec<Change>], users_extra: &str) -> CdcScenario {
-        let url = pg::database("cdc");
-        pg::query(
-            &url,
-            "CREATE TABLE users (user_id bigint PRIMARY KEY, email text, ts_ms bigint NOT NULL)",
-        );
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("in")).unwrap();
-        for (i, file) in stream.iter().enumerate() {
-            let body: String = file.iter().map(|c| c.json() + "\n").collect();
-            std::fs::write(dir.path().join(format!("in/f{i:03}.json")), body).unwrap();
-        }
-        let pipeline = format!(
-            r#"name = "cdc"
+/// The CDC pipeline: the changes in `in/`, one file per batch, into the
+/// cdc-upsert plugin, whose `users` output is `users_output` (the body of
+/// its table) and whose `raw` output is a Parquet archive.
+pub(crate) fn cdc_pipeline(users_output: &str) -> String {
+    format!(
+        r#"name = "cdc"
 checkpoint = "ck"
 
 [trigger]
@@ -168,19 +160,41 @@ plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_cdc_upsert.wasm"
 config = {{ key = "user_id", output = "users", archive = "raw" }}
 
 [sink.outputs.users]
-kind = "postgres"
-url = "{url}"
-table = "users"
-mode = "upsert"
-newer_than = "ts_ms"
-delete_when = {{ column = "op", equals = "d" }}
-{users_extra}
+{users_output}
 
 [sink.outputs.raw]
 kind = "parquet"
 path = "raw"
 "#
+    )
+}
+
+struct CdcScenario {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl CdcScenario {
+    /// A pipeline reading `stream` (one file per batch) into the CDC sink,
+    /// with the `users` table created in a fresh database. `users_extra`
+    /// is appended to the `users` output's table.
+    fn new(stream: &[Vec<Change>], users_extra: &str) -> CdcScenario {
+        let url = pg::database("cdc");
+        pg::query(
+            &url,
+            "CREATE TABLE users (user_id bigint PRIMARY KEY, email text, ts_ms bigint NOT NULL)",
         );
+        let dir = tempfile::tempdir().unwrap();
+        write_cdc_inputs(dir.path(), stream);
+        let pipeline = cdc_pipeline(&format!(
+            r#"kind = "postgres"
+url = "{url}"
+table = "users"
+mode = "upsert"
+newer_than = "ts_ms"
+delete_when = {{ column = "op", equals = "d" }}
+{users_extra}"#
+        ));
         std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
         CdcScenario { dir, url }
     }
@@ -360,7 +374,7 @@ fn foreach_batch_config_mistakes_are_reported_at_start() {
             (
                 "mode = \"upsert\"\n",
                 "",
-                "`key` applies to mode = \"upsert\" only",
+                "`key` applies when rows are applied by key only",
             ),
             (
                 "key = [\"user_id\"]",
@@ -370,7 +384,7 @@ fn foreach_batch_config_mistakes_are_reported_at_start() {
             (
                 "kind = \"parquet\"\npath = \"raw\"",
                 "kind = \"parquet\"",
-                "a file output needs a `path`",
+                "a parquet output needs a `path`",
             ),
             (
                 "name = \"cdc\"\nplugin",
@@ -380,7 +394,12 @@ fn foreach_batch_config_mistakes_are_reported_at_start() {
             (
                 "[sink.outputs.raw]\nkind = \"parquet\"\npath = \"raw\"",
                 "[sink.outputs.raw]\nkind = \"parquet\"\npath = \"raw\"\ntable = \"x\"",
-                "`table` applies to postgres outputs only",
+                "`table` applies to postgres outputs only, not parquet",
+            ),
+            (
+                "mode = \"upsert\"\n",
+                "mode = \"merge\"\n",
+                "a postgres output takes mode = \"append\" or \"upsert\"",
             ),
         ],
     );

@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod continuous;
 mod crash;
+mod delta;
 mod foreach_batch;
 mod formats;
 mod golden;

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::delta::{DELTA_BUILT, DeltaOutputConfig, DeltaOutputMode};
 use super::{ByteCount, ConfigError, Resolver, SinkKind, TransformConfig};
 use crate::storage::Location;
 
@@ -51,6 +52,8 @@ pub enum OutputConfig {
     },
     /// A PostgreSQL table.
     Postgres(PostgresOutputConfig),
+    /// A Delta Lake table.
+    Delta(DeltaOutputConfig),
 }
 
 /// How rows are applied to a PostgreSQL table.
@@ -99,6 +102,27 @@ enum OutputKind {
     Parquet,
     Json,
     Postgres,
+    Delta,
+}
+
+impl OutputKind {
+    fn name(self) -> &'static str {
+        match self {
+            OutputKind::Parquet => "parquet",
+            OutputKind::Json => "json",
+            OutputKind::Postgres => "postgres",
+            OutputKind::Delta => "delta",
+        }
+    }
+}
+
+/// `mode` as written: which ones an output takes depends on its kind.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum RawMode {
+    Append,
+    Upsert,
+    Merge,
 }
 
 #[derive(Deserialize)]
@@ -108,11 +132,13 @@ pub(super) struct RawOutput {
     path: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
     table: Option<Spanned<String>>,
-    mode: Option<Spanned<PostgresMode>>,
+    mode: Option<Spanned<RawMode>>,
     key: Option<Spanned<Vec<String>>>,
     newer_than: Option<Spanned<String>>,
     delete_when: Option<Spanned<DeleteMarker>>,
     ledger_table: Option<Spanned<String>>,
+    merge_schema: Option<Spanned<bool>>,
+    partition_by: Option<Spanned<Vec<String>>>,
 }
 
 /// The plugin part of a `[sink]` table.
@@ -162,93 +188,203 @@ impl Resolver<'_> {
     fn output(&self, spanned: &Spanned<RawOutput>) -> Result<OutputConfig, ConfigError> {
         let raw = spanned.get_ref();
         let kind = *raw.kind.get_ref();
-        let postgres_only = [
-            ("url", raw.url.as_ref().map(|s| s.span())),
-            ("table", raw.table.as_ref().map(|s| s.span())),
-            ("mode", raw.mode.as_ref().map(|s| s.span())),
-            ("key", raw.key.as_ref().map(|s| s.span())),
-            ("newer_than", raw.newer_than.as_ref().map(|s| s.span())),
-            ("delete_when", raw.delete_when.as_ref().map(|s| s.span())),
-            ("ledger_table", raw.ledger_table.as_ref().map(|s| s.span())),
+        use OutputKind::{Delta, Json, Parquet, Postgres};
+        // Which kinds take each key; any other is refused where it is.
+        let keys: [(&str, Option<std::ops::Range<usize>>, &[OutputKind]); 10] = [
+            (
+                "path",
+                raw.path.as_ref().map(|s| s.span()),
+                &[Parquet, Json, Delta],
+            ),
+            ("url", raw.url.as_ref().map(|s| s.span()), &[Postgres]),
+            ("table", raw.table.as_ref().map(|s| s.span()), &[Postgres]),
+            (
+                "ledger_table",
+                raw.ledger_table.as_ref().map(|s| s.span()),
+                &[Postgres],
+            ),
+            (
+                "mode",
+                raw.mode.as_ref().map(|s| s.span()),
+                &[Postgres, Delta],
+            ),
+            (
+                "key",
+                raw.key.as_ref().map(|s| s.span()),
+                &[Postgres, Delta],
+            ),
+            (
+                "newer_than",
+                raw.newer_than.as_ref().map(|s| s.span()),
+                &[Postgres, Delta],
+            ),
+            (
+                "delete_when",
+                raw.delete_when.as_ref().map(|s| s.span()),
+                &[Postgres, Delta],
+            ),
+            (
+                "merge_schema",
+                raw.merge_schema.as_ref().map(|s| s.span()),
+                &[Delta],
+            ),
+            (
+                "partition_by",
+                raw.partition_by.as_ref().map(|s| s.span()),
+                &[Delta],
+            ),
         ];
-        if kind != OutputKind::Postgres {
-            if let Some((key, Some(span))) = postgres_only.iter().find(|(_, s)| s.is_some()) {
+        for (key, at, kinds) in keys {
+            if let Some(at) = at
+                && !kinds.contains(&kind)
+            {
+                let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+                return Err(self.err_at(
+                    at,
+                    format!(
+                        "`{key}` applies to {} outputs only, not {}",
+                        names.join(" and "),
+                        kind.name()
+                    ),
+                ));
+            }
+        }
+        let kind_name = kind.name();
+        let path = match (&raw.path, kind) {
+            (Some(path), _) => Some(self.location(path)?),
+            (None, Postgres) => None,
+            (None, _) => {
+                return Err(self
+                    .err(spanned, format!("a {kind_name} output needs a `path`"))
+                    .hint("path = \"out/archive\" (a directory)"));
+            }
+        };
+        let mode = raw.mode.as_ref().map(|m| (*m.get_ref(), m.span()));
+        let upsert = self.upsert_keys(raw, spanned, mode.clone())?;
+        match kind {
+            Parquet | Json => Ok(OutputConfig::Files {
+                kind: if kind == Parquet {
+                    SinkKind::Parquet
+                } else {
+                    SinkKind::Json
+                },
+                path: path.expect("checked above"),
+            }),
+            Delta => {
+                if !DELTA_BUILT {
+                    return Err(self.err(
+                        &raw.kind,
+                        "this weir was built without Delta Lake support (the `delta` feature)",
+                    ));
+                }
+                let mode = match mode {
+                    None | Some((RawMode::Append, _)) => DeltaOutputMode::Append,
+                    Some((RawMode::Merge, _)) => DeltaOutputMode::Merge,
+                    Some((RawMode::Upsert, at)) => {
+                        return Err(self
+                            .err_at(at, "a delta output takes mode = \"append\" or \"merge\"")
+                            .hint("mode = \"merge\" applies rows by key"));
+                    }
+                };
+                Ok(OutputConfig::Delta(DeltaOutputConfig {
+                    path: path.expect("checked above"),
+                    mode,
+                    key: upsert.key,
+                    newer_than: upsert.newer_than,
+                    delete_when: upsert.delete_when,
+                    merge_schema: raw.merge_schema.as_ref().is_some_and(|m| *m.get_ref()),
+                    partition_by: raw
+                        .partition_by
+                        .as_ref()
+                        .map(|p| p.get_ref().clone())
+                        .unwrap_or_default(),
+                }))
+            }
+            Postgres => {
+                let (Some(url), Some(table)) = (&raw.url, &raw.table) else {
+                    return Err(self
+                        .err(spanned, "a postgres output needs `url` and `table`")
+                        .hint("url = \"${DATABASE_URL}\", table = \"users\""));
+                };
+                let mode = match mode {
+                    None | Some((RawMode::Append, _)) => PostgresMode::Append,
+                    Some((RawMode::Upsert, _)) => PostgresMode::Upsert,
+                    Some((RawMode::Merge, at)) => {
+                        return Err(self
+                            .err_at(
+                                at,
+                                "a postgres output takes mode = \"append\" or \"upsert\"",
+                            )
+                            .hint("mode = \"upsert\" applies rows by key"));
+                    }
+                };
+                Ok(OutputConfig::Postgres(PostgresOutputConfig {
+                    url: self.expand(url)?,
+                    table: table.get_ref().clone(),
+                    mode,
+                    key: upsert.key,
+                    newer_than: upsert.newer_than,
+                    delete_when: upsert.delete_when,
+                    ledger_table: raw
+                        .ledger_table
+                        .as_ref()
+                        .map(|t| t.get_ref().clone())
+                        .unwrap_or_else(|| "weir_epochs".to_string()),
+                }))
+            }
+        }
+    }
+
+    /// The key, guard and delete marker of an upsert or merge output;
+    /// refused in append mode, and a key required otherwise.
+    fn upsert_keys(
+        &self,
+        raw: &RawOutput,
+        spanned: &Spanned<RawOutput>,
+        mode: Option<(RawMode, std::ops::Range<usize>)>,
+    ) -> Result<UpsertKeys, ConfigError> {
+        let by_key = matches!(mode, Some((RawMode::Upsert | RawMode::Merge, _)));
+        if !by_key {
+            let keyed_only = [
+                ("key", raw.key.as_ref().map(|s| s.span())),
+                ("newer_than", raw.newer_than.as_ref().map(|s| s.span())),
+                ("delete_when", raw.delete_when.as_ref().map(|s| s.span())),
+            ];
+            if let Some((name, Some(at))) = keyed_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self
                     .err_at(
-                        span.clone(),
-                        format!("`{key}` applies to postgres outputs only"),
+                        at,
+                        format!("`{name}` applies when rows are applied by key only"),
                     )
-                    .hint("file outputs take `kind` and `path`"));
+                    .hint("set mode = \"upsert\" (postgres) or \"merge\" (delta), or remove it"));
             }
-            let Some(path) = &raw.path else {
-                return Err(self
-                    .err(spanned, "a file output needs a `path`")
-                    .hint("path = \"out/archive\" (a directory)"));
-            };
-            let kind = if kind == OutputKind::Parquet {
-                SinkKind::Parquet
-            } else {
-                SinkKind::Json
-            };
-            return Ok(OutputConfig::Files {
-                kind,
-                path: self.location(path)?,
-            });
         }
-        if let Some(path) = &raw.path {
-            return Err(self.err(
-                path,
-                "a postgres output takes `url` and `table`, not `path`",
-            ));
-        }
-        let (Some(url), Some(table)) = (&raw.url, &raw.table) else {
-            return Err(self
-                .err(spanned, "a postgres output needs `url` and `table`")
-                .hint("url = \"${DATABASE_URL}\", table = \"users\""));
-        };
-        let mode = raw
-            .mode
-            .as_ref()
-            .map(|m| *m.get_ref())
-            .unwrap_or(PostgresMode::Append);
         let key = raw
             .key
             .as_ref()
             .map(|k| k.get_ref().clone())
             .unwrap_or_default();
-        if mode == PostgresMode::Upsert && key.is_empty() {
-            let span = raw.key.as_ref().map_or(spanned.span(), |k| k.span());
+        if let Some((mode, _)) = mode.filter(|_| by_key && key.is_empty()) {
+            let at = raw.key.as_ref().map_or(spanned.span(), |k| k.span());
+            let mode = if mode == RawMode::Merge {
+                "a merge"
+            } else {
+                "an upsert"
+            };
             return Err(self
-                .err_at(span, "an upsert output needs `key` columns")
-                .hint("key = [\"user_id\"] (with a primary key or unique index on them)"));
+                .err_at(at, format!("{mode} output needs `key` columns"))
+                .hint("key = [\"user_id\"]"));
         }
-        if mode == PostgresMode::Append {
-            let upsert_only = [
-                ("key", raw.key.as_ref().map(|s| s.span())),
-                ("newer_than", raw.newer_than.as_ref().map(|s| s.span())),
-                ("delete_when", raw.delete_when.as_ref().map(|s| s.span())),
-            ];
-            if let Some((name, Some(span))) = upsert_only.iter().find(|(_, s)| s.is_some()) {
-                return Err(self
-                    .err_at(
-                        span.clone(),
-                        format!("`{name}` applies to mode = \"upsert\" only"),
-                    )
-                    .hint("set mode = \"upsert\", or remove it"));
-            }
-        }
-        Ok(OutputConfig::Postgres(PostgresOutputConfig {
-            url: self.expand(url)?,
-            table: table.get_ref().clone(),
-            mode,
+        Ok(UpsertKeys {
             key,
             newer_than: raw.newer_than.as_ref().map(|n| n.get_ref().clone()),
             delete_when: raw.delete_when.as_ref().map(|d| d.get_ref().clone()),
-            ledger_table: raw
-                .ledger_table
-                .as_ref()
-                .map(|t| t.get_ref().clone())
-                .unwrap_or_else(|| "weir_epochs".to_string()),
-        }))
+        })
     }
+}
+
+struct UpsertKeys {
+    key: Vec<String>,
+    newer_than: Option<String>,
+    delete_when: Option<DeleteMarker>,
 }

@@ -25,6 +25,7 @@
 //! path = "out/orders"
 //! ```
 
+mod delta;
 mod error;
 mod foreach_batch;
 mod kafka;
@@ -42,6 +43,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use delta::{DeltaOutputConfig, DeltaOutputMode, DeltaSinkConfig};
 pub use error::ConfigError;
 pub use foreach_batch::{
     DeleteMarker, ForeachBatchConfig, OutputConfig, PostgresMode, PostgresOutputConfig,
@@ -257,6 +259,9 @@ pub enum SinkKind {
     ForeachBatch,
     /// Records in a Kafka topic (exactly-once with `exactly_once = true`).
     Kafka,
+    /// A Delta Lake table (exactly-once: one commit per batch, with the
+    /// batch id as its application transaction).
+    Delta,
 }
 
 /// The output.
@@ -274,6 +279,8 @@ pub struct SinkConfig {
     pub foreach_batch: Option<ForeachBatchConfig>,
     /// The settings of a `kafka` sink.
     pub kafka: Option<KafkaSinkConfig>,
+    /// The settings of a `delta` sink (its table is at `path`).
+    pub delta: Option<DeltaSinkConfig>,
 }
 
 #[derive(Deserialize)]
@@ -436,6 +443,9 @@ struct RawSink {
     key_column: Option<Spanned<String>>,
     value_column: Option<Spanned<String>>,
     exactly_once: Option<Spanned<bool>>,
+    // delta only:
+    merge_schema: Option<Spanned<bool>>,
+    partition_by: Option<Spanned<Vec<String>>>,
 }
 
 impl Pipeline {
@@ -711,6 +721,7 @@ impl Resolver<'_> {
         }
         let refused = match (&sink.kind, &sink.kafka) {
             (SinkKind::ForeachBatch, _) => Some("a foreach_batch sink works per micro-batch"),
+            (SinkKind::Delta, _) => Some("a delta sink commits once per micro-batch"),
             (_, Some(kafka)) if kafka.exactly_once => Some(
                 "a continuous query is at-least-once; a Kafka sink with exactly_once = true \
                  needs micro-batches",
@@ -1095,6 +1106,7 @@ impl Resolver<'_> {
             None
         };
         let kafka = self.kafka_sink(s)?;
+        let delta = self.delta_sink(s)?;
         let path = match (kind, &raw.path) {
             (SinkKind::Console | SinkKind::ForeachBatch | SinkKind::Kafka, None) => None,
             (SinkKind::Kafka, Some(p)) => {
@@ -1141,7 +1153,39 @@ impl Resolver<'_> {
             console_json,
             foreach_batch,
             kafka,
+            delta,
         })
+    }
+
+    fn delta_sink(&self, s: &Spanned<RawSink>) -> Result<Option<DeltaSinkConfig>, ConfigError> {
+        let raw = s.get_ref();
+        if *raw.kind.get_ref() != SinkKind::Delta {
+            let delta_only = [
+                ("merge_schema", raw.merge_schema.as_ref().map(|v| v.span())),
+                ("partition_by", raw.partition_by.as_ref().map(|v| v.span())),
+            ];
+            if let Some((key, Some(span))) = delta_only.into_iter().find(|(_, sp)| sp.is_some()) {
+                return Err(self.err_at(
+                    span,
+                    format!("`{key}` applies to kind = \"delta\" sinks only"),
+                ));
+            }
+            return Ok(None);
+        }
+        if !delta::DELTA_BUILT {
+            return Err(self.err(
+                &raw.kind,
+                "this weir was built without Delta Lake support (the `delta` feature)",
+            ));
+        }
+        Ok(Some(DeltaSinkConfig {
+            merge_schema: raw.merge_schema.as_ref().is_some_and(|m| *m.get_ref()),
+            partition_by: raw
+                .partition_by
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_default(),
+        }))
     }
 
     fn kafka_sink(&self, s: &Spanned<RawSink>) -> Result<Option<KafkaSinkConfig>, ConfigError> {

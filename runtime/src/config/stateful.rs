@@ -217,12 +217,29 @@ impl Resolver<'_> {
         watermark: Option<&WatermarkConfig>,
     ) -> Result<(), ConfigError> {
         let value = *mode.get_ref();
-        if value != OutputMode::Append
-            && !matches!(sink, SinkKind::Console | SinkKind::ForeachBatch)
-        {
+        let supported = match sink {
+            SinkKind::Console | SinkKind::ForeachBatch => true,
+            // As Spark's Delta sink: appends, or replaces the table (complete).
+            SinkKind::Delta => value != OutputMode::Update,
+            _ => value == OutputMode::Append,
+        };
+        if !supported {
+            let hint = if sink == SinkKind::Delta {
+                "a delta sink appends or, with output_mode = \"complete\", replaces the table; \
+                 to apply changed rows by key use a foreach_batch sink with a delta output in \
+                 mode = \"merge\""
+            } else {
+                "file sinks only append: use output_mode = \"append\" (with a watermark), the console sink, or a foreach_batch sink"
+            };
             return Err(self
-                .err(mode, format!("Data source {} does not support {value:?} output mode", format!("{sink:?}").to_lowercase()))
-                .hint("file sinks only append: use output_mode = \"append\" (with a watermark), the console sink, or a foreach_batch sink"));
+                .err(
+                    mode,
+                    format!(
+                        "Data source {} does not support {value:?} output mode",
+                        format!("{sink:?}").to_lowercase()
+                    ),
+                )
+                .hint(hint));
         }
         match aggregate {
             None if value == OutputMode::Complete => Err(self

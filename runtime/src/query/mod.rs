@@ -258,6 +258,19 @@ impl Query {
                     )
                     .await?,
                 ),
+                #[cfg(feature = "delta")]
+                (None, None) if pipeline.sink.kind == crate::config::SinkKind::Delta => {
+                    Box::new(sink::DeltaSink::new(
+                        pipeline
+                            .sink
+                            .path
+                            .clone()
+                            .expect("config checks give a delta sink a path"),
+                        pipeline.sink.delta.clone().unwrap_or_default(),
+                        pipeline.sink.output_mode,
+                        &query_id_for_sink,
+                    ))
+                }
                 (None, None) => sink::open(&pipeline.sink)?,
             },
             checkpoint,

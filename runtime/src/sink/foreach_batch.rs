@@ -3,7 +3,7 @@
 //! the outside world itself: the host queues its writes during the call
 //! and, once the call succeeded, commits every output for the epoch, each
 //! one idempotently (file outputs by their `_weir_log`, PostgreSQL by its
-//! epoch ledger). A replayed epoch therefore changes nothing, and an epoch
+//! epoch ledger, Delta by its application transaction). A replayed epoch therefore changes nothing, and an epoch
 //! whose call fails writes nothing at all.
 
 use std::collections::BTreeMap;
@@ -23,6 +23,8 @@ use crate::query::StageProgress;
 enum Output {
     Files(FileSink),
     Postgres(Box<PostgresOutput>),
+    #[cfg(feature = "delta")]
+    Delta(Box<super::DeltaMergeOutput>),
 }
 
 /// The foreachBatch sink.
@@ -59,6 +61,24 @@ impl ForeachBatchSink {
                         ))),
                         Box::new(move |batch| PostgresOutput::check(&rules, batch)),
                     )
+                }
+                #[cfg(feature = "delta")]
+                OutputConfig::Delta(delta) => {
+                    let rules = delta.clone();
+                    (
+                        Output::Delta(Box::new(super::DeltaMergeOutput::new(
+                            delta.clone(),
+                            query_id,
+                            name,
+                        ))),
+                        Box::new(move |batch| super::DeltaMergeOutput::check(&rules, batch)),
+                    )
+                }
+                #[cfg(not(feature = "delta"))]
+                OutputConfig::Delta(_) => {
+                    return Err(WeirError::Internal(
+                        "delta outputs are refused at load without the `delta` feature".into(),
+                    ));
                 }
             };
             outputs.insert(name.clone(), output);
@@ -117,6 +137,8 @@ impl Sink for ForeachBatchSink {
             let outcome = match output {
                 Output::Files(files) => files.commit(batch_id, rows).await?,
                 Output::Postgres(pg) => pg.commit(batch_id, rows).await?,
+                #[cfg(feature = "delta")]
+                Output::Delta(delta) => delta.commit(batch_id, rows).await?,
             };
             if outcome == CommitOutcome::AlreadyCommitted {
                 skipped += 1;

@@ -5,14 +5,19 @@
 //! the checkpoint's offset/commit logs this gives exactly-once output.
 
 mod console;
+#[cfg(feature = "delta")]
+mod delta;
 mod file;
 mod foreach_batch;
 mod kafka;
 mod postgres;
+mod upsert;
 
 use arrow::record_batch::RecordBatch;
 
 pub use console::ConsoleSink;
+#[cfg(feature = "delta")]
+pub use delta::{DeltaMergeOutput, DeltaSink};
 pub use file::{FileSink, SinkLogEntry};
 pub use foreach_batch::ForeachBatchSink;
 pub use kafka::KafkaSink;
@@ -67,9 +72,9 @@ pub(crate) fn json_lines(batches: &[RecordBatch], context: &str) -> Result<Vec<u
 /// sink with [`KafkaSink::open`], which talks to the broker).
 pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
     Ok(match (config.kind, &config.path) {
-        (SinkKind::ForeachBatch | SinkKind::Kafka, _) => {
+        (SinkKind::ForeachBatch | SinkKind::Kafka | SinkKind::Delta, _) => {
             return Err(crate::error::WeirError::Internal(
-                "foreach_batch and kafka sinks are opened with their own open".into(),
+                "foreach_batch, kafka and delta sinks are opened with their own open".into(),
             ));
         }
         (SinkKind::Console, _) => Box::new(ConsoleSink {

@@ -15,15 +15,12 @@
 //! tombstone (`<table>__weir_tombstones`: key and guard) so an older row
 //! arriving after the delete stays deleted.
 
-use std::collections::HashMap;
-
-use arrow::array::{Array, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, take_record_batch};
-use arrow::row::{RowConverter, SortField};
-use arrow::util::display::array_value_to_string;
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
 use tokio_postgres::{Client, NoTls};
 
 use super::CommitOutcome;
+use super::upsert::UpsertRules;
 use crate::config::{PostgresMode, PostgresOutputConfig};
 use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
@@ -74,30 +71,7 @@ impl PostgresOutput {
         if config.mode == PostgresMode::Append {
             return Ok(());
         }
-        let mut required: Vec<&str> = config.key.iter().map(String::as_str).collect();
-        required.extend(config.newer_than.as_deref());
-        required.extend(config.delete_when.as_ref().map(|d| d.column.as_str()));
-        for name in required {
-            if batch.column_by_name(name).is_none() {
-                return Err(format!(
-                    "upsert rows must have column `{name}` (key {:?}); the rows have {:?}",
-                    config.key,
-                    batch
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name())
-                        .collect::<Vec<_>>()
-                ));
-            }
-        }
-        for key in &config.key {
-            let column = batch.column_by_name(key).expect("checked above");
-            if column.null_count() > 0 {
-                return Err(format!("upsert rows have a null key column `{key}`"));
-            }
-        }
-        Ok(())
+        rules(config).check(batch)
     }
 
     async fn connect(&mut self) -> Result<&mut Client> {
@@ -338,76 +312,17 @@ impl PostgresOutput {
     /// One row per key — the greatest guard, then the last — split into
     /// upserts and deletes.
     fn latest_per_key(&self, all: &RecordBatch) -> Result<(RecordBatch, RecordBatch)> {
-        let row_error = |e| self.error("cannot compare key or guard values", e);
-        let key_columns: Vec<_> = self
-            .config
-            .key
-            .iter()
-            .map(|k| all.column_by_name(k).expect("checked on write").clone())
-            .collect();
-        let keys = RowConverter::new(
-            key_columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect(),
-        )
-        .and_then(|c| c.convert_columns(&key_columns))
-        .map_err(row_error)?;
-        let guards = match &self.config.newer_than {
-            Some(g) => {
-                let column = all.column_by_name(g).expect("checked on write").clone();
-                Some(
-                    RowConverter::new(vec![SortField::new(column.data_type().clone())])
-                        .and_then(|c| c.convert_columns(&[column]))
-                        .map_err(row_error)?,
-                )
-            }
-            None => None,
-        };
-        let mut winner: HashMap<&[u8], usize> = HashMap::new();
-        let mut order = Vec::new();
-        for i in 0..all.num_rows() {
-            match winner.get_mut(keys.row(i).data()) {
-                None => {
-                    winner.insert(keys.row(i).data(), i);
-                    order.push(keys.row(i).data());
-                }
-                Some(best) => {
-                    let newer = guards.as_ref().is_none_or(|g| g.row(i) >= g.row(*best));
-                    if newer {
-                        *best = i;
-                    }
-                }
-            }
-        }
-        let marker = self.config.delete_when.as_ref().map(|d| {
-            (
-                all.column_by_name(&d.column).expect("checked on write"),
-                &d.equals,
-            )
-        });
-        let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
-        for key in order {
-            let i = winner[key];
-            let is_delete = match &marker {
-                Some((column, equals)) => {
-                    column.is_valid(i)
-                        && array_value_to_string(column, i).map_err(row_error)? == **equals
-                }
-                None => false,
-            };
-            if is_delete {
-                &mut deletes
-            } else {
-                &mut upserts
-            }
-            .push(i as u32);
-        }
-        let pick = |rows: Vec<u32>| {
-            take_record_batch(all, &UInt32Array::from(rows))
-                .map_err(|e| self.error("selecting rows", e))
-        };
-        Ok((pick(upserts)?, pick(deletes)?))
+        rules(&self.config)
+            .latest_per_key(all)
+            .map_err(|e| self.error("selecting the latest row per key", e))
+    }
+}
+
+fn rules(config: &PostgresOutputConfig) -> UpsertRules<'_> {
+    UpsertRules {
+        key: &config.key,
+        newer_than: config.newer_than.as_deref(),
+        delete_when: config.delete_when.as_ref(),
     }
 }
 

@@ -172,9 +172,12 @@ enum PluginCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| {
+            // The Delta kernel narrates every snapshot, and logs a
+            // table not created yet as an error; what matters of it
+            // reaches Weir's own errors.
+            EnvFilter::new("info,buoyant_kernel=off,deltalake_core=error")
+        }))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)

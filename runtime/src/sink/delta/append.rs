@@ -1,0 +1,168 @@
+//! `[sink] kind = "delta"`: each micro-batch is one Delta commit.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, new_null_array};
+use arrow::compute::cast;
+use arrow::datatypes::Schema;
+use arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+
+use super::{DeltaTarget, delta_types, schema_change, table_schema};
+use crate::config::{DeltaSinkConfig, OutputMode};
+use crate::error::{Result, WeirError};
+use crate::faults::crash_point;
+use crate::sink::{CommitOutcome, Sink};
+use crate::storage::Location;
+
+/// Appends each batch's rows to a Delta table (or, in complete mode,
+/// replaces the table's rows with them), with the batch's application
+/// transaction in the same commit.
+pub struct DeltaSink {
+    target: DeltaTarget,
+    config: DeltaSinkConfig,
+    overwrite: bool,
+    /// The table as of our last commit (we are its only writer for this
+    /// app id; another writer's commits are picked up by `deltalake`'s
+    /// conflict resolution at commit time).
+    table: Option<DeltaTable>,
+}
+
+impl DeltaSink {
+    /// A sink writing `location` for query `query_id`.
+    pub fn new(
+        location: Location,
+        config: DeltaSinkConfig,
+        output_mode: OutputMode,
+        query_id: &str,
+    ) -> DeltaSink {
+        DeltaSink::with_target(
+            DeltaTarget::new(location, query_id, "sink", "delta sink".into()),
+            config,
+            output_mode == OutputMode::Complete,
+        )
+    }
+
+    pub(crate) fn with_target(
+        target: DeltaTarget,
+        config: DeltaSinkConfig,
+        overwrite: bool,
+    ) -> DeltaSink {
+        DeltaSink {
+            target,
+            config,
+            overwrite,
+            table: None,
+        }
+    }
+
+    async fn table(&mut self) -> Result<DeltaTable> {
+        if let Some(table) = &self.table {
+            return Ok(table.clone());
+        }
+        let table = self.target.open().await?;
+        if let Ok(state) = table.snapshot() {
+            let existing = state.metadata().partition_columns();
+            if existing != &self.config.partition_by {
+                return Err(self.target.error(format!(
+                    "the table is partitioned by {existing:?}, the sink by {:?}",
+                    self.config.partition_by
+                )));
+            }
+        }
+        self.table = Some(table.clone());
+        Ok(table)
+    }
+
+    /// The rows in the table's column order, with NULL for columns they
+    /// lack. A new column or a changed type is an error naming them, unless
+    /// `merge_schema` is set: then the rows go as they are and the write
+    /// widens the table.
+    fn conform(&self, table: &Schema, rows: RecordBatch) -> Result<RecordBatch> {
+        if let Some(change) = schema_change(table, &rows.schema()) {
+            if self.config.merge_schema {
+                return Ok(rows);
+            }
+            return Err(WeirError::Schema {
+                context: format!("delta sink {}", self.target.location),
+                reason: format!(
+                    "the rows do not fit the table: {change}; set merge_schema = true \
+                     to add new columns"
+                ),
+            });
+        }
+        let columns = table
+            .fields()
+            .iter()
+            .map(|field| match rows.column_by_name(field.name()) {
+                Some(column) => cast(column, field.data_type())
+                    .map_err(|e| self.target.error(format!("column `{}`: {e}", field.name()))),
+                None if field.is_nullable() => {
+                    Ok(new_null_array(field.data_type(), rows.num_rows()))
+                }
+                None => Err(WeirError::Schema {
+                    context: format!("delta sink {}", self.target.location),
+                    reason: format!(
+                        "the rows lack column `{}`, which is not nullable",
+                        field.name()
+                    ),
+                }),
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        RecordBatch::try_new(Arc::new(table.clone()), columns).map_err(|e| self.target.error(e))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for DeltaSink {
+    async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| delta_types(b.clone()).map_err(|e| self.target.error(e)))
+            .collect::<Result<_>>()?;
+        // An append of nothing changes nothing; a complete-mode batch always
+        // replaces (an empty result empties the table).
+        if batches.is_empty() && !self.overwrite {
+            return Ok(CommitOutcome::Written);
+        }
+        let table = self.table().await?;
+        if self
+            .target
+            .committed_version(&table)
+            .await?
+            .is_some_and(|v| v >= batch_id)
+        {
+            return Ok(CommitOutcome::AlreadyCommitted);
+        }
+        let rows = match table_schema(&table) {
+            Some(schema) => batches
+                .into_iter()
+                .map(|b| self.conform(&schema, b))
+                .collect::<Result<Vec<_>>>()?,
+            // Nothing to create a table from (a complete-mode batch with no rows).
+            None if batches.is_empty() => return Ok(CommitOutcome::Written),
+            None => batches,
+        };
+        let mut write = table
+            .write(rows)
+            .with_save_mode(if self.overwrite {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            })
+            .with_commit_properties(self.target.commit_properties(batch_id));
+        if !self.config.partition_by.is_empty() {
+            write = write.with_partition_columns(self.config.partition_by.clone());
+        }
+        if self.config.merge_schema {
+            write = write.with_schema_mode(SchemaMode::Merge);
+        }
+        let table = write.await.map_err(|e| self.target.error(e))?;
+        self.table = Some(table);
+        crash_point("delta-after-commit", batch_id);
+        Ok(CommitOutcome::Written)
+    }
+}
