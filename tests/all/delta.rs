@@ -584,3 +584,82 @@ fn the_delta_examples_give_their_documented_tables() {
         );
     }
 }
+
+/// A `weir serve` query from orders files through `double` (enrich:
+/// `amount_x2`) into a Delta table; file 0 is committed, then `double` is
+/// hot-swapped to a version emitting `amount_x3` instead and file 1
+/// arrives: the schema changes mid-run, without a restart.
+fn swap_in_a_new_column(merge_schema: bool) -> (tempfile::TempDir, crate::serve::Server) {
+    use crate::serve::{Server, pipeline_text, wait_until, write_input};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let state = dir.path().join("state");
+    let server = Server::start(
+        &state,
+        crate::common::free_port(),
+        &dir.path().join("serve.log"),
+    );
+    let pipeline = dir.path().join("orders.toml");
+    let sink = format!("kind = \"delta\"\npath = \"out\"\nmerge_schema = {merge_schema}");
+    let text = pipeline_text(&input).replace("kind = \"json\"\npath = \"out\"", &sink);
+    std::fs::write(&pipeline, text).unwrap();
+    server.cli(&["submit", pipeline.to_str().unwrap(), "--tenant", "acme"]);
+    let table = state.join("tenants/acme/orders/out");
+    write_input(&input, 0);
+    wait_until("file 0 in the table", || {
+        table.join("_delta_log").is_dir() && !log_txns(&table).is_empty()
+    });
+    let enrich = format!("{}/weir_plugin_enrich.wasm", weir_fixtures::PLUGIN_DIR);
+    let config = r#"{"input":"amount","output":"amount_x3","multiply":3.0}"#;
+    server.cli(&["swap", "acme/orders", "double", &enrich, "--config", config]);
+    write_input(&input, 1);
+    (dir, server)
+}
+
+#[test]
+fn a_column_that_appears_mid_run_widens_the_table_or_stops_the_query() {
+    use crate::serve::wait_until;
+    let (dir, _server) = swap_in_a_new_column(true);
+    let table = dir.path().join("state/tenants/acme/orders/out");
+    wait_until("file 1 in the table", || {
+        log_txns(&table).values().flatten().count() == 2
+    });
+    let app = assert_one_txn_per_batch(&log_txns(&table), 2, "merge_schema");
+    let read = read_delta(table.to_str().unwrap(), &json!({}), &app);
+    assert_eq!(
+        read.columns,
+        ["id", "name", "amount", "amount_x2", "amount_x3"]
+    );
+    let expected: Vec<Value> = (1..=10)
+        .map(|id| {
+            let amount = id as f64 + 0.5;
+            let (x2, x3) = if id <= 5 {
+                (json!(amount * 2.0), Value::Null)
+            } else {
+                (Value::Null, json!(amount * 3.0))
+            };
+            json!({"id": id, "name": format!("n{id}"), "amount": amount,
+                   "amount_x2": x2, "amount_x3": x3})
+        })
+        .collect();
+    assert_eq!(by_id(read.rows), expected);
+
+    let (dir, server) = swap_in_a_new_column(false);
+    let status = || -> Value {
+        let all: Value = serde_json::from_str(&server.cli(&["status"])).unwrap();
+        all.as_array().unwrap()[0]["status"].clone()
+    };
+    wait_until("the query to stop", || status()["state"] == "failed");
+    let error = status()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("the rows do not fit the table: new column(s) `amount_x3` (Float64)")
+            && error.contains("set merge_schema = true"),
+        "{error}"
+    );
+    // Batch 1 wrote nothing (and is not committed: it runs again on start).
+    let table = dir.path().join("state/tenants/acme/orders/out");
+    assert_one_txn_per_batch(&log_txns(&table), 1, &error);
+    let read = read_delta(table.to_str().unwrap(), &json!({}), "");
+    assert_eq!(read.rows.len(), 5);
+}

@@ -11,14 +11,14 @@ use serde_json::Value;
 use crate::common::{free_port, numbered_entries, weir};
 
 /// A `weir serve` process, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     url: String,
     log: PathBuf,
 }
 
 impl Server {
-    fn start(state: &Path, port: u16, log: &Path) -> Server {
+    pub(crate) fn start(state: &Path, port: u16, log: &Path) -> Server {
         Server::start_with_env(state, port, log, &[])
     }
 
@@ -59,7 +59,7 @@ impl Server {
     }
 
     /// Runs a client command (`submit`, `swap`, ...) against this server.
-    fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = weir()
             .args(args)
             .args(["--server", &self.url])
@@ -95,7 +95,7 @@ impl Drop for Server {
 }
 
 /// Writes input file `n`: orders `5n+1 ..= 5n+5`.
-fn write_input(dir: &Path, n: u64) {
+pub(crate) fn write_input(dir: &Path, n: u64) {
     let rows: String = (5 * n + 1..=5 * n + 5)
         .map(|id| format!("{{\"id\": {id}, \"name\": \"n{id}\", \"amount\": {id}.5}}\n"))
         .collect();
@@ -104,7 +104,7 @@ fn write_input(dir: &Path, n: u64) {
     std::fs::rename(&tmp, dir.join(format!("f-{n:04}.json"))).unwrap();
 }
 
-fn pipeline_text(input: &Path) -> String {
+pub(crate) fn pipeline_text(input: &Path) -> String {
     format!(
         r#"name = "orders"
 checkpoint = "ck"
@@ -132,7 +132,7 @@ fn committed_batches(query: &Path) -> Vec<u64> {
     numbered_entries(&query.join("ck/commits"))
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");

@@ -116,6 +116,13 @@ impl OutputKind {
     }
 }
 
+/// A key of an output table, where it is, and the kinds that take it.
+type KeyRule<'a> = (
+    &'static str,
+    Option<std::ops::Range<usize>>,
+    &'a [OutputKind],
+);
+
 /// `mode` as written: which ones an output takes depends on its kind.
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
@@ -190,7 +197,7 @@ impl Resolver<'_> {
         let kind = *raw.kind.get_ref();
         use OutputKind::{Delta, Json, Parquet, Postgres};
         // Which kinds take each key; any other is refused where it is.
-        let keys: [(&str, Option<std::ops::Range<usize>>, &[OutputKind]); 10] = [
+        let keys: [KeyRule<'_>; 10] = [
             (
                 "path",
                 raw.path.as_ref().map(|s| s.span()),

@@ -65,7 +65,7 @@ impl DeltaSink {
         let table = self.target.open().await?;
         if let Ok(state) = table.snapshot() {
             let existing = state.metadata().partition_columns();
-            if existing != &self.config.partition_by {
+            if *existing != self.config.partition_by {
                 return Err(self.target.error(format!(
                     "the table is partitioned by {existing:?}, the sink by {:?}",
                     self.config.partition_by

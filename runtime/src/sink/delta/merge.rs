@@ -33,7 +33,7 @@ const DELETE_FLAG: &str = "__weir_delete";
 /// One Delta output of a foreachBatch sink.
 pub enum DeltaMergeOutput {
     /// Rows appended, as the Delta sink does.
-    Append(DeltaSink),
+    Append(Box<DeltaSink>),
     /// Rows merged by key.
     Merge(Box<Merge>),
 }
@@ -48,14 +48,14 @@ impl DeltaMergeOutput {
             format!("output `{name}`"),
         );
         match config.mode {
-            DeltaOutputMode::Append => DeltaMergeOutput::Append(DeltaSink::with_target(
+            DeltaOutputMode::Append => DeltaMergeOutput::Append(Box::new(DeltaSink::with_target(
                 target,
                 DeltaSinkConfig {
                     merge_schema: config.merge_schema,
                     partition_by: config.partition_by.clone(),
                 },
                 false,
-            )),
+            ))),
             DeltaOutputMode::Merge => {
                 let tombstones = (config.newer_than.is_some() && config.delete_when.is_some())
                     .then(|| {
