@@ -663,3 +663,34 @@ fn a_column_that_appears_mid_run_widens_the_table_or_stops_the_query() {
     let read = read_delta(table.to_str().unwrap(), &json!({}), "");
     assert_eq!(read.rows.len(), 5);
 }
+
+#[test]
+fn complete_mode_replaces_the_table_each_batch_once() {
+    let dir = crate::common::example("windowed-clicks");
+    let pipeline = dir.path().join("pipeline.toml");
+    crate::common::edit(
+        &pipeline,
+        "kind = \"json\"\npath = \".weir/output\"\noutput_mode = \"append\"",
+        "kind = \"delta\"\npath = \".weir/output\"\noutput_mode = \"complete\"",
+    );
+    run_killed_at(&pipeline, "delta-after-commit@3");
+    let err = assert_ok(&run(&pipeline));
+    let table = dir.path().join(".weir/output");
+    let app = assert_one_txn_per_batch(&log_txns(&table), 5, &err);
+    let read = read_delta(table.to_str().unwrap(), &json!({}), &app);
+    let mut windows: Vec<String> = read.rows.iter().map(crate::windows::describe).collect();
+    windows.sort();
+    // The whole result table after batch 4 (as the console shows it in
+    // `windows::article_example_in_complete_mode_emits_the_whole_table`).
+    assert_eq!(
+        windows,
+        [
+            "11:55-12:00 u1 2",
+            "12:00-12:05 u1 2",
+            "12:00-12:05 u2 1",
+            "12:05-12:10 u1 1",
+            "12:05-12:10 u2 1",
+            "12:15-12:20 u2 1",
+        ]
+    );
+}

@@ -15,7 +15,7 @@ use crate::common::{
 };
 
 /// "start-end user count" with times as HH:MM (all rows are on one day).
-fn describe(row: &Value) -> String {
+pub(crate) fn describe(row: &Value) -> String {
     let hhmm = |v: &Value| v.as_str().unwrap()[11..16].to_string();
     format!(
         "{}-{} {} {}",
