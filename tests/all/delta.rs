@@ -12,7 +12,7 @@ use weir::faults::CRASH_POINTS;
 
 use crate::common::{Scenario, Spec, assert_exit, assert_ok, assert_refusals, run, run_killed_at};
 use crate::foreach_batch::{
-    Change, cdc_pipeline, cdc_stream, has_older_change_after, latest_state, write_cdc_inputs,
+    Change, assert_late_changes, cdc_pipeline, cdc_stream, latest_state, write_cdc_inputs,
 };
 
 /// What the independent reader saw.
@@ -338,7 +338,12 @@ fn delta_cdc(stream: &[Vec<Change>]) -> tempfile::TempDir {
 fn users(table: &Path) -> (Vec<String>, DeltaRead) {
     let app = assert_one_app(&log_txns(table));
     let read = read_delta(table.to_str().unwrap(), &json!({}), &app);
-    let lines = by_id(read.rows.clone())
+    (user_lines(read.rows.clone()), read)
+}
+
+/// Users' rows as "user_id email ts_ms" lines, by user.
+fn user_lines(rows: Vec<Value>) -> Vec<String> {
+    by_id(rows)
         .iter()
         .map(|r| {
             format!(
@@ -348,8 +353,7 @@ fn users(table: &Path) -> (Vec<String>, DeltaRead) {
                 r["ts_ms"]
             )
         })
-        .collect();
-    (lines, read)
+        .collect()
 }
 
 /// The one app id of a log's transactions.
@@ -363,14 +367,7 @@ fn assert_one_app(commits: &BTreeMap<u64, Vec<(String, i64)>>) -> String {
 #[test]
 fn cdc_merge_into_delta_gives_the_latest_state() {
     let stream = cdc_stream(40, 10);
-    assert!(
-        has_older_change_after(&stream, "d"),
-        "no late update after a delete"
-    );
-    assert!(
-        has_older_change_after(&stream, "u"),
-        "no late update after an update"
-    );
+    assert_late_changes(&stream);
     let dir = delta_cdc(&stream);
     let err = assert_ok(&run(&dir.path().join("pipeline.toml")));
     let (table, read) = users(&dir.path().join("users"));
@@ -512,18 +509,7 @@ fn cdc_merge_into_delta_on_s3_gives_the_latest_state() {
     let err = assert_ok(&run(&pipeline));
     let app = assert_one_txn_per_batch(&s3_log_txns(&url), 5, &err);
     let read = read_delta(&url, &s3_reader_options(), &app);
-    let table: Vec<String> = by_id(read.rows)
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {} {}",
-                r["user_id"],
-                r["email"].as_str().unwrap(),
-                r["ts_ms"]
-            )
-        })
-        .collect();
-    assert_eq!(table, latest_state(&stream));
+    assert_eq!(user_lines(read.rows), latest_state(&stream));
 }
 
 #[test]

@@ -79,12 +79,23 @@ pub(crate) fn cdc_stream(seed: u64, files: i64) -> Vec<Vec<Change>> {
     stream
 }
 
-/// The latest-state table: per user the change with the greatest ts_ms,
-/// unless it is a delete; as "user_id email ts_ms" lines.
+/// Checks `stream` has an old change arriving after a newer delete, and
+/// after a newer update: what the guard and the tombstones are for.
+pub(crate) fn assert_late_changes(stream: &[Vec<Change>]) {
+    assert!(
+        has_older_change_after(stream, "d"),
+        "no late update after a delete"
+    );
+    assert!(
+        has_older_change_after(stream, "u"),
+        "no late update after an update"
+    );
+}
+
 /// Whether a later file carries an update older than an earlier file's
 /// change of the same user that is that user's final state: a delete
 /// (`op = "d"`, so only a tombstone keeps the user deleted) or an update.
-pub(crate) fn has_older_change_after(stream: &[Vec<Change>], op: &str) -> bool {
+fn has_older_change_after(stream: &[Vec<Change>], op: &str) -> bool {
     let last = |user: i64| {
         stream
             .iter()
@@ -105,6 +116,8 @@ pub(crate) fn has_older_change_after(stream: &[Vec<Change>], op: &str) -> bool {
     })
 }
 
+/// The latest-state table: per user the change with the greatest ts_ms,
+/// unless it is a delete; as "user_id email ts_ms" lines.
 pub(crate) fn latest_state(stream: &[Vec<Change>]) -> Vec<String> {
     let mut latest: BTreeMap<i64, &Change> = BTreeMap::new();
     for change in stream.iter().flatten() {
@@ -297,14 +310,7 @@ fn cdc_upserts_give_the_latest_state_and_fan_out_to_parquet() {
         stream.iter().flatten().filter(|c| c.op == "d").count() >= 5,
         "the stream must delete"
     );
-    assert!(
-        has_older_change_after(&stream, "d"),
-        "no late update after a delete"
-    );
-    assert!(
-        has_older_change_after(&stream, "u"),
-        "no late update after an update"
-    );
+    assert_late_changes(&stream);
     let scenario = CdcScenario::new(&stream, "key = [\"user_id\"]");
     let err = assert_ok(&run(&scenario.pipeline()));
     assert_eq!(scenario.table(), expected, "{err}");

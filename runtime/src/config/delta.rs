@@ -47,10 +47,21 @@ pub struct DeltaOutputConfig {
     /// Merge: rows whose `column` equals `equals` (as text) delete the key;
     /// the marker column is not stored.
     pub delete_when: Option<DeleteMarker>,
-    /// New columns widen the table.
-    pub merge_schema: bool,
-    /// Partition columns when the output creates the table.
-    pub partition_by: Vec<String>,
+    /// Schema evolution and partitioning, as for the sink.
+    pub table: DeltaSinkConfig,
+}
+
+/// `merge_schema` and `partition_by` as written, for a sink or an output.
+pub(super) fn table_options(
+    merge_schema: Option<&toml::Spanned<bool>>,
+    partition_by: Option<&toml::Spanned<Vec<String>>>,
+) -> DeltaSinkConfig {
+    DeltaSinkConfig {
+        merge_schema: merge_schema.is_some_and(|m| *m.get_ref()),
+        partition_by: partition_by
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_default(),
+    }
 }
 
 /// Whether this build has the Delta Lake writer.

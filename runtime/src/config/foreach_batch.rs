@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::delta::{DELTA_BUILT, DeltaOutputConfig, DeltaOutputMode};
+use super::delta::{DELTA_BUILT, DeltaOutputConfig, DeltaOutputMode, table_options};
 use super::{ByteCount, ConfigError, Resolver, SinkKind, TransformConfig};
 use crate::storage::Location;
 
@@ -299,12 +299,7 @@ impl Resolver<'_> {
                     key: upsert.key,
                     newer_than: upsert.newer_than,
                     delete_when: upsert.delete_when,
-                    merge_schema: raw.merge_schema.as_ref().is_some_and(|m| *m.get_ref()),
-                    partition_by: raw
-                        .partition_by
-                        .as_ref()
-                        .map(|p| p.get_ref().clone())
-                        .unwrap_or_default(),
+                    table: table_options(raw.merge_schema.as_ref(), raw.partition_by.as_ref()),
                 }))
             }
             Postgres => {

@@ -1178,14 +1178,10 @@ impl Resolver<'_> {
                 "this weir was built without Delta Lake support (the `delta` feature)",
             ));
         }
-        Ok(Some(DeltaSinkConfig {
-            merge_schema: raw.merge_schema.as_ref().is_some_and(|m| *m.get_ref()),
-            partition_by: raw
-                .partition_by
-                .as_ref()
-                .map(|p| p.get_ref().clone())
-                .unwrap_or_default(),
-        }))
+        Ok(Some(delta::table_options(
+            raw.merge_schema.as_ref(),
+            raw.partition_by.as_ref(),
+        )))
     }
 
     fn kafka_sink(&self, s: &Spanned<RawSink>) -> Result<Option<KafkaSinkConfig>, ConfigError> {

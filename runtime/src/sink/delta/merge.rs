@@ -50,10 +50,7 @@ impl DeltaMergeOutput {
         match config.mode {
             DeltaOutputMode::Append => DeltaMergeOutput::Append(Box::new(DeltaSink::with_target(
                 target,
-                DeltaSinkConfig {
-                    merge_schema: config.merge_schema,
-                    partition_by: config.partition_by.clone(),
-                },
+                config.table.clone(),
                 false,
             ))),
             DeltaOutputMode::Merge => {
@@ -171,7 +168,7 @@ impl Merge {
                 self.target.clone(),
                 DeltaSinkConfig {
                     merge_schema: false,
-                    partition_by: self.config.partition_by.clone(),
+                    partition_by: self.config.table.partition_by.clone(),
                 },
                 false,
             );
@@ -185,7 +182,7 @@ impl Merge {
             .map_err(|e| self.target.error(e))?;
         let data = stored(&source_rows)?;
         if let Some(change) = schema_change(&existing, &data.schema())
-            && !self.config.merge_schema
+            && !self.config.table.merge_schema
         {
             return Err(WeirError::Schema {
                 context: format!(
@@ -241,7 +238,7 @@ impl Merge {
             .merge(frame, on)
             .with_source_alias("source")
             .with_target_alias("target")
-            .with_merge_schema(self.config.merge_schema)
+            .with_merge_schema(self.config.table.merge_schema)
             .with_commit_properties(self.target.commit_properties(batch_id))
             .when_matched_delete(|d| d.predicate(with_guard(deleting.clone())))
             .and_then(|m| {
