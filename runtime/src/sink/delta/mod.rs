@@ -262,3 +262,52 @@ impl LogStoreFactory for ConditionalPutLogStore {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray, TimestampMillisecondArray};
+    use arrow::datatypes::{Field, TimestampMicrosecondType};
+
+    fn schema(fields: &[(&str, DataType)]) -> Schema {
+        Schema::new(
+            fields
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn schema_changes_name_new_and_retyped_columns_only() {
+        let table = schema(&[("id", DataType::Int64), ("name", DataType::Utf8)]);
+        // Fewer columns, and a string of another Arrow width: the same table.
+        let fits = schema(&[("name", DataType::LargeUtf8)]);
+        assert_eq!(schema_change(&table, &fits), None);
+        let wider = schema(&[
+            ("id", DataType::Float64),
+            ("name", DataType::Utf8),
+            ("country", DataType::Utf8),
+        ]);
+        assert_eq!(
+            schema_change(&table, &wider).unwrap(),
+            "new column(s) `country` (Utf8); changed type(s) `id` (Int64 in the table, \
+             Float64 in the rows)"
+        );
+    }
+
+    #[test]
+    fn timestamps_become_delta_microseconds_in_utc() {
+        let millis =
+            TimestampMillisecondArray::from(vec![Some(1_500), None]).with_timezone("+00:00");
+        let batch = RecordBatch::try_from_iter([("ts", Arc::new(millis) as _)]).unwrap();
+        let converted = delta_types(batch).unwrap();
+        let ts = converted.column(0);
+        assert_eq!(
+            ts.data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        );
+        let ts = ts.as_primitive::<TimestampMicrosecondType>();
+        assert_eq!((ts.value(0), ts.is_null(1)), (1_500_000, true));
+    }
+}
