@@ -67,6 +67,11 @@ impl DeltaMergeOutput {
                     target,
                     config,
                     tombstones: tombstones.map(|target| Tombstones {
+                        sink: DeltaSink::with_target(
+                            target.clone(),
+                            DeltaSinkConfig::default(),
+                            false,
+                        ),
                         target,
                         latest: None,
                     }),
@@ -268,6 +273,8 @@ impl Merge {
 /// The latest delete guard per key, kept in its own Delta table.
 struct Tombstones {
     target: DeltaTarget,
+    /// Appends to that table (keeping it loaded between epochs).
+    sink: DeltaSink,
     /// Comparable key bytes -> comparable guard bytes, loaded on first use.
     latest: Option<HashMap<Vec<u8>, Vec<u8>>>,
 }
@@ -317,15 +324,9 @@ impl Tombstones {
         let rows = deletes
             .project(&indices)
             .map_err(|e| self.target.error(e))?;
-        let mut sink = DeltaSink::with_target(
-            self.target.clone(),
-            DeltaSinkConfig {
-                merge_schema: false,
-                partition_by: Vec::new(),
-            },
-            false,
-        );
-        sink.commit(batch_id, std::slice::from_ref(&rows)).await?;
+        self.sink
+            .commit(batch_id, std::slice::from_ref(&rows))
+            .await?;
         if let Some(latest) = &mut self.latest {
             remember(rules, latest, &rows).map_err(|e| self.target.error(e))?;
         }
