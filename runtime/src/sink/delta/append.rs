@@ -12,7 +12,7 @@ use deltalake::protocol::SaveMode;
 
 use super::{DeltaTarget, delta_types, schema_change, table_schema};
 use crate::config::{DeltaSinkConfig, OutputMode};
-use crate::error::{Result, WeirError};
+use crate::error::Result;
 use crate::faults::crash_point;
 use crate::sink::{CommitOutcome, Sink};
 use crate::storage::Location;
@@ -85,13 +85,7 @@ impl DeltaSink {
             if self.config.merge_schema {
                 return Ok(rows);
             }
-            return Err(WeirError::Schema {
-                context: format!("delta sink {}", self.target.location),
-                reason: format!(
-                    "the rows do not fit the table: {change}; set merge_schema = true \
-                     to add new columns"
-                ),
-            });
+            return Err(self.target.unfit(&change));
         }
         let columns = table
             .fields()
@@ -102,13 +96,10 @@ impl DeltaSink {
                 None if field.is_nullable() => {
                     Ok(new_null_array(field.data_type(), rows.num_rows()))
                 }
-                None => Err(WeirError::Schema {
-                    context: format!("delta sink {}", self.target.location),
-                    reason: format!(
-                        "the rows lack column `{}`, which is not nullable",
-                        field.name()
-                    ),
-                }),
+                None => Err(self.target.schema_error(format!(
+                    "the rows lack column `{}`, which is not nullable",
+                    field.name()
+                ))),
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
         RecordBatch::try_new(Arc::new(table.clone()), columns).map_err(|e| self.target.error(e))

@@ -22,7 +22,7 @@ use deltalake::datafusion::prelude::{Expr, SessionContext};
 
 use super::{DeltaSink, DeltaTarget, delta_types, schema_change, table_schema};
 use crate::config::{DeltaOutputConfig, DeltaOutputMode, DeltaSinkConfig};
-use crate::error::{Result, WeirError};
+use crate::error::Result;
 use crate::faults::crash_point;
 use crate::sink::upsert::UpsertRules;
 use crate::sink::{CommitOutcome, Sink};
@@ -75,6 +75,7 @@ impl DeltaMergeOutput {
                         target,
                         latest: None,
                     }),
+                    table: None,
                 }))
             }
         }
@@ -110,6 +111,8 @@ pub struct Merge {
     target: DeltaTarget,
     config: DeltaOutputConfig,
     tombstones: Option<Tombstones>,
+    /// The table as of this output's last commit (loaded on first use).
+    table: Option<DeltaTable>,
 }
 
 impl Merge {
@@ -125,20 +128,25 @@ impl Merge {
         let (upserts, deletes) = rules
             .latest_per_key(&all)
             .map_err(|e| self.target.error(e))?;
-        let table = self.target.open().await?;
+        let table = match self.table.take() {
+            Some(table) => table,
+            None => self.target.open().await?,
+        };
         let outcome = if self
             .target
             .committed_version(&table)
             .await?
             .is_some_and(|v| v >= batch_id)
         {
+            self.table = Some(table);
             CommitOutcome::AlreadyCommitted
         } else {
             let upserts = match &mut self.tombstones {
                 Some(tombstones) => tombstones.drop_older(&rules, upserts).await?,
                 None => upserts,
             };
-            self.merge(table, batch_id, upserts, deletes.clone())
+            self.table = self
+                .merge(table, batch_id, upserts, deletes.clone())
                 .await?;
             CommitOutcome::Written
         };
@@ -151,14 +159,15 @@ impl Merge {
         Ok(outcome)
     }
 
-    /// One Delta commit applying `upserts` and `deletes` (one row per key).
+    /// One Delta commit applying `upserts` and `deletes` (one row per key);
+    /// returns the table after it, or `None` if it is to be loaded again.
     async fn merge(
         &self,
         table: DeltaTable,
         batch_id: u64,
         upserts: RecordBatch,
         deletes: RecordBatch,
-    ) -> Result<()> {
+    ) -> Result<Option<DeltaTable>> {
         let marker = self.config.delete_when.as_ref().map(|d| d.column.as_str());
         let stored = |batch: &RecordBatch| -> Result<RecordBatch> {
             let keep: Vec<usize> = (0..batch.num_columns())
@@ -178,10 +187,10 @@ impl Merge {
                 false,
             );
             sink.commit(batch_id, &[stored(&upserts)?]).await?;
-            return Ok(());
+            return Ok(None);
         };
         if upserts.num_rows() + deletes.num_rows() == 0 {
-            return Ok(());
+            return Ok(Some(table));
         }
         let source_rows = concat_batches(&upserts.schema(), [&upserts, &deletes])
             .map_err(|e| self.target.error(e))?;
@@ -189,16 +198,7 @@ impl Merge {
         if let Some(change) = schema_change(&existing, &data.schema())
             && !self.config.table.merge_schema
         {
-            return Err(WeirError::Schema {
-                context: format!(
-                    "{} (delta table {})",
-                    self.target.writer, self.target.location
-                ),
-                reason: format!(
-                    "the rows do not fit the table: {change}; set merge_schema = true \
-                     to add new columns"
-                ),
-            });
+            return Err(self.target.unfit(&change));
         }
         let flags = BooleanArray::from(
             (0..source_rows.num_rows())
@@ -239,7 +239,7 @@ impl Merge {
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        let (_, _metrics) = table
+        let (table, _metrics) = table
             .merge(frame, on)
             .with_source_alias("source")
             .with_target_alias("target")
@@ -266,7 +266,7 @@ impl Merge {
             .map_err(|e| self.target.error(e))?
             .await
             .map_err(|e| self.target.error(e))?;
-        Ok(())
+        Ok(Some(table))
     }
 }
 

@@ -94,6 +94,21 @@ impl DeltaTarget {
             .with_application_transaction(Transaction::new(&self.app_id, batch_id as i64))
     }
 
+    /// Rows that do not fit the table: the user's to fix, the query stops.
+    pub(crate) fn schema_error(&self, reason: impl Into<String>) -> WeirError {
+        WeirError::Schema {
+            context: format!("{} (delta table {})", self.writer, self.location),
+            reason: reason.into(),
+        }
+    }
+
+    /// A schema `change` (see [`schema_change`]) refused without `merge_schema`.
+    pub(crate) fn unfit(&self, change: &str) -> WeirError {
+        self.schema_error(format!(
+            "the rows do not fit the table: {change}; set merge_schema = true to add new columns"
+        ))
+    }
+
     pub(crate) fn error(&self, e: impl std::fmt::Display) -> WeirError {
         WeirError::Sink {
             sink: format!("{} (delta table {})", self.writer, self.location),
