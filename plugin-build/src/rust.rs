@@ -125,12 +125,7 @@ fn clean(mut cmd: Command) -> Command {
 /// The library name cargo gives the crate in `dir` (its `[lib] name`, else
 /// the package name with `-` as `_`).
 pub fn crate_name(dir: &Path) -> Result<String, Error> {
-    let path = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-    let doc: toml::Table = toml::from_str(&text).map_err(|e| Error::Project {
-        dir: dir.to_path_buf(),
-        message: format!("Cargo.toml: {e}"),
-    })?;
+    let doc = read_cargo_toml(dir)?;
     let name = |section: &str| {
         doc.get(section)
             .and_then(|s| s.get("name"))
@@ -168,4 +163,124 @@ pub(crate) fn build(project: &Project, work: &Path, out: &Path) -> Result<(), Er
         .join(format!("{stem}.wasm"));
     std::fs::copy(&built, out).map_err(Error::io(&built))?;
     Ok(())
+}
+
+/// A cargo workspace of Rust plugins (a `Cargo.toml` with `[workspace]`
+/// and no `[package]`, like the repository's `plugins/`), built in one cargo
+/// run so that its plugins share one build of the SDK and arrow.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    dir: PathBuf,
+    /// (member directory, library name with `-` as `_`)
+    members: Vec<(PathBuf, String)>,
+}
+
+impl Workspace {
+    /// Whether `dir/Cargo.toml` is a workspace root rather than a crate.
+    pub fn is_workspace(dir: &Path) -> bool {
+        read_cargo_toml(dir).is_ok_and(|doc| {
+            doc.contains_key("workspace") && !doc.contains_key("package")
+        })
+    }
+
+    /// Reads the workspace at `dir`: its `members` (a path, or a directory
+    /// followed by `/*` for each crate in it) and each member's crate name.
+    pub fn open(dir: &Path) -> Result<Workspace, Error> {
+        let dir = dir.canonicalize().map_err(Error::io(dir))?;
+        let project_error = |message: String| Error::Project {
+            dir: dir.clone(),
+            message,
+        };
+        let doc = read_cargo_toml(&dir)?;
+        let listed = doc
+            .get("workspace")
+            .and_then(|w| w.get("members"))
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| project_error("Cargo.toml has no [workspace] members list".into()))?;
+        let mut member_dirs = Vec::new();
+        for entry in listed {
+            let entry = entry
+                .as_str()
+                .ok_or_else(|| project_error(format!("workspace member {entry} is not a path")))?;
+            match entry.strip_suffix("/*") {
+                Some(parent) => {
+                    let parent = dir.join(parent);
+                    let listing = std::fs::read_dir(&parent).map_err(Error::io(&parent))?;
+                    let mut crates: Vec<PathBuf> = listing
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.join("Cargo.toml").is_file())
+                        .collect();
+                    crates.sort();
+                    member_dirs.extend(crates);
+                }
+                None if entry.contains(['*', '?', '[']) => {
+                    return Err(project_error(format!(
+                        "workspace member `{entry}`: only plain paths and `dir/*` are understood"
+                    )));
+                }
+                None => member_dirs.push(dir.join(entry)),
+            }
+        }
+        let members = member_dirs
+            .into_iter()
+            .map(|member| {
+                let stem = crate_name(&member)?.replace('-', "_");
+                Ok((member, stem))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        if members.is_empty() {
+            return Err(project_error("the workspace has no members".into()));
+        }
+        Ok(Workspace { dir, members })
+    }
+
+    /// The workspace directory (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Builds every member for `wasm32-wasip2` (release) in `target_dir`
+    /// and returns the components, in member order. They stay where cargo
+    /// writes them, `<target_dir>/wasm32-wasip2/release/<crate>.wasm`, so a
+    /// second build with the same `target_dir` is a no-op.
+    pub fn build(&self, target_dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        let mut cmd = wasm_cargo()?;
+        cmd.arg("build")
+            .arg("--release")
+            .args(["--target", TARGET])
+            .arg("--workspace")
+            .arg("--manifest-path")
+            .arg(self.dir.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        let name = self.dir.display().to_string();
+        crate::run(&name, &mut cmd, || missing("cargo is not on PATH".into()))?;
+        let artifacts = target_dir.join(TARGET).join("release");
+        self.members
+            .iter()
+            .map(|(member, stem)| {
+                let wasm = artifacts.join(format!("{stem}.wasm"));
+                if wasm.is_file() {
+                    Ok(wasm)
+                } else {
+                    Err(Error::Component {
+                        name: member.display().to_string(),
+                        message: format!(
+                            "cargo succeeded but wrote no {} (is the crate a `cdylib`?)",
+                            wasm.display()
+                        ),
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+fn read_cargo_toml(dir: &Path) -> Result<toml::Table, Error> {
+    let path = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    toml::from_str(&text).map_err(|e| Error::Project {
+        dir: dir.to_path_buf(),
+        message: format!("Cargo.toml: {e}"),
+    })
 }
