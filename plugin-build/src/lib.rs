@@ -218,11 +218,15 @@ fn run(name: &str, cmd: &mut Command, not_found: impl FnOnce() -> Error) -> Resu
         return Err(Error::BuildFailed {
             name: name.to_string(),
             command: describe(cmd),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
+            output: match (output.stdout.is_empty(), output.stderr.is_empty()) {
+                // A command whose stderr went straight to the terminal.
+                (true, true) => "(its messages are above)".into(),
+                _ => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            },
         });
     }
     Ok(output)

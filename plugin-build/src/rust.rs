@@ -178,9 +178,8 @@ pub struct Workspace {
 impl Workspace {
     /// Whether `dir/Cargo.toml` is a workspace root rather than a crate.
     pub fn is_workspace(dir: &Path) -> bool {
-        read_cargo_toml(dir).is_ok_and(|doc| {
-            doc.contains_key("workspace") && !doc.contains_key("package")
-        })
+        read_cargo_toml(dir)
+            .is_ok_and(|doc| doc.contains_key("workspace") && !doc.contains_key("package"))
     }
 
     /// Reads the workspace at `dir`: its `members` (a path, or a directory
@@ -252,7 +251,10 @@ impl Workspace {
             .arg("--manifest-path")
             .arg(self.dir.join("Cargo.toml"))
             .arg("--target-dir")
-            .arg(target_dir);
+            .arg(target_dir)
+            // cargo's progress straight to the user: a cold build takes a
+            // minute (inside a build script, cargo keeps it for failures).
+            .stderr(std::process::Stdio::inherit());
         let name = self.dir.display().to_string();
         crate::run(&name, &mut cmd, || missing("cargo is not on PATH".into()))?;
         let artifacts = target_dir.join(TARGET).join("release");

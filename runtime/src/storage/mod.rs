@@ -7,18 +7,21 @@
 //! object_store reads them), overridden by the pipeline's `[s3]` table.
 //! Entries that must be written once (offsets, commits, sink logs) use
 //! conditional create (`If-None-Match: *`), so two writers can never both
-//! commit batch N.
+//! commit batch N. Local writes are durable when they return
+//! ([`DurableLocal`]): the file and its directory entries are fsynced.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
-use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{Result, WeirError};
+
+mod durable;
+pub use durable::DurableLocal;
 
 /// The bytes of object `path` in `store`, or `None` if there is none.
 pub async fn get_if_exists(
@@ -134,8 +137,8 @@ impl Location {
                     path: dir.clone(),
                     source,
                 })?;
-                let fs = LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| WeirError::storage(dir.display(), e))?;
+                let fs =
+                    DurableLocal::new(dir).map_err(|e| WeirError::storage(dir.display(), e))?;
                 Ok(Arc::new(fs))
             }
             Location::S3(s3) => {
