@@ -3,7 +3,8 @@
 //! (one Delta commit per batch, with its application transaction) and a
 //! foreachBatch Delta output in merge mode (one MERGE per batch, half the
 //! keys new, half updates). Prints per-batch time, rows/s and each one's
-//! cost relative to the Parquet sink.
+//! cost relative to the Parquet sink; then what fsync costs a batch's
+//! writes (object_store's LocalFileSystem vs Weir's DurableLocal).
 //!
 //! Run with `cargo bench -p weir --bench sinks` (`./dev bench`).
 
@@ -122,4 +123,76 @@ async fn main() {
         "\n(the replay check is included: each Delta commit first reads the table's\n\
          latest application-transaction version)"
     );
+    durability_cost(&inputs, dir.path()).await;
+}
+
+/// What fsync costs a batch: the writes a file-sink batch makes (its data
+/// file, its `_weir_log/N` and the checkpoint's `commits/N`), through
+/// object_store's LocalFileSystem and through Weir's DurableLocal, which
+/// fsyncs each file and its directory before returning.
+async fn durability_cost(inputs: &[RecordBatch], dir: &std::path::Path) {
+    use object_store::local::LocalFileSystem;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+    use weir::storage::DurableLocal;
+
+    let payloads: Vec<bytes::Bytes> = inputs
+        .iter()
+        .map(|b| {
+            let mut out = Vec::new();
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(&mut out, b.schema(), None).unwrap();
+            writer.write(b).unwrap();
+            writer.close().unwrap();
+            out.into()
+        })
+        .collect();
+    let plain_dir = dir.join("plain");
+    let durable_dir = dir.join("durable");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    std::fs::create_dir_all(&durable_dir).unwrap();
+    let stores: [(&str, Arc<dyn ObjectStore>); 2] = [
+        (
+            "no fsync",
+            Arc::new(LocalFileSystem::new_with_prefix(&plain_dir).unwrap()),
+        ),
+        (
+            "fsync (weir)",
+            Arc::new(DurableLocal::new(&durable_dir).unwrap()),
+        ),
+    ];
+    let mut totals = Vec::new();
+    for (name, store) in &stores {
+        let started = Instant::now();
+        for (n, payload) in payloads.iter().enumerate() {
+            store
+                .put(
+                    &ObjectPath::from(format!("out/part-{n:06}.parquet")),
+                    payload.clone().into(),
+                )
+                .await
+                .unwrap();
+            for entry in [format!("out/_weir_log/{n}"), format!("ck/commits/{n}")] {
+                store
+                    .put_opts(
+                        &ObjectPath::from(entry),
+                        PutPayload::from("{}"),
+                        PutMode::Create.into(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        totals.push((*name, started.elapsed()));
+    }
+    let batches = payloads.len() as f64;
+    let mib = payloads.iter().map(|p| p.len()).sum::<usize>() as f64 / batches / (1 << 20) as f64;
+    println!("\nwrites of one file-sink batch ({mib:.1} MiB data file + 2 log entries):");
+    for (name, total) in &totals {
+        println!(
+            "{name:<14} {:>12.2} ms/batch {:>9.2}x",
+            total.as_secs_f64() * 1e3 / batches,
+            total.as_secs_f64() / totals[0].1.as_secs_f64()
+        );
+    }
 }

@@ -59,10 +59,10 @@ pub enum PluginFailure {
     },
     /// One call returned more output than the stage's limit.
     #[error(
-        "the plugin returned {bytes} bytes from one call, over its output limit of {limit_bytes} bytes"
+        "the plugin returned {bytes} bytes from one call (Arrow memory, plus one per row), over its output limit of {limit_bytes} bytes"
     )]
     OutputTooLarge {
-        /// What it returned (Arrow memory).
+        /// What it returned (Arrow memory, plus one byte per row).
         bytes: u64,
         /// The limit (`output_limit` in the stage's settings).
         limit_bytes: u64,
@@ -283,3 +283,12 @@ impl WeirError {
 
 /// Result with [`WeirError`].
 pub type Result<T, E = WeirError> = std::result::Result<T, E>;
+
+/// The text of a caught panic's payload (a `&str` or `String` message).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}

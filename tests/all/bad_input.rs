@@ -49,6 +49,39 @@ fn dead_letter_keeps_good_rows_and_records_bad_ones() {
     assert!(!record["reason"].as_str().unwrap().is_empty());
 }
 
+/// One line of 20,000 nested `[` (40 KB) between good rows: it used to
+/// overflow the stack inside the JSON decoder and abort the process.
+fn deeply_nested_line() -> String {
+    format!(
+        "{{\"id\": 1, \"name\": \"a\", \"amount\": 1.5}}\n{{\"id\": 2, \"name\": {}{}}}\n{{\"id\": 3, \"name\": \"c\", \"amount\": 3.5}}\n",
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    )
+}
+
+#[test]
+fn a_deeply_nested_json_line_is_a_bad_record_not_a_crash() {
+    let s = Scenario::new(Spec::default());
+    s.input("deep.json", &deeply_nested_line());
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("deep.json, line 2"), "{err}");
+    assert!(err.contains("nested deeper than 64 levels"), "{err}");
+    assert!(s.committed_batches().is_empty());
+
+    let s = Scenario::new(Spec {
+        source_extra: "on_bad_record = \"dead_letter\"\ndead_letter_path = \"dead\"".into(),
+        ..Spec::default()
+    });
+    s.input("deep.json", &deeply_nested_line());
+    let err = assert_ok(&s.run());
+    assert!(err.contains("1 bad records"), "{err}");
+    assert_eq!(s.output_ids(), vec![1, 3]);
+    let dead = fs::read_to_string(s.path("dead/batch-000000.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    assert_eq!(record["line"], 2);
+    assert_eq!(record["raw"].as_str().unwrap().len(), 40_019);
+}
+
 #[test]
 fn malformed_csv_row_names_its_line() {
     let s = Scenario::new(Spec {
@@ -264,6 +297,72 @@ fn a_plugin_over_its_memory_limit_is_stopped() {
         "{err}"
     );
     assert_stopped_at_batch_1_then_recovers(&mut s);
+}
+
+#[test]
+fn rows_without_columns_count_against_the_output_limit() {
+    let s = Scenario::new(Spec {
+        transforms: vec![format!(
+            "[[transform]]\nname = \"hollow\"\nplugin = \"{}\"\nconfig = {{ mode = \"rows_without_columns\" }}\noutput_limit = \"1KiB\"\n",
+            weir_fixtures::ADVERSARY
+        )],
+        ..Spec::default()
+    });
+    s.json_inputs(1, 2);
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("plugin stage `hollow`"), "{err}");
+    assert!(
+        err.contains("returned 50000000 bytes from one call (Arrow memory, plus one per row), over its output limit of 1024 bytes"),
+        "{err}"
+    );
+    assert!(s.committed_batches().is_empty());
+}
+
+#[test]
+fn host_log_and_counters_are_bounded_whatever_the_plugin_sends() {
+    let s = Scenario::new(Spec {
+        max_files: Some(1),
+        transforms: vec![format!(
+            "[[transform]]\nname = \"flood\"\nplugin = \"{}\"\nconfig = {{ mode = \"host_flood\" }}\n",
+            weir_fixtures::ADVERSARY
+        )],
+        ..Spec::default()
+    });
+    s.json_inputs(2, 2);
+    let err = assert_ok(&s.run());
+    assert_eq!(s.output_ids(), vec![1, 2, 3, 4]);
+    // Rate: a burst, then a trickle, out of 10,000 records.
+    let records: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("of a flooding plugin"))
+        .collect();
+    assert!(
+        (50..=250).contains(&records.len()),
+        "{} records logged",
+        records.len()
+    );
+    assert!(
+        err.contains("log records of the plugin over 20 lines/s: dropping some"),
+        "{err}"
+    );
+    // Size: a 10 KB message is cut to 4 KiB; 100 fields to 16 of 256 bytes.
+    let longest = records.iter().map(|l| l.len()).max().unwrap();
+    assert!(
+        longest < 4096 + 16 * 300 + 200,
+        "a logged line of {longest} bytes"
+    );
+    assert!(records[0].contains("k15"), "{}", records[0]);
+    assert!(!records[0].contains("k16"), "{}", records[0]);
+    // Counters: the sum saturates; at most 64 of them; long names refused.
+    let batch = err.lines().find(|l| l.starts_with("batch 0:")).unwrap();
+    assert!(batch.contains("total=9223372036854775807"), "{batch}");
+    assert!(batch.contains(" c0062=1"), "{batch}");
+    assert_eq!(batch.matches(" c0").count(), 63, "{batch}");
+    assert!(!batch.contains("nnnn"), "{batch}");
+    assert!(
+        err.contains("counter ignored: at most 64 counters"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -756,3 +756,38 @@ fn tenant_quotas_refuse_queries_over_them() {
     assert!(submit("e", "other", "1GiB").status.success());
     server.terminate();
 }
+
+#[test]
+fn query_paths_cannot_leave_the_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // A valid pipeline outside the state directory, where
+    // `<state>/tenants/../../other/q` points.
+    let outside = dir.path().join("other/q");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("pipeline.toml"), pipeline_text(&input)).unwrap();
+    let port = free_port();
+    let server = Server::start(
+        &dir.path().join("state"),
+        port,
+        &dir.path().join("serve.log"),
+    );
+    for request in [
+        "POST /queries/%2E%2E/%2E%2E%2Fother%2Fq/start HTTP/1.1",
+        "POST /queries/../..%2Fother%2Fq/start HTTP/1.1",
+        "GET /queries/%2E%2E/%2E%2E%2Fother%2Fq HTTP/1.1",
+        "POST /queries/acme/..%2F..%2F..%2Fother%2Fq/stop HTTP/1.1",
+    ] {
+        let response = crate::common::http(port, request).unwrap();
+        let status = response.lines().next().unwrap_or_default();
+        assert!(
+            status.contains(" 400 ") || status.contains(" 404 "),
+            "{request}: {response}"
+        );
+    }
+    // Nothing ran there.
+    assert!(!outside.join("ck").exists());
+    assert!(!outside.join("out").exists());
+    server.terminate();
+}

@@ -3,12 +3,17 @@
 //! - `loop`: never returns (the stage's `timeout` must stop it);
 //! - `memory_bomb`: allocates until it cannot (`memory_limit`);
 //! - `huge_output`: returns 64 MiB per batch (`output_limit`);
+//! - `rows_without_columns`: returns a batch of no columns and 50,000,000
+//!   rows (`output_limit` counts rows too);
 //! - `panic`: panics (a trap);
 //! - `read_file`: reads `path` and returns its text as a column;
 //! - `connect`: opens a TCP connection to `address`;
 //! - `read_env`: reads environment variable `variable`;
 //! - `chatty`: prints 5,000 lines to stdout and to stderr, then passes the
-//!   batch through (output must neither trap it nor flood the host log).
+//!   batch through (output must neither trap it nor flood the host log);
+//! - `host_flood`: the same through the host's `log` import, with 10 KB
+//!   records and 100 fields, then counters that overflow `i64`, a thousand
+//!   of them and a 1,000-byte name; passes the batch through.
 //!
 //! What it gets from the host it returns as rows, so a test can tell a
 //! capability that was granted from one that was denied; a denial is
@@ -68,6 +73,39 @@ impl Transform for Adversary {
                     eprintln!("adversary stderr line {line} of a chatty plugin");
                 }
                 Ok(vec![batch])
+            }
+            "host_flood" => {
+                // The host imports, abused: oversized records with too
+                // many fields, far over the log rate; counters that
+                // overflow, too many of them, and overlong names.
+                let field = "v".repeat(1_000);
+                let fields: Vec<(String, &str)> = (0..100)
+                    .map(|j| (format!("k{j}"), field.as_str()))
+                    .collect();
+                let fields: Vec<(&str, &str)> =
+                    fields.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                let padding = "!".repeat(10_000);
+                for record in 0..5_000 {
+                    let message =
+                        format!("host log record {record} of a flooding plugin {padding}");
+                    let fields = if record < 3 { &fields[..] } else { &[] };
+                    weir_sdk::host::log(weir_sdk::host::Level::Info, &message, fields);
+                }
+                weir_sdk::host::counter_add("total", i64::MAX);
+                weir_sdk::host::counter_add("total", i64::MAX);
+                for counter in 0..1_000 {
+                    weir_sdk::host::counter_add(&format!("c{counter:04}"), 1);
+                }
+                weir_sdk::host::counter_add(&"n".repeat(1_000), 1);
+                Ok(vec![batch])
+            }
+            "rows_without_columns" => {
+                // No buffers at all, yet fifty million rows to write.
+                let options =
+                    arrow_array::RecordBatchOptions::new().with_row_count(Some(50_000_000));
+                RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &options)
+                    .map(|b| vec![b])
+                    .map_err(|e| Error::internal(e.to_string()))
             }
             "loop" => loop {
                 std::hint::black_box(());

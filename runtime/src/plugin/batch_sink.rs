@@ -95,6 +95,7 @@ impl BatchSinkInstance {
             let outputs = &mut self.store.data_mut().outputs;
             outputs.queued.clear();
             outputs.refused = None;
+            outputs.budget = self.limits.output_bytes;
         }
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));

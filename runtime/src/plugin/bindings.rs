@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use wasmtime::component::{Resource, ResourceTable};
 
+use super::log_pipe::{MAX_LINE, RateLimit, truncate};
 use crate::config::StateTimeout;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -104,6 +105,14 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// Distinct counters one plugin instance may report.
+pub const MAX_COUNTERS: usize = 64;
+/// Longest counter name, in bytes.
+pub const MAX_COUNTER_NAME: usize = 64;
+/// Fields kept per `log` record, and the longest key or value.
+const MAX_LOG_FIELDS: usize = 16;
+const MAX_FIELD_BYTES: usize = 256;
+
 /// Everything one plugin instance's store holds.
 pub struct PluginState {
     /// Stage name, used to tag the plugin's log records.
@@ -115,6 +124,8 @@ pub struct PluginState {
     stderr: super::log_pipe::LogPipe,
     /// Counters the plugin reported with `counter-add`.
     pub counters: BTreeMap<String, i64>,
+    counters_refused: bool,
+    log_rate: RateLimit,
     /// A foreachBatch plugin's outputs and the rows queued for them.
     pub outputs: OutputQueue,
 }
@@ -133,6 +144,9 @@ pub struct OutputQueue {
     /// The first write the host refused in the running call: the epoch
     /// fails even if the plugin ignored the refusal.
     pub refused: Option<String>,
+    /// What the running call may still queue, in output cost (the stage's
+    /// `output_limit` for the whole call, see [`super::output_cost`]).
+    pub budget: u64,
 }
 
 impl PluginState {
@@ -156,6 +170,8 @@ impl PluginState {
             table: ResourceTable::new(),
             stderr,
             counters: BTreeMap::new(),
+            counters_refused: false,
+            log_rate: RateLimit::default(),
             outputs: OutputQueue::default(),
         }
     }
@@ -186,7 +202,18 @@ impl weir::plugin::host::Host for PluginState {
         fields: Vec<(String, String)>,
     ) {
         use self::weir::plugin::host::Level;
+        // The plugin controls every byte here: rate, size and field count
+        // are bounded as for its stdout.
         let stage = self.stage.as_str();
+        if !self.log_rate.admit(stage, "log records") {
+            return;
+        }
+        let message = truncate(message, MAX_LINE);
+        let fields: Vec<(String, String)> = fields
+            .into_iter()
+            .take(MAX_LOG_FIELDS)
+            .map(|(k, v)| (truncate(k, MAX_FIELD_BYTES), truncate(v, MAX_FIELD_BYTES)))
+            .collect();
         match level {
             Level::Trace => tracing::trace!(plugin = stage, ?fields, "{message}"),
             Level::Debug => tracing::debug!(plugin = stage, ?fields, "{message}"),
@@ -197,7 +224,22 @@ impl weir::plugin::host::Host for PluginState {
     }
 
     fn counter_add(&mut self, name: String, delta: i64) {
-        *self.counters.entry(name).or_default() += delta;
+        // Names and their number are bounded (they reach metrics labels and
+        // progress records); sums saturate instead of overflowing.
+        let known = self.counters.contains_key(&name);
+        if !known && (name.len() > MAX_COUNTER_NAME || self.counters.len() >= MAX_COUNTERS) {
+            if !self.counters_refused {
+                self.counters_refused = true;
+                tracing::warn!(
+                    plugin = self.stage,
+                    "counter ignored: at most {MAX_COUNTERS} counters, names of at most \
+                     {MAX_COUNTER_NAME} bytes"
+                );
+            }
+            return;
+        }
+        let sum = self.counters.entry(name).or_default();
+        *sum = sum.saturating_add(delta);
     }
 }
 
@@ -328,6 +370,13 @@ impl PluginState {
         let batch = super::convert::batch_from_wit(rows)
             .map_err(|e| format!("rows for output `{name}` are invalid: {e}"))?;
         check(&batch).map_err(|e| format!("output `{name}`: {e}"))?;
+        let cost = super::output_cost(std::slice::from_ref(&batch));
+        self.outputs.budget = self.outputs.budget.checked_sub(cost).ok_or_else(|| {
+            format!(
+                "output `{name}`: this call's writes are over the stage's output limit \
+                 ({cost} more bytes, counting one per row)"
+            )
+        })?;
         self.outputs
             .queued
             .entry(name.to_string())

@@ -14,7 +14,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 /// Bytes kept for trap explanations.
 const TAIL_BYTES: usize = 64 * 1024;
 /// Longest line logged; the rest of a longer line is cut.
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
 /// Lines per second a plugin may log, on average...
 const LINES_PER_SECOND: f64 = 20.0;
 /// ...and at once.
@@ -31,9 +31,67 @@ struct LogState {
     stream: &'static str,
     tail: VecDeque<u8>,
     line: Vec<u8>,
+    rate: RateLimit,
+}
+
+/// A token bucket for a plugin's log records: `LINES_PER_SECOND` on
+/// average, `BURST` at once. Shared by stdout, stderr and the `log` import.
+pub struct RateLimit {
     tokens: f64,
     refilled: Instant,
     dropped: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            tokens: BURST,
+            refilled: Instant::now(),
+            dropped: 0,
+        }
+    }
+}
+
+impl RateLimit {
+    /// Whether one more record may be logged now. Going over the rate is
+    /// logged once when dropping starts, and the count once it ends.
+    pub fn admit(&mut self, stage: &str, what: &str) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * LINES_PER_SECOND).min(BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            if self.dropped == 1 {
+                tracing::warn!(
+                    plugin = stage,
+                    "{what} of the plugin over {LINES_PER_SECOND} lines/s: dropping some"
+                );
+            }
+            return false;
+        }
+        self.tokens -= 1.0;
+        let dropped = std::mem::take(&mut self.dropped);
+        if dropped > 0 {
+            tracing::warn!(
+                plugin = stage,
+                "{dropped} {what} of the plugin not logged (over {LINES_PER_SECOND} lines/s)"
+            );
+        }
+        true
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 impl LogPipe {
@@ -45,9 +103,7 @@ impl LogPipe {
                 stream,
                 tail: VecDeque::new(),
                 line: Vec::new(),
-                tokens: BURST,
-                refilled: Instant::now(),
-                dropped: 0,
+                rate: RateLimit::default(),
             })),
         }
     }
@@ -76,25 +132,13 @@ impl LogPipe {
 
 impl LogState {
     fn emit(&mut self) {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * LINES_PER_SECOND).min(BURST);
-        self.refilled = now;
         let line = String::from_utf8_lossy(&self.line).into_owned();
         self.line.clear();
-        if self.tokens < 1.0 {
-            self.dropped += 1;
+        if !self
+            .rate
+            .admit(&self.stage, &format!("{} lines", self.stream))
+        {
             return;
-        }
-        self.tokens -= 1.0;
-        if self.dropped > 0 {
-            tracing::warn!(
-                plugin = self.stage,
-                "{} {} lines of the plugin not logged (over {LINES_PER_SECOND} lines/s)",
-                self.dropped,
-                self.stream
-            );
-            self.dropped = 0;
         }
         tracing::info!(plugin = self.stage, stream = self.stream, "{line}");
     }

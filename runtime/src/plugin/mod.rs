@@ -405,19 +405,7 @@ impl TransformInstance {
                 })
             })
             .collect::<Result<_>>()?;
-        let bytes: u64 = batches
-            .iter()
-            .map(|b| b.get_array_memory_size() as u64)
-            .sum();
-        if bytes > self.limits.output_bytes {
-            return Err(plugin_error(
-                &self.stage,
-                PluginFailure::OutputTooLarge {
-                    bytes,
-                    limit_bytes: self.limits.output_bytes,
-                },
-            ));
-        }
+        check_output(&self.stage, self.limits, &batches)?;
         Ok(batches)
     }
 
@@ -430,6 +418,31 @@ impl TransformInstance {
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.bytes as u64
     }
+}
+
+/// What output costs against a stage's `output_limit`: its Arrow memory
+/// plus one byte per row, so that a batch of no columns and fifty million
+/// rows (no buffers at all) is not free.
+pub(crate) fn output_cost(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .map(|b| (b.get_array_memory_size() as u64).saturating_add(b.num_rows() as u64))
+        .fold(0, u64::saturating_add)
+}
+
+/// Refuses one call's output over the stage's `output_limit`.
+fn check_output(stage: &str, limits: PluginLimits, batches: &[RecordBatch]) -> Result<()> {
+    let bytes = output_cost(batches);
+    if bytes > limits.output_bytes {
+        return Err(plugin_error(
+            stage,
+            PluginFailure::OutputTooLarge {
+                bytes,
+                limit_bytes: limits.output_bytes,
+            },
+        ));
+    }
+    Ok(())
 }
 
 fn plugin_error(stage: &str, failure: PluginFailure) -> WeirError {

@@ -136,7 +136,8 @@ impl StatefulInstance {
                     plugin_error(&self.stage, PluginFailure::InvalidOutput { reason })
                 })
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        super::check_output(&self.stage, self.limits, &outputs)?;
         Ok(GroupCall { outputs, state })
     }
 

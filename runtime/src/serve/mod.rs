@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures::FutureExt;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::Value;
@@ -24,6 +25,7 @@ use crate::error::{Result, WeirError};
 use crate::metrics::QueryMetrics;
 use crate::plugin::PluginEngine;
 use crate::query::{Query, QueryControl, QueryOutcome, SwapAccepted};
+use crate::storage::write_file_durably;
 
 /// How many progress events each query keeps for the API.
 const RECENT_PROGRESS: usize = 100;
@@ -173,7 +175,13 @@ impl Host {
     pub fn resume(self: &Arc<Self>) -> Result<usize> {
         let mut started = 0;
         for (tenant, name) in self.stored()? {
-            let dir = self.query_dir(&tenant, &name);
+            let dir = match self.query_dir(&tenant, &name) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    tracing::warn!(tenant, name, "not a query directory: {e}");
+                    continue;
+                }
+            };
             if dir.join("stopped").exists() {
                 continue;
             }
@@ -210,27 +218,31 @@ impl Host {
         Ok(found)
     }
 
-    fn query_dir(&self, tenant: &str, name: &str) -> PathBuf {
-        self.config
+    /// The one place a tenant and a query name become a path: both are
+    /// checked here, so no request (`..`, `/`, encoded or not) and no
+    /// stray directory can point outside `<state-dir>/tenants`.
+    fn query_dir(&self, tenant: &str, name: &str) -> Result<PathBuf, HostError> {
+        check_name("tenant", tenant)?;
+        check_name("query name", name)?;
+        Ok(self
+            .config
             .state_dir
             .join("tenants")
             .join(tenant)
-            .join(name)
+            .join(name))
     }
 
     /// Checks and stores pipeline `text` for `tenant`, then starts it.
     pub fn submit(self: &Arc<Self>, tenant: &str, text: &str) -> Result<QueryInfo, HostError> {
-        check_name("tenant", tenant)?;
         let name = toml::from_str::<toml::Table>(text)
             .ok()
             .and_then(|t| t.get("name").and_then(|n| n.as_str().map(str::to_string)))
             .ok_or_else(|| HostError::Invalid("the pipeline needs a `name`".into()))?;
-        check_name("query name", &name)?;
+        let dir = self.query_dir(tenant, &name)?;
         let id = format!("{tenant}/{name}");
         if self.running(&id).is_some() {
             return Err(HostError::Conflict(id));
         }
-        let dir = self.query_dir(tenant, &name);
         let io = |source| WeirError::Io {
             path: dir.clone(),
             source,
@@ -241,13 +253,11 @@ impl Host {
             return Err(HostError::Invalid(e.to_string()));
         }
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let candidate = dir.join(".pipeline.toml.new");
-        std::fs::write(&candidate, text).map_err(io)?;
-        std::fs::rename(&candidate, dir.join("pipeline.toml")).map_err(io)?;
+        write_file_durably(&dir.join("pipeline.toml"), text.as_bytes()).map_err(io)?;
         let _ = std::fs::remove_file(dir.join("stopped"));
         if let Err(e) = self.start(tenant, &name) {
             // Stored but not running (a quota, say): `weir start` later.
-            let _ = std::fs::write(dir.join("stopped"), b"");
+            let _ = write_file_durably(&dir.join("stopped"), b"");
             return Err(e);
         }
         Ok(self.running(&id).map(|r| r.info()).expect("just started"))
@@ -263,7 +273,7 @@ impl Host {
     /// Starts stored query `<tenant>/<name>`.
     fn start(self: &Arc<Self>, tenant: &str, name: &str) -> Result<(), HostError> {
         let id = format!("{tenant}/{name}");
-        let dir = self.query_dir(tenant, name);
+        let dir = self.query_dir(tenant, name)?;
         let pipeline = Pipeline::load(&dir.join("pipeline.toml"))
             .map_err(|e| HostError::Invalid(e.to_string()))?;
         let memory_reserved = plugin_memory(&pipeline);
@@ -337,16 +347,27 @@ impl Host {
         let handle = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
             handle.block_on(async move {
-            let status = match query.run().await {
-                Ok(QueryOutcome::Drained { .. }) => Status::Finished,
-                Ok(QueryOutcome::Stopped { .. }) => Status::Stopped,
-                Err(e) => {
-                    tracing::warn!(query = %format!("{}/{}", finished.tenant, finished.name), "query failed: {e}");
-                    Status::Failed(e.to_string())
-                }
-            };
-            *lock(&finished.status) = status;
-        })
+                // A panic (a bug, or input no check foresaw) fails this query
+                // with its message; the status never stays `running`.
+                let outcome = std::panic::AssertUnwindSafe(query.run())
+                    .catch_unwind()
+                    .await;
+                let id = format!("{}/{}", finished.tenant, finished.name);
+                let status = match outcome {
+                    Ok(Ok(QueryOutcome::Drained { .. })) => Status::Finished,
+                    Ok(Ok(QueryOutcome::Stopped { .. })) => Status::Stopped,
+                    Ok(Err(e)) => {
+                        tracing::warn!(query = %id, "query failed: {e}");
+                        Status::Failed(e.to_string())
+                    }
+                    Err(panic) => {
+                        let message = crate::error::panic_message(&*panic);
+                        tracing::error!(query = %id, "query panicked: {message}");
+                        Status::Failed(format!("internal error: the query panicked: {message}"))
+                    }
+                };
+                *lock(&finished.status) = status;
+            })
         });
         *lock(&running.task) = Some(task);
         tracing::info!(query = id, "query started");
@@ -358,8 +379,8 @@ impl Host {
     /// host restarts until started again.
     pub async fn stop(&self, id: &str) -> Result<QueryInfo, HostError> {
         let running = self.known(id)?;
-        let dir = self.query_dir(&running.tenant, &running.name);
-        std::fs::write(dir.join("stopped"), b"").map_err(|source| WeirError::Io {
+        let dir = self.query_dir(&running.tenant, &running.name)?;
+        write_file_durably(&dir.join("stopped"), b"").map_err(|source| WeirError::Io {
             path: dir.clone(),
             source,
         })?;
@@ -376,13 +397,14 @@ impl Host {
         let (tenant, name) = id
             .split_once('/')
             .ok_or_else(|| HostError::NotFound(id.to_string()))?;
-        if !self.query_dir(tenant, name).join("pipeline.toml").is_file() {
+        let dir = self.query_dir(tenant, name)?;
+        if !dir.join("pipeline.toml").is_file() {
             return Err(HostError::NotFound(id.to_string()));
         }
         if self.running(id).is_some() {
             return Err(HostError::Conflict(id.to_string()));
         }
-        let _ = std::fs::remove_file(self.query_dir(tenant, name).join("stopped"));
+        let _ = std::fs::remove_file(dir.join("stopped"));
         self.start(tenant, name)?;
         Ok(self.known(id)?.info())
     }

@@ -20,6 +20,46 @@ use crate::error::{Result, WeirError};
 
 const BATCH_ROWS: usize = 8192;
 
+/// JSON nested deeper than this is a bad record, found by a scan before
+/// decoding: arrow-json's decoder recurses once per level, so one line of
+/// 20,000 `[` would overflow the stack and abort the whole process (every
+/// query of `weir serve` with it).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Whether the JSON text nests arrays and objects deeper than
+/// [`MAX_JSON_DEPTH`] (brackets inside strings do not count). Linear, no
+/// allocation; unbalanced text is left for the decoder to reject.
+pub fn json_too_deep(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn too_deep_reason() -> String {
+    format!("JSON nested deeper than {MAX_JSON_DEPTH} levels")
+}
+
 /// A row that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BadRecord {
@@ -68,6 +108,7 @@ fn decode_text(
 ) -> Result<Vec<RecordBatch>, String> {
     let schema = config.schema.clone();
     match config.format {
+        FileFormat::Json if json_too_deep(bytes) => Err(too_deep_reason()),
         FileFormat::Json => {
             let mut decoder = arrow::json::ReaderBuilder::new(schema)
                 .with_batch_size(BATCH_ROWS)
@@ -186,4 +227,28 @@ fn decode_parquet(schema: &SchemaRef, file: &str, bytes: Bytes) -> Result<Vec<Re
         );
     }
     Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!json_too_deep(nested(MAX_JSON_DEPTH).as_bytes()));
+        assert!(json_too_deep(nested(MAX_JSON_DEPTH + 1).as_bytes()));
+        assert!(json_too_deep(
+            format!("{{\"a\": {}}}", nested(MAX_JSON_DEPTH)).as_bytes()
+        ));
+        // Brackets in strings, escaped quotes included, are text.
+        let in_string = format!("{{\"a\": \"\\\"{}\"}}", "[".repeat(10_000));
+        assert!(!json_too_deep(in_string.as_bytes()));
+        // Depth is per value: many shallow records in a row are fine.
+        assert!(!json_too_deep("{\"a\": [1]}\n".repeat(10_000).as_bytes()));
+        // Stray closers do not bank depth for later openers.
+        assert!(!json_too_deep(
+            format!("{}{}", "]".repeat(100), nested(MAX_JSON_DEPTH)).as_bytes()
+        ));
+    }
 }

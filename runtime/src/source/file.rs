@@ -218,7 +218,20 @@ impl FileSource {
                 .bytes()
                 .await
                 .map_err(|e| WeirError::storage(&name, e))?;
-            let decoded = decode(&self.config, &name, bytes)?;
+            // A decoder panic on a hostile file fails this query, naming
+            // the file, instead of unwinding through the host.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode(&self.config, &name, bytes)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(WeirError::format(
+                    format!("decoding {name}"),
+                    format!(
+                        "the decoder panicked: {}",
+                        crate::error::panic_message(&*panic)
+                    ),
+                ))
+            })?;
             all.batches.extend(decoded.batches);
             all.bad_records.extend(decoded.bad_records);
         }

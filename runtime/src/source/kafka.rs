@@ -509,6 +509,12 @@ fn parse_values(records: &[Record], schema: &SchemaRef) -> Result<Vec<ArrayRef>>
             .value
             .as_deref()
             .ok_or_else(|| bad("the record has no value".into()))?;
+        if super::decode::json_too_deep(value) {
+            return Err(bad(format!(
+                "value is JSON nested deeper than {} levels",
+                super::decode::MAX_JSON_DEPTH
+            )));
+        }
         let before = decoder.len();
         let consumed = decoder
             .decode(value)

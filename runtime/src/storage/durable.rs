@@ -88,6 +88,19 @@ impl DurableLocal {
     }
 }
 
+/// Replaces `path` with `bytes` atomically and durably: a staging file,
+/// fsynced, renamed into place, then the directory fsynced. For the host's
+/// own small files (`weir serve`'s stored pipelines and stop marks).
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut staging = tempfile::NamedTempFile::new_in(dir)?;
+    staging.write_all(bytes)?;
+    staging.as_file().sync_all()?;
+    staging.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
 fn fsync(path: &Path) -> object_store::Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())

@@ -21,7 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use crate::error::{Result, WeirError};
 
 mod durable;
-pub use durable::DurableLocal;
+pub use durable::{DurableLocal, write_file_durably};
 
 /// The bytes of object `path` in `store`, or `None` if there is none.
 pub async fn get_if_exists(
