@@ -5,7 +5,7 @@
 # "A new user": a fresh HOME (no ~/.cache/weir: no test virtualenv, no
 # JavaScript tools), none of the test tools' environment variables, and a
 # PATH holding the system's commands less every plugin toolchain but Rust's:
-# no node/npm, componentize-py/-js, esbuild, clang or python. Weir's host
+# no node/npm, componentize-py/-js, esbuild, wasm32 clang/lld or python. Weir's host
 # build is reused from CARGO_TARGET_DIR (the same compiled units a user's
 # first `./dev demo` makes, see Cargo.toml); the Rust plugins are built anew
 # in a scratch directory, so the examples run on what `./dev demo` built.
@@ -27,7 +27,9 @@ chmod 755 "$scratch"   # the PostgreSQL server, run as its own user, needs a way
 # A PATH without the toolchains a new user does not have.
 bin="$scratch/bin"
 mkdir -p "$bin" "$scratch/home"
-hidden='^(node|nodejs|npm|npx|corepack|esbuild|componentize.*|jco|clang.*|wasm-.*|python.*|pip.*)$'
+# The host's `clang`/`clang++` stay (`./dev demo` installs them for
+# RocksDB); the versioned clang-N, wasm-ld-N and lld of the C plugins go.
+hidden='^(node|nodejs|npm|npx|corepack|esbuild|componentize.*|jco|clang-.*|clang\+\+-.*|wasm-.*|ld\.lld.*|lld.*|python.*|pip.*)$'
 for dir in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
   for tool in "$dir"/*; do
     name=${tool##*/}
@@ -55,7 +57,7 @@ fail() {
   failed=$((failed + 1))
 }
 
-echo "==> ./dev demo as a new user (fresh HOME; no node, npm, componentize-*, clang or python on PATH)" >&2
+echo "==> ./dev demo as a new user (fresh HOME; no node, npm, componentize-*, wasm32 clang or python on PATH)" >&2
 started=$(date +%s)
 if as_new_user ./dev demo >"$scratch/demo.log" 2>&1; then
   # The demo's rows, as the golden file has them (order and spacing aside).
@@ -107,6 +109,10 @@ for name in $examples; do
   if grep -q 'DATABASE_URL' "$dir/pipeline.toml"; then
     pg_data=$pg_data_dir
     url=$(start_postgres) || { fail "$name: could not start PostgreSQL" "$scratch/pg.log"; continue; }
+    # The tables the pipeline's comment says to create, as a user would.
+    sed -n 's/^#[[:space:]]*\(CREATE TABLE .*;\)$/\1/p' "$dir/pipeline.toml" \
+      | "$pg_bin/psql" -q -v ON_ERROR_STOP=1 "$url" >>"$scratch/pg.log" 2>&1 \
+      || { fail "$name: could not create its tables" "$scratch/pg.log"; continue; }
     extra=(DATABASE_URL="$url")
   fi
   log="$scratch/$name.log"

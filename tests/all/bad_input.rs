@@ -302,9 +302,10 @@ fn a_plugin_over_its_memory_limit_is_stopped() {
 #[test]
 fn rows_without_columns_count_against_the_output_limit() {
     let s = Scenario::new(Spec {
-        transforms: vec![format!(
-            "[[transform]]\nname = \"hollow\"\nplugin = \"{}\"\nconfig = {{ mode = \"rows_without_columns\" }}\noutput_limit = \"1KiB\"\n",
-            weir_fixtures::ADVERSARY
+        transforms: vec![adversary_stage(
+            "hollow",
+            "rows_without_columns",
+            "output_limit = \"1KiB\"",
         )],
         ..Spec::default()
     });
@@ -322,10 +323,7 @@ fn rows_without_columns_count_against_the_output_limit() {
 fn host_log_and_counters_are_bounded_whatever_the_plugin_sends() {
     let s = Scenario::new(Spec {
         max_files: Some(1),
-        transforms: vec![format!(
-            "[[transform]]\nname = \"flood\"\nplugin = \"{}\"\nconfig = {{ mode = \"host_flood\" }}\n",
-            weir_fixtures::ADVERSARY
-        )],
+        transforms: vec![adversary_stage("flood", "host_flood", "")],
         ..Spec::default()
     });
     s.json_inputs(2, 2);
@@ -372,10 +370,7 @@ fn a_chatty_plugin_is_logged_at_a_limited_rate_and_not_stopped() {
     // next print trapped.
     let s = Scenario::new(Spec {
         max_files: Some(1),
-        transforms: vec![format!(
-            "[[transform]]\nname = \"chatty\"\nplugin = \"{}\"\nconfig = {{ mode = \"chatty\" }}\n",
-            weir_fixtures::ADVERSARY
-        )],
+        transforms: vec![adversary_stage("chatty", "chatty", "")],
         ..Spec::default()
     });
     s.json_inputs(3, 2);
@@ -386,4 +381,13 @@ fn a_chatty_plugin_is_logged_at_a_limited_rate_and_not_stopped() {
     assert!(err.contains("stdout line 0 of a chatty plugin"), "{err}");
     assert!(err.contains("stderr line 0 of a chatty plugin"), "{err}");
     assert!(err.contains("lines of the plugin not logged"), "{err}");
+}
+
+/// A transform stage `name` running the adversary plugin in `mode`, with
+/// `extra` stage settings.
+fn adversary_stage(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[[transform]]\nname = \"{name}\"\nplugin = \"{}\"\nconfig = {{ mode = \"{mode}\" }}\n{extra}\n",
+        weir_fixtures::ADVERSARY
+    )
 }
