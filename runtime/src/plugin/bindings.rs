@@ -205,7 +205,7 @@ impl weir::plugin::host::Host for PluginState {
         // The plugin controls every byte here: rate, size and field count
         // are bounded as for its stdout.
         let stage = self.stage.as_str();
-        if !self.log_rate.admit(stage, "log records") {
+        if !self.log_rate.admit(stage, format_args!("log records")) {
             return;
         }
         let message = truncate(message, MAX_LINE);

@@ -55,7 +55,7 @@ impl Default for RateLimit {
 impl RateLimit {
     /// Whether one more record may be logged now. Going over the rate is
     /// logged once when dropping starts, and the count once it ends.
-    pub fn admit(&mut self, stage: &str, what: &str) -> bool {
+    pub fn admit(&mut self, stage: &str, what: std::fmt::Arguments<'_>) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * LINES_PER_SECOND).min(BURST);
@@ -136,7 +136,7 @@ impl LogState {
         self.line.clear();
         if !self
             .rate
-            .admit(&self.stage, &format!("{} lines", self.stream))
+            .admit(&self.stage, format_args!("{} lines", self.stream))
         {
             return;
         }

@@ -41,7 +41,7 @@ impl DurableLocal {
     pub fn new(root: &Path) -> object_store::Result<DurableLocal> {
         // LocalFileSystem resolves its prefix the same way, so the paths it
         // gives back start with this one.
-        let root = std::fs::canonicalize(root).map_err(|e| generic(root, e))?;
+        let root = std::fs::canonicalize(root).map_err(|e| generic("open", root, e))?;
         let store = DurableLocal {
             inner: Arc::new(LocalFileSystem::new_with_prefix(&root)?),
             root: root.clone(),
@@ -63,7 +63,7 @@ impl DurableLocal {
             this.sync_ancestors(dir)
         })
         .await
-        .map_err(|e| generic(&self.root, e))?
+        .map_err(|e| generic("fsync below", &self.root, e))?
     }
 
     /// Makes `dir`'s entry in its parent durable, then the parent's, and so
@@ -104,13 +104,17 @@ pub fn write_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn fsync(path: &Path) -> object_store::Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| generic(path, e))
+        .map_err(|e| generic("fsync", path, e))
 }
 
-fn generic(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
+fn generic(
+    what: &str,
+    path: &Path,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> object_store::Error {
     object_store::Error::Generic {
         store: "LocalFileSystem",
-        source: format!("fsync {}: {e}", path.display()).into(),
+        source: format!("{what} {}: {e}", path.display()).into(),
     }
 }
 
