@@ -56,7 +56,8 @@ pub fn json_too_deep(text: &[u8]) -> bool {
     false
 }
 
-fn too_deep_reason() -> String {
+/// What a value over [`MAX_JSON_DEPTH`] is told.
+pub fn too_deep_reason() -> String {
     format!("JSON nested deeper than {MAX_JSON_DEPTH} levels")
 }
 

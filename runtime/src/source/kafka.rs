@@ -510,10 +510,7 @@ fn parse_values(records: &[Record], schema: &SchemaRef) -> Result<Vec<ArrayRef>>
             .as_deref()
             .ok_or_else(|| bad("the record has no value".into()))?;
         if super::decode::json_too_deep(value) {
-            return Err(bad(format!(
-                "value is JSON nested deeper than {} levels",
-                super::decode::MAX_JSON_DEPTH
-            )));
+            return Err(bad(super::decode::too_deep_reason()));
         }
         let before = decoder.len();
         let consumed = decoder
