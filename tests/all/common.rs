@@ -88,11 +88,17 @@ pub fn spawn_for_test_lifetime(mut cmd: Command) -> Result<u32, String> {
 /// One plain HTTP/1.1 request to 127.0.0.1:`port` (`request_line` such as
 /// `GET /metrics HTTP/1.1`); returns the whole response.
 pub fn http(port: u16, request_line: &str) -> std::io::Result<String> {
+    http_with(port, request_line, &[])
+}
+
+/// [`http`] with more header lines (`"Authorization: Bearer ..."`).
+pub fn http_with(port: u16, request_line: &str, headers: &[&str]) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         stream,
-        "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{request_line}\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -102,7 +108,15 @@ pub fn http(port: u16, request_line: &str) -> std::io::Result<String> {
 /// `GET /metrics` from 127.0.0.1:`port`, parsed by a Prometheus text
 /// parser (not ours), or why not.
 pub fn scrape_metrics(port: u16) -> Result<prometheus_parse::Scrape, String> {
-    let response = http(port, "GET /metrics HTTP/1.1").map_err(|e| e.to_string())?;
+    scrape_metrics_with(port, &[])
+}
+
+/// [`scrape_metrics`] with more header lines (a `weir serve` bearer token).
+pub fn scrape_metrics_with(
+    port: u16,
+    headers: &[&str],
+) -> Result<prometheus_parse::Scrape, String> {
+    let response = http_with(port, "GET /metrics HTTP/1.1", headers).map_err(|e| e.to_string())?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("not an HTTP response: {response}"))?;

@@ -576,7 +576,7 @@ fn the_delta_examples_give_their_documented_tables() {
 /// hot-swapped to a version emitting `amount_x3` instead and file 1
 /// arrives: the schema changes mid-run, without a restart.
 fn swap_in_a_new_column(merge_schema: bool) -> (tempfile::TempDir, crate::serve::Server) {
-    use crate::serve::{Server, pipeline_text, wait_until, write_input};
+    use crate::serve::{Server, hosted_pipeline_text, wait_until, write_input};
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -588,9 +588,9 @@ fn swap_in_a_new_column(merge_schema: bool) -> (tempfile::TempDir, crate::serve:
     );
     let pipeline = dir.path().join("orders.toml");
     let sink = format!("kind = \"delta\"\npath = \"out\"\nmerge_schema = {merge_schema}");
-    let text = pipeline_text(&input).replace("kind = \"json\"\npath = \"out\"", &sink);
+    let text = hosted_pipeline_text(&input).replace("kind = \"json\"\npath = \"out\"", &sink);
     std::fs::write(&pipeline, text).unwrap();
-    server.cli(&["submit", pipeline.to_str().unwrap(), "--tenant", "acme"]);
+    server.cli_as("acme", &["submit", pipeline.to_str().unwrap()]);
     let table = state.join("tenants/acme/orders/out");
     write_input(&input, 0);
     wait_until("file 0 in the table", || {
@@ -598,7 +598,10 @@ fn swap_in_a_new_column(merge_schema: bool) -> (tempfile::TempDir, crate::serve:
     });
     let enrich = format!("{}/weir_plugin_enrich.wasm", weir_fixtures::PLUGIN_DIR);
     let config = r#"{"input":"amount","output":"amount_x3","multiply":3.0}"#;
-    server.cli(&["swap", "acme/orders", "double", &enrich, "--config", config]);
+    server.cli_as(
+        "acme",
+        &["swap", "acme/orders", "double", &enrich, "--config", config],
+    );
     write_input(&input, 1);
     (dir, server)
 }

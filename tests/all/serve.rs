@@ -10,11 +10,33 @@ use serde_json::Value;
 
 use crate::common::{free_port, numbered_entries, weir};
 
-/// A `weir serve` process, killed when dropped.
+/// A `weir serve` process, killed when dropped. Its access file grants
+/// every tenant the directory connection `landing`: the test's temporary
+/// directory (the state directory's parent), where inputs are written.
 pub(crate) struct Server {
     child: Child,
     url: String,
     log: PathBuf,
+    admin: String,
+    tokens: std::cell::RefCell<std::collections::HashMap<String, String>>,
+}
+
+/// The access file of a test host: `landing` for everyone, then `extra`.
+pub(crate) fn access_file(state: &Path, extra: &str) -> PathBuf {
+    let parent = state.parent().unwrap();
+    let file = parent.join(format!(
+        "{}-access.toml",
+        state.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(
+        &file,
+        format!(
+            "[defaults]\nconnections = [\"landing\"]\n\n[connections.landing]\nkind = \"directory\"\npath = \"{}\"\n{extra}",
+            parent.display()
+        ),
+    )
+    .unwrap();
+    file
 }
 
 impl Server {
@@ -26,13 +48,21 @@ impl Server {
         Server::start_with(state, port, log, env, &[])
     }
 
-    fn start_with(
+    pub(crate) fn start_with(
         state: &Path,
         port: u16,
         log: &Path,
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Server {
+        let access = if args.contains(&"--access") {
+            Vec::new()
+        } else {
+            vec![
+                "--access".to_string(),
+                access_file(state, "").display().to_string(),
+            ]
+        };
         let child = weir()
             .args([
                 "serve",
@@ -41,6 +71,7 @@ impl Server {
                 "--state-dir",
             ])
             .arg(state)
+            .args(access)
             .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
@@ -48,23 +79,66 @@ impl Server {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "weir serve did not start");
+            assert!(
+                Instant::now() < deadline,
+                "weir serve did not start:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let admin = std::fs::read_to_string(state.join("access/admin.token")).unwrap_or_default();
         Server {
             child,
             url: format!("http://127.0.0.1:{port}"),
             log: log.to_path_buf(),
+            admin,
+            tokens: Default::default(),
         }
     }
 
-    /// Runs a client command (`submit`, `swap`, ...) against this server.
-    pub(crate) fn cli(&self, args: &[&str]) -> String {
-        let out = weir()
+    /// The admin's token.
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.admin
+    }
+
+    /// `tenant`'s token, issued by the admin on first use.
+    pub(crate) fn token(&self, tenant: &str) -> String {
+        if let Some(token) = self.tokens.borrow().get(tenant) {
+            return token.clone();
+        }
+        let token = self.cli(&["token", "issue", tenant]).trim().to_string();
+        self.tokens
+            .borrow_mut()
+            .insert(tenant.to_string(), token.clone());
+        token
+    }
+
+    /// Runs a client command with `token`; its output, success or not.
+    pub(crate) fn try_cli_with(&self, token: &str, args: &[&str]) -> std::process::Output {
+        weir()
             .args(args)
             .args(["--server", &self.url])
+            .env("WEIR_TOKEN", token)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs a client command as `tenant`; its output, success or not.
+    pub(crate) fn try_cli_as(&self, tenant: &str, args: &[&str]) -> std::process::Output {
+        self.try_cli_with(&self.token(tenant), args)
+    }
+
+    /// Runs a client command (`status`, `token issue`, ...) as the admin.
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
+        self.succeed(args, self.try_cli_with(&self.admin, args))
+    }
+
+    /// Runs a client command (`submit`, `swap`, ...) as `tenant`.
+    pub(crate) fn cli_as(&self, tenant: &str, args: &[&str]) -> String {
+        self.succeed(args, self.try_cli_as(tenant, args))
+    }
+
+    fn succeed(&self, args: &[&str], out: std::process::Output) -> String {
         let err = crate::common::stderr(&out);
         assert!(
             out.status.success(),
@@ -75,7 +149,7 @@ impl Server {
     }
 
     /// SIGTERM, then waits for a clean exit.
-    fn terminate(mut self) -> String {
+    pub(crate) fn terminate(mut self) -> String {
         // SAFETY: kill(2) with a child's pid has no memory-safety preconditions.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
@@ -102,6 +176,18 @@ pub(crate) fn write_input(dir: &Path, n: u64) {
     let tmp = dir.join(format!(".f-{n:04}.json"));
     std::fs::write(&tmp, rows).unwrap();
     std::fs::rename(&tmp, dir.join(format!("f-{n:04}.json"))).unwrap();
+}
+
+/// [`pipeline_text`] for `weir serve`: the input through the `landing`
+/// connection (the input directory sits in the test's temporary directory).
+pub(crate) fn hosted_pipeline_text(input: &Path) -> String {
+    pipeline_text(input).replace(
+        &format!("path = \"{}\"", input.display()),
+        &format!(
+            "path = \"connection:landing/{}\"",
+            input.file_name().unwrap().to_string_lossy()
+        ),
+    )
 }
 
 pub(crate) fn pipeline_text(input: &Path) -> String {
@@ -194,8 +280,8 @@ fn plugins_are_hot_swapped_under_a_steady_stream_without_losing_a_row() {
     let state = dir.path().join("state");
     let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
     let pipeline = dir.path().join("orders.toml");
-    std::fs::write(&pipeline, pipeline_text(&input)).unwrap();
-    let submitted = server.cli(&["submit", pipeline.to_str().unwrap(), "--tenant", "acme"]);
+    std::fs::write(&pipeline, hosted_pipeline_text(&input)).unwrap();
+    let submitted = server.cli_as("acme", &["submit", pipeline.to_str().unwrap()]);
     assert!(submitted.contains("\"id\": \"acme/orders\""), "{submitted}");
     let query = state.join("tenants/acme/orders");
 
@@ -232,7 +318,10 @@ fn plugins_are_hot_swapped_under_a_steady_stream_without_losing_a_row() {
         if n % 8 == 7
             && let Some((plugin, config)) = swaps.next()
         {
-            let answer = server.cli(&["swap", "acme/orders", "double", plugin, "--config", config]);
+            let answer = server.cli_as(
+                "acme",
+                &["swap", "acme/orders", "double", plugin, "--config", config],
+            );
             assert!(answer.contains("sha256:"), "{answer}");
             swapped += 1;
             write_input(&input, 1000 + n); // a batch right after the swap
@@ -308,15 +397,15 @@ fn a_host_restart_resumes_its_queries_and_keeps_stopped_ones_stopped() {
     let port = free_port();
     let server = Server::start(&state, port, &dir.path().join("serve-1.log"));
     let first = dir.path().join("orders.toml");
-    std::fs::write(&first, pipeline_text(&input)).unwrap();
+    std::fs::write(&first, hosted_pipeline_text(&input)).unwrap();
     let second = dir.path().join("other.toml");
     std::fs::write(
         &second,
-        pipeline_text(&input).replace("name = \"orders\"", "name = \"other\""),
+        hosted_pipeline_text(&input).replace("name = \"orders\"", "name = \"other\""),
     )
     .unwrap();
-    server.cli(&["submit", first.to_str().unwrap(), "--tenant", "acme"]);
-    server.cli(&["submit", second.to_str().unwrap(), "--tenant", "acme"]);
+    server.cli_as("acme", &["submit", first.to_str().unwrap()]);
+    server.cli_as("acme", &["submit", second.to_str().unwrap()]);
     write_input(&input, 0);
     let orders = state.join("tenants/acme/orders");
     let other = state.join("tenants/acme/other");
@@ -327,17 +416,7 @@ fn a_host_restart_resumes_its_queries_and_keeps_stopped_ones_stopped() {
     // A refused pipeline names the line; nothing of it is stored.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"bad\"\ncheckpoint = 3\n").unwrap();
-    let out = weir()
-        .args([
-            "submit",
-            bad.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--server",
-            &server.url,
-        ])
-        .output()
-        .unwrap();
+    let out = server.try_cli_as("acme", &["submit", bad.to_str().unwrap()]);
     let err = crate::common::stderr(&out);
     assert!(
         !out.status.success() && err.contains("answered 400") && err.contains("pipeline.toml:2:"),
@@ -367,7 +446,8 @@ fn a_host_restart_resumes_its_queries_and_keeps_stopped_ones_stopped() {
         !detail["progress"].as_array().unwrap().is_empty(),
         "{detail}"
     );
-    let metrics = crate::common::scrape_metrics(port).unwrap();
+    let bearer = format!("Authorization: Bearer {}", server.admin_token());
+    let metrics = crate::common::scrape_metrics_with(port, &[&bearer]).unwrap();
     let batches =
         |id: &str| crate::common::metric_value(&metrics, "weir_batches_total", &[("query", id)]);
     assert!(
@@ -447,8 +527,8 @@ fn adversarial_plugins_fail_their_own_queries_while_a_good_tenant_keeps_going() 
     let good_input = dir.path().join("good-in");
     std::fs::create_dir(&good_input).unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, pipeline_text(&good_input)).unwrap();
-    server.cli(&["submit", good.to_str().unwrap(), "--tenant", "good"]);
+    std::fs::write(&good, hosted_pipeline_text(&good_input)).unwrap();
+    server.cli_as("good", &["submit", good.to_str().unwrap()]);
 
     let adversary = weir_fixtures::ADVERSARY;
     let testkit = weir_fixtures::TESTKIT;
@@ -528,7 +608,7 @@ processing_time = "100ms"
 
 [source]
 kind = "file"
-path = "{input}"
+path = "connection:landing/{name}-in"
 format = "json"
 schema = [
   {{ name = "id", type = "long", nullable = false }},
@@ -546,11 +626,10 @@ config = {config}
 kind = "json"
 path = "out"
 "#,
-            input = input.display(),
         );
         let file = dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, text).unwrap();
-        server.cli(&["submit", file.to_str().unwrap(), "--tenant", "evil"]);
+        server.cli_as("evil", &["submit", file.to_str().unwrap()]);
         write_input(&good_input, n);
         n += 1;
     }
@@ -639,19 +718,14 @@ fn fifty_queries_in_one_host_for_three_minutes_keep_their_triggers_and_memory_fl
     let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
     for q in 0..QUERIES {
         let file = dir.path().join(format!("q{q}.toml"));
-        let text = pipeline_text(&input)
+        let text = hosted_pipeline_text(&input)
             .replace("name = \"orders\"", &format!("name = \"q{q}\""))
             .replace(
                 "processing_time = \"100ms\"",
                 &format!("processing_time = \"{INTERVAL_MS}ms\""),
             );
         std::fs::write(&file, text).unwrap();
-        server.cli(&[
-            "submit",
-            file.to_str().unwrap(),
-            "--tenant",
-            &format!("t{}", q % 5),
-        ]);
+        server.cli_as(&format!("t{}", q % 5), &["submit", file.to_str().unwrap()]);
     }
     // A new input file every trigger interval, for all queries to read.
     let started = Instant::now();
@@ -731,24 +805,14 @@ fn tenant_quotas_refuse_queries_over_them() {
     );
     let submit = |name: &str, tenant: &str, memory: &str| {
         let file = dir.path().join(format!("{name}.toml"));
-        let text = pipeline_text(&input)
+        let text = hosted_pipeline_text(&input)
             .replace("name = \"orders\"", &format!("name = \"{name}\""))
             .replace(
                 "multiply = 2.0 }",
                 &format!("multiply = 2.0 }}\nmemory_limit = \"{memory}\""),
             );
         std::fs::write(&file, text).unwrap();
-        weir()
-            .args([
-                "submit",
-                file.to_str().unwrap(),
-                "--tenant",
-                tenant,
-                "--server",
-                &server.url,
-            ])
-            .output()
-            .unwrap()
+        server.try_cli_as(tenant, &["submit", file.to_str().unwrap()])
     };
     assert!(submit("a", "acme", "1GiB").status.success());
     // Memory: 1 GiB + 1 GiB of memory limits is over 1.5 GiB.
@@ -778,7 +842,7 @@ fn query_paths_cannot_leave_the_state_directory() {
     // `<state>/tenants/../../other/q` points.
     let outside = dir.path().join("other/q");
     std::fs::create_dir_all(&outside).unwrap();
-    std::fs::write(outside.join("pipeline.toml"), pipeline_text(&input)).unwrap();
+    std::fs::write(outside.join("pipeline.toml"), hosted_pipeline_text(&input)).unwrap();
     let port = free_port();
     let server = Server::start(
         &dir.path().join("state"),
@@ -791,7 +855,9 @@ fn query_paths_cannot_leave_the_state_directory() {
         "GET /queries/%2E%2E/%2E%2E%2Fother%2Fq HTTP/1.1",
         "POST /queries/acme/..%2F..%2F..%2Fother%2Fq/stop HTTP/1.1",
     ] {
-        let response = crate::common::http(port, request).unwrap();
+        // As the admin, who may act on every tenant: the names stop it.
+        let bearer = format!("Authorization: Bearer {}", server.admin_token());
+        let response = crate::common::http_with(port, request, &[&bearer]).unwrap();
         let status = response.lines().next().unwrap_or_default();
         assert!(
             status.contains(" 400 ") || status.contains(" 404 "),

@@ -321,7 +321,7 @@ impl Resolver<'_> {
                     }
                 };
                 Ok(OutputConfig::Postgres(PostgresOutputConfig {
-                    url: self.expand(url)?,
+                    url: self.endpoint(url, "postgres")?,
                     table: table.get_ref().clone(),
                     mode,
                     key: upsert.key,

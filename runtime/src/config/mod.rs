@@ -25,6 +25,7 @@
 //! path = "out/orders"
 //! ```
 
+mod confine;
 mod delta;
 mod error;
 mod foreach_batch;
@@ -35,6 +36,7 @@ mod stateful_fn;
 mod static_join;
 mod stream_join;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use confine::{Ceilings, Confinement, Connection, plugin_digest};
 pub use delta::{DeltaOutputConfig, DeltaOutputMode, DeltaSinkConfig};
 pub use error::ConfigError;
 pub use foreach_batch::{
@@ -467,6 +470,27 @@ impl Pipeline {
     /// Parses pipeline TOML `text` (named `file` in errors), resolving
     /// relative paths against `base`.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Pipeline, ConfigError> {
+        Pipeline::parse_with(text, file, base, None)
+    }
+
+    /// Parses a tenant's pipeline `text` for `weir serve`: `base` is its
+    /// query directory, and everything it names must stay inside what
+    /// `confinement` grants (see [`Confinement`]).
+    pub fn parse_confined(
+        text: &str,
+        file: &str,
+        base: &Path,
+        confinement: &Confinement,
+    ) -> Result<Pipeline, ConfigError> {
+        Pipeline::parse_with(text, file, base, Some(confinement))
+    }
+
+    fn parse_with(
+        text: &str,
+        file: &str,
+        base: &Path,
+        confine: Option<&Confinement>,
+    ) -> Result<Pipeline, ConfigError> {
         let raw: RawPipeline = toml::from_str(text).map_err(|e| {
             ConfigError::at(file, text, e.span(), e.message()).hint(
                 "see the pipeline reference in the README; unknown keys are refused so typos \
@@ -478,6 +502,7 @@ impl Pipeline {
             text,
             base,
             s3: S3Options::default(),
+            confine,
         };
         if let Some(s3) = &raw.s3 {
             resolver.s3 = resolver.s3_options(s3.get_ref())?;
@@ -492,6 +517,8 @@ struct Resolver<'a> {
     base: &'a Path,
     /// `[s3]` settings for `s3://` locations (unset: the environment's).
     s3: S3Options,
+    /// Set for a tenant's pipeline in `weir serve`.
+    confine: Option<&'a Confinement>,
 }
 
 impl Resolver<'_> {
@@ -854,7 +881,7 @@ impl Resolver<'_> {
             None => StartingOffsets::default(),
         };
         Ok(KafkaSourceConfig {
-            bootstrap_servers: self.expand(servers)?,
+            bootstrap_servers: self.endpoint(servers, "kafka")?,
             topics,
             starting_offsets,
             max_offsets_per_trigger: max_offsets,
@@ -1035,6 +1062,10 @@ impl Resolver<'_> {
         stage.on_swap_failure = t.on_swap_failure.unwrap_or_default();
         if let Some(limit) = &t.output_limit {
             stage.limits.output_bytes = self.byte_count(limit, "output_limit")?;
+            if let Some(confine) = self.confine {
+                let ceiling = confine.ceilings.output_bytes;
+                self.within_ceiling(limit, "output_limit", stage.limits.output_bytes, ceiling)?;
+            }
         }
         Ok(stage)
     }
@@ -1048,9 +1079,16 @@ impl Resolver<'_> {
         timeout: Option<&Spanned<String>>,
         memory_limit: Option<&Spanned<ByteCount>>,
     ) -> Result<TransformConfig, ConfigError> {
-        let path = self.expand(plugin)?;
-        let file = self.base.join(path);
+        let file = self.plugin_file(plugin)?;
         if !file.is_file() {
+            if self.confine.is_some() {
+                return Err(self
+                    .err(
+                        plugin,
+                        "no plugin with this digest was uploaded by this tenant",
+                    )
+                    .hint("upload it first: `weir upload <file.wasm>`"));
+            }
             return Err(self
                 .err(plugin, format!("plugin file {} not found", file.display()))
                 .hint("build the example plugins with `./dev plugins`, or point `plugin` at a .wasm component"));
@@ -1058,11 +1096,23 @@ impl Resolver<'_> {
         let config_json = serde_json::to_string(config)
             .map_err(|e| self.err(name, format!("config cannot be passed as JSON: {e}")))?;
         let mut limits = PluginLimits::default();
+        if let Some(ceilings) = self.confine.map(|c| c.ceilings) {
+            limits.timeout = limits.timeout.min(ceilings.timeout);
+            limits.memory_bytes = limits.memory_bytes.min(ceilings.memory_bytes);
+            limits.output_bytes = limits.output_bytes.min(ceilings.output_bytes);
+        }
         if let Some(timeout) = timeout {
             limits.timeout = self.duration(timeout)?;
+            if let Some(confine) = self.confine {
+                self.within_ceiling(timeout, "timeout", limits.timeout, confine.ceilings.timeout)?;
+            }
         }
         if let Some(memory) = memory_limit {
             limits.memory_bytes = self.byte_count(memory, "memory_limit")?;
+            if let Some(confine) = self.confine {
+                let ceiling = confine.ceilings.memory_bytes;
+                self.within_ceiling(memory, "memory_limit", limits.memory_bytes, ceiling)?;
+            }
         }
         Ok(TransformConfig {
             name: name.get_ref().clone(),
@@ -1219,7 +1269,7 @@ impl Resolver<'_> {
             return Err(self.err(topic, "the topic name is empty"));
         }
         Ok(Some(KafkaSinkConfig {
-            bootstrap_servers: self.expand(servers)?,
+            bootstrap_servers: self.endpoint(servers, "kafka")?,
             topic: topic.get_ref().clone(),
             key_column: raw.key_column.as_ref().map(|c| c.get_ref().clone()),
             value_column: raw.value_column.as_ref().map(|c| c.get_ref().clone()),
@@ -1228,6 +1278,17 @@ impl Resolver<'_> {
     }
 
     fn s3_options(&self, raw: &RawS3) -> Result<S3Options, ConfigError> {
+        if self.confine.is_some() {
+            return Err(ConfigError {
+                file: self.file.to_string(),
+                line: None,
+                column: None,
+                message: "a hosted pipeline cannot set `[s3]`: S3 is reached through a connection \
+                          the operator grants (`path = \"connection:<name>/...\"`)"
+                    .into(),
+                hint: None,
+            });
+        }
         let expand = |v: &Option<Spanned<String>>| v.as_ref().map(|v| self.expand(v)).transpose();
         Ok(S3Options {
             endpoint: expand(&raw.endpoint)?,
@@ -1239,12 +1300,153 @@ impl Resolver<'_> {
     }
 
     fn location(&self, raw: &Spanned<String>) -> Result<Location, ConfigError> {
+        if let Some(confine) = self.confine {
+            return self.confined_location(raw, confine);
+        }
         let expanded = self.expand(raw)?;
         Location::parse_with(&expanded, self.base, Some(&self.s3)).map_err(|why| self.err(raw, why))
     }
 
-    /// Expands `${VAR}` from the environment.
+    /// A location in a hosted pipeline: inside the query directory, or
+    /// under a granted directory or S3 connection.
+    fn confined_location(
+        &self,
+        raw: &Spanned<String>,
+        confine: &Confinement,
+    ) -> Result<Location, ConfigError> {
+        let text = self.expand(raw)?;
+        if let Some((name, rest)) = confine::connection_reference(&text) {
+            let relative = confine::plain_relative(rest).map_err(|why| self.err(raw, why))?;
+            return match self.connection(raw, name, confine)? {
+                Connection::Directory(root) => {
+                    confine::refuse_symlinks(root, &relative).map_err(|why| self.err(raw, why))?;
+                    Ok(Location::Local(root.join(relative)))
+                }
+                Connection::S3(bucket) => {
+                    let mut location = bucket.clone();
+                    let below = relative.to_string_lossy();
+                    if !below.is_empty() {
+                        location.prefix = [location.prefix.as_str(), &below]
+                            .iter()
+                            .filter(|p| !p.is_empty())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join("/");
+                    }
+                    Ok(Location::S3(location))
+                }
+                other => Err(self.err(
+                    raw,
+                    format!(
+                        "connection {name:?} is a {} connection, not a directory or a bucket",
+                        other.kind()
+                    ),
+                )),
+            };
+        }
+        if text.contains("://") {
+            return Err(self.err(
+                raw,
+                "a hosted pipeline names paths inside its query directory, or \
+                 `connection:<name>/...` for what the operator granted; URLs are refused",
+            ));
+        }
+        let relative = confine::plain_relative(&text).map_err(|why| self.err(raw, why))?;
+        confine::refuse_symlinks(self.base, &relative).map_err(|why| self.err(raw, why))?;
+        Ok(Location::Local(self.base.join(relative)))
+    }
+
+    /// A granted connection by name; the error lists the granted names
+    /// (never their settings).
+    fn connection<'c>(
+        &self,
+        raw: &Spanned<String>,
+        name: &str,
+        confine: &'c Confinement,
+    ) -> Result<&'c Connection, ConfigError> {
+        confine.connections.get(name).ok_or_else(|| {
+            let granted: Vec<&str> = confine.connections.keys().map(String::as_str).collect();
+            self.err(
+                raw,
+                format!("no connection {name:?} is granted to this tenant (granted: {granted:?})"),
+            )
+        })
+    }
+
+    /// An endpoint of an external system (`kafka`, `postgres`): written out
+    /// in `weir run`, a granted connection in a hosted pipeline.
+    fn endpoint(&self, raw: &Spanned<String>, kind: &str) -> Result<String, ConfigError> {
+        let Some(confine) = self.confine else {
+            return self.expand(raw);
+        };
+        let Some((name, "")) = confine::connection_reference(raw.get_ref()) else {
+            return Err(self.err(
+                raw,
+                format!(
+                    "a hosted pipeline reaches {kind} only through a connection the operator \
+                         grants: write \"connection:<name>\""
+                ),
+            ));
+        };
+        match (self.connection(raw, name, confine)?, kind) {
+            (Connection::Kafka { bootstrap_servers }, "kafka") => Ok(bootstrap_servers.clone()),
+            (Connection::Postgres { url }, "postgres") => Ok(url.clone()),
+            (other, _) => Err(self.err(
+                raw,
+                format!(
+                    "connection {name:?} is a {} connection, not {kind}",
+                    other.kind()
+                ),
+            )),
+        }
+    }
+
+    /// The file of a stage's plugin: a path in `weir run`, the digest of
+    /// an uploaded component in a hosted pipeline.
+    fn plugin_file(&self, plugin: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+        let Some(confine) = self.confine else {
+            return Ok(self.base.join(self.expand(plugin)?));
+        };
+        let hex = plugin_digest(plugin.get_ref()).ok_or_else(|| {
+            self.err(
+                plugin,
+                "a hosted pipeline names a plugin by the digest of an upload: \
+                 plugin = \"sha256:<64 hex digits>\" (`weir upload <file.wasm>` prints it)",
+            )
+        })?;
+        Ok(confine.plugins.join(format!("{hex}.wasm")))
+    }
+
+    /// Refuses a limit over the tenant's ceiling.
+    fn within_ceiling<T, V: PartialOrd + fmt::Debug>(
+        &self,
+        spanned: &Spanned<T>,
+        key: &str,
+        value: V,
+        ceiling: V,
+    ) -> Result<V, ConfigError> {
+        if value > ceiling {
+            return Err(self.err(
+                spanned,
+                format!("{key} {value:?} is over this tenant's ceiling of {ceiling:?}"),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Expands `${VAR}` from the environment (not in a hosted pipeline:
+    /// the host's environment is not the tenant's).
     fn expand(&self, raw: &Spanned<String>) -> Result<String, ConfigError> {
+        if self.confine.is_some() {
+            if raw.get_ref().contains("${") {
+                return Err(self.err(
+                    raw,
+                    "`${...}` is not expanded in a hosted pipeline (the host's environment is \
+                     not the tenant's); write the value out or use a connection",
+                ));
+            }
+            return Ok(raw.get_ref().clone());
+        }
         let mut out = String::new();
         let mut rest = raw.get_ref().as_str();
         while let Some(start) = rest.find("${") {

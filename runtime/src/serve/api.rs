@@ -1,43 +1,140 @@
-//! The admin API of `weir serve` (JSON over HTTP):
+//! The admin API of `weir serve` (JSON over HTTP). Every request carries
+//! `Authorization: Bearer <token>`; the token says who calls (an admin or
+//! one tenant, see [`super::access`]), never the request.
 //!
-//! | request | does |
-//! |---|---|
-//! | `GET /queries` | every query with its status |
-//! | `POST /queries?tenant=T` (body: pipeline TOML) | checks, stores and starts a query |
-//! | `GET /queries/{tenant}/{name}` | one query and its recent progress events |
-//! | `POST /queries/{tenant}/{name}/stop` | stops it after its current batch |
-//! | `POST /queries/{tenant}/{name}/start` | starts it again from its checkpoint |
-//! | `POST /queries/{tenant}/{name}/swap` (`{"stage", "plugin", "config"?}`) | hot-swaps a transform plugin |
-//! | `GET /metrics` | Prometheus metrics of every query |
+//! | request | who | does |
+//! |---|---|---|
+//! | `GET /queries` | any | the caller's queries (an admin: all) |
+//! | `POST /queries` (`application/toml`: pipeline) | tenant | checks, stores and starts a query |
+//! | `PUT /plugins` (`application/wasm`: component) | tenant | stores a plugin; answers its `sha256:` digest |
+//! | `GET /queries/{tenant}/{name}` | owner, admin | one query and its recent progress events |
+//! | `POST /queries/{tenant}/{name}/stop` | owner, admin | stops it after its current batch |
+//! | `POST /queries/{tenant}/{name}/start` | owner, admin | starts it again from its checkpoint |
+//! | `POST /queries/{tenant}/{name}/swap` (`{"stage", "plugin": "sha256:…", "config"?}`) | owner, admin | hot-swaps a transform plugin |
+//! | `POST /tenants/{tenant}/tokens` | admin | issues a token for a tenant (shown once) |
+//! | `DELETE /tenants/{tenant}/tokens` | admin | revokes the tenant's issued tokens |
+//! | `GET /metrics` | admin | Prometheus metrics of every query |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad request), 404 (no such
-//! query), 409 (running already) or 429 (tenant quota).
+//! Before any of that, a request must name an allowed `Host` (no DNS
+//! rebinding) and, if it has an `Origin`, the same one (no cross-site
+//! calls from a browser). Errors are `{"error": "..."}` with 400, 401
+//! (no or unknown token), 403 (not allowed), 404 (no such query, or one
+//! of another tenant), 409 (running already), 413 (too large), 415 (wrong
+//! content type) or 429 (tenant quota).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::access::Caller;
 use super::{Host, HostError};
 
+/// The largest pipeline text accepted.
+const MAX_PIPELINE_BYTES: usize = 1 << 20;
+
+/// Who may reach the API, besides holding a token.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// `Host` header values accepted (`127.0.0.1:7070`, `localhost:7070`, ...).
+    pub hosts: Vec<String>,
+}
+
+impl Gate {
+    /// The names a client on this machine uses for `addr`, plus `extra`
+    /// (names the operator serves the API under).
+    pub fn for_address(addr: std::net::SocketAddr, extra: &[String]) -> Gate {
+        let port = addr.port();
+        let mut hosts = vec![
+            addr.to_string(),
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ];
+        hosts.extend(extra.iter().cloned());
+        Gate { hosts }
+    }
+}
+
 /// The admin router over `host`.
-pub fn router(host: Arc<Host>) -> axum::Router {
+pub fn router(host: Arc<Host>, gate: Gate) -> axum::Router {
     let metrics = crate::metrics::router(host.registry());
+    let state = (host.clone(), Arc::new(gate));
     axum::Router::new()
         .route("/queries", get(list).post(submit))
+        .route(
+            "/plugins",
+            put(upload).layer(DefaultBodyLimit::max(super::MAX_PLUGIN_UPLOAD)),
+        )
         .route("/queries/{tenant}/{name}", get(detail))
         .route("/queries/{tenant}/{name}/stop", post(stop))
         .route("/queries/{tenant}/{name}/start", post(start))
         .route("/queries/{tenant}/{name}/swap", post(swap))
+        .route(
+            "/tenants/{tenant}/tokens",
+            post(issue_token).delete(revoke_tokens),
+        )
         .with_state(host)
         .merge(metrics)
+        .layer(DefaultBodyLimit::max(MAX_PIPELINE_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Checks `Host`, `Origin` and the bearer token; hands the caller on.
+async fn authenticate(
+    State((host, gate)): State<(Arc<Host>, Arc<Gate>)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let host_header = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !gate.hosts.iter().any(|h| h == host_header) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "this host does not answer to that Host header (start it with --public-name)",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let same = ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(scheme) == Some(host_header));
+        if !same {
+            return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
+        }
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>` (the CLI reads WEIR_TOKEN or --token-file)",
+        );
+    };
+    let Some(caller) = host.access().authenticate(token.trim()) else {
+        return refuse(StatusCode::UNAUTHORIZED, "unknown token");
+    };
+    if request.uri().path() == "/metrics" && caller != Caller::Admin {
+        return refuse(StatusCode::FORBIDDEN, "metrics are for admins");
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 impl IntoResponse for HostError {
@@ -47,26 +144,72 @@ impl IntoResponse for HostError {
             HostError::NotFound(_) => StatusCode::NOT_FOUND,
             HostError::Conflict(_) => StatusCode::CONFLICT,
             HostError::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            HostError::Forbidden(_) => StatusCode::FORBIDDEN,
             HostError::Weir(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
 }
 
-async fn list(State(host): State<Arc<Host>>) -> impl IntoResponse {
-    Json(host.list())
+/// The tenant a caller acts as, for requests that create things.
+fn tenant_of(caller: &Caller) -> Result<&str, HostError> {
+    match caller {
+        Caller::Tenant(tenant) => Ok(tenant),
+        Caller::Admin => Err(HostError::Forbidden(
+            "admin tokens manage tenants; submit and upload with a tenant's token".into(),
+        )),
+    }
+}
+
+/// `tenant/name` if the caller may act on it. Another tenant's query is
+/// "not found", so its existence is not disclosed.
+fn owned_id(caller: &Caller, tenant: &str, name: &str) -> Result<String, HostError> {
+    let id = format!("{tenant}/{name}");
+    match caller {
+        Caller::Admin => Ok(id),
+        Caller::Tenant(own) if own == tenant => Ok(id),
+        Caller::Tenant(_) => Err(HostError::NotFound(id)),
+    }
+}
+
+/// A refusal unless the body's media type is one of `allowed` (a browser
+/// cannot send these cross-origin without a preflight).
+fn wrong_content_type(headers: &HeaderMap, allowed: &[&str]) -> Option<Response> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let essence = given.split(';').next().unwrap_or_default().trim();
+    (!allowed.contains(&essence)).then(|| {
+        refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("send Content-Type: {}", allowed.join(" or ")),
+        )
+    })
+}
+
+async fn list(
+    State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
+) -> impl IntoResponse {
+    let mut queries = host.list();
+    if let Caller::Tenant(tenant) = &caller {
+        queries.retain(|q| &q.tenant == tenant);
+    }
+    Json(queries)
 }
 
 async fn submit(
     State(host): State<Arc<Host>>,
-    Query(params): Query<HashMap<String, String>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: String,
-) -> Result<impl IntoResponse, HostError> {
-    let tenant = params
-        .get("tenant")
-        .ok_or_else(|| HostError::Invalid("say whose query it is: ?tenant=<name>".into()))?;
+) -> Result<Response, HostError> {
+    if let Some(refused) = wrong_content_type(&headers, &["application/toml"]) {
+        return Ok(refused);
+    }
+    let tenant = tenant_of(&caller)?.to_string();
     // Loading plugins blocks: off the async workers.
-    let tenant = tenant.clone();
     let info = tokio::task::spawn_blocking(move || {
         let handle = tokio::runtime::Handle::current();
         let _guard = handle.enter();
@@ -74,47 +217,80 @@ async fn submit(
     })
     .await
     .map_err(|e| HostError::Invalid(format!("submit task failed: {e}")))??;
-    Ok((StatusCode::CREATED, Json(info)))
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn upload(
+    State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HostError> {
+    if let Some(refused) = wrong_content_type(&headers, &["application/wasm"]) {
+        return Ok(refused);
+    }
+    let tenant = tenant_of(&caller)?.to_string();
+    let size = body.len();
+    let digest = tokio::task::spawn_blocking(move || host.upload_plugin(&tenant, &body))
+        .await
+        .map_err(|e| HostError::Invalid(format!("upload task failed: {e}")))??;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "plugin": digest, "bytes": size })),
+    )
+        .into_response())
 }
 
 async fn detail(
     State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, HostError> {
-    let (info, progress) = host.get(&format!("{tenant}/{name}"))?;
+    let (info, progress) = host.get(&owned_id(&caller, &tenant, &name)?)?;
     Ok(Json(json!({ "query": info, "progress": progress })))
 }
 
 async fn stop(
     State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, HostError> {
-    Ok(Json(host.stop(&format!("{tenant}/{name}")).await?))
+    Ok(Json(host.stop(&owned_id(&caller, &tenant, &name)?).await?))
 }
 
 async fn start(
     State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, HostError> {
-    Ok(Json(host.restart(&format!("{tenant}/{name}"))?))
+    let id = owned_id(&caller, &tenant, &name)?;
+    let info = tokio::task::spawn_blocking(move || {
+        let handle = tokio::runtime::Handle::current();
+        let _guard = handle.enter();
+        host.restart(&id)
+    })
+    .await
+    .map_err(|e| HostError::Invalid(format!("start task failed: {e}")))??;
+    Ok(Json(info))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SwapBody {
     stage: String,
-    plugin: PathBuf,
+    plugin: String,
     config: Option<serde_json::Value>,
 }
 
 async fn swap(
     State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
     Path((tenant, name)): Path<(String, String)>,
     Json(body): Json<SwapBody>,
 ) -> Result<impl IntoResponse, HostError> {
     let accepted = host
         .swap(
-            &format!("{tenant}/{name}"),
+            &owned_id(&caller, &tenant, &name)?,
             &body.stage,
             &body.plugin,
             body.config.map(|c| c.to_string()),
@@ -125,4 +301,36 @@ async fn swap(
         "digest": accepted.version.digest,
         "config": accepted.version.config_json,
     })))
+}
+
+fn admin_only(caller: &Caller) -> Result<(), HostError> {
+    if *caller == Caller::Admin {
+        Ok(())
+    } else {
+        Err(HostError::Forbidden("only an admin manages tenants".into()))
+    }
+}
+
+async fn issue_token(
+    State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+) -> Result<impl IntoResponse, HostError> {
+    admin_only(&caller)?;
+    super::check_name("tenant", &tenant)?;
+    let token = host.access().issue(&tenant)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "tenant": tenant, "token": token })),
+    ))
+}
+
+async fn revoke_tokens(
+    State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+) -> Result<impl IntoResponse, HostError> {
+    admin_only(&caller)?;
+    let revoked = host.access().revoke(&tenant)?;
+    Ok(Json(json!({ "tenant": tenant, "revoked": revoked })))
 }

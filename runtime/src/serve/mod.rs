@@ -7,6 +7,7 @@
 //! starts it resumes every query without the marker from its checkpoint.
 //! The HTTP admin API over this is in [`api`].
 
+pub mod access;
 pub mod api;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -20,12 +21,13 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::config::Pipeline;
+use crate::config::{Confinement, Pipeline};
 use crate::error::{Result, WeirError};
 use crate::metrics::QueryMetrics;
 use crate::plugin::PluginEngine;
 use crate::query::{Query, QueryControl, QueryOutcome, SwapAccepted};
 use crate::storage::write_file_durably;
+use access::{Access, PolicyDefaults};
 
 /// How many progress events each query keeps for the API.
 const RECENT_PROGRESS: usize = 100;
@@ -35,13 +37,20 @@ const RECENT_PROGRESS: usize = 100;
 pub struct HostConfig {
     /// Where queries and their state live.
     pub state_dir: PathBuf,
-    /// At most this many queries may run per tenant.
+    /// The operator's access file: tokens, tenants' quotas, connections
+    /// (see [`access`]).
+    pub access_file: Option<PathBuf>,
+    /// At most this many queries may run per tenant (unless the access
+    /// file says otherwise).
     pub max_queries_per_tenant: usize,
     /// At most this much plugin memory per tenant: the sum of the
     /// `memory_limit`s of its running queries' plugins (reserved, not
     /// measured, so a tenant can never take more).
     pub max_memory_per_tenant: Option<u64>,
 }
+
+/// The largest plugin upload any tenant may send.
+pub const MAX_PLUGIN_UPLOAD: usize = 256 << 20;
 
 /// Why a host request was refused (mapped to HTTP statuses by [`api`]).
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,9 @@ pub enum HostError {
     /// A query of that name runs already.
     #[error("query {0} is running already")]
     Conflict(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The tenant's quota is used up.
     #[error("tenant {tenant} is at its quota: {reason}")]
     Quota {
@@ -139,6 +151,7 @@ impl Running {
 /// A host running many queries on one runtime.
 pub struct Host {
     config: HostConfig,
+    access: Access,
     engine: PluginEngine,
     queries: Mutex<BTreeMap<String, Arc<Running>>>,
     metrics: Arc<QueryMetrics>,
@@ -154,15 +167,88 @@ impl Host {
                 source,
             }
         })?;
+        let access = Access::load(
+            config.access_file.as_deref(),
+            &config.state_dir,
+            PolicyDefaults {
+                max_queries: config.max_queries_per_tenant,
+                max_memory: config.max_memory_per_tenant,
+            },
+        )?;
         let mut registry = Registry::default();
         let metrics = QueryMetrics::new(&mut registry);
         Ok(Arc::new(Host {
+            access,
             config,
             engine,
             queries: Mutex::new(BTreeMap::new()),
             metrics: Arc::new(metrics),
             registry: Arc::new(registry),
         }))
+    }
+
+    /// The access rules: who a token is, what a tenant may do.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// What `tenant`'s pipelines may reach: its query directories, its
+    /// uploaded plugins, its granted connections, its ceilings.
+    fn confinement(&self, tenant: &str) -> Result<Confinement, HostError> {
+        let policy = self.access.policy(tenant);
+        Ok(Confinement {
+            plugins: self.plugins_dir(tenant)?,
+            connections: policy.connections,
+            ceilings: policy.ceilings,
+        })
+    }
+
+    /// `<state>/plugins/<tenant>`: uploads, named by their SHA-256.
+    fn plugins_dir(&self, tenant: &str) -> Result<PathBuf, HostError> {
+        check_name("tenant", tenant)?;
+        Ok(self.config.state_dir.join("plugins").join(tenant))
+    }
+
+    /// Stores an uploaded plugin component for `tenant`; returns its
+    /// reference, `sha256:<hex>`, for pipelines and swaps.
+    pub fn upload_plugin(&self, tenant: &str, wasm: &[u8]) -> Result<String, HostError> {
+        let policy = self.access.policy(tenant);
+        if wasm.len() as u64 > policy.max_plugin_bytes {
+            return Err(HostError::Quota {
+                tenant: tenant.to_string(),
+                reason: format!(
+                    "a plugin of {} bytes is over its {} bytes",
+                    wasm.len(),
+                    policy.max_plugin_bytes
+                ),
+            });
+        }
+        // A component starts `\0asm` then layer 1 (a core module has 0).
+        if wasm.len() < 8 || &wasm[..4] != b"\0asm" || wasm[6..8] != [1, 0] {
+            return Err(HostError::Invalid(
+                "not a WebAssembly component (build with `weir plugin build`)".into(),
+            ));
+        }
+        let dir = self.plugins_dir(tenant)?;
+        let reference = crate::plugin::digest(wasm);
+        let hex = reference.trim_start_matches("sha256:");
+        let file = dir.join(format!("{hex}.wasm"));
+        if !file.exists() {
+            let stored = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+            if stored >= policy.max_plugins {
+                return Err(HostError::Quota {
+                    tenant: tenant.to_string(),
+                    reason: format!("{stored} plugins uploaded (at most {})", policy.max_plugins),
+                });
+            }
+            let io = |source| WeirError::Io {
+                path: dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            write_file_durably(&file, wasm).map_err(io)?;
+        }
+        Ok(reference)
     }
 
     /// The Prometheus registry of all queries.
@@ -249,7 +335,8 @@ impl Host {
         };
         // Checked as if where it will live (relative paths resolve there)
         // before anything is stored.
-        if let Err(e) = Pipeline::parse(text, "pipeline.toml", &dir) {
+        let confinement = self.confinement(tenant)?;
+        if let Err(e) = Pipeline::parse_confined(text, "pipeline.toml", &dir, &confinement) {
             return Err(HostError::Invalid(e.to_string()));
         }
         std::fs::create_dir_all(&dir).map_err(io)?;
@@ -274,23 +361,32 @@ impl Host {
     fn start(self: &Arc<Self>, tenant: &str, name: &str) -> Result<(), HostError> {
         let id = format!("{tenant}/{name}");
         let dir = self.query_dir(tenant, name)?;
-        let pipeline = Pipeline::load(&dir.join("pipeline.toml"))
+        let file = dir.join("pipeline.toml");
+        let text = std::fs::read_to_string(&file).map_err(|source| WeirError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        // Checked again with today's grants: a revoked connection or a
+        // lowered ceiling holds on restart too.
+        let confinement = self.confinement(tenant)?;
+        let pipeline = Pipeline::parse_confined(&text, "pipeline.toml", &dir, &confinement)
             .map_err(|e| HostError::Invalid(e.to_string()))?;
         let memory_reserved = plugin_memory(&pipeline);
+        let policy = self.access.policy(tenant);
         let (running_for_tenant, memory_for_tenant) = lock(&self.queries)
             .values()
             .filter(|r| r.tenant == tenant && r.is_running())
             .fold((0, 0), |(n, bytes), r| (n + 1, bytes + r.memory_reserved));
-        if running_for_tenant >= self.config.max_queries_per_tenant {
+        if running_for_tenant >= policy.max_queries {
             return Err(HostError::Quota {
                 tenant: tenant.to_string(),
                 reason: format!(
                     "{running_for_tenant} running queries (at most {})",
-                    self.config.max_queries_per_tenant
+                    policy.max_queries
                 ),
             });
         }
-        if let Some(max) = self.config.max_memory_per_tenant
+        if let Some(max) = policy.max_memory
             && memory_for_tenant + memory_reserved > max
         {
             return Err(HostError::Quota {
@@ -410,19 +506,34 @@ impl Host {
     }
 
     /// Swaps a stage's plugin in a running query (from its next batch).
+    /// `plugin` is `sha256:<hex>` of one of the tenant's uploads.
     pub async fn swap(
         &self,
         id: &str,
         stage: &str,
-        plugin: &Path,
+        plugin: &str,
         config_json: Option<String>,
     ) -> Result<SwapAccepted, HostError> {
         let running = self
             .running(id)
             .ok_or_else(|| HostError::NotFound(format!("{id} (running)")))?;
+        let hex = crate::config::plugin_digest(plugin).ok_or_else(|| {
+            HostError::Invalid(
+                "name the plugin by the digest of an upload: \"sha256:<64 hex digits>\"".into(),
+            )
+        })?;
+        let file = self
+            .plugins_dir(&running.tenant)?
+            .join(format!("{hex}.wasm"));
+        if !file.is_file() {
+            return Err(HostError::Invalid(format!(
+                "no plugin {plugin} was uploaded by tenant {}",
+                running.tenant
+            )));
+        }
         running
             .control
-            .swap(stage, plugin, config_json)
+            .swap(stage, &file, config_json)
             .await
             .map_err(|e| HostError::Invalid(e.to_string()))
     }
@@ -477,7 +588,7 @@ fn plugin_memory(pipeline: &Pipeline) -> u64 {
 }
 
 /// Tenant and query names become directory names: keep them plain.
-fn check_name(what: &str, name: &str) -> Result<(), HostError> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), HostError> {
     let plain = !name.is_empty()
         && name.len() <= 64
         && name

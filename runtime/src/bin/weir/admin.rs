@@ -1,19 +1,36 @@
 //! `weir serve` and the commands that talk to it (`submit`, `status`,
 //! `swap`, `stop`, `start`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use weir::serve::{Host, HostConfig};
 use weir::{PluginEngine, WeirError};
 
 /// Runs the host until Ctrl-C / SIGTERM, then stops every query after its
 /// current batch (they resume when the host starts again).
-pub async fn serve(addr: std::net::SocketAddr, config: HostConfig) -> Result<(), WeirError> {
-    let host = Host::new(config, PluginEngine::new()?)?;
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    public_names: &[String],
+    config: HostConfig,
+) -> Result<(), WeirError> {
+    // The API speaks plain HTTP: tokens would cross the network in the
+    // clear. Off this machine it goes through a TLS-terminating proxy.
+    if !addr.ip().is_loopback() {
+        return Err(WeirError::Internal(format!(
+            "weir serve binds loopback addresses only ({addr} is not): the admin API has no TLS \
+             of its own, and tokens must not cross a network in the clear; bind 127.0.0.1 and \
+             put a TLS-terminating proxy in front (with --public-name for its Host name)"
+        )));
+    }
+    let host = Host::new(config.clone(), PluginEngine::new()?)?;
     let listener = weir::metrics::bind(addr).await?;
     let resumed = host.resume()?;
-    eprintln!("weir serve: admin API on http://{addr} ({resumed} queries resumed)");
-    let app = weir::serve::api::router(host.clone());
+    eprintln!(
+        "weir serve: admin API on http://{addr} ({resumed} queries resumed); admin token in {}",
+        config.state_dir.join("access/admin.token").display()
+    );
+    let gate = weir::serve::api::Gate::for_address(addr, public_names);
+    let app = weir::serve::api::router(host.clone(), gate);
     let server = axum::serve(listener, app).with_graceful_shutdown(super::shutdown_signal());
     server
         .await
@@ -23,27 +40,63 @@ pub async fn serve(addr: std::net::SocketAddr, config: HostConfig) -> Result<(),
     Ok(())
 }
 
+/// Where a client command finds the host, and its token.
+#[derive(clap::Args)]
+pub struct Remote {
+    /// The host's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// A file holding the bearer token (default: the WEIR_TOKEN variable).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Remote {
+    /// A client with the token from `--token-file` or `WEIR_TOKEN`.
+    pub fn client(&self) -> Result<Client, WeirError> {
+        let token = match &self.token_file {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|source| WeirError::Io {
+                    path: file.clone(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+            None => std::env::var("WEIR_TOKEN").map_err(|_| {
+                WeirError::Internal(
+                    "no token: set WEIR_TOKEN or pass --token-file (an admin's is in \
+                     <state-dir>/access/admin.token; `weir token issue TENANT` makes a tenant's)"
+                        .into(),
+                )
+            })?,
+        };
+        Ok(Client {
+            server: self.server.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        })
+    }
+}
+
 /// A client of the admin API at `server`.
 pub struct Client {
     server: String,
+    token: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(server: &str) -> Client {
-        Client {
-            server: server.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-        }
-    }
-
     /// Sends a request; prints the JSON answer; an error status is an error.
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value, WeirError> {
         let unreachable = |e: reqwest::Error| WeirError::Unavailable {
             service: format!("weir serve at {}", self.server),
             reason: e.to_string(),
         };
-        let response = request.send().await.map_err(unreachable)?;
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(unreachable)?;
         let status = response.status();
         let text = response.text().await.map_err(unreachable)?;
         let json: serde_json::Value =
@@ -61,22 +114,79 @@ impl Client {
         Ok(json)
     }
 
-    pub async fn submit(&self, pipeline: &Path, tenant: &str) -> Result<(), WeirError> {
+    /// Submits `pipeline`. A `plugin` that names a local file (relative
+    /// to the pipeline, `${VAR}` from this shell) is uploaded first and
+    /// replaced by its digest: the host never reads the client's paths.
+    pub async fn submit(&self, pipeline: &Path) -> Result<(), WeirError> {
         let text = std::fs::read_to_string(pipeline).map_err(|source| WeirError::Io {
             path: pipeline.to_path_buf(),
+            source,
+        })?;
+        let base = pipeline.parent().unwrap_or(Path::new("."));
+        let text = self.upload_local_plugins(&text, base).await?;
+        let answer = self
+            .call(
+                self.http
+                    .post(format!("{}/queries", self.server))
+                    .header("content-type", "application/toml")
+                    .body(text),
+            )
+            .await?;
+        print_json(&answer);
+        Ok(())
+    }
+
+    /// Uploads a component; returns its `sha256:` reference.
+    pub async fn upload(&self, plugin: &Path) -> Result<String, WeirError> {
+        let wasm = std::fs::read(plugin).map_err(|source| WeirError::Io {
+            path: plugin.to_path_buf(),
             source,
         })?;
         let answer = self
             .call(
                 self.http
-                    .post(format!("{}/queries?tenant={tenant}", self.server))
-                    .body(text),
+                    .put(format!("{}/plugins", self.server))
+                    .header("content-type", "application/wasm")
+                    .body(wasm),
             )
             .await?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&answer).unwrap_or_default()
-        );
+        Ok(answer["plugin"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn upload_local_plugins(&self, text: &str, base: &Path) -> Result<String, WeirError> {
+        let Ok(document) = toml::de::DeTable::parse(text) else {
+            // The host reports the syntax error with its line and column.
+            return Ok(text.to_string());
+        };
+        let mut found = Vec::new();
+        plugin_values(document.get_ref(), &mut found);
+        // Replaced from the end, so earlier spans stay valid.
+        found.sort_by_key(|(span, _)| std::cmp::Reverse(span.start));
+        let mut out = text.to_string();
+        for (span, value) in found {
+            if value.starts_with("sha256:") {
+                continue;
+            }
+            let file = base.join(expand_client_env(&value)?);
+            let reference = self.upload(&file).await?;
+            out.replace_range(span, &format!("\"{reference}\""));
+        }
+        Ok(out)
+    }
+
+    /// Issues (or revokes) a tenant's tokens.
+    pub async fn tokens(&self, tenant: &str, issue: bool) -> Result<(), WeirError> {
+        let url = format!("{}/tenants/{tenant}/tokens", self.server);
+        let request = if issue {
+            self.http.post(url)
+        } else {
+            self.http.delete(url)
+        };
+        let answer = self.call(request).await?;
+        match answer["token"].as_str() {
+            Some(token) => println!("{token}"),
+            None => print_json(&answer),
+        }
         Ok(())
     }
 
@@ -86,10 +196,7 @@ impl Client {
             None => format!("{}/queries", self.server),
         };
         let answer = self.call(self.http.get(url)).await?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&answer).unwrap_or_default()
-        );
+        print_json(&answer);
         Ok(())
     }
 
@@ -97,14 +204,15 @@ impl Client {
         &self,
         id: &str,
         stage: &str,
-        plugin: &Path,
+        plugin: &str,
         config: Option<&str>,
     ) -> Result<(), WeirError> {
-        let plugin = std::path::absolute(plugin).map_err(|source| WeirError::Io {
-            path: plugin.to_path_buf(),
-            source,
-        })?;
-        let mut body = serde_json::json!({ "stage": stage, "plugin": plugin });
+        let reference = if plugin.starts_with("sha256:") {
+            plugin.to_string()
+        } else {
+            self.upload(Path::new(plugin)).await?
+        };
+        let mut body = serde_json::json!({ "stage": stage, "plugin": reference });
         if let Some(config) = config {
             body["config"] = serde_json::from_str(config)
                 .map_err(|e| WeirError::Internal(format!("--config must be a JSON object: {e}")))?;
@@ -117,10 +225,7 @@ impl Client {
                     .body(body.to_string()),
             )
             .await?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&answer).unwrap_or_default()
-        );
+        print_json(&answer);
         Ok(())
     }
 
@@ -131,10 +236,61 @@ impl Client {
                     .post(format!("{}/queries/{id}/{action}", self.server)),
             )
             .await?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&answer).unwrap_or_default()
-        );
+        print_json(&answer);
         Ok(())
     }
+}
+
+fn print_json(answer: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(answer).unwrap_or_default()
+    );
+}
+
+/// Every `plugin = "..."` string value in a pipeline, with its span.
+fn plugin_values(table: &toml::de::DeTable<'_>, found: &mut Vec<(std::ops::Range<usize>, String)>) {
+    for (key, value) in table {
+        if key.get_ref() == "plugin"
+            && let toml::de::DeValue::String(text) = value.get_ref()
+        {
+            found.push((value.span(), text.to_string()));
+        }
+        walk_value(value.get_ref(), found);
+    }
+}
+
+fn walk_value(value: &toml::de::DeValue<'_>, found: &mut Vec<(std::ops::Range<usize>, String)>) {
+    match value {
+        toml::de::DeValue::Table(table) => plugin_values(table, found),
+        toml::de::DeValue::Array(items) => {
+            for item in items {
+                walk_value(item.get_ref(), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `${VAR}` from the client's environment (the host expands nothing).
+fn expand_client_env(raw: &str) -> Result<String, WeirError> {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| WeirError::Internal(format!("unclosed `${{` in plugin {raw:?}")))?;
+        let var = &after[..end];
+        let value = std::env::var(var).map_err(|_| {
+            WeirError::Internal(format!(
+                "plugin {raw:?}: environment variable {var} is not set"
+            ))
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }

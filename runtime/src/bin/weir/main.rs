@@ -63,13 +63,26 @@ enum Command {
     },
     /// Host many queries (of many tenants) with an HTTP admin API; queries
     /// submitted earlier resume from their checkpoints.
+    ///
+    /// Every request needs a bearer token. Without `--access`, the host
+    /// makes an admin token at STATE_DIR/access/admin.token; an admin
+    /// issues tenants' tokens with `weir token issue TENANT`.
     Serve {
-        /// Address of the admin API (and /metrics).
+        /// Address of the admin API (and /metrics). Loopback only: the API
+        /// has no TLS of its own (put a TLS-terminating proxy in front).
         #[arg(long, default_value = "127.0.0.1:7070")]
         addr: std::net::SocketAddr,
         /// Where submitted pipelines and their default checkpoints live.
         #[arg(long, default_value = ".weir-serve")]
         state_dir: PathBuf,
+        /// The operator's access file: tokens (as SHA-256), tenants' quotas
+        /// and ceilings, and the connections granted to each.
+        #[arg(long, value_name = "FILE")]
+        access: Option<PathBuf>,
+        /// Another `Host` name clients use (e.g. `weir.internal:443` behind
+        /// a proxy); loopback names are always accepted.
+        #[arg(long, value_name = "HOST:PORT")]
+        public_name: Vec<String>,
         /// At most this many running queries per tenant.
         #[arg(long, default_value_t = 16)]
         max_queries_per_tenant: usize,
@@ -78,22 +91,27 @@ enum Command {
         #[arg(long)]
         max_memory_per_tenant: Option<bytesize::ByteSize>,
     },
-    /// Submit a pipeline to a `weir serve` host.
+    /// Submit a pipeline to a `weir serve` host, as the token's tenant.
     Submit {
         /// Pipeline file (TOML); relative paths in it resolve on the host,
         /// in the query's own directory.
         pipeline: PathBuf,
-        /// Whose query it is.
-        #[arg(long)]
-        tenant: String,
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        server: String,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Upload a plugin component; prints the `sha256:` reference that
+    /// pipelines and swaps name it by.
+    Upload {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
     /// Show the queries of a `weir serve` host, or one (`tenant/name`).
     Status {
         id: Option<String>,
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        server: String,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
     /// Swap a transform plugin of a running query, from its next batch.
     Swap {
@@ -101,25 +119,49 @@ enum Command {
         id: String,
         /// Transform stage name.
         stage: String,
-        /// The new component (.wasm), a path the host can read.
-        plugin: PathBuf,
+        /// The new component: a local .wasm file (uploaded first) or the
+        /// `sha256:` reference of an upload.
+        plugin: String,
         /// The stage's `config` for the new version, as JSON (default: as before).
         #[arg(long)]
         config: Option<String>,
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        server: String,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
     /// Stop a query after its current batch (it stays stopped).
     Stop {
         id: String,
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        server: String,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
     /// Start a stopped query again, from its checkpoint.
     Start {
         id: String,
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        server: String,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Tokens of a `weir serve` host.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and, for the access file, its SHA-256.
+    New,
+    /// Issue a token for a tenant (admin); printed once, stored hashed.
+    Issue {
+        tenant: String,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Revoke every issued token of a tenant (admin).
+    Revoke {
+        tenant: String,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
 }
 
@@ -186,7 +228,7 @@ fn main() -> ExitCode {
     // Plugin-project commands need neither the async runtime nor a host.
     let command = match plugin_dev::dispatch(cli.command) {
         Ok(exit) => return exit,
-        Err(other) => other,
+        Err(other) => *other,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -219,38 +261,58 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         Command::Serve {
             addr,
             state_dir,
+            access,
+            public_name,
             max_queries_per_tenant,
             max_memory_per_tenant,
         } => {
             admin::serve(
                 addr,
+                &public_name,
                 weir::serve::HostConfig {
                     state_dir,
+                    access_file: access,
                     max_queries_per_tenant,
                     max_memory_per_tenant: max_memory_per_tenant.map(|b| b.as_u64()),
                 },
             )
             .await
         }
-        Command::Submit {
-            pipeline,
-            tenant,
-            server,
-        } => admin::Client::new(&server).submit(&pipeline, &tenant).await,
-        Command::Status { id, server } => admin::Client::new(&server).status(id.as_deref()).await,
+        Command::Submit { pipeline, remote } => remote.client()?.submit(&pipeline).await,
+        Command::Upload { plugin, remote } => {
+            println!("{}", remote.client()?.upload(&plugin).await?);
+            Ok(())
+        }
+        Command::Status { id, remote } => remote.client()?.status(id.as_deref()).await,
         Command::Swap {
             id,
             stage,
             plugin,
             config,
-            server,
+            remote,
         } => {
-            admin::Client::new(&server)
+            remote
+                .client()?
                 .swap(&id, &stage, &plugin, config.as_deref())
                 .await
         }
-        Command::Stop { id, server } => admin::Client::new(&server).post(&id, "stop").await,
-        Command::Start { id, server } => admin::Client::new(&server).post(&id, "start").await,
+        Command::Stop { id, remote } => remote.client()?.post(&id, "stop").await,
+        Command::Start { id, remote } => remote.client()?.post(&id, "start").await,
+        Command::Token { command } => match command {
+            TokenCommand::New => {
+                let token = weir::serve::access::new_token();
+                println!("{token}");
+                println!(
+                    "sha256 = \"{}\"",
+                    weir::serve::access::token_digest_hex(&token)
+                );
+                Ok(())
+            }
+            TokenCommand::Issue { tenant, remote } => remote.client()?.tokens(&tenant, true).await,
+            TokenCommand::Revoke { tenant, remote } => {
+                remote.client()?.tokens(&tenant, false).await
+            }
+        },
         Command::Plugin {
             command: PluginCommand::Inspect { component },
         } => plugin_dev::inspect(&component),

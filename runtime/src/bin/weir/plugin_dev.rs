@@ -14,7 +14,7 @@ use weir_plugin_build::{BuildOptions, Language, Project};
 use crate::{Command, NewCommand, PluginCommand};
 
 /// Runs `weir new` and `weir plugin build`; any other command comes back.
-pub fn dispatch(command: Command) -> Result<ExitCode, Command> {
+pub fn dispatch(command: Command) -> Result<ExitCode, Box<Command>> {
     let result = match command {
         Command::New {
             command:
@@ -28,7 +28,7 @@ pub fn dispatch(command: Command) -> Result<ExitCode, Command> {
         Command::Plugin {
             command: PluginCommand::Build { dir, out_dir },
         } => build(&dir, out_dir),
-        other => return Err(other),
+        other => return Err(Box::new(other)),
     };
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,
