@@ -1,6 +1,7 @@
 //! Weir's integration tests: one binary, one module per area. They run the
 //! real `weir` binary and real Wasm components built from `plugins/`.
 
+mod attacks;
 mod bad_input;
 mod common;
 mod continuous;
