@@ -219,6 +219,7 @@ pub fn import_array(data_type: DataType, parts: ColumnParts) -> Result<ArrayRef,
     if !is_supported(&data_type) {
         return Err(LayoutError::Unsupported(data_type));
     }
+    check_shapes(&data_type, &parts)?;
     let data = ArrayData::builder(data_type)
         .len(parts.len)
         .null_bit_buffer(parts.validity.map(Buffer::from_vec))
@@ -237,6 +238,40 @@ pub fn import_array(data_type: DataType, parts: ColumnParts) -> Result<ArrayRef,
         )));
     }
     Ok(make_array(data))
+}
+
+/// Checks what Arrow's builder assumes before it validates (it panics on
+/// these instead of returning an error; both found by fuzzing): a validity
+/// bitmap covering every slot, and buffers of whole elements.
+fn check_shapes(data_type: &DataType, parts: &ColumnParts) -> Result<(), LayoutError> {
+    let invalid = |message: String| {
+        Err(LayoutError::Invalid(ArrowError::InvalidArgumentError(
+            message,
+        )))
+    };
+    if let Some(validity) = &parts.validity
+        && validity.len() < parts.len.div_ceil(8)
+    {
+        return invalid(format!(
+            "a validity bitmap of {} bytes for {} slots",
+            validity.len(),
+            parts.len
+        ));
+    }
+    let first_width = match data_type {
+        DataType::Utf8 | DataType::Binary => Some(4),
+        DataType::LargeUtf8 | DataType::LargeBinary => Some(8),
+        other => other.primitive_width(),
+    };
+    if let (Some(width), Some(first)) = (first_width, parts.buffers.first())
+        && first.len() % width != 0
+    {
+        return invalid(format!(
+            "a buffer of {} bytes is not a whole number of {width}-byte elements",
+            first.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Rebuilds an array from buffers known to be valid, without validating

@@ -101,7 +101,7 @@ path = "out"
 }
 
 /// The JSON sink's committed rows at `out`, by id.
-fn committed_ids(out: &Path) -> Vec<i64> {
+pub(crate) fn committed_ids(out: &Path) -> Vec<i64> {
     let mut ids = Vec::new();
     for batch in crate::common::numbered_entries(&out.join("_weir_log")) {
         let entry: Value =

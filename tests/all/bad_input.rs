@@ -231,6 +231,20 @@ fn corrupt_plugin_output_is_refused() {
 }
 
 #[test]
+fn a_validity_bitmap_shorter_than_its_column_is_refused_not_a_panic() {
+    // Found by the plugin-output fuzz target: Arrow's builder panicked on
+    // it before validating.
+    let mut s = testkit_scenario("empty_validity_on_id = 3");
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains("the plugin returned invalid output")
+            && err.contains("a validity bitmap of 0 bytes for 2 slots"),
+        "{err}"
+    );
+    assert_stopped_at_batch_1_then_recovers(&mut s);
+}
+
+#[test]
 fn plugin_output_schema_change_is_refused() {
     let mut s = testkit_scenario("drop_column_on_id = 3");
     let err = assert_exit(&s.run(), 1);

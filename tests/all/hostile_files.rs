@@ -1,8 +1,10 @@
 //! Hostile input files never take the process down: a corpus of mutated
 //! JSON, CSV and Parquet files (made here from a seed, the same every run)
-//! fed one at a time to `weir run`. Each either reads (the mutation was
-//! harmless) or fails its query with exit code 1 and the file named; never
-//! a panic escaping (exit 101) or an abort (a signal).
+//! fed one at a time to `weir run`, and the same kind of corpus fed to one
+//! `weir serve` host as 200 queries of a hostile tenant while another
+//! tenant streams. Each either reads (the mutation was harmless, or its bad
+//! rows were dead-lettered) or fails its query with the file named; never a
+//! panic escaping (exit 101) or an abort (a signal).
 
 use std::fs;
 use std::process::Output;
@@ -11,7 +13,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use parquet::arrow::ArrowWriter;
 
-use crate::common::{Scenario, Spec, seeded};
+use crate::common::{Scenario, Spec, free_port, seeded};
+use crate::serve::{Server, hosted_pipeline_text, wait_until, write_input};
 
 /// How many mutants of each format.
 const MUTANTS: usize = 50;
@@ -169,4 +172,131 @@ fn mutated_json_files_fail_their_query_or_dead_letter_rows() {
 fn mutated_csv_files_fail_their_query_naming_the_file() {
     let [_, failed] = run_corpus("csv", &valid_csv(), 20, "header = true");
     assert!(failed > MUTANTS / 4, "failed {failed}");
+}
+
+/// The hosted pipeline reading mutant `n`'s directory once.
+fn mutant_pipeline(n: usize, format: &str, extra: &str) -> String {
+    format!(
+        r#"name = "m{n:03}"
+checkpoint = "ck"
+
+[trigger]
+available_now = true
+
+[source]
+kind = "file"
+path = "connection:landing/mutants/m{n:03}"
+format = "{format}"
+{extra}
+schema = [
+  {{ name = "id", type = "long", nullable = false }},
+  {{ name = "name", type = "string" }},
+  {{ name = "amount", type = "double" }},
+]
+
+[sink]
+kind = "json"
+path = "out"
+"#
+    )
+}
+
+#[test]
+fn two_hundred_hostile_files_fed_to_weir_serve_fail_only_their_own_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let good_input = dir.path().join("good-in");
+    fs::create_dir(&good_input).unwrap();
+    let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
+    let good = dir.path().join("good.toml");
+    fs::write(&good, hosted_pipeline_text(&good_input)).unwrap();
+    server.cli_as("good", &["submit", good.to_str().unwrap()]);
+
+    // (format, valid file, extra source settings, seed, how many)
+    let dead_letter = "on_bad_record = \"dead_letter\"\ndead_letter_path = \"dead\"";
+    let corpora: [(&str, Vec<u8>, &str, u64, usize); 4] = [
+        ("json", valid_json(), "", 31, 50),
+        ("json", valid_json(), dead_letter, 32, 50),
+        ("csv", valid_csv(), "header = true", 33, 50),
+        ("parquet", valid_parquet(), "", 34, 50),
+    ];
+    let mut n = 0;
+    let mut files = Vec::new();
+    let mut good_files = 0;
+    for (format, valid, extra, seed, count) in &corpora {
+        let mut random = seeded(*seed);
+        for _ in 0..*count {
+            let mutants = dir.path().join(format!("mutants/m{n:03}"));
+            fs::create_dir_all(&mutants).unwrap();
+            let name = format!("mutant-{n:03}.{format}");
+            fs::write(mutants.join(&name), mutate(valid, &mut random)).unwrap();
+            let file = dir.path().join(format!("m{n:03}.toml"));
+            fs::write(&file, mutant_pipeline(n, format, extra)).unwrap();
+            server.cli_as("evil", &["submit", file.to_str().unwrap()]);
+            files.push((format!("evil/m{n:03}"), name));
+            n += 1;
+            if n % 10 == 0 {
+                // The good tenant's stream goes on meanwhile; evil's
+                // queries end (a drained trigger) so its quota frees up.
+                write_input(&good_input, good_files);
+                good_files += 1;
+                wait_until("evil's queries to end", || {
+                    let all: serde_json::Value =
+                        serde_json::from_str(&server.cli(&["status"])).unwrap();
+                    all.as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|q| q["tenant"] != "evil" || q["status"]["state"] != "running")
+                });
+            }
+        }
+    }
+    let all: serde_json::Value = serde_json::from_str(&server.cli(&["status"])).unwrap();
+    let (mut finished, mut failed) = (0, 0);
+    for (id, file) in &files {
+        let query = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} missing"));
+        match query["status"]["state"].as_str().unwrap() {
+            "finished" => finished += 1,
+            "failed" => {
+                let error = query["status"]["error"].as_str().unwrap();
+                assert!(
+                    error.contains(file.as_str()),
+                    "{id}: the error does not name {file}: {error}"
+                );
+                assert!(!error.contains("panicked"), "{id}: {error}");
+                failed += 1;
+            }
+            other => panic!("{id}: {other}: {query}"),
+        }
+    }
+    assert_eq!(files.len(), 200);
+    // The corpus must reach the error paths, or it tests nothing.
+    assert!(
+        failed > 60 && finished > 10,
+        "finished {finished}, failed {failed}"
+    );
+    let good_status = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["id"] == "good/orders")
+        .unwrap();
+    assert_eq!(good_status["status"]["state"], "running", "{good_status}");
+    let out = state.join("tenants/good/orders/out");
+    let expected: Vec<i64> = (1..=5 * good_files as i64).collect();
+    wait_until("the good tenant's rows, each once", || {
+        let mut ids: Vec<i64> = crate::attacks::committed_ids(&out);
+        ids.sort();
+        ids == expected
+    });
+    eprintln!(
+        "200 hostile files in weir serve: {finished} queries finished, {failed} failed naming their file"
+    );
+    // The host exits cleanly: it survived every file.
+    server.terminate();
 }

@@ -10,6 +10,7 @@ mod delta;
 mod durability;
 mod foreach_batch;
 mod formats;
+mod fuzz;
 mod golden;
 mod hostile_files;
 mod joins;

@@ -7,6 +7,8 @@
 //! - `error_on_id`: it returns a `plugin-error` of kind `input`;
 //! - `corrupt_on_id`: it returns string offsets that point past the data;
 //! - `drop_column_on_id`: it returns the batch without its last column;
+//! - `empty_validity_on_id`: it returns the first column with an empty
+//!   validity bitmap (Arrow's own builder panicked on that);
 //! - `loop_on_id`: it never returns (for time limits);
 //! - `allocate_on_id`: it allocates 256 MiB (for memory limits);
 //!
@@ -30,6 +32,7 @@ struct Settings {
     error_on_id: Option<i64>,
     corrupt_on_id: Option<i64>,
     drop_column_on_id: Option<i64>,
+    empty_validity_on_id: Option<i64>,
     loop_on_id: Option<i64>,
     allocate_on_id: Option<i64>,
     #[serde(default)]
@@ -55,7 +58,7 @@ impl Guest for Testkit {
 
     fn process(mut input: Batch) -> Result<Vec<Batch>, PluginError> {
         let hit = |id: Option<i64>| id.is_some_and(|id| ids(&input).contains(&id));
-        let (trap, error, corrupt, drop, spin, allocate) = SETTINGS.with(|s| {
+        let (trap, error, corrupt, drop, spin, allocate, empty_validity) = SETTINGS.with(|s| {
             let s = s.borrow();
             (
                 s.trap_always || hit(s.trap_on_id),
@@ -64,6 +67,7 @@ impl Guest for Testkit {
                 hit(s.drop_column_on_id),
                 hit(s.loop_on_id),
                 hit(s.allocate_on_id),
+                hit(s.empty_validity_on_id),
             )
         });
         if spin {
@@ -90,6 +94,10 @@ impl Guest for Testkit {
         if drop {
             input.fields.pop();
             input.columns.pop();
+        }
+        if empty_validity && let Some(column) = input.columns.first_mut() {
+            column.validity = Some(Vec::new());
+            column.null_count = 0;
         }
         Ok(vec![input])
     }

@@ -71,37 +71,101 @@ pub struct GroupState {
     pub batch_time_us: i64,
 }
 
-/// Caps an instance's linear memory and remembers when it refused growth,
-/// so the resulting trap can be reported as running out of memory.
+/// Caps what one plugin instance may hold, counted together: every linear
+/// memory plus every table (at [`TABLE_ELEMENT_BYTES`] an element) within
+/// `memory_limit`, and few instances, memories and tables (a component is a
+/// handful of core instances; thousands would be an attack on the host's
+/// bookkeeping). Remembers when it refused growth, so the resulting trap is
+/// reported as running out of memory.
 pub struct MemoryLimiter {
     max_bytes: usize,
     /// Whether a growth request was refused.
     pub refused: bool,
-    /// Linear memory the instance holds now, in bytes.
+    /// Linear memory the instance holds now, in bytes (all memories).
     pub bytes: usize,
+    /// Table elements the instance holds now (all tables).
+    table_elements: usize,
+}
+
+/// What one table element costs against the memory budget (a pointer and
+/// its type information in wasmtime's tables).
+pub const TABLE_ELEMENT_BYTES: usize = 16;
+/// Core instances one plugin may create.
+pub const MAX_INSTANCES: usize = 100;
+/// Linear memories one plugin may create.
+pub const MAX_MEMORIES: usize = 16;
+/// Tables one plugin may create.
+pub const MAX_TABLES: usize = 100;
+
+impl MemoryLimiter {
+    /// A budget of `max_bytes` for memories and tables together.
+    pub fn new(max_bytes: u64) -> MemoryLimiter {
+        MemoryLimiter {
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            refused: false,
+            bytes: 0,
+            table_elements: 0,
+        }
+    }
+
+    fn total_with(&self, memory: usize, elements: usize) -> Option<usize> {
+        elements
+            .checked_mul(TABLE_ELEMENT_BYTES)?
+            .checked_add(memory)
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.refused |= desired > self.max_bytes;
-        if desired <= self.max_bytes {
-            self.bytes = desired;
+        // Called for a memory's initial size too (`current` = 0).
+        let memory = self.bytes.saturating_sub(current).checked_add(desired);
+        let allowed = memory
+            .and_then(|m| self.total_with(m, self.table_elements))
+            .is_some_and(|total| total <= self.max_bytes);
+        if allowed {
+            self.bytes = memory.unwrap_or(usize::MAX);
+        } else {
+            self.refused = true;
         }
-        Ok(desired <= self.max_bytes)
+        Ok(allowed)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        let elements = self
+            .table_elements
+            .saturating_sub(current)
+            .checked_add(desired);
+        let allowed = elements
+            .and_then(|e| self.total_with(self.bytes, e))
+            .is_some_and(|total| total <= self.max_bytes);
+        if allowed {
+            self.table_elements = elements.unwrap_or(usize::MAX);
+        } else {
+            self.refused = true;
+        }
+        Ok(allowed)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -161,11 +225,7 @@ impl PluginState {
             .build();
         PluginState {
             stage: stage.to_string(),
-            limiter: MemoryLimiter {
-                max_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
-                refused: false,
-                bytes: 0,
-            },
+            limiter: MemoryLimiter::new(max_memory_bytes),
             wasi,
             table: ResourceTable::new(),
             stderr,
@@ -383,5 +443,34 @@ impl PluginState {
             .or_default()
             .push(batch);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        let mut limiter = MemoryLimiter::new(1 << 20);
+        // Two memories of 400 KiB each fit; a third does not.
+        assert!(limiter.memory_growing(0, 400 << 10, None).unwrap());
+        assert!(limiter.memory_growing(0, 400 << 10, None).unwrap());
+        assert!(!limiter.memory_growing(0, 400 << 10, None).unwrap());
+        assert!(limiter.refused);
+        assert_eq!(limiter.bytes, 800 << 10);
+        // Growing one of them counts only the growth.
+        assert!(limiter.memory_growing(400 << 10, 500 << 10, None).unwrap());
+        // Tables take from the same budget: 1 MiB - 900 KiB = 124 KiB,
+        // 7936 elements of 16 bytes.
+        assert!(limiter.table_growing(0, 6_000, None).unwrap());
+        assert!(!limiter.table_growing(6_000, 8_000, None).unwrap());
+        assert!(limiter.table_growing(6_000, 7_936, None).unwrap());
+        assert!(!limiter.memory_growing(500 << 10, 600 << 10, None).unwrap());
+        // Sizes near usize::MAX cannot wrap around the check.
+        assert!(!limiter.table_growing(0, usize::MAX, None).unwrap());
+        assert!(!limiter.memory_growing(0, usize::MAX, None).unwrap());
+        assert_eq!(limiter.instances(), MAX_INSTANCES);
     }
 }
