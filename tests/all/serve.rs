@@ -869,3 +869,93 @@ fn query_paths_cannot_leave_the_state_directory() {
     assert!(!outside.join("out").exists());
     server.terminate();
 }
+
+/// (start, end) in ms of each batch in a query's progress log.
+fn batch_intervals(query: &Path) -> Vec<(i64, i64)> {
+    std::fs::read_to_string(query.join("progress.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let p: Value = serde_json::from_str(line).unwrap();
+            let start = chrono::DateTime::parse_from_rfc3339(p["timestamp"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis();
+            let took = p["durationMs"]["triggerExecution"].as_i64().unwrap();
+            (start, start + took)
+        })
+        .collect()
+}
+
+/// Whether two batches of different queries ran at the same time (by more
+/// than the logs' millisecond rounding).
+fn overlapping(a: &[(i64, i64)], b: &[(i64, i64)]) -> bool {
+    a.iter()
+        .any(|x| b.iter().any(|y| x.0.max(y.0) + 2 < x.1.min(y.1)))
+}
+
+#[test]
+fn a_tenant_runs_at_most_its_share_of_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let access = access_file(
+        &state,
+        "\n[tenants.narrow]\nmax_cores = 1\n\n[tenants.wide]\nmax_cores = 2\n",
+    );
+    let server = Server::start_with(
+        &state,
+        free_port(),
+        &dir.path().join("serve.log"),
+        &[],
+        &["--access", access.to_str().unwrap()],
+    );
+    // Each tenant: two queries whose plugin computes 300 ms per batch,
+    // four batches each.
+    for tenant in ["narrow", "wide"] {
+        for q in ["a", "b"] {
+            let input = dir.path().join(format!("{tenant}-{q}-in"));
+            std::fs::create_dir(&input).unwrap();
+            for n in 0..4 {
+                write_input(&input, n);
+            }
+            let text = hosted_pipeline_text(&input)
+                .replace("name = \"orders\"", &format!("name = \"{q}\""))
+                .replace("max_files_per_trigger = 2", "max_files_per_trigger = 1")
+                .replace(
+                    "${WEIR_PLUGIN_DIR}/weir_plugin_enrich.wasm",
+                    weir_fixtures::ADVERSARY,
+                )
+                .replace(
+                    "config = { input = \"amount\", output = \"amount_x2\", multiply = 2.0 }",
+                    "config = { mode = \"busy\", millis = 300 }",
+                );
+            let file = dir.path().join(format!("{tenant}-{q}.toml"));
+            std::fs::write(&file, text).unwrap();
+            server.cli_as(tenant, &["submit", file.to_str().unwrap()]);
+        }
+    }
+    let query = |tenant: &str, q: &str| state.join(format!("tenants/{tenant}/{q}"));
+    wait_until("every query's four batches", || {
+        ["narrow", "wide"].iter().all(|t| {
+            ["a", "b"]
+                .iter()
+                .all(|q| batch_intervals(&query(t, q)).len() >= 4)
+        })
+    });
+    let narrow = (
+        batch_intervals(&query("narrow", "a")),
+        batch_intervals(&query("narrow", "b")),
+    );
+    let wide = (
+        batch_intervals(&query("wide", "a")),
+        batch_intervals(&query("wide", "b")),
+    );
+    assert!(
+        !overlapping(&narrow.0, &narrow.1),
+        "one core, yet two batches at once: {narrow:?}"
+    );
+    assert!(
+        overlapping(&wide.0, &wide.1),
+        "two cores, yet never two batches at once (the check would be vacuous): {wide:?}"
+    );
+    server.terminate();
+}

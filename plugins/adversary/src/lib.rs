@@ -9,6 +9,8 @@
 //! - `read_file`: reads `path` and returns its text as a column;
 //! - `connect`: opens a TCP connection to `address`;
 //! - `read_env`: reads environment variable `variable`;
+//! - `busy`: computes for `millis` per batch, then passes it through (a
+//!   tenant's CPU share);
 //! - `chatty`: prints 5,000 lines to stdout and to stderr, then passes the
 //!   batch through (output must neither trap it nor flood the host log);
 //! - `host_flood`: the same through the host's `log` import, with 10 KB
@@ -42,6 +44,9 @@ pub struct AdversaryConfig {
     /// `read_env`: the variable.
     #[serde(default)]
     pub variable: String,
+    /// `busy`: milliseconds of computing per batch.
+    #[serde(default)]
+    pub millis: u64,
 }
 
 /// The adversary transform.
@@ -67,6 +72,14 @@ impl Transform for Adversary {
 
     fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, Error> {
         match self.config.mode.as_str() {
+            "busy" => {
+                // A core's worth of work per batch, then the batch unchanged.
+                let started = std::time::Instant::now();
+                while started.elapsed().as_millis() < u128::from(self.config.millis) {
+                    std::hint::black_box(());
+                }
+                Ok(vec![batch])
+            }
             "chatty" => {
                 for line in 0..5_000 {
                     println!("adversary stdout line {line} of a chatty plugin");

@@ -70,6 +70,7 @@ pub struct Query {
     listener: Option<ProgressListener>,
     stop: Option<watch::Receiver<bool>>,
     swaps: Option<tokio::sync::mpsc::UnboundedReceiver<SwapRequest>>,
+    cores: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Query {
@@ -81,7 +82,16 @@ impl Query {
             listener: None,
             stop: None,
             swaps: None,
+            cores: None,
         }
+    }
+
+    /// Runs each batch holding one permit of `cores`: queries sharing it
+    /// run at most that many batches at once (`weir serve` gives each
+    /// tenant one, its CPU share).
+    pub fn with_cores(mut self, cores: Arc<tokio::sync::Semaphore>) -> Query {
+        self.cores = Some(cores);
+        self
     }
 
     /// A handle to swap this query's transform plugins while it runs.
@@ -121,6 +131,7 @@ impl Query {
             listener,
             stop,
             swaps,
+            cores,
         } = self;
         let engine_for_runner = engine.clone();
         let checkpoint = Checkpoint::open(&pipeline.checkpoint, &pipeline.name).await?;
@@ -281,6 +292,7 @@ impl Query {
             watermark_ms: has_watermark.then_some(watermark_ms),
             listener,
             stop,
+            cores,
             batches_run: 0,
             last_batch_start: None,
             retries,
@@ -443,6 +455,8 @@ struct Runner {
     sink: Box<dyn Sink>,
     listener: Option<ProgressListener>,
     stop: Option<watch::Receiver<bool>>,
+    /// Held through each batch: the tenant's share of the machine's cores.
+    cores: Option<Arc<tokio::sync::Semaphore>>,
     batches_run: u64,
     last_batch_start: Option<Instant>,
     /// Outages the connectors retried since the last batch.
@@ -586,6 +600,14 @@ impl Runner {
     }
 
     async fn run_batch(&mut self, batch_id: u64, plans: Vec<Value>, replay: bool) -> Result<()> {
+        // Waiting for a core is not the batch's time: taken before the clock starts.
+        let _core =
+            match &self.cores {
+                Some(cores) => Some(cores.clone().acquire_owned().await.map_err(|_| {
+                    WeirError::Internal("the tenant's core share was closed".into())
+                })?),
+                None => None,
+            };
         let units = self.plan_units(&plans);
         let inputs: usize = units.iter().sum();
         let started = Instant::now();

@@ -15,6 +15,7 @@
 //!
 //! [tenants.acme]
 //! max_queries = 4
+//! max_cores = 1                   # batches of its queries running at once
 //! max_memory = "4GiB"             # sum of its running plugins' memory limits
 //! max_plugin_memory = "512MiB"    # ceilings on a stage's limits
 //! max_plugin_timeout = "30s"
@@ -70,6 +71,9 @@ pub struct TenantPolicy {
     pub max_plugins: usize,
     /// One uploaded plugin's size at most.
     pub max_plugin_bytes: u64,
+    /// Batches of its queries running at once at most: its share of the
+    /// machine's cores.
+    pub max_cores: usize,
 }
 
 /// Defaults for tenants the access file does not name.
@@ -124,6 +128,7 @@ struct RawToken {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     max_queries: Option<usize>,
+    max_cores: Option<usize>,
     max_memory: Option<String>,
     max_plugin_memory: Option<String>,
     max_plugin_timeout: Option<String>,
@@ -351,6 +356,11 @@ impl Access {
                 .or(self.defaults.max_plugins)
                 .unwrap_or(100),
             max_plugin_bytes: bytes(|p| p.max_plugin_size.clone()).unwrap_or(64 << 20),
+            max_cores: own
+                .and_then(|p| p.max_cores)
+                .or(self.defaults.max_cores)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
         }
     }
 }

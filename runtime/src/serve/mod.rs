@@ -154,6 +154,8 @@ pub struct Host {
     access: Access,
     engine: PluginEngine,
     queries: Mutex<BTreeMap<String, Arc<Running>>>,
+    /// Each tenant's share of the cores: (permits, the semaphore).
+    cores: Mutex<BTreeMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
     metrics: Arc<QueryMetrics>,
     registry: Arc<Registry>,
 }
@@ -182,6 +184,7 @@ impl Host {
             config,
             engine,
             queries: Mutex::new(BTreeMap::new()),
+            cores: Mutex::new(BTreeMap::new()),
             metrics: Arc::new(metrics),
             registry: Arc::new(registry),
         }))
@@ -398,7 +401,9 @@ impl Host {
             });
         }
         let (stop, stop_rx) = watch::channel(false);
-        let mut query = Query::new(pipeline, self.engine.clone()).with_stop_signal(stop_rx);
+        let mut query = Query::new(pipeline, self.engine.clone())
+            .with_stop_signal(stop_rx)
+            .with_cores(self.tenant_cores(tenant, policy.max_cores));
         let control = query.control();
         let running = Arc::new(Running {
             tenant: tenant.to_string(),
@@ -469,6 +474,19 @@ impl Host {
         tracing::info!(query = id, "query started");
         lock(&self.queries).insert(id, running);
         Ok(())
+    }
+
+    /// The semaphore that gives `tenant` `max_cores` batches at once
+    /// (a new one when the operator changed the share).
+    fn tenant_cores(&self, tenant: &str, max_cores: usize) -> Arc<tokio::sync::Semaphore> {
+        let mut cores = lock(&self.cores);
+        let entry = cores
+            .entry(tenant.to_string())
+            .or_insert_with(|| (max_cores, Arc::new(tokio::sync::Semaphore::new(max_cores))));
+        if entry.0 != max_cores {
+            *entry = (max_cores, Arc::new(tokio::sync::Semaphore::new(max_cores)));
+        }
+        entry.1.clone()
     }
 
     /// Stops a query after its current batch; it stays stopped across
