@@ -3,6 +3,7 @@
 
 mod attacks;
 mod bad_input;
+mod checkpoint_inspect;
 mod common;
 mod continuous;
 mod crash;

@@ -909,14 +909,15 @@ fn a_tenant_runs_at_most_its_share_of_cores() {
         &["--access", access.to_str().unwrap()],
     );
     // Each tenant: two queries whose plugin computes 300 ms per batch,
-    // four batches each.
+    // four batches each. The files arrive once all four queries run, so
+    // every query has work at the same time (a slow submit cannot let one
+    // query finish before the other starts).
+    let mut inputs = Vec::new();
     for tenant in ["narrow", "wide"] {
         for q in ["a", "b"] {
             let input = dir.path().join(format!("{tenant}-{q}-in"));
             std::fs::create_dir(&input).unwrap();
-            for n in 0..4 {
-                write_input(&input, n);
-            }
+            inputs.push(input.clone());
             let text = hosted_pipeline_text(&input)
                 .replace("name = \"orders\"", &format!("name = \"{q}\""))
                 .replace("max_files_per_trigger = 2", "max_files_per_trigger = 1")
@@ -931,6 +932,11 @@ fn a_tenant_runs_at_most_its_share_of_cores() {
             let file = dir.path().join(format!("{tenant}-{q}.toml"));
             std::fs::write(&file, text).unwrap();
             server.cli_as(tenant, &["submit", file.to_str().unwrap()]);
+        }
+    }
+    for n in 0..4 {
+        for input in &inputs {
+            write_input(input, n);
         }
     }
     let query = |tenant: &str, q: &str| state.join(format!("tenants/{tenant}/{q}"));

@@ -6,6 +6,8 @@
 //! ├── offsets/N         what batch N reads; written before batch N runs
 //! ├── commits/N         written after batch N's sink commit succeeded
 //! ├── sources/0/N       source-specific log (the file source: files of batch N)
+//! ├── versions/N        the plugin versions batch N ran (digests; `plugins/` holds them)
+//! ├── state/<op>/0/     operator state: `<V>.snapshot` and `<V>.delta` files
 //! ├── .lock             held while a query runs (local checkpoints)
 //! └── .lease            held while a query runs (object storage; see `lease`)
 //! ```
@@ -17,6 +19,7 @@
 //! Every entry is written once with a create-if-absent put, so no entry is
 //! ever half-written or overwritten.
 
+pub mod inspect;
 mod lease;
 mod lock;
 

@@ -140,10 +140,28 @@ enum Command {
         #[command(flatten)]
         remote: admin::Remote,
     },
+    /// Look into a query's checkpoint (read-only; safe beside a running query).
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Tokens of a `weir serve` host.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Batches logged and committed, where a restart resumes, the last
+    /// watermark, state versions, and files and bytes by part.
+    Inspect {
+        /// The checkpoint: a directory or an `s3://bucket/prefix`.
+        location: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -298,6 +316,30 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         }
         Command::Stop { id, remote } => remote.client()?.post(&id, "stop").await,
         Command::Start { id, remote } => remote.client()?.post(&id, "start").await,
+        Command::Checkpoint {
+            command: CheckpointCommand::Inspect { location, json },
+        } => {
+            let cwd = std::env::current_dir().map_err(|source| WeirError::Io {
+                path: ".".into(),
+                source,
+            })?;
+            let location = weir::storage::Location::parse_with(
+                &location,
+                &cwd,
+                Some(&weir::storage::S3Options::default()),
+            )
+            .map_err(WeirError::Internal)?;
+            let inspection = weir::checkpoint::inspect::inspect(&location).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inspection).unwrap_or_default()
+                );
+            } else {
+                println!("{inspection}");
+            }
+            Ok(())
+        }
         Command::Token { command } => match command {
             TokenCommand::New => {
                 let token = weir::serve::access::new_token();

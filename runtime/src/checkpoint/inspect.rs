@@ -1,0 +1,259 @@
+//! `weir checkpoint inspect`: what a checkpoint holds, read without taking
+//! its lock (safe beside a running query): which batches are logged and
+//! committed, where a restart would resume, the last watermark, and the
+//! files and bytes of each part.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use super::{CommitEntry, OffsetEntry, QueryMetadata};
+use crate::error::{Result, WeirError};
+use crate::storage::{Location, get_if_exists};
+
+/// Files and bytes of one part of a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Files.
+    pub files: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// The batch ids of one numbered log (`offsets/`, `commits/`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LogSpan {
+    /// Entries.
+    pub entries: u64,
+    /// Lowest batch id, if any.
+    pub first: Option<u64>,
+    /// Highest batch id, if any.
+    pub last: Option<u64>,
+}
+
+impl LogSpan {
+    fn add(&mut self, id: u64) {
+        self.entries += 1;
+        self.first = Some(self.first.map_or(id, |f| f.min(id)));
+        self.last = Some(self.last.map_or(id, |l| l.max(id)));
+    }
+}
+
+/// A checkpoint's contents.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inspection {
+    /// Where it is.
+    pub location: String,
+    /// The query's identity (`None`: no `metadata` yet).
+    pub metadata: Option<QueryMetadata>,
+    /// `offsets/N` entries.
+    pub offsets: LogSpan,
+    /// `commits/N` entries.
+    pub commits: LogSpan,
+    /// A batch logged but not committed: a restart replays it.
+    pub in_flight: Option<u64>,
+    /// The id a restart gives its next new batch.
+    pub next_batch: Option<u64>,
+    /// Why a restart would fail, if it would.
+    pub problem: Option<String>,
+    /// When the last committed batch was planned (ms since the epoch).
+    pub last_batch_timestamp_ms: Option<i64>,
+    /// The watermark the next batch uses (ms), if the query has one.
+    pub watermark_ms: Option<i64>,
+    /// Each operator's state versions: snapshots and deltas on disk.
+    pub state: BTreeMap<String, StateVersions>,
+    /// Files and bytes by top-level part (`offsets`, `sources`, `state`, ...).
+    pub usage: BTreeMap<String, Usage>,
+    /// Everything together.
+    pub total: Usage,
+}
+
+/// The versions of one operator's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StateVersions {
+    /// Versions with a full snapshot.
+    pub snapshots: Vec<u64>,
+    /// Versions with a delta.
+    pub deltas: Vec<u64>,
+}
+
+/// Reads what the checkpoint at `location` holds.
+pub async fn inspect(location: &Location) -> Result<Inspection> {
+    if let Some(dir) = location.local_dir()
+        && !dir.is_dir()
+    {
+        return Err(WeirError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint here"),
+        });
+    }
+    let store = location.open()?;
+    let describe = |name: &str| format!("{location}/{name}");
+    let objects: Vec<_> = store
+        .list(None)
+        .try_collect()
+        .await
+        .map_err(|e| WeirError::storage(location.to_string(), e))?;
+    let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
+    let mut total = Usage::default();
+    let (mut offsets, mut commits) = (LogSpan::default(), LogSpan::default());
+    let mut state: BTreeMap<String, StateVersions> = BTreeMap::new();
+    for object in &objects {
+        let parts: Vec<String> = object
+            .location
+            .parts()
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        let top = parts.first().cloned().unwrap_or_default();
+        let part = usage.entry(top.clone()).or_default();
+        part.files += 1;
+        part.bytes += object.size;
+        total.files += 1;
+        total.bytes += object.size;
+        let id = parts.last().and_then(|name| name.parse::<u64>().ok());
+        match (top.as_str(), parts.len(), id) {
+            ("offsets", 2, Some(id)) => offsets.add(id),
+            ("commits", 2, Some(id)) => commits.add(id),
+            ("state", n, _) if n >= 3 => {
+                let operator = parts[1..n - 1].join("/");
+                let file = &parts[n - 1];
+                let versions = state.entry(operator).or_default();
+                if let Some(v) = file.strip_suffix(".snapshot").and_then(|v| v.parse().ok()) {
+                    versions.snapshots.push(v);
+                } else if let Some(v) = file.strip_suffix(".delta").and_then(|v| v.parse().ok()) {
+                    versions.deltas.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    for versions in state.values_mut() {
+        versions.snapshots.sort_unstable();
+        versions.deltas.sort_unstable();
+    }
+    let read = |name: String| {
+        let store = store.clone();
+        async move {
+            let path = object_store::path::Path::from(name.as_str());
+            let bytes = get_if_exists(store.as_ref(), &path)
+                .await
+                .map_err(|e| WeirError::storage(describe(&name), e))?;
+            Ok::<_, WeirError>((name, bytes))
+        }
+    };
+    let parse =
+        |(name, bytes): (String, Option<bytes::Bytes>)| -> Result<Option<serde_json::Value>> {
+            bytes
+                .map(|b| {
+                    serde_json::from_slice(&b).map_err(|e| WeirError::CheckpointCorrupt {
+                        path: describe(&name),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        };
+    let metadata = parse(read("metadata".into()).await?)?
+        .map(serde_json::from_value::<QueryMetadata>)
+        .transpose()
+        .map_err(|e| WeirError::CheckpointCorrupt {
+            path: describe("metadata"),
+            reason: e.to_string(),
+        })?;
+    let last_commit: Option<CommitEntry> = match commits.last {
+        Some(last) => parse(read(format!("commits/{last}")).await?)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| WeirError::CheckpointCorrupt {
+                path: describe(&format!("commits/{last}")),
+                reason: e.to_string(),
+            })?,
+        None => None,
+    };
+    let last_offsets: Option<OffsetEntry> = match commits.last {
+        Some(last) => parse(read(format!("offsets/{last}")).await?)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| WeirError::CheckpointCorrupt {
+                path: describe(&format!("offsets/{last}")),
+                reason: e.to_string(),
+            })?,
+        None => None,
+    };
+    // As `Checkpoint::recover` decides.
+    let (in_flight, next_batch, problem) = match (offsets.last, commits.last) {
+        (None, None) => (None, Some(0), None),
+        (Some(o), Some(c)) if o == c => (None, Some(o + 1), None),
+        (Some(0), None) => (Some(0), Some(1), None),
+        (Some(o), Some(c)) if o == c + 1 => (Some(o), Some(o + 1), None),
+        (o, c) => (
+            None,
+            None,
+            Some(format!(
+                "the logs do not line up: last offsets entry {o:?}, last commit {c:?}"
+            )),
+        ),
+    };
+    Ok(Inspection {
+        location: location.to_string(),
+        metadata,
+        offsets,
+        commits,
+        in_flight,
+        next_batch,
+        problem,
+        last_batch_timestamp_ms: last_offsets.map(|o| o.batch_timestamp_ms),
+        watermark_ms: last_commit.and_then(|c| c.next_watermark_ms),
+        state,
+        usage,
+        total,
+    })
+}
+
+impl std::fmt::Display for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "checkpoint {}", self.location)?;
+        match &self.metadata {
+            Some(m) => writeln!(
+                f,
+                "query {} (id {}, format {})",
+                m.name, m.id, m.format_version
+            )?,
+            None => writeln!(f, "no metadata: no query has started here")?,
+        }
+        let span = |s: &LogSpan| match (s.first, s.last) {
+            (Some(a), Some(b)) => format!("{} entries, batches {a}..={b}", s.entries),
+            _ => "none".to_string(),
+        };
+        writeln!(f, "offsets: {}", span(&self.offsets))?;
+        writeln!(f, "commits: {}", span(&self.commits))?;
+        match (&self.problem, self.next_batch, self.in_flight) {
+            (Some(why), _, _) => writeln!(f, "a restart fails: {why}")?,
+            (None, Some(next), Some(replay)) => writeln!(
+                f,
+                "a restart replays batch {replay} (in flight), then runs batch {next}"
+            )?,
+            (None, next, None) => writeln!(f, "a restart runs batch {} next", next.unwrap_or(0))?,
+            (None, None, Some(_)) => {}
+        }
+        if let Some(w) = self.watermark_ms {
+            writeln!(f, "watermark: {w} ms")?;
+        }
+        for (operator, versions) in &self.state {
+            writeln!(
+                f,
+                "state {operator}: snapshots {:?}, deltas {:?}",
+                versions.snapshots, versions.deltas
+            )?;
+        }
+        for (part, usage) in &self.usage {
+            writeln!(f, "{part}: {} files, {} bytes", usage.files, usage.bytes)?;
+        }
+        write!(
+            f,
+            "total: {} files, {} bytes",
+            self.total.files, self.total.bytes
+        )
+    }
+}
