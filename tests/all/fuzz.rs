@@ -22,11 +22,10 @@ fn fuzz(name: &str, target: fn(&[u8]), dictionary: &[&[u8]], seed: u64) {
         .join(name);
     let corpus = weir_fuzz::read_corpus(&corpus_dir).unwrap();
     assert!(corpus.len() >= 5, "the {name} corpus is missing");
-    // Panics are the finding, not noise: keep the hook quiet meanwhile.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    // The panic hook stays as it is: it is the whole process's, and the
+    // tests running beside this one need their panic messages. The run
+    // stops at its first panic, so that is one message at most.
     let result = weir_fuzz::run(target, &corpus, dictionary, budget(), seed);
-    std::panic::set_hook(hook);
     match result {
         Ok(stats) => eprintln!(
             "fuzz {name}: {} inputs in {:?}, no crash",
