@@ -79,6 +79,28 @@ pub struct StateVersions {
     pub deltas: Vec<u64>,
 }
 
+/// Entry `name` of the checkpoint, if it exists; a corrupt one is named.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    location: &Location,
+    name: &str,
+) -> Result<Option<T>> {
+    let path = object_store::path::Path::from(name);
+    let describe = || format!("{location}/{name}");
+    let Some(bytes) = get_if_exists(store.as_ref(), &path)
+        .await
+        .map_err(|e| WeirError::storage(describe(), e))?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| WeirError::CheckpointCorrupt {
+            path: describe(),
+            reason: e.to_string(),
+        })
+}
+
 /// Reads what the checkpoint at `location` holds.
 pub async fn inspect(location: &Location) -> Result<Inspection> {
     if let Some(dir) = location.local_dir()
@@ -90,7 +112,6 @@ pub async fn inspect(location: &Location) -> Result<Inspection> {
         });
     }
     let store = location.open()?;
-    let describe = |name: &str| format!("{location}/{name}");
     let objects: Vec<_> = store
         .list(None)
         .try_collect()
@@ -133,53 +154,14 @@ pub async fn inspect(location: &Location) -> Result<Inspection> {
         versions.snapshots.sort_unstable();
         versions.deltas.sort_unstable();
     }
-    let read = |name: String| {
-        let store = store.clone();
-        async move {
-            let path = object_store::path::Path::from(name.as_str());
-            let bytes = get_if_exists(store.as_ref(), &path)
-                .await
-                .map_err(|e| WeirError::storage(describe(&name), e))?;
-            Ok::<_, WeirError>((name, bytes))
-        }
-    };
-    let parse =
-        |(name, bytes): (String, Option<bytes::Bytes>)| -> Result<Option<serde_json::Value>> {
-            bytes
-                .map(|b| {
-                    serde_json::from_slice(&b).map_err(|e| WeirError::CheckpointCorrupt {
-                        path: describe(&name),
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
-        };
-    let metadata = parse(read("metadata".into()).await?)?
-        .map(serde_json::from_value::<QueryMetadata>)
-        .transpose()
-        .map_err(|e| WeirError::CheckpointCorrupt {
-            path: describe("metadata"),
-            reason: e.to_string(),
-        })?;
-    let last_commit: Option<CommitEntry> = match commits.last {
-        Some(last) => parse(read(format!("commits/{last}")).await?)?
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| WeirError::CheckpointCorrupt {
-                path: describe(&format!("commits/{last}")),
-                reason: e.to_string(),
-            })?,
-        None => None,
-    };
-    let last_offsets: Option<OffsetEntry> = match commits.last {
-        Some(last) => parse(read(format!("offsets/{last}")).await?)?
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| WeirError::CheckpointCorrupt {
-                path: describe(&format!("offsets/{last}")),
-                reason: e.to_string(),
-            })?,
-        None => None,
+    let metadata: Option<QueryMetadata> = read_json(&store, location, "metadata").await?;
+    let (last_commit, last_offsets): (Option<CommitEntry>, Option<OffsetEntry>) = match commits.last
+    {
+        Some(last) => (
+            read_json(&store, location, &format!("commits/{last}")).await?,
+            read_json(&store, location, &format!("offsets/{last}")).await?,
+        ),
+        None => (None, None),
     };
     // As `Checkpoint::recover` decides.
     let (in_flight, next_batch, problem) = match (offsets.last, commits.last) {

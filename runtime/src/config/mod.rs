@@ -1447,27 +1447,42 @@ impl Resolver<'_> {
             }
             return Ok(raw.get_ref().clone());
         }
-        let mut out = String::new();
-        let mut rest = raw.get_ref().as_str();
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| self.err(raw, "unclosed `${` in path"))?;
-            let var = &after[..end];
-            let value = std::env::var(var).map_err(|_| {
-                self.err(raw, format!("environment variable {var} is not set"))
-                    .hint(format!(
-                        "export {var}=... before running, or write the path out"
-                    ))
-            })?;
-            out.push_str(&value);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        Ok(out)
+        expand_env(raw.get_ref()).map_err(|e| match e {
+            EnvError::Unclosed => self.err(raw, "unclosed `${` in path"),
+            EnvError::Unset(var) => self
+                .err(raw, format!("environment variable {var} is not set"))
+                .hint(format!(
+                    "export {var}=... before running, or write the path out"
+                )),
+        })
     }
+}
+
+/// Why `${VAR}` could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvError {
+    /// A `${` without its `}`.
+    Unclosed,
+    /// This variable is not set.
+    Unset(String),
+}
+
+/// Expands every `${VAR}` in `raw` from this process's environment (the
+/// CLI expands a pipeline's local plugin paths with it; `weir run` its paths).
+pub fn expand_env(raw: &str) -> Result<String, EnvError> {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or(EnvError::Unclosed)?;
+        let var = &after[..end];
+        let value = std::env::var(var).map_err(|_| EnvError::Unset(var.to_string()))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1511,6 +1526,21 @@ kind = "console"
         let e = parse(&text).unwrap_err();
         assert_eq!((e.line, e.column), (Some(12), Some(19)), "{e}");
         assert!(e.hint.unwrap().contains("30s"));
+    }
+
+    #[test]
+    fn unset_and_unclosed_variables_are_named() {
+        let err =
+            parse(&MINIMAL.replace("path = \"in\"", "path = \"${WEIR_SURELY_UNSET_VAR}/in\""))
+                .unwrap_err();
+        assert!(
+            err.message
+                .contains("environment variable WEIR_SURELY_UNSET_VAR is not set"),
+            "{err}"
+        );
+        assert_eq!(err.line, Some(6));
+        assert_eq!(expand_env("a/${b"), Err(EnvError::Unclosed));
+        assert_eq!(expand_env("plain/path"), Ok("plain/path".to_string()));
     }
 
     #[test]

@@ -274,23 +274,12 @@ fn walk_value(value: &toml::de::DeValue<'_>, found: &mut Vec<(std::ops::Range<us
 
 /// `${VAR}` from the client's environment (the host expands nothing).
 fn expand_client_env(raw: &str) -> Result<String, WeirError> {
-    let mut out = String::new();
-    let mut rest = raw;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| WeirError::Internal(format!("unclosed `${{` in plugin {raw:?}")))?;
-        let var = &after[..end];
-        let value = std::env::var(var).map_err(|_| {
-            WeirError::Internal(format!(
-                "plugin {raw:?}: environment variable {var} is not set"
-            ))
-        })?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    weir::config::expand_env(raw).map_err(|e| {
+        WeirError::Internal(match e {
+            weir::config::EnvError::Unclosed => format!("unclosed `${{` in plugin {raw:?}"),
+            weir::config::EnvError::Unset(var) => {
+                format!("plugin {raw:?}: environment variable {var} is not set")
+            }
+        })
+    })
 }
