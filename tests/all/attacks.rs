@@ -100,22 +100,13 @@ path = "out"
     )
 }
 
-/// The JSON sink's committed rows at `out`, by id.
+/// The ids of the JSON sink's committed rows at `out`.
 pub(crate) fn committed_ids(out: &Path) -> Vec<i64> {
-    let mut ids = Vec::new();
-    for batch in crate::common::numbered_entries(&out.join("_weir_log")) {
-        let entry: Value =
-            serde_json::from_slice(&std::fs::read(out.join(format!("_weir_log/{batch}"))).unwrap())
-                .unwrap();
-        for file in entry["files"].as_array().unwrap() {
-            let text = std::fs::read_to_string(out.join(file.as_str().unwrap())).unwrap();
-            for line in text.lines() {
-                let row: Value = serde_json::from_str(line).unwrap();
-                ids.push(row["id"].as_i64().unwrap());
-            }
-        }
-    }
-    ids
+    crate::serve::rows_by_batch(out)
+        .into_iter()
+        .flat_map(|(_, rows)| rows)
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect()
 }
 
 /// Every file under `dir`, relative, sorted.

@@ -227,7 +227,7 @@ pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Rows of each committed batch of the JSON sink at `out`.
-fn rows_by_batch(out: &Path) -> Vec<(u64, Vec<Value>)> {
+pub(crate) fn rows_by_batch(out: &Path) -> Vec<(u64, Vec<Value>)> {
     numbered_entries(&out.join("_weir_log"))
         .into_iter()
         .map(|batch| {

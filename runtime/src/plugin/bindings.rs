@@ -108,10 +108,15 @@ impl MemoryLimiter {
         }
     }
 
-    fn total_with(&self, memory: usize, elements: usize) -> Option<usize> {
-        elements
-            .checked_mul(TABLE_ELEMENT_BYTES)?
-            .checked_add(memory)
+    /// Whether `memory` bytes and `elements` table elements (`None`: past
+    /// `usize`) fit the budget together; a refusal is remembered.
+    fn fits(&mut self, memory: Option<usize>, elements: Option<usize>) -> bool {
+        let total = memory
+            .zip(elements)
+            .and_then(|(m, e)| e.checked_mul(TABLE_ELEMENT_BYTES)?.checked_add(m));
+        let fits = total.is_some_and(|t| t <= self.max_bytes);
+        self.refused |= !fits;
+        fits
     }
 }
 
@@ -124,15 +129,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         // Called for a memory's initial size too (`current` = 0).
         let memory = self.bytes.saturating_sub(current).checked_add(desired);
-        let allowed = memory
-            .and_then(|m| self.total_with(m, self.table_elements))
-            .is_some_and(|total| total <= self.max_bytes);
-        if allowed {
-            self.bytes = memory.unwrap_or(usize::MAX);
-        } else {
-            self.refused = true;
+        let fits = self.fits(memory, Some(self.table_elements));
+        if let (true, Some(memory)) = (fits, memory) {
+            self.bytes = memory;
         }
-        Ok(allowed)
+        Ok(fits)
     }
 
     fn table_growing(
@@ -145,15 +146,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             .table_elements
             .saturating_sub(current)
             .checked_add(desired);
-        let allowed = elements
-            .and_then(|e| self.total_with(self.bytes, e))
-            .is_some_and(|total| total <= self.max_bytes);
-        if allowed {
-            self.table_elements = elements.unwrap_or(usize::MAX);
-        } else {
-            self.refused = true;
+        let fits = self.fits(Some(self.bytes), elements);
+        if let (true, Some(elements)) = (fits, elements) {
+            self.table_elements = elements;
         }
-        Ok(allowed)
+        Ok(fits)
     }
 
     fn instances(&self) -> usize {

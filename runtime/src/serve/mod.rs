@@ -27,7 +27,7 @@ use crate::metrics::QueryMetrics;
 use crate::plugin::PluginEngine;
 use crate::query::{Query, QueryControl, QueryOutcome, SwapAccepted};
 use crate::storage::write_file_durably;
-use access::{Access, PolicyDefaults};
+use access::{Access, PolicyDefaults, TenantPolicy};
 
 /// How many progress events each query keeps for the API.
 const RECENT_PROGRESS: usize = 100;
@@ -197,11 +197,10 @@ impl Host {
 
     /// What `tenant`'s pipelines may reach: its query directories, its
     /// uploaded plugins, its granted connections, its ceilings.
-    fn confinement(&self, tenant: &str) -> Result<Confinement, HostError> {
-        let policy = self.access.policy(tenant);
+    fn confinement(&self, tenant: &str, policy: &TenantPolicy) -> Result<Confinement, HostError> {
         Ok(Confinement {
             plugins: self.plugins_dir(tenant)?,
-            connections: policy.connections,
+            connections: policy.connections.clone(),
             ceilings: policy.ceilings,
         })
     }
@@ -338,7 +337,7 @@ impl Host {
         };
         // Checked as if where it will live (relative paths resolve there)
         // before anything is stored.
-        let confinement = self.confinement(tenant)?;
+        let confinement = self.confinement(tenant, &self.access.policy(tenant))?;
         if let Err(e) = Pipeline::parse_confined(text, "pipeline.toml", &dir, &confinement) {
             return Err(HostError::Invalid(e.to_string()));
         }
@@ -371,11 +370,11 @@ impl Host {
         })?;
         // Checked again with today's grants: a revoked connection or a
         // lowered ceiling holds on restart too.
-        let confinement = self.confinement(tenant)?;
+        let policy = self.access.policy(tenant);
+        let confinement = self.confinement(tenant, &policy)?;
         let pipeline = Pipeline::parse_confined(&text, "pipeline.toml", &dir, &confinement)
             .map_err(|e| HostError::Invalid(e.to_string()))?;
         let memory_reserved = plugin_memory(&pipeline);
-        let policy = self.access.policy(tenant);
         let (running_for_tenant, memory_for_tenant) = lock(&self.queries)
             .values()
             .filter(|r| r.tenant == tenant && r.is_running())
