@@ -82,7 +82,8 @@ async fn main() {
     let location = |name: &str| Location::Local(dir.path().join(name));
 
     let mut results = Vec::new();
-    let mut parquet = FileSink::open(&location("parquet"), SinkKind::Parquet).unwrap();
+    let mut parquet =
+        FileSink::open(&location("parquet"), SinkKind::Parquet, Default::default()).unwrap();
     results.push(time_commits!("parquet files", parquet, &inputs));
     let mut delta = DeltaSink::new(
         location("delta"),

@@ -207,6 +207,8 @@ pub struct Spec {
     pub source_extra: String,
     pub transforms: Vec<String>,
     pub sink: &'static str,
+    /// Top-level tables after `[sink]` (`[retention]`, ...).
+    pub tables: String,
 }
 
 impl Default for Spec {
@@ -218,6 +220,7 @@ impl Default for Spec {
             source_extra: String::new(),
             transforms: vec![enrich_stage()],
             sink: "json",
+            tables: String::new(),
         }
     }
 }
@@ -313,12 +316,14 @@ schema = [
 [sink]
 kind = "{sink}"
 {sink_path}
+{tables}
 "#,
             trigger = s.trigger,
             format = s.format,
             extra = s.source_extra,
             transforms = s.transforms.join("\n"),
             sink = s.sink,
+            tables = s.tables,
         );
         fs::write(self.pipeline_path(), text).unwrap();
     }
@@ -388,28 +393,63 @@ pub fn numbered_entries(dir: &Path) -> Vec<u64> {
     ids
 }
 
+/// The files a file sink committed, read from its log as an outside
+/// reader does (the newest `N.compact` entry, then the batch entries after
+/// it), and the next batch id.
+pub fn committed_sink_files(out: &Path) -> (Vec<String>, u64) {
+    let log = out.join("_weir_log");
+    let compact = fs::read_dir(&log)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_suffix(".compact")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+        })
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    let read = |name: String| -> Value {
+        serde_json::from_slice(&fs::read(log.join(name)).unwrap()).unwrap()
+    };
+    let names = |entry: &Value| -> Vec<String> {
+        entry["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect()
+    };
+    if let Some(c) = compact {
+        files.extend(names(&read(format!("{c}.compact"))));
+    }
+    let batches: Vec<u64> = numbered_entries(&log)
+        .into_iter()
+        .filter(|b| compact.is_none_or(|c| *b > c))
+        .collect();
+    for &batch in &batches {
+        files.extend(names(&read(batch.to_string())));
+    }
+    let last = batches.last().copied().or(compact);
+    (files, last.map_or(0, |l| l + 1))
+}
+
 /// The rows a JSON file sink committed: the files `_weir_log` lists, in
 /// batch order. Also checks the directory holds no data file outside the
 /// log but the next batch's, in flight (written, its log entry not yet).
 pub fn committed_json_rows(out: &Path) -> Vec<Value> {
-    let mut listed = Vec::new();
+    let (mut listed, next_batch) = committed_sink_files(out);
     let mut rows = Vec::new();
-    let logged = numbered_entries(&out.join("_weir_log"));
-    let next_batch = logged.last().map_or(0, |last| last + 1);
-    for &batch in &logged {
-        let entry: Value = serde_json::from_slice(
-            &fs::read(out.join("_weir_log").join(batch.to_string())).unwrap(),
-        )
-        .unwrap();
-        for file in entry["files"].as_array().unwrap() {
-            let name = file.as_str().unwrap().to_string();
-            let text = fs::read_to_string(out.join(&name)).unwrap();
-            rows.extend(
-                text.lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-            );
-            listed.push(name);
-        }
+    for name in &listed {
+        let text = fs::read_to_string(out.join(name)).unwrap();
+        rows.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
     }
     let mut present: Vec<String> = fs::read_dir(out)
         .map(|entries| {

@@ -459,26 +459,37 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
     };
     let expected = run_stream(None);
     assert!(expected.values().map(Vec::len).sum::<usize>() > 100);
-    // Retention: once snapshot 40 exists, nothing before snapshot 30 is kept.
-    let dir = example("windowed-clicks");
-    long_stream(dir.path(), 40);
-    edit(
-        &dir.path().join("pipeline.toml"),
-        "{ name = \"event_time\", type = \"timestamp\" }",
-        "{ name = \"event_time\", type = \"Timestamp(Microsecond, None)\" }",
-    );
-    assert_ok(&run(dir.path()));
-    let mut kept: Vec<String> = std::fs::read_dir(dir.path().join(".weir/checkpoint/state/0/0"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    kept.sort_by_key(|n| n.split('.').next().unwrap().parse::<u64>().unwrap());
-    let oldest = kept.first().unwrap().split('.').next().unwrap().to_string();
-    assert_eq!(oldest, "30", "{kept:?}");
-    assert!(
-        kept.contains(&"30.snapshot".to_string()) && kept.contains(&"40.snapshot".to_string()),
-        "{kept:?}"
-    );
+    // Retention: once snapshot 40 exists, state files restore the last
+    // `min_batches_to_retain` versions: from snapshot 30 when 10 are
+    // retained, from snapshot 10 when 25 are.
+    for (retained, oldest) in [(10, "30"), (25, "10")] {
+        let dir = example("windowed-clicks");
+        long_stream(dir.path(), 40);
+        edit(
+            &dir.path().join("pipeline.toml"),
+            "{ name = \"event_time\", type = \"timestamp\" }",
+            "{ name = \"event_time\", type = \"Timestamp(Microsecond, None)\" }",
+        );
+        let mut text = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
+        text.push_str(&format!(
+            "\n[retention]\nmin_batches_to_retain = {retained}\ncompact_interval = 5\n"
+        ));
+        std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+        assert_ok(&run(dir.path()));
+        let mut kept: Vec<String> =
+            std::fs::read_dir(dir.path().join(".weir/checkpoint/state/0/0"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+        kept.sort_by_key(|n| n.split('.').next().unwrap().parse::<u64>().unwrap());
+        let first = kept.first().unwrap().split('.').next().unwrap().to_string();
+        assert_eq!(first, oldest, "{retained} retained: {kept:?}");
+        assert!(
+            kept.contains(&format!("{oldest}.snapshot"))
+                && kept.contains(&"40.snapshot".to_string()),
+            "{kept:?}"
+        );
+    }
     assert_eq!(run_stream(Some("sink-after-data@25")), expected);
     assert_eq!(run_stream(Some("after-commit@30")), expected);
 }

@@ -6,6 +6,7 @@
 //! ├── offsets/N         what batch N reads; written before batch N runs
 //! ├── commits/N         written after batch N's sink commit succeeded
 //! ├── sources/0/N       source-specific log (the file source: files of batch N)
+//! ├── sources/0/N.compact  the source's position after batch N (see `retention`)
 //! ├── versions/N        the plugin versions batch N ran (digests; `plugins/` holds them)
 //! ├── state/<op>/0/     operator state: `<V>.snapshot` and `<V>.delta` files
 //! ├── .lock             held while a query runs (local checkpoints)
@@ -17,11 +18,14 @@
 //! `offsets/N` without `commits/N` means batch N was in flight and is
 //! replayed with exactly the same input; nothing logged starts at batch 0.
 //! Every entry is written once with a create-if-absent put, so no entry is
-//! ever half-written or overwritten.
+//! ever half-written or overwritten. Entries older than the last
+//! `min_batches_to_retain` batches are deleted once a compact entry covers
+//! them (`retention`).
 
 pub mod inspect;
 mod lease;
 mod lock;
+mod retention;
 
 use std::sync::Arc;
 
@@ -37,6 +41,7 @@ use crate::storage::{Location, get_if_exists};
 
 pub use lease::Lease;
 pub use lock::CheckpointLock;
+pub use retention::Purged;
 
 /// Version of the checkpoint layout written by this build.
 pub const FORMAT_VERSION: u32 = 1;

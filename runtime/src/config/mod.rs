@@ -98,8 +98,54 @@ pub struct Pipeline {
     pub static_join: Option<StaticJoinConfig>,
     /// Where operator state is kept while running.
     pub state_store: BackendKind,
+    /// How much checkpoint history is kept, and how often logs are compacted.
+    pub retention: Retention,
     /// The output.
     pub sink: SinkConfig,
+}
+
+/// `[retention]`: how long a query's logs stay bounded (Spark's
+/// `minBatchesToRetain` and the metadata logs' `compactInterval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The checkpoint keeps the last this many batches' entries and the
+    /// state files that restore any of them; older ones are deleted.
+    pub min_batches_to_retain: u64,
+    /// Every this many batches the file source's seen-files log and the
+    /// file sinks' logs are summarised in an `N.compact` entry (and old
+    /// entries deleted).
+    pub compact_interval: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            min_batches_to_retain: 100,
+            compact_interval: 10,
+        }
+    }
+}
+
+impl Retention {
+    /// Whether batch `batch` ends a compaction interval.
+    pub fn compacts_at(&self, batch: u64) -> bool {
+        (batch + 1).is_multiple_of(self.compact_interval)
+    }
+}
+
+/// Spark's default `maxFileAge`.
+pub const DEFAULT_MAX_FILE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What the file source does with a file once the batch that read it is
+/// committed (Spark's `cleanSource`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CleanSource {
+    /// Leave it.
+    Off,
+    /// Delete it.
+    Delete,
+    /// Move it below this directory, keeping its path inside the source.
+    Archive(Location),
 }
 
 /// When micro-batches run.
@@ -197,6 +243,12 @@ pub struct FileSourceConfig {
     pub csv_header: bool,
     /// CSV: field delimiter.
     pub csv_delimiter: u8,
+    /// Files older than this (by modification time, relative to the newest
+    /// file seen) are ignored and forgotten (Spark's `maxFileAge`, 7 days
+    /// by default).
+    pub max_file_age: Option<Duration>,
+    /// What happens to a file once its batch is committed.
+    pub clean_source: CleanSource,
 }
 
 /// Sandbox limits of one plugin stage.
@@ -267,6 +319,13 @@ pub enum SinkKind {
     Delta,
 }
 
+impl SinkKind {
+    /// Whether the sink writes files with a `_weir_log` (Parquet, JSON).
+    pub fn is_file(self) -> bool {
+        matches!(self, SinkKind::Parquet | SinkKind::Json)
+    }
+}
+
 /// The output.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
@@ -307,7 +366,23 @@ struct RawPipeline {
     static_join: Option<Spanned<RawStaticJoin>>,
     s3: Option<Spanned<RawS3>>,
     state_store: Option<BackendKind>,
+    retention: Option<Spanned<RawRetention>>,
     sink: Spanned<RawSink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    min_batches_to_retain: Option<Spanned<i64>>,
+    compact_interval: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum RawCleanSource {
+    Off,
+    Delete,
+    Archive,
 }
 
 /// `[s3]`: settings for every `s3://` location of the pipeline.
@@ -363,6 +438,9 @@ struct RawSource {
     dead_letter_path: Option<Spanned<String>>,
     header: Option<bool>,
     delimiter: Option<Spanned<String>>,
+    max_file_age: Option<Spanned<String>>,
+    clean_source: Option<Spanned<RawCleanSource>>,
+    source_archive_dir: Option<Spanned<String>>,
 }
 
 /// `"earliest"`, `"latest"`, or `{ topic = { "partition" = offset } }`.
@@ -667,8 +745,38 @@ impl Resolver<'_> {
                 .map(|j| self.static_join(j))
                 .transpose()?,
             state_store: raw.state_store.unwrap_or_default(),
+            retention: self.retention(raw.retention.as_ref())?,
             sink,
         })
+    }
+
+    fn retention(&self, raw: Option<&Spanned<RawRetention>>) -> Result<Retention, ConfigError> {
+        let mut retention = Retention::default();
+        let Some(raw) = raw else {
+            return Ok(retention);
+        };
+        let raw = raw.get_ref();
+        let positive = |v: &Spanned<i64>, key: &str| {
+            u64::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| self.err(v, format!("{key} must be at least 1")))
+        };
+        if let Some(v) = &raw.min_batches_to_retain {
+            retention.min_batches_to_retain = positive(v, "min_batches_to_retain")?;
+        }
+        if let Some(v) = &raw.compact_interval {
+            retention.compact_interval = positive(v, "compact_interval")?;
+            if retention.compact_interval > retention.min_batches_to_retain {
+                return Err(self
+                    .err(v, "compact_interval cannot exceed min_batches_to_retain")
+                    .hint(
+                        "a compaction must cover every batch retention deletes; \
+                         lower compact_interval or raise min_batches_to_retain",
+                    ));
+            }
+        }
+        Ok(retention)
     }
 
     fn static_join(
@@ -823,6 +931,12 @@ impl Resolver<'_> {
                 s.max_bytes_per_trigger.as_ref().map(|v| v.span()),
             ),
             ("delimiter", s.delimiter.as_ref().map(|v| v.span())),
+            ("max_file_age", s.max_file_age.as_ref().map(|v| v.span())),
+            ("clean_source", s.clean_source.as_ref().map(|v| v.span())),
+            (
+                "source_archive_dir",
+                s.source_archive_dir.as_ref().map(|v| v.span()),
+            ),
         ];
         if let Some((key, Some(span))) = file_only.iter().find(|(_, sp)| sp.is_some()) {
             return Err(self.err_at(
@@ -1015,8 +1129,14 @@ impl Resolver<'_> {
             .as_ref()
             .map(|p| self.location(p))
             .transpose()?;
+        let location = self.location(path)?;
+        let max_file_age = match &s.max_file_age {
+            Some(d) => Some(self.duration(d)?),
+            None => Some(DEFAULT_MAX_FILE_AGE),
+        };
+        let clean_source = self.clean_source(spanned, &location)?;
         Ok(FileSourceConfig {
-            path: self.location(path)?,
+            path: location,
             format: *format.get_ref(),
             schema: Arc::new(Schema::new(fields)),
             order: s.order,
@@ -1026,7 +1146,58 @@ impl Resolver<'_> {
             dead_letter,
             csv_header: s.header.unwrap_or(true),
             csv_delimiter,
+            max_file_age,
+            clean_source,
         })
+    }
+
+    /// `clean_source` and `source_archive_dir`: the archive must be outside
+    /// the source directory, or archived files would be read again.
+    fn clean_source(
+        &self,
+        spanned: &Spanned<RawSource>,
+        source: &Location,
+    ) -> Result<CleanSource, ConfigError> {
+        let s = spanned.get_ref();
+        let kind = s.clean_source.as_ref().map(|k| *k.get_ref());
+        match (kind, &s.source_archive_dir) {
+            (None | Some(RawCleanSource::Off), None) => Ok(CleanSource::Off),
+            (Some(RawCleanSource::Delete), None) => Ok(CleanSource::Delete),
+            (Some(RawCleanSource::Archive), Some(dir)) => {
+                let archive = self.location(dir)?;
+                let inside = match (source, &archive) {
+                    (Location::Local(src), Location::Local(arc)) => {
+                        arc.starts_with(src) || src.starts_with(arc)
+                    }
+                    (Location::S3(src), Location::S3(arc)) => {
+                        let below = |a: &str, b: &str| {
+                            b.is_empty() || a == b || a.starts_with(&format!("{b}/"))
+                        };
+                        src.bucket == arc.bucket
+                            && (below(&arc.prefix, &src.prefix) || below(&src.prefix, &arc.prefix))
+                    }
+                    _ => false,
+                };
+                if inside {
+                    return Err(self
+                        .err(dir, "source_archive_dir overlaps the source directory")
+                        .hint(
+                            "archived files would be read again: choose a directory outside it",
+                        ));
+                }
+                Ok(CleanSource::Archive(archive))
+            }
+            (Some(RawCleanSource::Archive), None) => Err(self
+                .err(
+                    spanned,
+                    "clean_source = \"archive\" needs `source_archive_dir`",
+                )
+                .hint("source_archive_dir = \"archive/orders\"")),
+            (_, Some(dir)) => Err(self.err(
+                dir,
+                "`source_archive_dir` applies with clean_source = \"archive\" only",
+            )),
+        }
     }
 
     fn duration(&self, raw: &Spanned<String>) -> Result<Duration, ConfigError> {
@@ -1510,6 +1681,66 @@ kind = "console"
         let p = parse(MINIMAL).unwrap();
         assert_eq!(p.trigger, Trigger::BackToBack);
         assert_eq!(p.checkpoint, Location::Local(PathBuf::from("/base/ck")));
+    }
+
+    #[test]
+    fn retention_defaults_to_sparks_and_checks_its_values() {
+        assert_eq!(parse(MINIMAL).unwrap().retention, Retention::default());
+        let text =
+            format!("{MINIMAL}[retention]\nmin_batches_to_retain = 20\ncompact_interval = 5\n");
+        let r = parse(&text).unwrap().retention;
+        assert_eq!((r.min_batches_to_retain, r.compact_interval), (20, 5));
+        assert!(r.compacts_at(4) && r.compacts_at(9) && !r.compacts_at(5));
+        let text = format!("{MINIMAL}[retention]\nmin_batches_to_retain = 0\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(12), Some(25)), "{e}");
+        assert!(e.message.contains("at least 1"), "{e}");
+        let text =
+            format!("{MINIMAL}[retention]\nmin_batches_to_retain = 5\ncompact_interval = 10\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("cannot exceed"), "{e}");
+    }
+
+    #[test]
+    fn clean_source_archive_needs_a_directory_outside_the_source() {
+        let with = |extra: &str| {
+            MINIMAL.replace("format = \"json\"", &format!("format = \"json\"\n{extra}"))
+        };
+        let p = parse(&with(
+            "clean_source = \"archive\"\nsource_archive_dir = \"done\"",
+        ))
+        .unwrap();
+        let SourceConfig::File(f) = &p.inputs[0].source else {
+            panic!("a file source")
+        };
+        assert_eq!(
+            f.clean_source,
+            CleanSource::Archive(Location::Local(PathBuf::from("/base/done")))
+        );
+        for (extra, message) in [
+            (
+                "clean_source = \"archive\"\nsource_archive_dir = \"in/done\"",
+                "overlaps",
+            ),
+            (
+                "clean_source = \"archive\"\nsource_archive_dir = \".\"",
+                "overlaps",
+            ),
+            ("clean_source = \"archive\"", "needs `source_archive_dir`"),
+            ("source_archive_dir = \"done\"", "applies with clean_source"),
+            ("max_file_age = \"soon\"", "invalid duration"),
+        ] {
+            let e = parse(&with(extra)).unwrap_err();
+            assert!(e.message.contains(message), "{extra}: {e}");
+            assert!(e.line.is_some(), "{extra}: {e}");
+        }
+        // "in2" is not inside "in".
+        assert!(
+            parse(&with(
+                "clean_source = \"archive\"\nsource_archive_dir = \"in2\""
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

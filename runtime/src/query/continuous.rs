@@ -136,6 +136,8 @@ impl Runner {
             .await?;
         crash_point("continuous-after-offsets", epoch);
         self.commit_epoch(epoch, done.output_rows).await?;
+        self.after_commit(epoch, std::slice::from_ref(&plan))
+            .await?;
         let mut durations = done.durations;
         durations.commit = phase.elapsed();
         durations.total = Duration::from_millis((now_ms() - started_at_ms).max(0) as u64);

@@ -6,6 +6,7 @@
 //! the checkpoint tells on restart which batch was in flight, and the sink
 //! is idempotent per batch id.
 
+mod compact;
 mod continuous;
 mod progress;
 mod swap;
@@ -20,6 +21,7 @@ use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
 use tokio::sync::watch;
 
+pub use compact::{Compacted, compact};
 pub use progress::{BatchProgress, PhaseDurations, StageProgress};
 pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
 
@@ -29,7 +31,7 @@ use crate::plugin::TransformComponent;
 use swap::{StageSettings, SwapRequest};
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
-use crate::config::{Pipeline, SourceConfig, Trigger, WatermarkPolicy};
+use crate::config::{InputConfig, Pipeline, SourceConfig, Trigger, WatermarkPolicy};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::{
@@ -138,6 +140,7 @@ impl Query {
         let transforms = pipeline.transforms.clone();
         let stateful_config = pipeline.stateful.clone();
         let foreach_batch = pipeline.sink.foreach_batch.clone();
+        let retention = pipeline.retention;
         let query_id = checkpoint.metadata().id.to_string();
         let query_id_for_sink = query_id.clone();
         let retries = Retries::default();
@@ -175,7 +178,7 @@ impl Query {
             };
             let plugin_sink: Option<Box<dyn Sink>> = match foreach_batch {
                 Some(config) => Some(Box::new(sink::ForeachBatchSink::open(
-                    &engine, &config, &query_id,
+                    &engine, &config, &query_id, retention,
                 )?)),
                 None => None,
             };
@@ -195,7 +198,8 @@ impl Query {
             Some(operator) => {
                 let state =
                     StateStore::open(checkpoint.store(), "0", pipeline.state_store, first_batch)
-                        .await?;
+                        .await?
+                        .retaining(pipeline.retention.min_batches_to_retain);
                 Some(Stateful { operator, state })
             }
             None => None,
@@ -204,12 +208,7 @@ impl Query {
         let input_watermarks = restored_input_watermarks(&checkpoint, recovery).await?;
         let mut inputs = Vec::new();
         for (index, input) in pipeline.inputs.iter().enumerate() {
-            let source: Box<dyn Source> = match &input.source {
-                SourceConfig::File(config) => Box::new(FileSource::open((**config).clone())?),
-                SourceConfig::Kafka(config) => {
-                    Box::new(KafkaSource::open(config.clone(), retries.clone())?)
-                }
-            };
+            let source = open_source(input, &retries)?;
             inputs.push(Input {
                 name: input.name.clone(),
                 source,
@@ -251,7 +250,8 @@ impl Query {
                     pipeline.state_store,
                     first_batch,
                 )
-                .await?;
+                .await?
+                .retaining(pipeline.retention.min_batches_to_retain);
                 Some(JoinState { join, state })
             }
             None => None,
@@ -282,7 +282,7 @@ impl Query {
                         &query_id_for_sink,
                     ))
                 }
-                (None, None) => sink::open(&pipeline.sink)?,
+                (None, None) => sink::open(&pipeline.sink, pipeline.retention)?,
             },
             checkpoint,
             pipeline,
@@ -399,6 +399,50 @@ struct JoinState {
     state: StateStore,
 }
 
+/// Restores source `index`'s position from the checkpoint: its newest
+/// compact entry, then the plans logged after it. Returns the plan of the
+/// batch to replay, if one is in flight.
+async fn restore_source(
+    checkpoint: &Checkpoint,
+    index: usize,
+    source: &mut dyn Source,
+    recovery: Recovery,
+) -> Result<Option<Value>> {
+    let compact = checkpoint
+        .latest_source_compact(index, recovery.next_batch)
+        .await?;
+    let first = match compact {
+        Some((batch, position)) => {
+            source.restore_position(&position)?;
+            batch + 1
+        }
+        None => 0,
+    };
+    let mut replay = None;
+    for batch in first..recovery.next_batch {
+        let plan = checkpoint.source_log::<Value>(index, batch).await?;
+        // A continuous epoch logs the plans of its small batches.
+        match continuous::epoch_plans(&plan) {
+            Some(plans) => plans.iter().try_for_each(|p| source.advance(p))?,
+            None => source.advance(&plan)?,
+        }
+        if recovery.replay == Some(batch) {
+            replay = Some(plan);
+        }
+    }
+    Ok(replay)
+}
+
+/// Opens input `input`'s source.
+fn open_source(input: &InputConfig, retries: &Retries) -> Result<Box<dyn Source>> {
+    Ok(match &input.source {
+        SourceConfig::File(config) => Box::new(FileSource::open((**config).clone())?),
+        SourceConfig::Kafka(config) => {
+            Box::new(KafkaSource::open(config.clone(), retries.clone())?)
+        }
+    })
+}
+
 /// An input's event-time watermark.
 struct EventTime {
     column: String,
@@ -474,34 +518,37 @@ struct Runner {
 
 impl Runner {
     async fn run(&mut self, recovery: Recovery) -> Result<QueryOutcome> {
-        let mut logged = vec![Vec::new(); self.inputs.len()];
-        for (index, input) in self.inputs.iter_mut().enumerate() {
-            for batch in 0..recovery.next_batch {
-                logged[index].push(self.checkpoint.source_log::<Value>(index, batch).await?);
-            }
-            // A continuous epoch logs the plans of its small batches.
-            let flat: Vec<Value> = logged[index]
-                .iter()
-                .flat_map(|plan| match continuous::epoch_plans(plan) {
-                    Some(plans) => plans.clone(),
-                    None => vec![plan.clone()],
-                })
-                .collect();
-            input.source.restore(&flat)?;
+        let restored_at = Instant::now();
+        let mut replay_plans = Vec::with_capacity(self.inputs.len());
+        for index in 0..self.inputs.len() {
+            replay_plans.push(self.restore_input(index, recovery).await?);
         }
+        tracing::info!(
+            next_batch = recovery.next_batch,
+            millis = restored_at.elapsed().as_millis() as u64,
+            "restored the sources' positions from the checkpoint"
+        );
+        self.clean_last_committed(recovery).await?;
         if let Some(batch) = recovery.replay
-            && let Some(plans) = continuous::epoch_plans(&logged[0][batch as usize])
+            && let Some(plans) = replay_plans[0].as_ref().and_then(continuous::epoch_plans)
         {
             // Logged after its rows reached the sink: only the commit is missing.
-            let rows = logged[0][batch as usize]["rows"].as_u64().unwrap_or(0);
+            let rows = replay_plans[0]
+                .as_ref()
+                .map_or(0, |p| p["rows"].as_u64().unwrap_or(0));
             tracing::info!(
                 epoch = batch,
                 batches = plans.len(),
                 "completing a continuous epoch"
             );
             self.commit_epoch(batch, rows).await?;
+            self.after_commit(
+                batch,
+                &replay_plans.into_iter().flatten().collect::<Vec<_>>(),
+            )
+            .await?;
         } else if let Some(batch) = recovery.replay {
-            let plans: Vec<Value> = logged.iter().map(|l| l[batch as usize].clone()).collect();
+            let plans: Vec<Value> = replay_plans.into_iter().flatten().collect();
             tracing::info!(
                 batch,
                 inputs = self.plan_units(&plans).iter().sum::<usize>(),
@@ -568,6 +615,73 @@ impl Runner {
                 self.sleep(wait).await;
             },
         }
+    }
+
+    /// Restores input `index`'s position (see [`restore_source`]).
+    async fn restore_input(&mut self, index: usize, recovery: Recovery) -> Result<Option<Value>> {
+        restore_source(
+            &self.checkpoint,
+            index,
+            self.inputs[index].source.as_mut(),
+            recovery,
+        )
+        .await
+    }
+
+    /// A crash between a commit and its cleanup leaves the input the last
+    /// committed batch read: cleaned up now (cleaning is idempotent).
+    async fn clean_last_committed(&mut self, recovery: Recovery) -> Result<()> {
+        let first = recovery.replay.unwrap_or(recovery.next_batch);
+        let Some(last) = first.checked_sub(1) else {
+            return Ok(());
+        };
+        for (index, input) in self.inputs.iter_mut().enumerate() {
+            if !input.source.cleans_up() {
+                continue;
+            }
+            let plan = self.checkpoint.source_log::<Value>(index, last).await?;
+            match continuous::epoch_plans(&plan) {
+                Some(small) => {
+                    for plan in small {
+                        input.source.handle_commit(plan).await?;
+                    }
+                }
+                None => input.source.handle_commit(&plan).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Once batch `batch_id` is committed: the sources clean up what it
+    /// read, and every `compact_interval` batches the checkpoint is
+    /// compacted and trimmed to the retained batches.
+    async fn after_commit(&mut self, batch_id: u64, plans: &[Value]) -> Result<()> {
+        for (input, plan) in self.inputs.iter_mut().zip(plans) {
+            match continuous::epoch_plans(plan) {
+                Some(small) => {
+                    for plan in small {
+                        input.source.handle_commit(plan).await?;
+                    }
+                }
+                None => input.source.handle_commit(plan).await?,
+            }
+        }
+        let retention = self.pipeline.retention;
+        if !retention.compacts_at(batch_id) {
+            return Ok(());
+        }
+        for (index, input) in self.inputs.iter().enumerate() {
+            self.checkpoint
+                .write_source_compact(index, batch_id, &input.source.position())
+                .await?;
+        }
+        crash_point("after-compact", batch_id);
+        let purged = self
+            .checkpoint
+            .purge(batch_id, retention, self.inputs.len())
+            .await?;
+        tracing::debug!(batch_id, files = purged.files, "checkpoint trimmed");
+        Ok(())
     }
 
     /// The next batch's plan per input, or `None` when no input has new
@@ -788,8 +902,9 @@ impl Runner {
         if next_watermark_ms.is_some() {
             self.watermark_ms = next_watermark_ms;
         }
-        durations.commit = phase.elapsed();
         crash_point("after-commit", batch_id);
+        self.after_commit(batch_id, &plans).await?;
+        durations.commit = phase.elapsed();
 
         durations.total = started.elapsed();
         self.batches_run += 1;

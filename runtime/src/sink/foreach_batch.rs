@@ -42,13 +42,14 @@ impl ForeachBatchSink {
         engine: &PluginEngine,
         config: &ForeachBatchConfig,
         query_id: &str,
+        retention: crate::config::Retention,
     ) -> Result<ForeachBatchSink> {
         let mut outputs = BTreeMap::new();
         let mut checks: BTreeMap<String, OutputCheck> = BTreeMap::new();
         for (name, output) in &config.outputs {
             let (output, check): (Output, OutputCheck) = match output {
                 OutputConfig::Files { kind, path } => (
-                    Output::Files(FileSink::open(path, *kind)?),
+                    Output::Files(FileSink::open(path, *kind, retention)?),
                     Box::new(|_| Ok(())),
                 ),
                 OutputConfig::Postgres(pg) => {

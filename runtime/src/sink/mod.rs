@@ -18,12 +18,12 @@ use arrow::record_batch::RecordBatch;
 pub use console::ConsoleSink;
 #[cfg(feature = "delta")]
 pub use delta::{DeltaMergeOutput, DeltaSink};
-pub use file::{FileSink, SinkLogEntry};
+pub use file::{FileSink, SinkCompactEntry, SinkLogEntry, committed_files};
 pub use foreach_batch::ForeachBatchSink;
 pub use kafka::KafkaSink;
 pub use postgres::PostgresOutput;
 
-use crate::config::{SinkConfig, SinkKind};
+use crate::config::{Retention, SinkConfig, SinkKind};
 use crate::error::Result;
 
 /// What a commit did.
@@ -70,7 +70,7 @@ pub(crate) fn json_lines(batches: &[RecordBatch], context: &str) -> Result<Vec<u
 /// Opens the sink a pipeline declares (a `foreach_batch` sink is opened
 /// with [`ForeachBatchSink::open`], which loads its plugin, and a `kafka`
 /// sink with [`KafkaSink::open`], which talks to the broker).
-pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
+pub fn open(config: &SinkConfig, retention: Retention) -> Result<Box<dyn Sink>> {
     Ok(match (config.kind, &config.path) {
         (SinkKind::ForeachBatch | SinkKind::Kafka | SinkKind::Delta, _) => {
             return Err(crate::error::WeirError::Internal(
@@ -80,7 +80,7 @@ pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>> {
         (SinkKind::Console, _) => Box::new(ConsoleSink {
             json: config.console_json,
         }),
-        (kind, Some(path)) => Box::new(FileSink::open(path, kind)?),
+        (kind, Some(path)) => Box::new(FileSink::open(path, kind, retention)?),
         (_, None) => unreachable!("config checks give file sinks a path"),
     })
 }

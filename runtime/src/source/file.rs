@@ -2,8 +2,13 @@
 //! seen before, in a deterministic order (modification time then path, or
 //! path alone with `order = "name"`),
 //! capped by `max_files_per_trigger` / `max_bytes_per_trigger`.
+//!
+//! As in Spark, `max_file_age` bounds what is remembered: files older than
+//! the newest seen file by more than the age are ignored and forgotten, so
+//! the compacted seen-files log stays bounded. `clean_source` deletes or
+//! archives a file once the batch that read it is committed.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -13,7 +18,7 @@ use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
 use super::decode::{Decoded, decode};
-use crate::config::{FileOrder, FileSourceConfig};
+use crate::config::{CleanSource, FileOrder, FileSourceConfig};
 use crate::error::{Result, WeirError};
 
 /// One input file, as recorded in the checkpoint's source log.
@@ -34,11 +39,27 @@ pub struct SourceLogEntry {
     pub files: Vec<FileEntry>,
 }
 
+/// `sources/<i>/N.compact` for the file source: the files remembered as
+/// read through batch N.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenFiles {
+    /// Path → modification time (ms since the epoch).
+    pub files: std::collections::BTreeMap<String, i64>,
+    /// Files modified before this are ignored (`max_file_age`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgotten_before_ms: Option<i64>,
+}
+
 /// The file source.
 pub struct FileSource {
     config: FileSourceConfig,
     store: Arc<dyn ObjectStore>,
-    seen: HashSet<String>,
+    /// Files read, by path, with their modification times.
+    seen: HashMap<String, i64>,
+    /// The newest modification time seen.
+    newest_ms: Option<i64>,
+    /// With `max_file_age`: files modified before this are ignored.
+    forgotten_before_ms: Option<i64>,
     /// With a draining trigger: the files present at start.
     end: Option<Vec<FileEntry>>,
 }
@@ -51,7 +72,9 @@ impl FileSource {
         Ok(FileSource {
             config,
             store,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
+            newest_ms: None,
+            forgotten_before_ms: None,
             end: None,
         })
     }
@@ -61,9 +84,33 @@ impl FileSource {
         &self.config
     }
 
-    /// Remembers files as processed (from the checkpoint, or once planned).
+    /// Remembers files as processed (from the checkpoint, or once planned),
+    /// then forgets those `max_file_age` lets go.
     pub fn mark_seen<'a>(&mut self, files: impl IntoIterator<Item = &'a FileEntry>) {
-        self.seen.extend(files.into_iter().map(|f| f.path.clone()));
+        for file in files {
+            self.seen.insert(file.path.clone(), file.modified_ms);
+            self.newest_ms = Some(
+                self.newest_ms
+                    .map_or(file.modified_ms, |n| n.max(file.modified_ms)),
+            );
+        }
+        if let (Some(age), Some(newest)) = (self.config.max_file_age, self.newest_ms) {
+            let before = newest.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64);
+            if self.forgotten_before_ms.is_none_or(|b| before > b) {
+                self.forgotten_before_ms = Some(before);
+                self.seen.retain(|_, modified| *modified >= before);
+            }
+        }
+    }
+
+    /// Whether a listed file is new: not read before, and not too old.
+    fn is_new(&self, path: &str, modified_ms: i64) -> bool {
+        self.forgotten_before_ms.is_none_or(|b| modified_ms >= b) && !self.seen.contains_key(path)
+    }
+
+    /// How many files are remembered as read.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
     }
 
     /// Files not processed yet, oldest first. Hidden files (`.x`, `_x`) and
@@ -137,7 +184,7 @@ impl FileSource {
                     dirs.push((path, relative));
                     continue;
                 }
-                if self.seen.contains(&relative) {
+                if self.seen.contains_key(&relative) {
                     continue;
                 }
                 let meta = match std::fs::metadata(&path) {
@@ -147,6 +194,9 @@ impl FileSource {
                 };
                 let modified: chrono::DateTime<chrono::Utc> =
                     meta.modified().map_err(io(&path))?.into();
+                if !self.is_new(&relative, modified.timestamp_millis()) {
+                    continue;
+                }
                 found.push(FileEntry {
                     path: relative,
                     size: meta.len(),
@@ -178,7 +228,7 @@ impl FileSource {
                 size: meta.size,
                 modified_ms: meta.last_modified.timestamp_millis(),
             })
-            .filter(|f| !self.seen.contains(&f.path))
+            .filter(|f| self.is_new(&f.path, f.modified_ms))
             .collect();
         Ok(files)
     }
@@ -250,7 +300,7 @@ impl super::Source for FileSource {
         let candidates = match &self.end {
             Some(end) => end
                 .iter()
-                .filter(|f| !self.seen.contains(&f.path))
+                .filter(|f| self.is_new(&f.path, f.modified_ms))
                 .cloned()
                 .collect(),
             None => self.list_new().await?,
@@ -281,5 +331,84 @@ impl super::Source for FileSource {
 
     fn plan_units(&self, plan: &serde_json::Value) -> usize {
         plan["files"].as_array().map_or(0, Vec::len)
+    }
+
+    fn position(&self) -> serde_json::Value {
+        let seen = SeenFiles {
+            files: self.seen.iter().map(|(p, m)| (p.clone(), *m)).collect(),
+            forgotten_before_ms: self.forgotten_before_ms,
+        };
+        serde_json::to_value(seen).expect("serialisable")
+    }
+
+    fn restore_position(&mut self, position: &serde_json::Value) -> Result<()> {
+        let seen: SeenFiles = super::parse_plan(position)?;
+        self.newest_ms = seen.files.values().copied().max();
+        self.forgotten_before_ms = seen.forgotten_before_ms;
+        self.seen = seen.files.into_iter().collect();
+        Ok(())
+    }
+
+    fn cleans_up(&self) -> bool {
+        self.config.clean_source != CleanSource::Off
+    }
+
+    async fn handle_commit(&mut self, plan: &serde_json::Value) -> Result<()> {
+        if self.config.clean_source == CleanSource::Off {
+            return Ok(());
+        }
+        let entry: SourceLogEntry = super::parse_plan(plan)?;
+        for file in &entry.files {
+            // Best effort, as in Spark: a file left behind is still
+            // remembered as read, so it is not read twice.
+            if let Err(e) = self.clean(&file.path).await {
+                tracing::warn!(file = %file.path, error = %e, "could not clean up a processed input file");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileSource {
+    /// Deletes or archives one processed file.
+    async fn clean(&self, relative: &str) -> Result<()> {
+        let path = ObjectPath::from(relative);
+        let name = format!("{}/{relative}", self.config.path);
+        if let CleanSource::Archive(archive) = &self.config.clean_source {
+            let moved = match (self.config.path.local_dir(), archive.local_dir()) {
+                (Some(from), Some(to)) => {
+                    let target = to.join(relative);
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(|source| WeirError::Io {
+                            path: parent.to_path_buf(),
+                            source,
+                        })?;
+                    }
+                    // Fails across file systems: then copied below.
+                    std::fs::rename(from.join(relative), &target).is_ok()
+                }
+                _ => false,
+            };
+            if moved {
+                return Ok(());
+            }
+            let bytes = match self.store.get(&path).await {
+                Ok(found) => found
+                    .bytes()
+                    .await
+                    .map_err(|e| WeirError::storage(&name, e))?,
+                Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(WeirError::storage(&name, e)),
+            };
+            archive
+                .open()?
+                .put(&path, bytes.into())
+                .await
+                .map_err(|e| WeirError::storage(format!("{archive}/{relative}"), e))?;
+        }
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(WeirError::storage(&name, e)),
+        }
     }
 }

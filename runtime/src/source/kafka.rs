@@ -281,6 +281,26 @@ impl Source for KafkaSource {
         serde_json::to_value(KafkaPlan { ranges: Vec::new() }).expect("serialisable")
     }
 
+    fn position(&self) -> Value {
+        // The same shape as a plan: ranges ending at each partition's next offset.
+        let ranges = self
+            .next
+            .iter()
+            .map(|((topic, partition), next)| Range {
+                topic: topic.clone(),
+                partition: *partition,
+                start: *next,
+                end: *next,
+            })
+            .collect();
+        serde_json::to_value(KafkaPlan { ranges }).expect("serialisable")
+    }
+
+    fn restore_position(&mut self, position: &Value) -> Result<()> {
+        self.next.clear();
+        self.advance(position)
+    }
+
     fn advance(&mut self, plan: &Value) -> Result<()> {
         let plan: KafkaPlan = parse_plan(plan)?;
         for r in plan.ranges {

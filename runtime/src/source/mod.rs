@@ -45,6 +45,26 @@ pub trait Source: Send {
 
     /// How many input units (files, partitions) a plan covers.
     fn plan_units(&self, plan: &Value) -> usize;
+
+    /// Everything the position depends on, after the plans advanced so
+    /// far, in one value: the checkpoint's compact entry, which stands for
+    /// all those plans on restart.
+    fn position(&self) -> Value;
+
+    /// Restores a [`Source::position`] (then later plans are advanced).
+    fn restore_position(&mut self, position: &Value) -> Result<()>;
+
+    /// Called once the batch that read `plan` is committed, so the input
+    /// it read may be cleaned up (again after a restart: it must be
+    /// idempotent).
+    async fn handle_commit(&mut self, _plan: &Value) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether [`Source::handle_commit`] does anything.
+    fn cleans_up(&self) -> bool {
+        false
+    }
 }
 
 /// Decodes a logged plan, naming it when it is not what the source wrote.

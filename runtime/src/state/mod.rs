@@ -13,8 +13,10 @@
 //! Version V is the state after batch V-1 (version 0 is empty). A restart
 //! that resumes at batch N loads the newest snapshot at or below N and
 //! replays the deltas after it, so the state is exactly that of the last
-//! committed batch, whichever backend holds it. Files older than the
-//! previous snapshot are deleted when a new snapshot is written.
+//! committed batch, whichever backend holds it. When a new snapshot is
+//! written, files no retained version needs are deleted: those older than
+//! the previous snapshot and than the snapshot that restores the oldest of
+//! the last `min_batches_to_retain` versions.
 
 mod memory;
 mod rocks;
@@ -93,6 +95,8 @@ pub struct StateStore {
     dir: String,
     version: u64,
     metrics: StateMetrics,
+    /// Versions kept restorable behind the latest (`min_batches_to_retain`).
+    retained: u64,
 }
 
 impl StateStore {
@@ -111,9 +115,18 @@ impl StateStore {
             dir: format!("state/{operator}/0"),
             version: 0,
             metrics: StateMetrics::default(),
+            retained: 1,
         };
         store.restore(version).await?;
         Ok(store)
+    }
+
+    /// Keeps the files that restore any of the last `versions` versions
+    /// (the query's `min_batches_to_retain`); by default only what a
+    /// restart or a replay of the last batch needs.
+    pub fn retaining(mut self, versions: u64) -> StateStore {
+        self.retained = versions.max(1);
+        self
     }
 
     /// The version loaded or last committed.
@@ -200,8 +213,12 @@ impl StateStore {
                 true
             })?;
             self.write(&format!("{version}.snapshot"), &rows).await?;
-            self.remove_before(version.saturating_sub(SNAPSHOT_EVERY))
-                .await?;
+            // The oldest retained version restores from the newest snapshot
+            // at or below it; a replay of this batch, from the previous one.
+            let oldest_retained = version.saturating_sub(self.retained);
+            let oldest_needed = (oldest_retained - oldest_retained % SNAPSHOT_EVERY)
+                .min(version.saturating_sub(SNAPSHOT_EVERY));
+            self.remove_before(oldest_needed).await?;
         }
         self.version = version;
         Ok(())

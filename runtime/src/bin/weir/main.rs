@@ -163,6 +163,14 @@ enum CheckpointCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compact a stopped query's checkpoint now: each source's position
+    /// as a compact entry, entries before the retained batches deleted,
+    /// the file sink's log compacted (what a running query does every
+    /// `compact_interval` batches).
+    Compact {
+        /// The pipeline whose checkpoint to compact.
+        pipeline: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -337,6 +345,23 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 );
             } else {
                 println!("{inspection}");
+            }
+            Ok(())
+        }
+        Command::Checkpoint {
+            command: CheckpointCommand::Compact { pipeline },
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let done = weir::query::compact(&pipeline).await?;
+            match done.batch {
+                Some(batch) => println!(
+                    "compacted {} through batch {batch}: {} old files deleted",
+                    pipeline.checkpoint, done.deleted
+                ),
+                None => println!(
+                    "{}: no committed batch, nothing to compact",
+                    pipeline.checkpoint
+                ),
             }
             Ok(())
         }
