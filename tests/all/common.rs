@@ -397,6 +397,21 @@ pub fn numbered_entries(dir: &Path) -> Vec<u64> {
 /// reader does (the newest `N.compact` entry, then the batch entries after
 /// it), and the next batch id.
 pub fn committed_sink_files(out: &Path) -> (Vec<String>, u64) {
+    // A running query may delete entries between the listing and a read
+    // (once a compact entry covers them): then read the log again.
+    for _ in 0..10 {
+        if let Some(read) = try_committed_sink_files(out) {
+            return read;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!(
+        "the sink log at {} kept changing under the reader",
+        out.display()
+    )
+}
+
+fn try_committed_sink_files(out: &Path) -> Option<(Vec<String>, u64)> {
     let log = out.join("_weir_log");
     let compact = fs::read_dir(&log)
         .map(|entries| {
@@ -412,9 +427,8 @@ pub fn committed_sink_files(out: &Path) -> (Vec<String>, u64) {
                 .max()
         })
         .unwrap_or_default();
-    let mut files = Vec::new();
-    let read = |name: String| -> Value {
-        serde_json::from_slice(&fs::read(log.join(name)).unwrap()).unwrap()
+    let read = |name: String| -> Option<Value> {
+        Some(serde_json::from_slice(&fs::read(log.join(name)).ok()?).unwrap())
     };
     let names = |entry: &Value| -> Vec<String> {
         entry["files"]
@@ -424,18 +438,19 @@ pub fn committed_sink_files(out: &Path) -> (Vec<String>, u64) {
             .map(|f| f.as_str().unwrap().to_string())
             .collect()
     };
+    let mut files = Vec::new();
     if let Some(c) = compact {
-        files.extend(names(&read(format!("{c}.compact"))));
+        files.extend(names(&read(format!("{c}.compact"))?));
     }
     let batches: Vec<u64> = numbered_entries(&log)
         .into_iter()
         .filter(|b| compact.is_none_or(|c| *b > c))
         .collect();
     for &batch in &batches {
-        files.extend(names(&read(batch.to_string())));
+        files.extend(names(&read(batch.to_string())?));
     }
     let last = batches.last().copied().or(compact);
-    (files, last.map_or(0, |l| l + 1))
+    Some((files, last.map_or(0, |l| l + 1)))
 }
 
 /// The rows a JSON file sink committed: the files `_weir_log` lists, in

@@ -26,6 +26,8 @@ pub(crate) struct DeltaRead {
     pub rows: Vec<Value>,
     /// The latest application-transaction version of the app id asked for.
     pub txn: Option<i64>,
+    /// Data files in the table's current version.
+    pub files: usize,
 }
 
 const READER: &str = r#"
@@ -39,6 +41,7 @@ print(json.dumps({
     "columns": data.column_names,
     "rows": data.to_pylist(),
     "txn": table.transaction_version(app_id),
+    "files": len(table.file_uris()),
 }, default=str))
 # Leave without running destructors: pyarrow's and delta-rs's thread pools
 # racing at interpreter exit sometimes abort the process ("terminate called
@@ -47,7 +50,7 @@ sys.stdout.flush()
 os._exit(0)
 "#;
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = std::env::var_os("WEIR_TEST_VENV").expect(
         "WEIR_TEST_VENV is not set: run `./dev test`, which installs PyPI's deltalake (a Delta \
          reader) into a virtualenv",
@@ -72,6 +75,7 @@ pub(crate) fn read_delta(uri: &str, options: &Value, app_id: &str) -> DeltaRead 
         columns: serde_json::from_value(read["columns"].clone()).unwrap(),
         rows: serde_json::from_value(read["rows"].clone()).unwrap(),
         txn: read["txn"].as_i64(),
+        files: read["files"].as_u64().unwrap() as usize,
     }
 }
 
@@ -201,6 +205,75 @@ fn kill_at_every_point_of_a_delta_batch_then_restart_commits_each_batch_once() {
         }
     }
     assert!(kills >= 20, "{kills} kills");
+}
+
+/// Data files on disk under a table (outside `_delta_log`).
+fn parquet_files(table: &Path) -> usize {
+    fn walk(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with("_delta_log"))
+            .map(|p| match p.is_dir() {
+                true => walk(&p),
+                false => usize::from(p.extension().is_some_and(|e| e == "parquet")),
+            })
+            .sum()
+    }
+    walk(table)
+}
+
+/// 12 batches of one 5-row file each into a Delta table with OPTIMIZE
+/// after every 4th batch and VACUUM (removed files kept 0 s) every 6th.
+fn maintained_scenario() -> Scenario {
+    let s = Scenario::new(Spec {
+        sink: "delta",
+        max_files: Some(1),
+        tables: "optimize_every = 4\nvacuum_every = 6\nvacuum_retention = \"0s\"\n".into(),
+        ..Spec::default()
+    });
+    s.json_inputs(12, 5);
+    s
+}
+
+#[test]
+fn scheduled_optimize_and_vacuum_compact_the_table_and_keep_its_rows_exactly_once() {
+    let expected: Vec<Value> = (1..=60).map(order).collect();
+    let check = |s: &Scenario, at: &str| {
+        let table = s.path("out");
+        // The batches' commits carry their txn; OPTIMIZE's and VACUUM's none.
+        let txns: Vec<i64> = log_txns(&table).values().flatten().map(|t| t.1).collect();
+        assert_eq!(txns, (0..12).collect::<Vec<_>>(), "{at}");
+        let app = log_txns(&table)
+            .values()
+            .flatten()
+            .next()
+            .unwrap()
+            .0
+            .clone();
+        let read = read_delta(table.to_str().unwrap(), &json!({}), &app);
+        assert_eq!(by_id(read.rows), expected, "{at}");
+        assert_eq!(read.txn, Some(11), "{at}");
+        // OPTIMIZE after batch 11 made one file of twelve; VACUUM then
+        // deleted every file no longer in the table.
+        assert_eq!(read.files, 1, "{at}");
+        assert_eq!(parquet_files(&table), 1, "{at}");
+        assert_eq!(s.committed_batches(), (0..12).collect::<Vec<_>>(), "{at}");
+    };
+    let s = maintained_scenario();
+    assert_ok(&s.run());
+    check(&s, "straight run");
+    for at in [
+        "delta-after-optimize@3",
+        "delta-after-optimize@11",
+        "delta-after-vacuum@5",
+        "delta-after-vacuum@11",
+    ] {
+        let s = maintained_scenario();
+        run_killed_at(&s.pipeline_path(), at);
+        let err = assert_ok(&s.run());
+        check(&s, &format!("after a kill at {at}:\n{err}"));
+    }
 }
 
 /// Two files of orders, then (after a restart with a wider source schema)

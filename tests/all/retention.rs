@@ -288,3 +288,81 @@ fn a_file_whose_cleanup_a_crash_interrupted_is_cleaned_up_on_restart() {
     assert!(names(&s.path("in")).is_empty());
     assert_eq!(s.output_ids(), expected_ids(15));
 }
+
+/// An outside reader of a Parquet file sink, in Python with pyarrow: the
+/// newest `_weir_log/N.compact` entry and the batch entries after it name
+/// the committed files, which pyarrow's dataset reader reads.
+const PARQUET_READER: &str = r#"
+import json, os, sys
+import pyarrow.dataset as ds
+out = sys.argv[1]
+log = os.path.join(out, "_weir_log")
+names = os.listdir(log)
+compacts = sorted(int(n[:-8]) for n in names if n.endswith(".compact") and n[:-8].isdigit())
+files, through = [], -1
+if compacts:
+    with open(os.path.join(log, f"{compacts[-1]}.compact")) as f:
+        entry = json.load(f)
+    files, through = entry["files"], entry["batch_id"]
+for batch in sorted(int(n) for n in names if n.isdigit()):
+    if batch > through:
+        with open(os.path.join(log, str(batch))) as f:
+            files += json.load(f)["files"]
+table = ds.dataset([os.path.join(out, f) for f in files], format="parquet").to_table()
+print(json.dumps({"files": len(files), "ids": sorted(table.column("id").to_pylist())}))
+sys.stdout.flush()
+os._exit(0)
+"#;
+
+fn read_parquet_sink(out: &std::path::Path) -> (u64, Vec<i64>) {
+    let result = std::process::Command::new(crate::delta::python())
+        .args(["-c", PARQUET_READER])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "the pyarrow reader failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    (
+        read["files"].as_u64().unwrap(),
+        serde_json::from_value(read["ids"].clone()).unwrap(),
+    )
+}
+
+#[test]
+fn pyarrow_reads_exactly_the_committed_rows_of_a_compacted_parquet_sink() {
+    let parquet = || {
+        let s = Scenario::new(Spec {
+            sink: "parquet",
+            ..retained_spec()
+        });
+        s.json_inputs(12, 5);
+        s
+    };
+    let s = parquet();
+    assert_ok(&s.run());
+    assert!(s.path("out/_weir_log/11.compact").is_file());
+    assert_eq!(read_parquet_sink(&s.path("out")), (12, expected_ids(60)));
+    // Killed after the compact entry, before the old entries are deleted;
+    // and before the compact entry, with a data file of batch 9 written.
+    for at in ["sink-after-compact@9", "sink-after-data@9"] {
+        let s = parquet();
+        crate::common::run_killed_at(&s.pipeline_path(), at);
+        let (files, ids) = read_parquet_sink(&s.path("out"));
+        assert_eq!(
+            ids,
+            expected_ids(ids.len() as i64),
+            "{at}: a committed prefix"
+        );
+        assert!(files <= 10, "{at}: {files} files");
+        assert_ok(&s.run());
+        assert_eq!(
+            read_parquet_sink(&s.path("out")),
+            (12, expected_ids(60)),
+            "{at}"
+        );
+    }
+}

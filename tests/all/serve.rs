@@ -249,10 +249,17 @@ pub(crate) fn rows_by_batch(out: &Path) -> Vec<(u64, Vec<Value>)> {
 }
 
 /// How many rows the JSON sink at `out` committed.
+/// Rows the JSON sink at `out` committed (following its compacted log).
 fn committed_rows(out: &Path) -> u64 {
-    rows_by_batch(out)
+    crate::common::committed_sink_files(out)
+        .0
         .iter()
-        .map(|(_, rows)| rows.len() as u64)
+        .map(|file| {
+            std::fs::read_to_string(out.join(file))
+                .unwrap()
+                .lines()
+                .count() as u64
+        })
         .sum()
 }
 

@@ -7,6 +7,10 @@
 //! path = "s3://lake/events"        # or a local directory
 //! merge_schema = true              # new columns widen the table
 //! partition_by = ["country"]
+//! optimize_every = 100             # OPTIMIZE (compaction) after every 100th batch
+//! target_file_size = "128MiB"
+//! vacuum_every = 100               # VACUUM after every 100th batch
+//! vacuum_retention = "7d"          # files removed longer ago than this are deleted
 //! ```
 
 use super::foreach_batch::DeleteMarker;
@@ -21,6 +25,33 @@ pub struct DeltaSinkConfig {
     /// Partition columns, used when the sink creates the table and checked
     /// against an existing one.
     pub partition_by: Vec<String>,
+    /// Scheduled OPTIMIZE: small files rewritten into larger ones.
+    pub optimize: Option<DeltaOptimize>,
+    /// Scheduled VACUUM: files no longer in the table deleted.
+    pub vacuum: Option<DeltaVacuum>,
+}
+
+/// `optimize_every` and `target_file_size`: Delta's OPTIMIZE (bin-packing
+/// compaction) after every `every`-th batch. It commits with
+/// `dataChange = false`: readers see the same rows, and the batches'
+/// application transactions stay in the table's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaOptimize {
+    /// Run after every this many batches.
+    pub every: u64,
+    /// Files are combined up to this size (deltalake's default: 100 MiB).
+    pub target_file_size: Option<u64>,
+}
+
+/// `vacuum_every` and `vacuum_retention`: Delta's VACUUM after every
+/// `every`-th batch, deleting files removed from the table longer ago than
+/// `retention` (readers of older versions need them until then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaVacuum {
+    /// Run after every this many batches.
+    pub every: u64,
+    /// How long a removed file is kept.
+    pub retention: std::time::Duration,
 }
 
 /// How a foreachBatch Delta output applies rows.
@@ -61,6 +92,8 @@ pub(super) fn table_options(
         partition_by: partition_by
             .map(|p| p.get_ref().clone())
             .unwrap_or_default(),
+        optimize: None,
+        vacuum: None,
     }
 }
 

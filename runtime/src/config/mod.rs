@@ -46,7 +46,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use confine::{Ceilings, Confinement, Connection, plugin_digest};
-pub use delta::{DeltaOutputConfig, DeltaOutputMode, DeltaSinkConfig};
+pub use delta::{DeltaOptimize, DeltaOutputConfig, DeltaOutputMode, DeltaSinkConfig, DeltaVacuum};
 pub use error::ConfigError;
 pub use foreach_batch::{
     DeleteMarker, ForeachBatchConfig, OutputConfig, PostgresMode, PostgresOutputConfig,
@@ -527,6 +527,10 @@ struct RawSink {
     // delta only:
     merge_schema: Option<Spanned<bool>>,
     partition_by: Option<Spanned<Vec<String>>>,
+    optimize_every: Option<Spanned<i64>>,
+    target_file_size: Option<Spanned<ByteCount>>,
+    vacuum_every: Option<Spanned<i64>>,
+    vacuum_retention: Option<Spanned<String>>,
 }
 
 impl Pipeline {
@@ -1384,6 +1388,19 @@ impl Resolver<'_> {
             let delta_only = [
                 ("merge_schema", raw.merge_schema.as_ref().map(|v| v.span())),
                 ("partition_by", raw.partition_by.as_ref().map(|v| v.span())),
+                (
+                    "optimize_every",
+                    raw.optimize_every.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "target_file_size",
+                    raw.target_file_size.as_ref().map(|v| v.span()),
+                ),
+                ("vacuum_every", raw.vacuum_every.as_ref().map(|v| v.span())),
+                (
+                    "vacuum_retention",
+                    raw.vacuum_retention.as_ref().map(|v| v.span()),
+                ),
             ];
             if let Some((key, Some(span))) = delta_only.into_iter().find(|(_, sp)| sp.is_some()) {
                 return Err(self.err_at(
@@ -1399,10 +1416,54 @@ impl Resolver<'_> {
                 "this weir was built without Delta Lake support (the `delta` feature)",
             ));
         }
-        Ok(Some(delta::table_options(
-            raw.merge_schema.as_ref(),
-            raw.partition_by.as_ref(),
-        )))
+        let mut options =
+            delta::table_options(raw.merge_schema.as_ref(), raw.partition_by.as_ref());
+        let every = |v: &Spanned<i64>, key: &str| {
+            u64::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| self.err(v, format!("{key} must be at least 1 (batches)")))
+        };
+        match (&raw.optimize_every, &raw.target_file_size) {
+            (Some(n), size) => {
+                options.optimize = Some(DeltaOptimize {
+                    every: every(n, "optimize_every")?,
+                    target_file_size: size
+                        .as_ref()
+                        .map(|s| self.byte_count(s, "target_file_size"))
+                        .transpose()?,
+                });
+            }
+            (None, Some(size)) => {
+                return Err(self
+                    .err(size, "`target_file_size` applies with `optimize_every`")
+                    .hint("optimize_every = 100 runs OPTIMIZE after every 100th batch"));
+            }
+            (None, None) => {}
+        }
+        match (&raw.vacuum_every, &raw.vacuum_retention) {
+            (Some(n), retention) => {
+                let retention = match retention {
+                    // Delta's default `deletedFileRetentionDuration`.
+                    None => Duration::from_secs(7 * 24 * 3600),
+                    Some(r) => humantime::parse_duration(r.get_ref()).map_err(|_| {
+                        self.err(r, format!("invalid duration {:?}", r.get_ref()))
+                            .hint("a duration such as \"7d\", \"168h\" or \"0s\"")
+                    })?,
+                };
+                options.vacuum = Some(DeltaVacuum {
+                    every: every(n, "vacuum_every")?,
+                    retention,
+                });
+            }
+            (None, Some(r)) => {
+                return Err(self
+                    .err(r, "`vacuum_retention` applies with `vacuum_every`")
+                    .hint("vacuum_every = 100 runs VACUUM after every 100th batch"));
+            }
+            (None, None) => {}
+        }
+        Ok(Some(options))
     }
 
     fn kafka_sink(&self, s: &Spanned<RawSink>) -> Result<Option<KafkaSinkConfig>, ConfigError> {

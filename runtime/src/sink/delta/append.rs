@@ -1,5 +1,6 @@
 //! `[sink] kind = "delta"`: each micro-batch is one Delta commit.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, new_null_array};
@@ -106,9 +107,74 @@ impl DeltaSink {
     }
 }
 
+impl DeltaSink {
+    /// After batch `batch_id` (committed now or before): OPTIMIZE and
+    /// VACUUM when their schedule says. Both are separate Delta commits
+    /// that change no rows, so a crash between them and the batch's commit
+    /// loses nothing, and running one again is harmless.
+    async fn maintain(&mut self, batch_id: u64) -> Result<()> {
+        let due = |every: u64| (batch_id + 1).is_multiple_of(every);
+        if let Some(optimize) = self.config.optimize.filter(|o| due(o.every)) {
+            let table = self.table().await?;
+            if table.snapshot().is_err() {
+                return Ok(()); // no table yet
+            }
+            let mut builder = table.optimize();
+            if let Some(size) = optimize.target_file_size.and_then(NonZeroU64::new) {
+                builder = builder.with_target_size(size);
+            }
+            let (table, metrics) = builder.await.map_err(|e| self.target.error(e))?;
+            tracing::info!(
+                batch_id,
+                added = metrics.num_files_added,
+                removed = metrics.num_files_removed,
+                "delta OPTIMIZE"
+            );
+            self.table = Some(table);
+            crash_point("delta-after-optimize", batch_id);
+        }
+        if let Some(vacuum) = self.config.vacuum.filter(|v| due(v.every)) {
+            let table = self.table().await?;
+            if table.snapshot().is_err() {
+                return Ok(());
+            }
+            let retention = chrono::Duration::from_std(vacuum.retention)
+                .map_err(|e| self.target.error(format!("vacuum_retention: {e}")))?;
+            let (table, metrics) = table
+                .vacuum()
+                .with_retention_period(retention)
+                // The retention is the user's explicit choice, also when
+                // it is shorter than the table's own.
+                .with_enforce_retention_duration(false)
+                .await
+                .map_err(|e| self.target.error(e))?;
+            tracing::info!(
+                batch_id,
+                deleted = metrics.files_deleted.len(),
+                "delta VACUUM"
+            );
+            self.table = Some(table);
+            crash_point("delta-after-vacuum", batch_id);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Sink for DeltaSink {
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
+        let outcome = self.write_batch(batch_id, batches).await?;
+        self.maintain(batch_id).await?;
+        Ok(outcome)
+    }
+}
+
+impl DeltaSink {
+    async fn write_batch(
+        &mut self,
+        batch_id: u64,
+        batches: &[RecordBatch],
+    ) -> Result<CommitOutcome> {
         let batches: Vec<RecordBatch> = batches
             .iter()
             .filter(|b| b.num_rows() > 0)

@@ -183,6 +183,7 @@ impl Merge {
                 DeltaSinkConfig {
                     merge_schema: false,
                     partition_by: self.config.table.partition_by.clone(),
+                    ..DeltaSinkConfig::default()
                 },
                 false,
             );
