@@ -442,6 +442,7 @@ fn try_committed_sink_files(out: &Path) -> Option<(Vec<String>, u64)> {
     if let Some(c) = compact {
         files.extend(names(&read(format!("{c}.compact"))?));
     }
+
     let batches: Vec<u64> = numbered_entries(&log)
         .into_iter()
         .filter(|b| compact.is_none_or(|c| *b > c))
@@ -451,6 +452,40 @@ fn try_committed_sink_files(out: &Path) -> Option<(Vec<String>, u64)> {
     }
     let last = batches.last().copied().or(compact);
     Some((files, last.map_or(0, |l| l + 1)))
+}
+
+/// Files the newest compact entry of the sink at `out` replaced with
+/// merged ones (`target_file_size`): still on disk for an interval.
+pub fn superseded(out: &Path) -> Vec<String> {
+    let log = out.join("_weir_log");
+    let newest = fs::read_dir(&log)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".compact")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max();
+    let Some(c) = newest else {
+        return Vec::new();
+    };
+    let Ok(bytes) = fs::read(log.join(format!("{c}.compact"))) else {
+        return Vec::new();
+    };
+    let entry: Value = serde_json::from_slice(&bytes).unwrap();
+    entry["superseded"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .map(|f| f.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The rows a JSON file sink committed: the files `_weir_log` lists, in
@@ -480,7 +515,9 @@ pub fn committed_json_rows(out: &Path) -> Vec<Value> {
             .and_then(|n| n.parse::<u64>().ok())
             == Some(next_batch)
     };
-    present.retain(|name| !in_flight(name) || listed.contains(name));
+    // Files a compaction merged stay for readers of the previous entry.
+    let replaced = superseded(out);
+    present.retain(|name| (!in_flight(name) || listed.contains(name)) && !replaced.contains(name));
     present.sort();
     listed.sort();
     assert_eq!(

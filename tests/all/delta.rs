@@ -453,6 +453,23 @@ fn cdc_merge_into_delta_gives_the_latest_state() {
 }
 
 #[test]
+fn the_tombstone_table_is_compacted_every_ten_epochs() {
+    let stream = cdc_stream(41, 30);
+    let dir = delta_cdc(&stream);
+    let err = assert_ok(&run(&dir.path().join("pipeline.toml")));
+    let (table, _) = users(&dir.path().join("users"));
+    assert_eq!(table, latest_state(&stream), "{err}");
+    let tombstones = dir.path().join("users/_weir_tombstones");
+    let commits = log_txns(&tombstones);
+    let app = commits.values().flatten().next().unwrap().0.clone();
+    let read = read_delta(tombstones.to_str().unwrap(), &json!({}), &app);
+    // OPTIMIZE after epoch 29 merged the epochs' small files into one.
+    assert_eq!(read.files, 1, "{commits:?}");
+    assert!(read.rows.len() > 3, "{:?}", read.rows);
+    assert_eq!(read.txn, commits.values().flatten().map(|t| t.1).max());
+}
+
+#[test]
 fn cdc_merge_into_delta_is_exactly_once_after_a_kill_at_every_step() {
     let stream = cdc_stream(32, 6);
     let expected = latest_state(&stream);

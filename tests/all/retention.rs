@@ -366,3 +366,80 @@ fn pyarrow_reads_exactly_the_committed_rows_of_a_compacted_parquet_sink() {
         );
     }
 }
+
+/// 12 one-file batches into a `sink` rolled at `target` (a batch's file is
+/// ~0.4 KiB as JSON, ~2 KiB as Parquet), compacting every 2 batches.
+fn rolled(sink: &'static str, target: &str) -> Scenario {
+    let s = Scenario::new(Spec {
+        sink,
+        max_files: Some(1),
+        tables: format!(
+            "target_file_size = \"{target}\"\n[retention]\nmin_batches_to_retain = 4\n\
+             compact_interval = 2\n"
+        ),
+        ..Spec::default()
+    });
+    s.json_inputs(12, 5);
+    s
+}
+
+#[test]
+fn target_file_size_rolls_consecutive_batches_into_larger_files_exactly_once() {
+    let s = rolled("json", "1KiB");
+    assert_ok(&s.run());
+    assert_eq!(s.output_ids(), expected_ids(60));
+    let (files, _) = committed_sink_files(&s.path("out"));
+    // Merged files are named by their batch range; all but the newest
+    // (still open) reached the target.
+    assert!(files.len() <= 5 && files.len() >= 3, "{files:?}");
+    for file in &files[..files.len() - 1] {
+        assert!(
+            file.matches('-').count() == 2,
+            "{file} is not a merged file"
+        );
+        let size = fs::metadata(s.path("out").join(file)).unwrap().len();
+        assert!(size >= 1024, "{file}: {size} bytes");
+    }
+    // Only the files the newest compaction replaced are left besides them.
+    let on_disk = names(&s.path("out"))
+        .into_iter()
+        .filter(|n| n.starts_with("part-"))
+        .count();
+    assert_eq!(
+        on_disk,
+        files.len() + crate::common::superseded(&s.path("out")).len()
+    );
+    // More batches keep rolling into the open file.
+    s.input(
+        "part-100.json",
+        "{\"id\": 61, \"name\": \"n\", \"amount\": 1.0}\n",
+    );
+    s.input(
+        "part-101.json",
+        "{\"id\": 62, \"name\": \"n\", \"amount\": 1.0}\n",
+    );
+    assert_ok(&s.run());
+    assert_eq!(s.output_ids(), expected_ids(62));
+
+    // A kill after a merged file is written (before the compact entry
+    // that names it), and after that entry: the restart converges.
+    for at in [
+        "sink-after-merge@5",
+        "sink-after-compact@5",
+        "sink-after-merge@11",
+    ] {
+        let s = rolled("json", "1KiB");
+        crate::common::run_killed_at(&s.pipeline_path(), at);
+        assert_ok(&s.run());
+        assert_eq!(s.output_ids(), expected_ids(60), "after a kill at {at}");
+        let (again, _) = committed_sink_files(&s.path("out"));
+        assert_eq!(again, files, "after a kill at {at}");
+    }
+
+    // Parquet: merged by rewriting; pyarrow reads exactly the rows.
+    let s = rolled("parquet", "8KiB");
+    assert_ok(&s.run());
+    let (parquet_files, ids) = read_parquet_sink(&s.path("out"));
+    assert_eq!(ids, expected_ids(60));
+    assert!(parquet_files < 12, "{parquet_files} files");
+}

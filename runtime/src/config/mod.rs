@@ -343,6 +343,9 @@ pub struct SinkConfig {
     pub kafka: Option<KafkaSinkConfig>,
     /// The settings of a `delta` sink (its table is at `path`).
     pub delta: Option<DeltaSinkConfig>,
+    /// Parquet and JSON sinks: the rows of consecutive batches are rolled
+    /// into files of about this size at each compaction.
+    pub target_file_size: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -1379,6 +1382,10 @@ impl Resolver<'_> {
             foreach_batch,
             kafka,
             delta,
+            target_file_size: match (&raw.target_file_size, kind.is_file()) {
+                (Some(size), true) => Some(self.byte_count(size, "target_file_size")?),
+                _ => None,
+            },
         })
     }
 
@@ -1394,7 +1401,10 @@ impl Resolver<'_> {
                 ),
                 (
                     "target_file_size",
-                    raw.target_file_size.as_ref().map(|v| v.span()),
+                    raw.target_file_size
+                        .as_ref()
+                        .filter(|_| !raw.kind.get_ref().is_file())
+                        .map(|v| v.span()),
                 ),
                 ("vacuum_every", raw.vacuum_every.as_ref().map(|v| v.span())),
                 (
@@ -1760,6 +1770,62 @@ kind = "console"
             format!("{MINIMAL}[retention]\nmin_batches_to_retain = 5\ncompact_interval = 10\n");
         let e = parse(&text).unwrap_err();
         assert!(e.message.contains("cannot exceed"), "{e}");
+    }
+
+    #[test]
+    fn compaction_settings_of_sinks_are_checked_where_they_apply() {
+        let sink = |body: &str| MINIMAL.replace("kind = \"console\"", body);
+        let p = parse(&sink(
+            "kind = \"json\"\npath = \"out\"\ntarget_file_size = \"64MiB\"",
+        ))
+        .unwrap();
+        assert_eq!(p.sink.target_file_size, Some(64 << 20));
+        let p = parse(&sink(
+            "kind = \"delta\"\npath = \"t\"\noptimize_every = 50\ntarget_file_size = \"1MiB\"\n\
+             vacuum_every = 100\nvacuum_retention = \"0s\"",
+        ))
+        .unwrap();
+        let delta = p.sink.delta.unwrap();
+        assert_eq!(
+            delta.optimize,
+            Some(DeltaOptimize {
+                every: 50,
+                target_file_size: Some(1 << 20)
+            })
+        );
+        assert_eq!(
+            delta.vacuum,
+            Some(DeltaVacuum {
+                every: 100,
+                retention: Duration::ZERO
+            })
+        );
+        for (body, message) in [
+            (
+                "kind = \"console\"\ntarget_file_size = \"1MiB\"",
+                "delta\" sinks only",
+            ),
+            (
+                "kind = \"delta\"\npath = \"t\"\ntarget_file_size = \"1MiB\"",
+                "with `optimize_every`",
+            ),
+            (
+                "kind = \"delta\"\npath = \"t\"\nvacuum_retention = \"1d\"",
+                "with `vacuum_every`",
+            ),
+            (
+                "kind = \"delta\"\npath = \"t\"\noptimize_every = 0",
+                "at least 1",
+            ),
+            (
+                "kind = \"json\"\npath = \"o\"\noptimize_every = 5",
+                "delta\" sinks only",
+            ),
+        ] {
+            let e = parse(&sink(body)).unwrap_err();
+            assert!(e.message.contains(message), "{body}: {e}");
+            assert!(e.line.is_some(), "{body}: {e}");
+        }
     }
 
     #[test]

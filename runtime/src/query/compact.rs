@@ -51,6 +51,7 @@ pub async fn compact(pipeline: &Pipeline) -> Result<Compacted> {
         .await?;
     if let (Some(path), true) = (&pipeline.sink.path, pipeline.sink.kind.is_file()) {
         FileSink::open(path, pipeline.sink.kind, pipeline.retention)?
+            .with_target_file_size(pipeline.sink.target_file_size)
             .compact(batch)
             .await?;
     }

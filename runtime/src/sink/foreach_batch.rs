@@ -21,7 +21,7 @@ use crate::plugin::{BatchSinkInstance, OutputCheck, PluginEngine};
 use crate::query::StageProgress;
 
 enum Output {
-    Files(FileSink),
+    Files(Box<FileSink>),
     Postgres(Box<PostgresOutput>),
     #[cfg(feature = "delta")]
     Delta(Box<super::DeltaMergeOutput>),
@@ -49,7 +49,7 @@ impl ForeachBatchSink {
         for (name, output) in &config.outputs {
             let (output, check): (Output, OutputCheck) = match output {
                 OutputConfig::Files { kind, path } => (
-                    Output::Files(FileSink::open(path, *kind, retention)?),
+                    Output::Files(Box::new(FileSink::open(path, *kind, retention)?)),
                     Box::new(|_| Ok(())),
                 ),
                 OutputConfig::Postgres(pg) => {

@@ -80,7 +80,9 @@ pub fn open(config: &SinkConfig, retention: Retention) -> Result<Box<dyn Sink>> 
         (SinkKind::Console, _) => Box::new(ConsoleSink {
             json: config.console_json,
         }),
-        (kind, Some(path)) => Box::new(FileSink::open(path, kind, retention)?),
+        (kind, Some(path)) => Box::new(
+            FileSink::open(path, kind, retention)?.with_target_file_size(config.target_file_size),
+        ),
         (_, None) => unreachable!("config checks give file sinks a path"),
     })
 }

@@ -30,6 +30,23 @@ use crate::sink::{CommitOutcome, Sink};
 /// The source column telling a MERGE which rows delete.
 const DELETE_FLAG: &str = "__weir_delete";
 
+/// The tombstone table gets a small file per epoch with deletes: every 10
+/// epochs OPTIMIZE merges them and VACUUM deletes the merged-away files
+/// (only Weir reads this table, always at its latest version; the hour
+/// covers a restart reading it while a VACUUM runs).
+static TOMBSTONE_TABLE: std::sync::LazyLock<DeltaSinkConfig> =
+    std::sync::LazyLock::new(|| DeltaSinkConfig {
+        optimize: Some(crate::config::DeltaOptimize {
+            every: 10,
+            target_file_size: None,
+        }),
+        vacuum: Some(crate::config::DeltaVacuum {
+            every: 10,
+            retention: std::time::Duration::from_secs(3600),
+        }),
+        ..DeltaSinkConfig::default()
+    });
+
 /// One Delta output of a foreachBatch sink.
 pub enum DeltaMergeOutput {
     /// Rows appended, as the Delta sink does.
@@ -69,7 +86,7 @@ impl DeltaMergeOutput {
                     tombstones: tombstones.map(|target| Tombstones {
                         sink: DeltaSink::with_target(
                             target.clone(),
-                            DeltaSinkConfig::default(),
+                            TOMBSTONE_TABLE.clone(),
                             false,
                         ),
                         target,

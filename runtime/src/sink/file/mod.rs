@@ -33,6 +33,12 @@ use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::storage::Location;
 
+mod log;
+mod roll;
+
+pub use log::committed_files;
+use log::read_log;
+
 /// `_weir_log/N`: what batch N wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkLogEntry {
@@ -53,6 +59,11 @@ pub struct SinkCompactEntry {
     pub files: Vec<String>,
     /// Rows in those files.
     pub rows: u64,
+    /// With `target_file_size`: files this compaction merged into larger
+    /// ones (still on disk for readers of the previous entry; deleted by
+    /// the next compaction).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<String>,
 }
 
 /// Writes each batch to one file in a directory, exactly once.
@@ -61,6 +72,8 @@ pub struct FileSink {
     store: Arc<dyn ObjectStore>,
     kind: SinkKind,
     retention: Retention,
+    /// Small files are merged up to this size at each compaction.
+    target_file_size: Option<u64>,
     /// The newest compact entry's batch id, once looked up.
     compacted_through: Option<Option<u64>>,
 }
@@ -73,8 +86,17 @@ impl FileSink {
             store: location.open()?,
             kind,
             retention,
+            target_file_size: None,
             compacted_through: None,
         })
+    }
+
+    /// Rolls the rows of consecutive batches into files of about `target`
+    /// bytes: at each compaction, files smaller than it are merged (see
+    /// `roll`). `None` keeps one file per batch.
+    pub fn with_target_file_size(mut self, target: Option<u64>) -> FileSink {
+        self.target_file_size = target;
+        self
     }
 
     fn describe(&self, path: &ObjectPath) -> String {
@@ -107,14 +129,39 @@ impl FileSink {
     /// The sink does this itself at the end of each compaction interval.
     pub async fn compact(&mut self, batch_id: u64) -> Result<()> {
         let log = read_log(self.store.as_ref(), &self.location).await?;
-        if log.compact.as_ref().is_some_and(|c| c.batch_id >= batch_id) {
+        let newest = log.compact.as_ref().map(|c| c.batch_id);
+        if newest.is_some_and(|c| c > batch_id) {
             return Ok(());
         }
+        let previous = if newest == Some(batch_id) {
+            // Written before a crash: only the cleanup may be missing.
+            match log.older_compacts.iter().max() {
+                Some(&id) => log::read_compact(self.store.as_ref(), &self.location, id).await?,
+                None => None,
+            }
+        } else {
+            let previous = log.compact.clone();
+            self.write_compact(batch_id, &log).await?;
+            previous
+        };
+        crash_point("sink-after-compact", batch_id);
+        self.clean_up(batch_id, &log, previous).await
+    }
+
+    /// Writes `N.compact`: the previous compact entry's files and those of
+    /// the batch entries after it (merged with `target_file_size`).
+    async fn write_compact(&mut self, batch_id: u64, log: &log::SinkLog) -> Result<()> {
         let mut compact = log.compact.clone().unwrap_or_default();
+        compact.superseded.clear();
         compact.batch_id = batch_id;
+        let mut new_files = Vec::new();
         for entry in log.batches.iter().filter(|e| e.batch_id <= batch_id) {
-            compact.files.extend(entry.files.iter().cloned());
+            new_files.extend(entry.files.iter().cloned());
             compact.rows += entry.rows;
+        }
+        match self.target_file_size {
+            Some(target) => self.roll(&mut compact, new_files, target).await?,
+            None => compact.files.extend(new_files),
         }
         let path = ObjectPath::from(format!("_weir_log/{batch_id}.compact"));
         let bytes = serde_json::to_vec(&compact).map_err(|e| WeirError::Internal(e.to_string()))?;
@@ -123,11 +170,21 @@ impl FileSink {
             .await
             .map_err(|e| WeirError::storage(self.describe(&path), e))?;
         self.compacted_through = Some(Some(batch_id));
-        crash_point("sink-after-compact", batch_id);
-        // The newest `min_batches_to_retain` entries stay (counted, not by
-        // id: continuous epochs number their small batches sparsely), and
-        // readers that took the previous compact entry still find it and
-        // the entries after it for another interval.
+        Ok(())
+    }
+
+    /// Once `N.compact` exists: deletes what it makes redundant. The
+    /// newest `min_batches_to_retain` batch entries stay (counted, not by
+    /// id: continuous epochs number their small batches sparsely), and so
+    /// do the `previous` compact entry and the files it names, for readers
+    /// an interval behind; the files *it* replaced go. Repeating this after
+    /// a crash deletes the same files.
+    async fn clean_up(
+        &self,
+        batch_id: u64,
+        log: &log::SinkLog,
+        previous: Option<SinkCompactEntry>,
+    ) -> Result<()> {
         let covered: Vec<u64> = log
             .batch_ids
             .iter()
@@ -135,17 +192,24 @@ impl FileSink {
             .filter(|id| *id <= batch_id)
             .collect();
         let retained = self.retention.min_batches_to_retain as usize;
-        let previous = log.compact.map(|c| c.batch_id);
         let mut doomed: Vec<ObjectPath> = covered[..covered.len().saturating_sub(retained)]
             .iter()
             .map(|id| ObjectPath::from(format!("_weir_log/{id}")))
             .collect();
-        doomed.extend(
-            log.older_compacts
-                .iter()
-                .filter(|id| previous.is_some_and(|p| **id < p))
-                .map(|id| ObjectPath::from(format!("_weir_log/{id}.compact"))),
-        );
+        if let Some(previous) = &previous {
+            doomed.extend(
+                previous
+                    .superseded
+                    .iter()
+                    .map(|f| ObjectPath::from(f.as_str())),
+            );
+            doomed.extend(
+                log.older_compacts
+                    .iter()
+                    .filter(|id| **id < previous.batch_id)
+                    .map(|id| ObjectPath::from(format!("_weir_log/{id}.compact"))),
+            );
+        }
         for path in doomed {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -259,90 +323,4 @@ impl FileSink {
         crash_point("sink-after-log", batch_id);
         Ok(CommitOutcome::Written)
     }
-}
-
-/// A file sink's log as a reader sees it.
-#[derive(Debug, Clone, Default)]
-struct SinkLog {
-    /// The newest compact entry.
-    compact: Option<SinkCompactEntry>,
-    /// Batch ids of the other compact entries.
-    older_compacts: Vec<u64>,
-    /// Ids of every batch entry present (some predate the compact entry).
-    batch_ids: Vec<u64>,
-    /// The batch entries after the compact entry, in batch order.
-    batches: Vec<SinkLogEntry>,
-}
-
-async fn read_log(store: &dyn ObjectStore, location: &Location) -> Result<SinkLog> {
-    let prefix = ObjectPath::from("_weir_log");
-    let listed = store
-        .list_with_delimiter(Some(&prefix))
-        .await
-        .map_err(|e| WeirError::storage(format!("{location}/_weir_log"), e))?;
-    let mut compacts = Vec::new();
-    let mut batches = Vec::new();
-    for meta in listed.objects {
-        let Some(name) = meta.location.filename() else {
-            continue;
-        };
-        match name.strip_suffix(".compact") {
-            Some(id) => compacts.extend(id.parse::<u64>().ok()),
-            None => batches.extend(name.parse::<u64>().ok()),
-        }
-    }
-    compacts.sort_unstable();
-    batches.sort_unstable();
-    let newest = compacts.pop();
-    let read = |path: ObjectPath| async move {
-        let bytes = crate::storage::get_if_exists(store, &path)
-            .await
-            .map_err(|e| WeirError::storage(format!("{location}/{path}"), e))?;
-        Ok::<_, WeirError>(bytes.map(|b| (path, b)))
-    };
-    let compact = match newest {
-        Some(id) => match read(ObjectPath::from(format!("_weir_log/{id}.compact"))).await? {
-            Some((path, bytes)) => Some(parse_entry::<SinkCompactEntry>(location, &path, &bytes)?),
-            None => None,
-        },
-        None => None,
-    };
-    let through = compact.as_ref().map(|c| c.batch_id);
-    let mut entries = Vec::new();
-    for &id in batches.iter().filter(|id| through.is_none_or(|c| **id > c)) {
-        // Deleted since the listing: a compact entry covers it.
-        if let Some((path, bytes)) = read(ObjectPath::from(format!("_weir_log/{id}"))).await? {
-            entries.push(parse_entry::<SinkLogEntry>(location, &path, &bytes)?);
-        }
-    }
-    Ok(SinkLog {
-        compact,
-        older_compacts: compacts,
-        batch_ids: batches,
-        batches: entries,
-    })
-}
-
-fn parse_entry<T: serde::de::DeserializeOwned>(
-    location: &Location,
-    path: &ObjectPath,
-    bytes: &[u8],
-) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| WeirError::CheckpointCorrupt {
-        path: format!("{location}/{path}"),
-        reason: format!("not a sink log entry: {e}"),
-    })
-}
-
-/// The data files a file sink at `location` has committed, in commit
-/// order: what a reader that must not see uncommitted or half-written
-/// files reads. Follows the log across compactions.
-pub async fn committed_files(location: &Location) -> Result<Vec<String>> {
-    let store = location.open()?;
-    let log = read_log(store.as_ref(), location).await?;
-    let mut files = log.compact.map(|c| c.files).unwrap_or_default();
-    for entry in log.batches {
-        files.extend(entry.files);
-    }
-    Ok(files)
 }
