@@ -68,6 +68,17 @@ fn old_batches_are_deleted_and_a_restart_resumes_from_the_compacted_logs() {
         serde_json::from_slice(&fs::read(s.path("ck/sources/0/11.compact")).unwrap()).unwrap();
     assert_eq!(seen["files"].as_object().unwrap().len(), 12);
     assert_eq!(s.output_ids(), expected_ids(60));
+    let out = crate::common::weir()
+        .args(["checkpoint", "inspect", "--json"])
+        .arg(s.path("ck"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sourceCompacts"], serde_json::json!({"0": 11}));
+    assert_eq!(
+        report["offsets"],
+        serde_json::json!({"entries": 4, "first": 8, "last": 11})
+    );
 
     // A restart reads the compact entry, not the deleted plans: no old
     // file is read again, the new ones are read once.

@@ -462,7 +462,12 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
     // Retention: once snapshot 40 exists, state files restore the last
     // `min_batches_to_retain` versions: from snapshot 30 when 10 are
     // retained, from snapshot 10 when 25 are.
-    for (retained, oldest) in [(10, "30"), (25, "10")] {
+    // Also killed between snapshot 40 and the deletion of what it replaces.
+    for (retained, oldest, crash) in [
+        (10, "30", None),
+        (25, "10", None),
+        (10, "30", Some("state-before-trim@39")),
+    ] {
         let dir = example("windowed-clicks");
         long_stream(dir.path(), 40);
         edit(
@@ -475,7 +480,20 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
             "\n[retention]\nmin_batches_to_retain = {retained}\ncompact_interval = 5\n"
         ));
         std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+        if let Some(point) = crash {
+            run_killed_at(&dir.path().join("pipeline.toml"), point);
+        }
         assert_ok(&run(dir.path()));
+        // The sink's log is compacted too: its rows, in commit order.
+        let rows: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(
+            rows,
+            expected.values().flatten().cloned().collect::<Vec<_>>(),
+            "{retained} retained, {crash:?}"
+        );
         let mut kept: Vec<String> =
             std::fs::read_dir(dir.path().join(".weir/checkpoint/state/0/0"))
                 .unwrap()

@@ -64,6 +64,9 @@ pub struct Inspection {
     pub watermark_ms: Option<i64>,
     /// Each operator's state versions: snapshots and deltas on disk.
     pub state: BTreeMap<String, StateVersions>,
+    /// Per source (`sources/<i>`): the batch its newest compact entry
+    /// covers through, where a restart starts reading plans after.
+    pub source_compacts: BTreeMap<String, u64>,
     /// Files and bytes by top-level part (`offsets`, `sources`, `state`, ...).
     pub usage: BTreeMap<String, Usage>,
     /// Everything together.
@@ -121,6 +124,7 @@ pub async fn inspect(location: &Location) -> Result<Inspection> {
     let mut total = Usage::default();
     let (mut offsets, mut commits) = (LogSpan::default(), LogSpan::default());
     let mut state: BTreeMap<String, StateVersions> = BTreeMap::new();
+    let mut source_compacts: BTreeMap<String, u64> = BTreeMap::new();
     for object in &objects {
         let parts: Vec<String> = object
             .location
@@ -137,6 +141,15 @@ pub async fn inspect(location: &Location) -> Result<Inspection> {
         match (top.as_str(), parts.len(), id) {
             ("offsets", 2, Some(id)) => offsets.add(id),
             ("commits", 2, Some(id)) => commits.add(id),
+            ("sources", 3, None) => {
+                if let Some(id) = parts[2]
+                    .strip_suffix(".compact")
+                    .and_then(|id| id.parse::<u64>().ok())
+                {
+                    let newest = source_compacts.entry(parts[1].clone()).or_default();
+                    *newest = (*newest).max(id);
+                }
+            }
             ("state", n, _) if n >= 3 => {
                 let operator = parts[1..n - 1].join("/");
                 let file = &parts[n - 1];
@@ -188,6 +201,7 @@ pub async fn inspect(location: &Location) -> Result<Inspection> {
         last_batch_timestamp_ms: last_offsets.map(|o| o.batch_timestamp_ms),
         watermark_ms: last_commit.and_then(|c| c.next_watermark_ms),
         state,
+        source_compacts,
         usage,
         total,
     })
@@ -228,6 +242,9 @@ impl std::fmt::Display for Inspection {
                 "state {operator}: snapshots {:?}, deltas {:?}",
                 versions.snapshots, versions.deltas
             )?;
+        }
+        for (source, through) in &self.source_compacts {
+            writeln!(f, "sources/{source}: compacted through batch {through}")?;
         }
         for (part, usage) in &self.usage {
             writeln!(f, "{part}: {} files, {} bytes", usage.files, usage.bytes)?;

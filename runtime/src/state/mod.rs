@@ -213,6 +213,7 @@ impl StateStore {
                 true
             })?;
             self.write(&format!("{version}.snapshot"), &rows).await?;
+            crate::faults::crash_point("state-before-trim", version - 1);
             // The oldest retained version restores from the newest snapshot
             // at or below it; a replay of this batch, from the previous one.
             let oldest_retained = version.saturating_sub(self.retained);
