@@ -454,3 +454,31 @@ fn target_file_size_rolls_consecutive_batches_into_larger_files_exactly_once() {
     assert_eq!(ids, expected_ids(60));
     assert!(parquet_files < 12, "{parquet_files} files");
 }
+
+#[test]
+fn clean_source_never_deletes_through_a_symbolic_link() {
+    let s = Scenario::new(Spec {
+        source_extra: "clean_source = \"delete\"".into(),
+        ..Spec::default()
+    });
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(
+        outside.path().join("victim.json"),
+        "{\"id\": 1, \"name\": \"n\", \"amount\": 1.0}\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), s.path("in/linked")).unwrap();
+    s.input(
+        "own.json",
+        "{\"id\": 2, \"name\": \"n\", \"amount\": 1.0}\n",
+    );
+    assert_ok(&s.run());
+    let mut ids = s.output_ids();
+    ids.sort();
+    assert_eq!(ids, [1, 2], "both files are read");
+    assert!(
+        outside.path().join("victim.json").is_file(),
+        "deleted through the link"
+    );
+    assert!(!s.path("in/own.json").exists());
+}

@@ -369,11 +369,28 @@ impl super::Source for FileSource {
     }
 }
 
+/// Whether any part of `relative` below `root` is a symbolic link.
+fn through_symlink(root: &std::path::Path, relative: &str) -> bool {
+    let mut path = root.to_path_buf();
+    relative.split('/').any(|part| {
+        path.push(part);
+        std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
+    })
+}
+
 impl FileSource {
     /// Deletes or archives one processed file.
     async fn clean(&self, relative: &str) -> Result<()> {
         let path = ObjectPath::from(relative);
         let name = format!("{}/{relative}", self.config.path);
+        if let Some(root) = self.config.path.local_dir()
+            && through_symlink(root, relative)
+        {
+            // Read through a link, as listings follow them; never deleted
+            // or moved through one, which could reach outside the source.
+            tracing::warn!(file = %name, "not cleaning up a file reached through a symbolic link");
+            return Ok(());
+        }
         if let CleanSource::Archive(archive) = &self.config.clean_source {
             let moved = match (self.config.path.local_dir(), archive.local_dir()) {
                 (Some(from), Some(to)) => {
