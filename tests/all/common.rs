@@ -411,22 +411,25 @@ pub fn committed_sink_files(out: &Path) -> (Vec<String>, u64) {
     )
 }
 
+/// The batch id of the newest `N.compact` entry in a sink's log `dir`.
+fn newest_compact(dir: &Path) -> Option<u64> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".compact")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+}
+
 fn try_committed_sink_files(out: &Path) -> Option<(Vec<String>, u64)> {
     let log = out.join("_weir_log");
-    let compact = fs::read_dir(&log)
-        .map(|entries| {
-            entries
-                .filter_map(|e| {
-                    e.ok()?
-                        .file_name()
-                        .to_str()?
-                        .strip_suffix(".compact")?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .max()
-        })
-        .unwrap_or_default();
+    let compact = newest_compact(&log);
     let read = |name: String| -> Option<Value> {
         Some(serde_json::from_slice(&fs::read(log.join(name)).ok()?).unwrap())
     };
@@ -458,19 +461,7 @@ fn try_committed_sink_files(out: &Path) -> Option<(Vec<String>, u64)> {
 /// merged ones (`target_file_size`): still on disk for an interval.
 pub fn superseded(out: &Path) -> Vec<String> {
     let log = out.join("_weir_log");
-    let newest = fs::read_dir(&log)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_suffix(".compact")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max();
-    let Some(c) = newest else {
+    let Some(c) = newest_compact(&log) else {
         return Vec::new();
     };
     let Ok(bytes) = fs::read(log.join(format!("{c}.compact"))) else {

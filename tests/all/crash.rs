@@ -26,7 +26,7 @@ fn fault_free_rows() -> Vec<serde_json::Value> {
 }
 
 /// Runs with `WEIR_CRASH_AT=point@batch` and checks it died by SIGKILL.
-fn run_until_killed(s: &Scenario, point: &str, batch: u64) {
+pub(crate) fn run_until_killed(s: &Scenario, point: &str, batch: u64) {
     let out = s
         .command("run")
         .env("WEIR_CRASH_AT", format!("{point}@{batch}"))

@@ -4,10 +4,10 @@
 //! compaction.
 
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, SystemTime};
 
 use crate::common::{Scenario, Spec, assert_ok, committed_sink_files, numbered_entries};
+use crate::crash::run_until_killed;
 
 /// One file per batch; keeps 4 batches, compacts every 2.
 fn retained_spec() -> Spec {
@@ -101,22 +101,6 @@ fn old_batches_are_deleted_and_a_restart_resumes_from_the_compacted_logs() {
     assert_eq!(s.output_ids(), expected_ids(63));
     let (files, next) = committed_sink_files(&s.path("out"));
     assert_eq!((files.len(), next), (15, 15));
-}
-
-/// Kills the query at `point@batch`, expecting SIGKILL.
-fn run_until_killed(s: &Scenario, point: &str, batch: u64) {
-    let out = s
-        .command("run")
-        .env("WEIR_CRASH_AT", format!("{point}@{batch}"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "expected SIGKILL at {point}@{batch}, got {}:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
