@@ -433,6 +433,20 @@ async fn restore_source(
     Ok(replay)
 }
 
+/// Tells `source` the batch that read `plan` is committed (each small
+/// batch of a continuous epoch).
+async fn commit_plan(source: &mut dyn Source, plan: &Value) -> Result<()> {
+    match continuous::epoch_plans(plan) {
+        Some(small) => {
+            for plan in small {
+                source.handle_commit(plan).await?;
+            }
+            Ok(())
+        }
+        None => source.handle_commit(plan).await,
+    }
+}
+
 /// Opens input `input`'s source.
 fn open_source(input: &InputConfig, retries: &Retries) -> Result<Box<dyn Source>> {
     Ok(match &input.source {
@@ -640,14 +654,7 @@ impl Runner {
                 continue;
             }
             let plan = self.checkpoint.source_log::<Value>(index, last).await?;
-            match continuous::epoch_plans(&plan) {
-                Some(small) => {
-                    for plan in small {
-                        input.source.handle_commit(plan).await?;
-                    }
-                }
-                None => input.source.handle_commit(&plan).await?,
-            }
+            commit_plan(input.source.as_mut(), &plan).await?;
         }
         Ok(())
     }
@@ -657,14 +664,7 @@ impl Runner {
     /// compacted and trimmed to the retained batches.
     async fn after_commit(&mut self, batch_id: u64, plans: &[Value]) -> Result<()> {
         for (input, plan) in self.inputs.iter_mut().zip(plans) {
-            match continuous::epoch_plans(plan) {
-                Some(small) => {
-                    for plan in small {
-                        input.source.handle_commit(plan).await?;
-                    }
-                }
-                None => input.source.handle_commit(plan).await?,
-            }
+            commit_plan(input.source.as_mut(), plan).await?;
         }
         let retention = self.pipeline.retention;
         if !retention.compacts_at(batch_id) {
