@@ -148,6 +148,7 @@ fn stateful(
         config_json: config.into(),
         limits: PluginLimits::default(),
         on_swap_failure: Default::default(),
+        on_error: Default::default(),
     };
     let instance = engine
         .load_stateful(&stage.name, &stage.plugin)

@@ -45,6 +45,13 @@ pub enum PluginFailure {
         /// Trap code and Wasm backtrace.
         message: String,
     },
+    /// Quarantine could not keep the batch going: too many rows failed, or
+    /// no row fails alone.
+    #[error("quarantine gave up: {reason}")]
+    Quarantine {
+        /// Why.
+        reason: String,
+    },
     /// A call ran past the stage's time limit and was interrupted.
     #[error("the plugin exceeded its time limit of {limit:?} per call and was stopped")]
     Timeout {

@@ -37,6 +37,7 @@ pub struct QueryMetrics {
     input_rows: Family<QueryLabels, Counter>,
     output_rows: Family<QueryLabels, Counter>,
     bad_records: Family<QueryLabels, Counter>,
+    quarantined_rows: Family<QueryLabels, Counter>,
     dropped_by_watermark: Family<QueryLabels, Counter>,
     batch_seconds: Family<QueryLabels, Histogram>,
     watermark_ms: Family<QueryLabels, Gauge>,
@@ -55,6 +56,7 @@ impl QueryMetrics {
             input_rows: Family::default(),
             output_rows: Family::default(),
             bad_records: Family::default(),
+            quarantined_rows: Family::default(),
             dropped_by_watermark: Family::default(),
             // 1 ms to ~33 s.
             batch_seconds: Family::new_with_constructor(|| {
@@ -82,6 +84,11 @@ impl QueryMetrics {
             "bad_records",
             "Rows set aside as bad records",
             m.bad_records.clone(),
+        );
+        registry.register(
+            "quarantined_rows",
+            "Rows transform stages set aside (on_error = \"quarantine\")",
+            m.quarantined_rows.clone(),
         );
         registry.register(
             "rows_dropped_by_watermark",
@@ -130,6 +137,9 @@ impl QueryMetrics {
         self.bad_records
             .get_or_create(&labels)
             .inc_by(p.bad_records);
+        self.quarantined_rows
+            .get_or_create(&labels)
+            .inc_by(p.quarantined_rows);
         self.dropped_by_watermark
             .get_or_create(&labels)
             .inc_by(p.rows_dropped_by_watermark);

@@ -19,6 +19,7 @@ mod kafka;
 mod pg;
 mod plugin_projects;
 mod plugins;
+mod quarantine;
 mod retention;
 mod s3;
 mod serve;

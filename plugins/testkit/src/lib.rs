@@ -13,7 +13,13 @@
 //! - `allocate_on_id`: it allocates 256 MiB (for memory limits);
 //!
 //! and with `trap_always = true` it traps on every batch (a broken
-//! version to hot-swap in).
+//! version to hot-swap in). `trap_on_id_multiple_of = N` and
+//! `error_on_id_multiple_of = N` fail any batch holding an id divisible by
+//! N (poison rows, for quarantine).
+//!
+//! With `stamp = true` it appends two int64 columns: `now_us`, the wall
+//! clock read once per row, and `random`, a random number per row (both
+//! through WASI, for deterministic replay).
 //!
 //! With no trigger ids it is the identity, used to measure the cost of
 //! moving a batch host -> guest -> host.
@@ -23,7 +29,9 @@ use std::cell::RefCell;
 use serde::Deserialize;
 use weir_sdk::bindings::exports::weir::plugin::transform::Guest;
 use weir_sdk::bindings::weir::plugin::host::{Level, log};
-use weir_sdk::bindings::weir::plugin::types::{Batch, DataType, ErrorKind, PluginError};
+use weir_sdk::bindings::weir::plugin::types::{
+    Batch, Column, DataType, ErrorKind, Field, PluginError,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,8 +43,12 @@ struct Settings {
     empty_validity_on_id: Option<i64>,
     loop_on_id: Option<i64>,
     allocate_on_id: Option<i64>,
+    trap_on_id_multiple_of: Option<i64>,
+    error_on_id_multiple_of: Option<i64>,
     #[serde(default)]
     trap_always: bool,
+    #[serde(default)]
+    stamp: bool,
 }
 
 thread_local! {
@@ -57,12 +69,14 @@ impl Guest for Testkit {
     }
 
     fn process(mut input: Batch) -> Result<Vec<Batch>, PluginError> {
-        let hit = |id: Option<i64>| id.is_some_and(|id| ids(&input).contains(&id));
+        let ids = ids(&input);
+        let hit = |id: Option<i64>| id.is_some_and(|id| ids.contains(&id));
+        let multiple = |n: Option<i64>| n.is_some_and(|n| ids.iter().any(|id| id % n == 0));
         let (trap, error, corrupt, drop, spin, allocate, empty_validity) = SETTINGS.with(|s| {
             let s = s.borrow();
             (
-                s.trap_always || hit(s.trap_on_id),
-                hit(s.error_on_id),
+                s.trap_always || hit(s.trap_on_id) || multiple(s.trap_on_id_multiple_of),
+                hit(s.error_on_id) || multiple(s.error_on_id_multiple_of),
                 hit(s.corrupt_on_id),
                 hit(s.drop_column_on_id),
                 hit(s.loop_on_id),
@@ -99,6 +113,9 @@ impl Guest for Testkit {
             column.validity = Some(Vec::new());
             column.null_count = 0;
         }
+        if SETTINGS.with(|s| s.borrow().stamp) {
+            stamp(&mut input);
+        }
         Ok(vec![input])
     }
 }
@@ -116,6 +133,34 @@ fn ids(batch: &Batch) -> Vec<i64> {
         .chunks_exact(8)
         .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
         .collect()
+}
+
+/// Appends `now_us` and `random`, one reading per row.
+fn stamp(batch: &mut Batch) {
+    let rows = batch.num_rows as usize;
+    let mut now = Vec::with_capacity(rows * 8);
+    let mut random = Vec::with_capacity(rows * 8);
+    for _ in 0..rows {
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        now.extend_from_slice(&us.to_le_bytes());
+        let drawn = getrandom::u64().expect("wasi:random") as i64;
+        random.extend_from_slice(&drawn.to_le_bytes());
+    }
+    for (name, values) in [("now_us", now), ("random", random)] {
+        batch.fields.push(Field {
+            name: name.into(),
+            data_type: DataType::Int64,
+            nullable: false,
+        });
+        batch.columns.push(Column {
+            len: rows as u64,
+            null_count: 0,
+            validity: None,
+            buffers: vec![values],
+        });
+    }
 }
 
 fn corrupt_first_string_column(batch: &mut Batch) {

@@ -8,6 +8,7 @@
 //! ├── sources/0/N       source-specific log (the file source: files of batch N)
 //! ├── sources/0/N.compact  the source's position after batch N (see `retention`)
 //! ├── versions/N        the plugin versions batch N ran (digests; `plugins/` holds them)
+//! ├── quarantine/N      rows transform stages set aside in batch N (only batches with some)
 //! ├── state/<op>/0/     operator state: `<V>.snapshot` and `<V>.delta` files
 //! ├── .lock             held while a query runs (local checkpoints)
 //! └── .lease            held while a query runs (object storage; see `lease`)
@@ -271,6 +272,26 @@ impl Checkpoint {
     pub async fn write_versions<T: Serialize>(&self, batch: u64, versions: &T) -> Result<()> {
         self.write_once(&format!("versions/{batch}"), versions)
             .await
+    }
+
+    /// The rows the transform stages set aside in batch `batch`
+    /// (`quarantine/N`), if they set any aside.
+    pub async fn quarantine_of<T: DeserializeOwned>(&self, batch: u64) -> Result<Option<T>> {
+        self.read_opt(&format!("quarantine/{batch}")).await
+    }
+
+    /// Records the rows the stages set aside in batch N, before the sink
+    /// sees the batch, so a replay sets aside the same rows. A replay that
+    /// had to set more aside (a plugin failing at random) replaces it.
+    pub async fn write_quarantine<T: Serialize>(&self, batch: u64, rows: &T) -> Result<()> {
+        self.check_lease()?;
+        let name = format!("quarantine/{batch}");
+        let bytes = to_json(&name, rows)?;
+        self.store
+            .put(&ObjectPath::from(name.as_str()), PutPayload::from(bytes))
+            .await
+            .map(drop)
+            .map_err(|e| WeirError::storage(self.describe(&name), e))
     }
 
     /// Keeps a plugin component under `name` (`plugins/<digest>.wasm`), so

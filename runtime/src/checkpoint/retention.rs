@@ -23,7 +23,13 @@ use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 
 /// Numbered logs a purge trims (besides each source's log).
-const TRIMMED_LOGS: &[&str] = &["offsets", "commits", "versions", "sinks/kafka"];
+const TRIMMED_LOGS: &[&str] = &[
+    "offsets",
+    "commits",
+    "versions",
+    "quarantine",
+    "sinks/kafka",
+];
 
 /// What a purge deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

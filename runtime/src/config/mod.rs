@@ -285,7 +285,35 @@ pub struct TransformConfig {
     pub limits: PluginLimits,
     /// What happens when a version swapped in fails its first batch.
     pub on_swap_failure: SwapFailure,
+    /// What happens when a call fails on some rows (`on_error`).
+    pub on_error: OnError,
 }
+
+/// What a transform stage does when its plugin traps (or runs out of time
+/// or memory) or returns an `input` error on a batch (`on_error`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Fail the query; the batch is replayed on restart.
+    #[default]
+    Fail,
+    /// Find the rows the call fails on by bisecting the batch, write them
+    /// to the dead-letter location and run the rest.
+    Quarantine(Quarantine),
+}
+
+/// Where a quarantining stage sets rows aside, and how many it may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The dead-letter location (`dead_letter_path`; the checkpoint's
+    /// `dead_letter/` by default).
+    pub dead_letter: Option<Location>,
+    /// More quarantined rows than this in one batch fail the query: the
+    /// plugin is failing everything (`max_quarantined_rows_per_batch`).
+    pub max_rows_per_batch: usize,
+}
+
+/// Default of `max_quarantined_rows_per_batch`.
+pub const DEFAULT_MAX_QUARANTINED_ROWS: usize = 100;
 
 /// What a stage does when a plugin version swapped into it while running
 /// fails its first batch (`on_swap_failure`).
@@ -500,6 +528,9 @@ struct RawTransform {
     name: Spanned<String>,
     plugin: Spanned<String>,
     on_swap_failure: Option<SwapFailure>,
+    on_error: Option<Spanned<String>>,
+    max_quarantined_rows_per_batch: Option<Spanned<i64>>,
+    dead_letter_path: Option<Spanned<String>>,
     #[serde(default)]
     config: toml::Table,
     timeout: Option<Spanned<String>>,
@@ -1238,6 +1269,7 @@ impl Resolver<'_> {
             t.memory_limit.as_ref(),
         )?;
         stage.on_swap_failure = t.on_swap_failure.unwrap_or_default();
+        stage.on_error = self.on_error(t)?;
         if let Some(limit) = &t.output_limit {
             stage.limits.output_bytes = self.byte_count(limit, "output_limit")?;
             if let Some(confine) = self.confine {
@@ -1298,7 +1330,70 @@ impl Resolver<'_> {
             config_json,
             limits,
             on_swap_failure: SwapFailure::default(),
+            on_error: OnError::Fail,
         })
+    }
+
+    /// A transform's `on_error` and the keys that go with quarantine.
+    fn on_error(&self, t: &RawTransform) -> Result<OnError, ConfigError> {
+        let quarantine = match &t.on_error {
+            None => false,
+            Some(v) if v.get_ref() == "fail" => false,
+            Some(v) if v.get_ref() == "quarantine" => true,
+            Some(v) => {
+                return Err(self
+                    .err(v, format!("invalid on_error {:?}", v.get_ref()))
+                    .hint("on_error = \"fail\" (the default) or \"quarantine\""));
+            }
+        };
+        if !quarantine {
+            let stray = t
+                .max_quarantined_rows_per_batch
+                .as_ref()
+                .map(|s| (s.span(), "max_quarantined_rows_per_batch"))
+                .or(t
+                    .dead_letter_path
+                    .as_ref()
+                    .map(|s| (s.span(), "dead_letter_path")));
+            if let Some((span, key)) = stray {
+                return Err(self
+                    .err_at(
+                        span,
+                        format!("`{key}` applies with on_error = \"quarantine\" only"),
+                    )
+                    .hint("on_error = \"quarantine\""));
+            }
+            return Ok(OnError::Fail);
+        }
+        let name = t.name.get_ref();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self
+                .err(
+                    &t.name,
+                    format!("invalid stage name {name:?} for a quarantining stage"),
+                )
+                .hint("its name names its dead-letter files: use letters, digits, `_` and `-`"));
+        }
+        let max_rows_per_batch = match &t.max_quarantined_rows_per_batch {
+            None => DEFAULT_MAX_QUARANTINED_ROWS,
+            Some(n) if *n.get_ref() >= 1 => usize::try_from(*n.get_ref()).unwrap_or(usize::MAX),
+            Some(n) => {
+                return Err(self.err(n, "max_quarantined_rows_per_batch must be at least 1"));
+            }
+        };
+        let dead_letter = t
+            .dead_letter_path
+            .as_ref()
+            .map(|p| self.location(p))
+            .transpose()?;
+        Ok(OnError::Quarantine(Quarantine {
+            dead_letter,
+            max_rows_per_batch,
+        }))
     }
 
     fn sink(&self, s: &Spanned<RawSink>) -> Result<SinkConfig, ConfigError> {

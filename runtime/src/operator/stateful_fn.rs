@@ -67,6 +67,9 @@ pub struct StatefulFunction {
     pending: Vec<RecordBatch>,
     output_schema: Option<SchemaRef>,
     last: StageProgress,
+    /// The query's id: with the batch id, it seeds the plugin's random
+    /// stream (see [`crate::plugin::BatchEnv`]).
+    query_id: uuid::Uuid,
 }
 
 impl StatefulFunction {
@@ -79,7 +82,15 @@ impl StatefulFunction {
             pending: Vec::new(),
             output_schema: None,
             last: StageProgress::default(),
+            query_id: uuid::Uuid::nil(),
         }
+    }
+
+    /// The operator of query `query_id`, whose random streams are seeded
+    /// from that id (a replay draws the same numbers).
+    pub fn for_query(mut self, query_id: uuid::Uuid) -> StatefulFunction {
+        self.query_id = query_id;
+        self
     }
 
     fn schema_error(&self, reason: String) -> WeirError {
@@ -351,6 +362,13 @@ impl Operator for StatefulFunction {
     fn handle_batch_end(&mut self, ctx: &mut OperatorContext<'_>) -> Result<Vec<RecordBatch>> {
         let started = Instant::now();
         self.last.calls = 0;
+        self.instance
+            .begin_batch(crate::plugin::BatchEnv::for_batch(
+                &self.query_id,
+                &self.config.stage.name,
+                ctx.batch_id,
+                ctx.batch_time_ms,
+            ));
         let mut out = Vec::new();
         let pending = std::mem::take(&mut self.pending);
         if let Some(first) = pending.first() {

@@ -189,6 +189,8 @@ pub struct PluginState {
     log_rate: RateLimit,
     /// A foreachBatch plugin's outputs and the rows queued for them.
     pub outputs: OutputQueue,
+    /// What the plugin's clocks and random streams read (set per batch).
+    pub env: super::replayable::EnvHandle,
 }
 
 /// Checks one output applies to rows before it accepts them.
@@ -216,10 +218,12 @@ impl PluginState {
     /// end of stderr is also kept to explain traps).
     pub fn new(stage: &str, max_memory_bytes: u64) -> PluginState {
         let stderr = super::log_pipe::LogPipe::new(stage, "stderr");
-        let wasi = WasiCtx::builder()
-            .stdout(super::log_pipe::LogPipe::new(stage, "stdout"))
-            .stderr(stderr.clone())
-            .build();
+        let env = super::replayable::EnvHandle::new(stage);
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(super::log_pipe::LogPipe::new(stage, "stdout"))
+            .stderr(stderr.clone());
+        env.install(&mut wasi, stage);
+        let wasi = wasi.build();
         PluginState {
             stage: stage.to_string(),
             limiter: MemoryLimiter::new(max_memory_bytes),
@@ -230,6 +234,7 @@ impl PluginState {
             counters_refused: false,
             log_rate: RateLimit::default(),
             outputs: OutputQueue::default(),
+            env,
         }
     }
 

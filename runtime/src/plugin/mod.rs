@@ -13,6 +13,7 @@ mod cache;
 mod convert;
 mod inspect;
 mod log_pipe;
+mod replayable;
 mod stateful;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ use bindings::{ErrorKind, PluginError, PluginState, TransformPlugin, TransformPl
 pub use bindings::{GroupState, OutputCheck};
 pub use cache::{CacheOutcome, CompileCache};
 pub use inspect::PluginInfo;
+pub use replayable::BatchEnv;
 pub use stateful::{GroupCall, StatefulComponent, StatefulInstance};
 
 /// How a [`PluginEngine`] is set up.
@@ -412,6 +414,12 @@ impl TransformInstance {
     /// Counters the plugin reported through `counter-add`.
     pub fn counters(&self) -> &std::collections::BTreeMap<String, i64> {
         &self.store.data().counters
+    }
+
+    /// Starts a batch: the plugin's clocks and random stream read `env`'s
+    /// values from now on.
+    pub fn begin_batch(&mut self, env: BatchEnv) {
+        self.store.data().env.begin(env);
     }
 
     /// Linear memory the instance holds, in bytes.

@@ -145,4 +145,10 @@ impl StatefulInstance {
     pub fn counters(&self) -> &std::collections::BTreeMap<String, i64> {
         &self.store.data().counters
     }
+
+    /// Starts a batch: the plugin's clocks and random stream read `env`'s
+    /// values from now on.
+    pub fn begin_batch(&mut self, env: super::BatchEnv) {
+        self.store.data().env.begin(env);
+    }
 }

@@ -44,6 +44,7 @@ struct Epoch {
     input_rows: u64,
     output_rows: u64,
     bad_records: u64,
+    quarantined_rows: u64,
     files: usize,
     durations: PhaseDurations,
 }
@@ -106,7 +107,16 @@ impl Runner {
         epoch.durations.read += started.elapsed();
         let phase = Instant::now();
         self.apply_swaps();
-        let batches = self.transform(decoded.batches).await?;
+        // Small batches log no time of their own: the plugins' clock reads
+        // the time the batch ran (continuous mode replays no batch whole).
+        let stages_batch = super::versions::StagesBatch {
+            id,
+            time_ms: now_ms(),
+            recorded: Default::default(),
+        };
+        let transformed = self.transform(decoded.batches, stages_batch).await?;
+        epoch.quarantined_rows += self.set_aside(id, &transformed, None).await?;
+        let batches = transformed.batches;
         epoch.durations.transform += phase.elapsed();
         let phase = Instant::now();
         self.sink.commit(id, &batches).await?;
@@ -150,6 +160,7 @@ impl Runner {
             input_files: done.files,
             input_rows: done.input_rows,
             bad_records: done.bad_records,
+            quarantined_rows: done.quarantined_rows,
             output_rows: done.output_rows,
             sink_skipped: false,
             input_rows_per_second: done.input_rows as f64 / seconds,

@@ -9,6 +9,7 @@
 mod compact;
 mod continuous;
 mod progress;
+mod stage;
 mod swap;
 mod versions;
 
@@ -23,22 +24,23 @@ use tokio::sync::watch;
 
 pub use compact::{Compacted, compact};
 pub use progress::{BatchProgress, PhaseDurations, StageProgress};
+pub use stage::{QuarantineRecord, QuarantinedRow};
 pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
 
 use std::sync::Arc;
 
-use crate::plugin::TransformComponent;
+use stage::{PluginVersion, Stage};
 use swap::{StageSettings, SwapRequest};
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::config::{InputConfig, Pipeline, SourceConfig, Trigger, WatermarkPolicy};
-use crate::error::{PluginFailure, Result, WeirError};
+use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::{
     Deduplicate, Operator, OperatorContext, StatefulFunction, StaticJoin, StreamJoin,
     WindowAggregate,
 };
-use crate::plugin::{PluginEngine, TransformInstance};
+use crate::plugin::PluginEngine;
 use crate::retry::Retries;
 use crate::sink::{self, CommitOutcome, Sink};
 use crate::source::{BadRecord, FileSource, KafkaSource, Source};
@@ -141,7 +143,8 @@ impl Query {
         let stateful_config = pipeline.stateful.clone();
         let foreach_batch = pipeline.sink.foreach_batch.clone();
         let retention = pipeline.retention;
-        let query_id = checkpoint.metadata().id.to_string();
+        let query_uuid = checkpoint.metadata().id;
+        let query_id = query_uuid.to_string();
         let query_id_for_sink = query_id.clone();
         let retries = Retries::default();
         let (stages, stateful_fn, plugin_sink) = off_runtime(move || {
@@ -162,6 +165,7 @@ impl Query {
                         component,
                         limits: t.limits,
                         on_failure: t.on_swap_failure,
+                        on_error: t.on_error.clone(),
                         previous: None,
                     })
                 })
@@ -172,7 +176,7 @@ impl Query {
                     let instance = engine
                         .load_stateful(&stage.name, &stage.plugin)?
                         .instantiate(&stage.config_json, stage.limits)?;
-                    Some(StatefulFunction::new(config, instance))
+                    Some(StatefulFunction::new(config, instance).for_query(query_uuid))
                 }
                 None => None,
             };
@@ -311,46 +315,6 @@ impl Query {
         let outcome = runner.run(recovery).await;
         runner.checkpoint.release().await;
         outcome
-    }
-}
-
-struct Stage {
-    name: String,
-    instance: TransformInstance,
-    /// The schema of this stage's first output; later outputs must match.
-    schema: Option<SchemaRef>,
-    /// What the stage did in the latest batch.
-    last: StageProgress,
-    /// The plugin version running.
-    version: StageVersion,
-    component: Arc<TransformComponent>,
-    limits: crate::config::PluginLimits,
-    on_failure: crate::config::SwapFailure,
-    /// After a swap, until the new version completed a batch: the version
-    /// before, to roll back to.
-    previous: Option<Box<PluginVersion>>,
-}
-
-/// A stage's plugin, swapped out but kept.
-struct PluginVersion {
-    instance: TransformInstance,
-    version: StageVersion,
-    component: Arc<TransformComponent>,
-}
-
-impl Stage {
-    /// Puts `next` in, returning the version that ran until now. (Another
-    /// version may emit other columns: its first output sets the schema.)
-    fn replace(&mut self, next: PluginVersion) -> PluginVersion {
-        self.schema = None;
-        let instance = std::mem::replace(&mut self.instance, next.instance);
-        let version = std::mem::replace(&mut self.version, next.version);
-        let component = std::mem::replace(&mut self.component, next.component);
-        PluginVersion {
-            instance,
-            version,
-            component,
-        }
     }
 }
 
@@ -815,14 +779,26 @@ impl Runner {
             self.apply_swaps();
             (Vec::new(), false)
         };
-        let transformed = self.transform(joined).await;
+        let recorded = if replay {
+            self.checkpoint.quarantine_of(batch_id).await?
+        } else {
+            None
+        };
+        let stages_batch = versions::StagesBatch {
+            id: batch_id,
+            time_ms: batch_time_ms,
+            recorded: recorded.clone().unwrap_or_default(),
+        };
+        let transformed = self.transform(joined, stages_batch).await;
         for (index, current) in put_back {
             self.stages[index].replace(current);
         }
-        let mut batches = transformed?;
+        let transformed = transformed?;
         if !logged {
             self.log_versions(batch_id).await?;
         }
+        let quarantined = self.set_aside(batch_id, &transformed, recorded).await?;
+        let mut batches = transformed.batches;
         if let Some(join) = &mut self.static_join {
             join.refresh_if_due().await?;
             batches = batches
@@ -852,6 +828,7 @@ impl Runner {
         crash_point("after-transform", batch_id);
 
         let phase = Instant::now();
+        self.sink.begin_batch(batch_id, batch_time_ms);
         let outcome = self.sink.commit(batch_id, &batches).await?;
         if let Some(stateful) = &mut self.operator {
             stateful.state.commit(batch_id + 1).await?;
@@ -922,6 +899,7 @@ impl Runner {
             input_files: inputs,
             input_rows,
             bad_records,
+            quarantined_rows: quarantined,
             output_rows,
             sink_skipped: outcome == CommitOutcome::AlreadyCommitted,
             input_rows_per_second: rate(since_previous.unwrap_or(durations.total)),
@@ -953,6 +931,55 @@ impl Runner {
             listener(&progress);
         }
         Ok(())
+    }
+
+    /// Records the rows the stages set aside in batch `batch_id` in
+    /// `quarantine/N` (unless a first attempt recorded the same) and writes
+    /// them to each stage's dead-letter location, as
+    /// `quarantine-<stage>-batch-N.jsonl` (a replay rewrites the same file
+    /// with the same rows). Returns how many rows were set aside.
+    async fn set_aside(
+        &self,
+        batch_id: u64,
+        transformed: &versions::Transformed,
+        recorded: Option<QuarantineRecord>,
+    ) -> Result<u64> {
+        if transformed.quarantined.is_empty() {
+            return Ok(0);
+        }
+        if recorded.as_ref() != Some(&transformed.quarantined) {
+            self.checkpoint
+                .write_quarantine(batch_id, &transformed.quarantined)
+                .await?;
+            crash_point("after-quarantine-log", batch_id);
+        }
+        for (stage, lines) in &transformed.dead_letters {
+            let location = self
+                .pipeline
+                .transforms
+                .iter()
+                .find(|t| &t.name == stage)
+                .and_then(|t| match &t.on_error {
+                    crate::config::OnError::Quarantine(q) => q.dead_letter.clone(),
+                    crate::config::OnError::Fail => None,
+                })
+                .unwrap_or_else(|| self.pipeline.checkpoint.join("dead_letter"));
+            let name = format!("quarantine-{stage}-batch-{batch_id:06}.jsonl");
+            tracing::warn!(batch_id, stage, location = %location, "rows the plugin failed on were quarantined");
+            location
+                .open()?
+                .put(
+                    &ObjectPath::from(name.as_str()),
+                    PutPayload::from(lines.clone()),
+                )
+                .await
+                .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))?;
+        }
+        Ok(transformed
+            .quarantined
+            .values()
+            .map(|rows| rows.len() as u64)
+            .sum())
     }
 
     /// Writes batch N's bad records to `<dead_letter>/batch-N.jsonl`; a
@@ -1025,45 +1052,6 @@ impl Runner {
             }
             None => tokio::time::sleep(wait).await,
         }
-    }
-}
-
-impl Stage {
-    /// Runs every non-empty batch through the plugin (on a blocking thread).
-    fn process(&mut self, inputs: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
-        let started = Instant::now();
-        let mut calls = 0;
-        let mut outputs = Vec::new();
-        for input in inputs.iter().filter(|b| b.num_rows() > 0) {
-            calls += 1;
-            for output in self.instance.process(input)? {
-                match &self.schema {
-                    None => self.schema = Some(output.schema()),
-                    Some(expected) if *expected != output.schema() => {
-                        return Err(WeirError::Plugin {
-                            stage: self.name.clone(),
-                            failure: PluginFailure::InvalidOutput {
-                                reason: format!(
-                                    "output schema changed between batches: first {:?}, now {:?}",
-                                    field_list(expected),
-                                    field_list(&output.schema())
-                                ),
-                            },
-                        });
-                    }
-                    Some(_) => {}
-                }
-                outputs.push(output);
-            }
-        }
-        self.last = StageProgress {
-            name: self.name.clone(),
-            calls,
-            duration: started.elapsed(),
-            counters: self.instance.counters().clone(),
-            memory_bytes: self.instance.memory_bytes(),
-        };
-        Ok(outputs)
     }
 }
 

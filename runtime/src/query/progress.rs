@@ -31,6 +31,8 @@ pub struct StageProgress {
     pub counters: std::collections::BTreeMap<String, i64>,
     /// Linear memory the plugin instance holds after the batch, in bytes.
     pub memory_bytes: u64,
+    /// Rows the stage set aside in the batch (`on_error = "quarantine"`).
+    pub quarantined_rows: u64,
 }
 
 /// What one micro-batch did, reported when it commits.
@@ -48,6 +50,8 @@ pub struct BatchProgress {
     pub input_rows: u64,
     /// Rows set aside as bad records.
     pub bad_records: u64,
+    /// Rows the transform stages set aside (`on_error = "quarantine"`).
+    pub quarantined_rows: u64,
     /// Rows handed to the sink.
     pub output_rows: u64,
     /// Whether the sink found the batch already committed (replay).
@@ -90,6 +94,7 @@ impl BatchProgress {
             "numInputRows": self.input_rows,
             "numInputFiles": self.input_files,
             "numBadRecords": self.bad_records,
+            "numQuarantinedRows": self.quarantined_rows,
             "inputRowsPerSecond": self.input_rows_per_second,
             "processedRowsPerSecond": self.processed_rows_per_second,
             "durationMs": {
@@ -107,6 +112,7 @@ impl BatchProgress {
                 "calls": s.calls,
                 "durationMs": ms(s.duration),
                 "memoryBytes": s.memory_bytes,
+                "numQuarantinedRows": s.quarantined_rows,
                 "counters": s.counters,
             })).collect::<Vec<_>>(),
         });
@@ -148,10 +154,11 @@ impl fmt::Display for BatchProgress {
             if self.replay { " (replay)" } else { "" },
             self.input_rows,
             self.input_files,
-            if self.bad_records > 0 {
-                format!(", {} bad records", self.bad_records)
-            } else {
-                String::new()
+            match (self.bad_records, self.quarantined_rows) {
+                (0, 0) => String::new(),
+                (bad, 0) => format!(", {bad} bad records"),
+                (0, q) => format!(", {q} rows quarantined"),
+                (bad, q) => format!(", {bad} bad records, {q} rows quarantined"),
             },
             self.output_rows,
             if self.sink_skipped {

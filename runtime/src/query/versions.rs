@@ -6,13 +6,34 @@ use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
 
+use super::stage::{QuarantineRecord, Stage};
 use super::{PluginVersion, Runner, StageVersion, StageVersions, off_runtime};
 use crate::config::SwapFailure;
 use crate::error::Result;
+use crate::plugin::BatchEnv;
 
 /// `sha256:0123456789ab` — enough of a digest to tell versions apart in logs.
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
+}
+
+/// Which batch the transform stages run, as they need to know it.
+#[derive(Clone)]
+pub(super) struct StagesBatch {
+    pub id: u64,
+    /// The batch's logged processing time: the plugins' clock.
+    pub time_ms: i64,
+    /// Rows set aside by a first attempt of the batch (a replay).
+    pub recorded: QuarantineRecord,
+}
+
+/// What the transform stages made of a batch.
+pub(super) struct Transformed {
+    pub batches: Vec<RecordBatch>,
+    /// The rows each stage set aside (stages that set none aside absent).
+    pub quarantined: QuarantineRecord,
+    /// Those rows as dead-letter records, by stage.
+    pub dead_letters: Vec<(String, Vec<u8>)>,
 }
 
 impl Runner {
@@ -54,8 +75,12 @@ impl Runner {
     /// Runs the transform stages; a version swapped in that fails its first
     /// batch is rolled back (unless its stage says `fail`) and the batch
     /// runs again with the version before.
-    pub(super) async fn transform(&mut self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        let first = self.run_stages(input.clone()).await;
+    pub(super) async fn transform(
+        &mut self,
+        input: Vec<RecordBatch>,
+        batch: StagesBatch,
+    ) -> Result<Transformed> {
+        let first = self.run_stages(input.clone(), batch.clone()).await;
         let error = match first {
             Ok(output) => {
                 for stage in &mut self.stages {
@@ -92,17 +117,41 @@ impl Runner {
         if !rolled_back {
             return Err(error);
         }
-        self.run_stages(input).await
+        self.run_stages(input, batch).await
     }
 
-    async fn run_stages(&mut self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    async fn run_stages(
+        &mut self,
+        input: Vec<RecordBatch>,
+        batch: StagesBatch,
+    ) -> Result<Transformed> {
         let mut stages = std::mem::take(&mut self.stages);
+        let query_id = self.checkpoint.metadata().id;
         let (stages, output) = off_runtime(move || {
-            let mut batches = Ok(input);
-            for stage in &mut stages {
-                batches = batches.and_then(|b| stage.process(&b));
-            }
-            Ok((stages, batches))
+            let run = |stages: &mut Vec<Stage>| {
+                let mut done = Transformed {
+                    batches: input,
+                    quarantined: QuarantineRecord::new(),
+                    dead_letters: Vec::new(),
+                };
+                for stage in stages {
+                    let env = BatchEnv::for_batch(&query_id, &stage.name, batch.id, batch.time_ms);
+                    let recorded = batch
+                        .recorded
+                        .get(&stage.name)
+                        .map_or(&[][..], Vec::as_slice);
+                    let run = stage.process(batch.id, &done.batches, env, recorded)?;
+                    done.batches = run.outputs;
+                    if !run.quarantined.is_empty() {
+                        done.quarantined.insert(stage.name.clone(), run.quarantined);
+                        done.dead_letters
+                            .push((stage.name.clone(), run.dead_letters));
+                    }
+                }
+                Ok(done)
+            };
+            let output = run(&mut stages);
+            Ok((stages, output))
         })
         .await?;
         self.stages = stages;

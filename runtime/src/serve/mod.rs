@@ -109,6 +109,8 @@ pub struct QueryInfo {
     pub batches: u64,
     /// Transform stages (names for swaps).
     pub stages: Vec<String>,
+    /// Rows its stages quarantined since the host started it.
+    pub quarantined_rows: u64,
 }
 
 struct Running {
@@ -144,6 +146,9 @@ impl Running {
                 .back()
                 .map_or(0, |p| p["hostBatches"].as_u64().unwrap_or(0)),
             stages: self.control.stage_names(),
+            quarantined_rows: progress
+                .back()
+                .map_or(0, |p| p["hostQuarantinedRows"].as_u64().unwrap_or(0)),
         }
     }
 }
@@ -424,13 +429,15 @@ impl Host {
                 source,
             })?;
         let (metrics, label, recent) = (self.metrics.clone(), id.clone(), running.clone());
-        let mut host_batches = 0u64;
+        let (mut host_batches, mut host_quarantined) = (0u64, 0u64);
         let query = query.on_progress(move |p| {
             host_batches += 1;
+            host_quarantined += p.quarantined_rows;
             metrics.observe(&label, p);
             let mut json = p.to_json();
             json["id"] = label.clone().into();
             json["hostBatches"] = host_batches.into();
+            json["hostQuarantinedRows"] = host_quarantined.into();
             if let Err(e) = writeln!(log, "{json}") {
                 tracing::warn!("cannot write the progress log: {e}");
             }

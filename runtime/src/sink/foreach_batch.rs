@@ -33,6 +33,8 @@ pub struct ForeachBatchSink {
     instance: Arc<Mutex<BatchSinkInstance>>,
     outputs: BTreeMap<String, Output>,
     last: StageProgress,
+    /// Seeds the plugin's random stream, with the batch id.
+    query_id: uuid::Uuid,
 }
 
 impl ForeachBatchSink {
@@ -94,6 +96,7 @@ impl ForeachBatchSink {
             instance: Arc::new(Mutex::new(instance)),
             outputs,
             last: StageProgress::default(),
+            query_id: query_id.parse().unwrap_or_default(),
         })
     }
 }
@@ -102,6 +105,18 @@ impl ForeachBatchSink {
 impl Sink for ForeachBatchSink {
     fn stage_progress(&self) -> Option<StageProgress> {
         Some(self.last.clone())
+    }
+
+    fn begin_batch(&mut self, batch_id: u64, batch_time_ms: i64) {
+        let env = crate::plugin::BatchEnv::for_batch(
+            &self.query_id,
+            &self.stage,
+            batch_id,
+            batch_time_ms,
+        );
+        if let Ok(mut instance) = self.instance.lock() {
+            instance.begin_batch(env);
+        }
     }
 
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {

@@ -42,6 +42,11 @@ pub trait Sink: Send {
     /// recognised and skipped.
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome>;
 
+    /// Called before [`Sink::commit`] with the time batch `batch_id` was
+    /// planned at (logged, so a replay passes the same): a sink running a
+    /// plugin gives it that time (see [`crate::plugin::BatchEnv`]).
+    fn begin_batch(&mut self, _batch_id: u64, _batch_time_ms: i64) {}
+
     /// What the sink's plugin did in the latest batch, if it runs one.
     fn stage_progress(&self) -> Option<crate::query::StageProgress> {
         None

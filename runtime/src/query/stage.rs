@@ -1,0 +1,391 @@
+//! Transform stages: one plugin instance per stage, run over a batch's rows.
+//!
+//! A stage with `on_error = "quarantine"` keeps one bad row from failing
+//! its batch. When a call traps (or runs out of time or memory) or returns
+//! an `input` error, the stage bisects the failing input to the rows that
+//! fail alone, sets them aside and runs the batch again without them. The
+//! output is then what the plugin makes of the batch minus those rows, in
+//! one pass with the batch's clock and seed (`BatchEnv`): exactly what a
+//! replay makes when it removes the rows `quarantine/N` recorded, and the
+//! same whatever size the source's batches are, for a plugin that maps
+//! rows independently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use serde::{Deserialize, Serialize};
+
+use super::{StageProgress, StageVersion, field_list};
+use crate::config::{OnError, PluginLimits, SwapFailure};
+use crate::error::{PluginFailure, Result, WeirError};
+use crate::plugin::{BatchEnv, TransformComponent, TransformInstance};
+
+pub(super) struct Stage {
+    pub name: String,
+    pub instance: TransformInstance,
+    /// The schema of this stage's first output; later outputs must match.
+    pub schema: Option<SchemaRef>,
+    /// What the stage did in the latest batch.
+    pub last: StageProgress,
+    /// The plugin version running.
+    pub version: StageVersion,
+    pub component: Arc<TransformComponent>,
+    pub limits: PluginLimits,
+    pub on_failure: SwapFailure,
+    /// What a failing call does: fail the query, or quarantine rows.
+    pub on_error: OnError,
+    /// After a swap, until the new version completed a batch: the version
+    /// before, to roll back to.
+    pub previous: Option<Box<PluginVersion>>,
+}
+
+/// A stage's plugin, swapped out but kept.
+pub(super) struct PluginVersion {
+    pub instance: TransformInstance,
+    pub version: StageVersion,
+    pub component: Arc<TransformComponent>,
+}
+
+/// A row a stage set aside: where it was in the stage's input, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedRow {
+    /// Which of the stage's input batches held it.
+    pub input: usize,
+    /// Its row number in that batch.
+    pub row: usize,
+    /// What the plugin did with it alone.
+    pub error: String,
+}
+
+/// `quarantine/N`: the rows each stage set aside in batch N, by stage.
+pub type QuarantineRecord = BTreeMap<String, Vec<QuarantinedRow>>;
+
+/// What one stage made of a batch.
+pub(super) struct StageRun {
+    pub outputs: Vec<RecordBatch>,
+    /// Every row set aside in this batch (those recorded before included).
+    pub quarantined: Vec<QuarantinedRow>,
+    /// The rows set aside, as dead-letter records (JSON lines).
+    pub dead_letters: Vec<u8>,
+}
+
+/// A call that failed on one of the stage's inputs.
+struct CallFailed {
+    input: usize,
+    error: WeirError,
+}
+
+impl Stage {
+    /// Puts `next` in, returning the version that ran until now. (Another
+    /// version may emit other columns: its first output sets the schema.)
+    pub fn replace(&mut self, next: PluginVersion) -> PluginVersion {
+        self.schema = None;
+        let instance = std::mem::replace(&mut self.instance, next.instance);
+        let version = std::mem::replace(&mut self.version, next.version);
+        let component = std::mem::replace(&mut self.component, next.component);
+        PluginVersion {
+            instance,
+            version,
+            component,
+        }
+    }
+
+    /// Runs batch `batch_id`'s non-empty inputs through the plugin (on a
+    /// blocking thread), with `env`'s clock and seed, leaving out the rows
+    /// `recorded` says were set aside before (a replay).
+    pub fn process(
+        &mut self,
+        batch_id: u64,
+        inputs: &[RecordBatch],
+        env: BatchEnv,
+        recorded: &[QuarantinedRow],
+    ) -> Result<StageRun> {
+        let started = Instant::now();
+        let mut quarantined = recorded.to_vec();
+        let mut calls = 0;
+        let outputs = loop {
+            self.instance.begin_batch(env);
+            let failed = match self.run_inputs(inputs, &quarantined, &mut calls) {
+                Ok(outputs) => break outputs,
+                Err(failed) => failed,
+            };
+            let OnError::Quarantine(settings) = &self.on_error else {
+                return Err(failed.error);
+            };
+            if !quarantinable(&failed.error) {
+                return Err(failed.error);
+            }
+            let limit = settings.max_rows_per_batch;
+            let kept = kept_rows(inputs[failed.input].num_rows(), failed.input, &quarantined);
+            let batch = take_rows(&inputs[failed.input], &kept)?;
+            let mut found = Vec::new();
+            let budget = limit.saturating_sub(quarantined.len());
+            self.failing_rows(&batch, 0, failed.error, env, budget, &mut found, &mut calls)?;
+            if found.is_empty() {
+                return Err(self.unnarrowed(batch_id, batch.num_rows()));
+            }
+            quarantined.extend(found.into_iter().map(|(at, error)| QuarantinedRow {
+                input: failed.input,
+                row: kept[at],
+                error,
+            }));
+            if quarantined.len() > limit {
+                return Err(self.over_limit(batch_id, limit, &quarantined[0].error));
+            }
+        };
+        quarantined.sort_by_key(|q| (q.input, q.row));
+        let dead_letters = self.dead_letters(batch_id, inputs, &quarantined)?;
+        self.last = StageProgress {
+            name: self.name.clone(),
+            calls,
+            duration: started.elapsed(),
+            counters: self.instance.counters().clone(),
+            memory_bytes: self.instance.memory_bytes(),
+            quarantined_rows: quarantined.len() as u64,
+        };
+        Ok(StageRun {
+            outputs,
+            quarantined,
+            dead_letters,
+        })
+    }
+
+    /// One pass over the inputs without the rows set aside; the first
+    /// failing call stops it.
+    fn run_inputs(
+        &mut self,
+        inputs: &[RecordBatch],
+        quarantined: &[QuarantinedRow],
+        calls: &mut u64,
+    ) -> std::result::Result<Vec<RecordBatch>, CallFailed> {
+        let mut outputs = Vec::new();
+        for (index, input) in inputs.iter().enumerate() {
+            let failed = |error| CallFailed {
+                input: index,
+                error,
+            };
+            let kept = kept_rows(input.num_rows(), index, quarantined);
+            if kept.is_empty() {
+                continue;
+            }
+            let input = if kept.len() == input.num_rows() {
+                input.clone()
+            } else {
+                take_rows(input, &kept).map_err(failed)?
+            };
+            *calls += 1;
+            for output in self.call(&input).map_err(failed)? {
+                self.check_schema(&output).map_err(failed)?;
+                outputs.push(output);
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Finds the rows of `batch` (at `offset` in the bisected input) that
+    /// fail alone; `error` is what the call over all of `batch` returned.
+    /// Stops once more than `budget` are found: the stage fails anyway.
+    #[allow(clippy::too_many_arguments)]
+    fn failing_rows(
+        &mut self,
+        batch: &RecordBatch,
+        offset: usize,
+        error: WeirError,
+        env: BatchEnv,
+        budget: usize,
+        found: &mut Vec<(usize, String)>,
+        calls: &mut u64,
+    ) -> Result<()> {
+        if batch.num_rows() == 1 {
+            found.push((offset, failure_text(&error)));
+            return Ok(());
+        }
+        let half = batch.num_rows() / 2;
+        for (start, len) in [(0, half), (half, batch.num_rows() - half)] {
+            if found.len() > budget {
+                return Ok(());
+            }
+            let part = batch.slice(start, len);
+            self.instance.begin_batch(env);
+            *calls += 1;
+            match self.call(&part) {
+                Ok(_) => {}
+                Err(e) if quarantinable(&e) => {
+                    self.failing_rows(&part, offset + start, e, env, budget, found, calls)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One plugin call; after a trap the instance is replaced by a fresh
+    /// one (a trapped instance must not run again).
+    fn call(&mut self, input: &RecordBatch) -> Result<Vec<RecordBatch>> {
+        let result = self.instance.process(input);
+        if let Err(WeirError::Plugin { failure, .. }) = &result
+            && matches!(
+                failure,
+                PluginFailure::Trap { .. }
+                    | PluginFailure::Timeout { .. }
+                    | PluginFailure::OutOfMemory { .. }
+            )
+            && matches!(self.on_error, OnError::Quarantine(_))
+        {
+            self.instance = self
+                .component
+                .instantiate(&self.version.config_json, self.limits)?;
+        }
+        result
+    }
+
+    fn check_schema(&mut self, output: &RecordBatch) -> Result<()> {
+        match &self.schema {
+            None => self.schema = Some(output.schema()),
+            Some(expected) if *expected != output.schema() => {
+                return Err(WeirError::Plugin {
+                    stage: self.name.clone(),
+                    failure: PluginFailure::InvalidOutput {
+                        reason: format!(
+                            "output schema changed between batches: first {:?}, now {:?}",
+                            field_list(expected),
+                            field_list(&output.schema())
+                        ),
+                    },
+                });
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The dead-letter records of the rows set aside: one JSON line each,
+    /// with the row, the error and the plugin version.
+    fn dead_letters(
+        &self,
+        batch_id: u64,
+        inputs: &[RecordBatch],
+        quarantined: &[QuarantinedRow],
+    ) -> Result<Vec<u8>> {
+        let mut lines = Vec::new();
+        for q in quarantined {
+            let Some(input) = inputs.get(q.input).filter(|b| q.row < b.num_rows()) else {
+                return Err(WeirError::CheckpointCorrupt {
+                    path: format!("quarantine/{batch_id}"),
+                    reason: format!(
+                        "stage `{}` recorded row {} of input {}, which the batch does not have",
+                        self.name, q.row, q.input
+                    ),
+                });
+            };
+            let json = crate::sink::json_lines(&[input.slice(q.row, 1)], "a quarantined row")?;
+            let record: serde_json::Value = serde_json::from_slice(&json)
+                .map_err(|e| WeirError::Internal(format!("a quarantined row's JSON: {e}")))?;
+            let line = serde_json::json!({
+                "batch_id": batch_id,
+                "stage": self.name,
+                "plugin": self.version.digest,
+                "input": q.input,
+                "row": q.row,
+                "error": q.error,
+                "record": record,
+            });
+            serde_json::to_writer(&mut lines, &line)
+                .map_err(|e| WeirError::Internal(e.to_string()))?;
+            lines.push(b'\n');
+        }
+        Ok(lines)
+    }
+
+    fn over_limit(&self, batch_id: u64, limit: usize, first: &str) -> WeirError {
+        WeirError::Plugin {
+            stage: self.name.clone(),
+            failure: PluginFailure::Quarantine {
+                reason: format!(
+                    "more than {limit} rows of batch {batch_id} failed \
+                     (max_quarantined_rows_per_batch = {limit}); the first: {first}"
+                ),
+            },
+        }
+    }
+
+    fn unnarrowed(&self, batch_id: u64, rows: usize) -> WeirError {
+        WeirError::Plugin {
+            stage: self.name.clone(),
+            failure: PluginFailure::Quarantine {
+                reason: format!(
+                    "a call over {rows} rows of batch {batch_id} failed, but no row fails \
+                     alone: the plugin fails on a combination of rows, which quarantine \
+                     cannot set aside"
+                ),
+            },
+        }
+    }
+}
+
+/// Whether a failure may be blamed on rows: a trap, a time or memory limit
+/// hit, or an `input` error. A `config` or `internal` error, or output the
+/// host refuses, is the plugin's own and fails the query.
+fn quarantinable(error: &WeirError) -> bool {
+    matches!(
+        error,
+        WeirError::Plugin {
+            failure: PluginFailure::Trap { .. }
+                | PluginFailure::Timeout { .. }
+                | PluginFailure::OutOfMemory { .. }
+                | PluginFailure::Guest { kind: "input", .. },
+            ..
+        }
+    )
+}
+
+/// The failure alone, without the stage name the dead-letter record has.
+fn failure_text(error: &WeirError) -> String {
+    match error {
+        WeirError::Plugin { failure, .. } => failure.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Row numbers of input `input` (of `rows` rows) not set aside.
+fn kept_rows(rows: usize, input: usize, quarantined: &[QuarantinedRow]) -> Vec<usize> {
+    let mut keep = vec![true; rows];
+    for q in quarantined.iter().filter(|q| q.input == input) {
+        if let Some(k) = keep.get_mut(q.row) {
+            *k = false;
+        }
+    }
+    (0..rows).filter(|&r| keep[r]).collect()
+}
+
+/// The rows `rows` (ascending) of `batch`.
+fn take_rows(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
+    let mut mask = vec![false; batch.num_rows()];
+    for &r in rows {
+        mask[r] = true;
+    }
+    filter_record_batch(batch, &BooleanArray::from(mask))
+        .map_err(|e| WeirError::Internal(format!("setting quarantined rows aside: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_rows_leave_out_the_rows_of_their_own_input() {
+        let q = |input, row| QuarantinedRow {
+            input,
+            row,
+            error: String::new(),
+        };
+        let quarantined = [q(0, 1), q(1, 0), q(0, 3), q(0, 9)];
+        assert_eq!(kept_rows(5, 0, &quarantined), vec![0, 2, 4]);
+        assert_eq!(kept_rows(2, 1, &quarantined), vec![1]);
+        assert_eq!(kept_rows(2, 2, &quarantined), vec![0, 1]);
+    }
+}

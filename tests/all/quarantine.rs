@@ -1,0 +1,225 @@
+//! Poison rows and repeatable plugins: a stage with
+//! `on_error = "quarantine"` sets aside the rows its plugin fails on and
+//! runs the rest; a replayed batch quarantines the same rows and gives its
+//! plugins the same clock and random numbers, so its output is the first
+//! attempt's, byte for byte.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+use weir::faults::CRASH_POINTS;
+
+use crate::common::{Scenario, Spec, assert_exit, assert_ok, committed_json_batches};
+use crate::crash::run_until_killed;
+
+/// `trap` traps on every batch holding an id divisible by 7; `stamp`
+/// appends a wall-clock reading and a random number to each row.
+fn poison_then_stamp() -> Vec<String> {
+    vec![
+        r#"
+[[transform]]
+name = "trap"
+plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_testkit.wasm"
+config = { trap_on_id_multiple_of = 7 }
+on_error = "quarantine"
+"#
+        .into(),
+        r#"
+[[transform]]
+name = "stamp"
+plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_testkit.wasm"
+config = { stamp = true }
+"#
+        .into(),
+    ]
+}
+
+/// The ids of every quarantined row in the dead-letter files under `dir`,
+/// sorted (an id set aside twice shows twice).
+fn quarantined_ids(dir: &Path) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("quarantine-") {
+            continue;
+        }
+        for line in fs::read_to_string(&path).unwrap().lines() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["stage"], "trap", "{name}: {record}");
+            let error = record["error"].as_str().unwrap();
+            assert!(
+                error.contains("trapped") && error.contains("trap_on_id matched"),
+                "{name}: {record}"
+            );
+            assert!(record["plugin"].as_str().unwrap().starts_with("sha256:"));
+            ids.push(record["record"]["id"].as_i64().unwrap());
+        }
+    }
+    ids.sort();
+    ids
+}
+
+/// Each batch's committed rows with `now_us` made relative to the batch's
+/// logged time (`offsets/N`): what must not change between attempts.
+fn rows_by_batch(s: &Scenario) -> BTreeMap<u64, Vec<Value>> {
+    let mut batches = committed_json_batches(&s.path("out"));
+    for (batch, rows) in &mut batches {
+        let offsets: Value =
+            serde_json::from_slice(&fs::read(s.path(&format!("ck/offsets/{batch}"))).unwrap())
+                .unwrap();
+        let base_us = offsets["batch_timestamp_ms"].as_i64().unwrap() * 1000;
+        for row in rows {
+            let now = row["now_us"].as_i64().unwrap();
+            row["now_us"] = (now - base_us).into();
+        }
+    }
+    batches
+}
+
+/// 6 files x 5 rows (ids 1..=30), 2 files per batch: batches 0, 1 and 2,
+/// holding the poison ids 7, 14 and 21, 28.
+fn scenario() -> Scenario {
+    let s = Scenario::new(Spec {
+        transforms: poison_then_stamp(),
+        ..Spec::default()
+    });
+    s.json_inputs(6, 5);
+    s
+}
+
+#[test]
+fn poison_rows_are_quarantined_once_and_replays_repeat_time_and_randomness_across_kills() {
+    let clean = scenario();
+    let err = assert_ok(&clean.run());
+    assert!(
+        err.contains("2 rows quarantined"),
+        "batch 2 reports its two: {err}"
+    );
+    let expected = rows_by_batch(&clean);
+    let ids: Vec<i64> = expected
+        .values()
+        .flatten()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=30).filter(|id| id % 7 != 0).collect::<Vec<_>>(),
+        "every other row once, in order"
+    );
+    assert_eq!(
+        quarantined_ids(&clean.path("ck/dead_letter")),
+        vec![7, 14, 21, 28]
+    );
+    for row in expected.values().flatten() {
+        let reads = row["now_us"].as_i64().unwrap();
+        assert!(
+            (0..20).contains(&reads),
+            "the clock reads the batch time: {row}"
+        );
+    }
+    let randoms: std::collections::BTreeSet<i64> = expected
+        .values()
+        .flatten()
+        .map(|r| r["random"].as_i64().unwrap())
+        .collect();
+    assert_eq!(randoms.len(), 26, "random numbers differ from row to row");
+    let metadata = fs::read(clean.path("ck/metadata")).unwrap();
+
+    let points = CRASH_POINTS.iter().copied().chain(["after-quarantine-log"]);
+    for point in points {
+        // The same query (its id seeds the random streams), killed in batch 1.
+        let s = scenario();
+        fs::create_dir_all(s.path("ck")).unwrap();
+        fs::write(s.path("ck/metadata"), &metadata).unwrap();
+        run_until_killed(&s, point, 1);
+        let err = assert_ok(&s.run());
+        assert_eq!(
+            rows_by_batch(&s),
+            expected,
+            "after a kill at {point}@1:\n{err}"
+        );
+        assert_eq!(
+            quarantined_ids(&s.path("ck/dead_letter")),
+            vec![7, 14, 21, 28],
+            "after a kill at {point}@1"
+        );
+    }
+}
+
+#[test]
+fn the_output_is_the_same_whatever_the_batch_size() {
+    // 140 one-row files; ids divisible by 7 trap (20 of them).
+    let run = |files_per_batch: usize| {
+        let s = Scenario::new(Spec {
+            transforms: vec![poison_then_stamp().remove(0)],
+            max_files: Some(files_per_batch),
+            ..Spec::default()
+        });
+        for id in 1..=140 {
+            s.input(
+                &format!("part-{id:04}.json"),
+                &format!("{{\"id\": {id}, \"name\": \"n{id}\", \"amount\": {id}.5}}\n"),
+            );
+        }
+        assert_ok(&s.run());
+        let mut rows = s.output_rows();
+        rows.sort_by_key(|r| r["id"].as_i64());
+        (rows, quarantined_ids(&s.path("ck/dead_letter")))
+    };
+    let (rows, quarantined) = run(1000);
+    assert_eq!(rows.len(), 120);
+    assert_eq!(quarantined, (1..=20).map(|k| k * 7).collect::<Vec<i64>>());
+    assert_eq!(
+        run(7),
+        (rows.clone(), quarantined.clone()),
+        "batches of 7 rows"
+    );
+    assert_eq!(run(1), (rows, quarantined), "batches of 1 row");
+}
+
+#[test]
+fn a_plugin_failing_every_row_stops_at_the_limit_and_fail_stays_the_default() {
+    let s = Scenario::new(Spec {
+        transforms: vec![
+            r#"
+[[transform]]
+name = "broken"
+plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_testkit.wasm"
+config = { error_on_id_multiple_of = 1 }
+on_error = "quarantine"
+max_quarantined_rows_per_batch = 3
+dead_letter_path = "poison"
+"#
+            .into(),
+        ],
+        ..Spec::default()
+    });
+    s.json_inputs(2, 5);
+    let err = assert_exit(&s.run(), 1);
+    assert!(
+        err.contains("stage `broken`")
+            && err.contains(
+                "more than 3 rows of batch 0 failed (max_quarantined_rows_per_batch = 3)"
+            )
+            && err.contains("error_on_id matched"),
+        "{err}"
+    );
+    assert!(s.committed_batches().is_empty());
+    assert!(
+        !s.path("poison").exists(),
+        "nothing is set aside by a failed batch"
+    );
+
+    // Without on_error, the first poison row fails the query, as before.
+    let s = Scenario::new(Spec {
+        transforms: vec![crate::common::testkit_stage("trap_on_id_multiple_of = 7")],
+        ..Spec::default()
+    });
+    s.json_inputs(2, 5);
+    let err = assert_exit(&s.run(), 1);
+    assert!(err.contains("trap_on_id matched"), "{err}");
+    assert!(s.committed_batches().is_empty());
+}
