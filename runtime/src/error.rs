@@ -205,6 +205,13 @@ pub enum WeirError {
         reason: String,
     },
 
+    /// `weir replay` cannot rebuild what was asked.
+    #[error("cannot replay: {reason}")]
+    Replay {
+        /// Why.
+        reason: String,
+    },
+
     /// A `weir serve` host refused a request.
     #[error("the host at {server} answered {status}: {message}")]
     Refused {
@@ -249,6 +256,22 @@ pub enum WeirError {
     Internal(String),
 }
 
+impl PluginFailure {
+    /// Whether rows may be to blame: a trap, a time or memory limit hit,
+    /// or an `input` error (what `on_error = "quarantine"` sets rows aside
+    /// for). A `config` or `internal` error, or output the host refuses,
+    /// is the plugin's own.
+    pub fn blames_rows(&self) -> bool {
+        matches!(
+            self,
+            PluginFailure::Trap { .. }
+                | PluginFailure::Timeout { .. }
+                | PluginFailure::OutOfMemory { .. }
+                | PluginFailure::Guest { kind: "input", .. }
+        )
+    }
+}
+
 impl WeirError {
     /// Whose fault the error is.
     pub fn domain(&self) -> ErrorDomain {
@@ -260,7 +283,8 @@ impl WeirError {
             | WeirError::Schema { .. }
             | WeirError::CheckpointLocked { .. }
             | WeirError::CheckpointLeased { .. }
-            | WeirError::Refused { .. } => ErrorDomain::User,
+            | WeirError::Refused { .. }
+            | WeirError::Replay { .. } => ErrorDomain::User,
             WeirError::CheckpointLeaseLost { .. } => ErrorDomain::External,
             WeirError::CheckpointCorrupt { .. }
             | WeirError::Storage { .. }

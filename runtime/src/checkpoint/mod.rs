@@ -106,7 +106,8 @@ pub struct Checkpoint {
     location: Location,
     store: Arc<dyn ObjectStore>,
     metadata: QueryMetadata,
-    _lock: CheckpointLock,
+    /// `None` when opened read-only.
+    _lock: Option<CheckpointLock>,
     /// Object-storage checkpoints: the lease that keeps other hosts out.
     lease: Option<Lease>,
 }
@@ -129,7 +130,7 @@ impl Checkpoint {
                 name: name.to_string(),
                 format_version: FORMAT_VERSION,
             },
-            _lock: lock,
+            _lock: Some(lock),
             lease,
         };
         match checkpoint.read_opt::<QueryMetadata>("metadata").await? {
@@ -150,6 +151,26 @@ impl Checkpoint {
                 checkpoint.write_once("metadata", &metadata).await?;
             }
         }
+        Ok(checkpoint)
+    }
+
+    /// Opens an existing checkpoint to read it (`weir replay`), without
+    /// its lock or lease: the query may be running. Writing through it is
+    /// a mistake the type does not prevent; readers only read.
+    pub async fn open_read_only(location: &Location) -> Result<Checkpoint> {
+        let store = location.open()?;
+        let mut checkpoint = Checkpoint {
+            location: location.clone(),
+            store,
+            metadata: QueryMetadata {
+                id: uuid::Uuid::nil(),
+                name: String::new(),
+                format_version: FORMAT_VERSION,
+            },
+            _lock: None,
+            lease: None,
+        };
+        checkpoint.metadata = checkpoint.read("metadata").await?;
         Ok(checkpoint)
     }
 

@@ -115,7 +115,9 @@ impl Runner {
             recorded: Default::default(),
         };
         let transformed = self.transform(decoded.batches, stages_batch).await?;
-        epoch.quarantined_rows += self.set_aside(id, &transformed, None).await?;
+        epoch.quarantined_rows += self
+            .set_aside(id, &transformed, super::Record::NotLogged)
+            .await?;
         let batches = transformed.batches;
         epoch.durations.transform += phase.elapsed();
         let phase = Instant::now();

@@ -9,6 +9,7 @@
 mod compact;
 mod continuous;
 mod progress;
+mod replay;
 mod stage;
 mod swap;
 mod versions;
@@ -24,7 +25,8 @@ use tokio::sync::watch;
 
 pub use compact::{Compacted, compact};
 pub use progress::{BatchProgress, PhaseDurations, StageProgress};
-pub use stage::{QuarantineRecord, QuarantinedRow};
+pub use replay::{Candidate, ReplayedBatch, RowDiff, replay};
+pub use stage::{QuarantineRecord, QuarantinedRow, TrialRun, trial_run};
 pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
 
 use std::sync::Arc;
@@ -316,6 +318,16 @@ impl Query {
         runner.checkpoint.release().await;
         outcome
     }
+}
+
+/// Whether a batch's quarantined rows are logged in the checkpoint.
+enum Record {
+    /// A micro-batch: logged in `quarantine/N` unless this (what a first
+    /// attempt logged) is the same.
+    Logged(Option<QuarantineRecord>),
+    /// A continuous epoch's small batch: never replayed by its id, so not
+    /// logged (its dead letters are still written).
+    NotLogged,
 }
 
 /// The stateful operator and its state.
@@ -797,7 +809,9 @@ impl Runner {
         if !logged {
             self.log_versions(batch_id).await?;
         }
-        let quarantined = self.set_aside(batch_id, &transformed, recorded).await?;
+        let quarantined = self
+            .set_aside(batch_id, &transformed, Record::Logged(recorded))
+            .await?;
         let mut batches = transformed.batches;
         if let Some(join) = &mut self.static_join {
             join.refresh_if_due().await?;
@@ -934,7 +948,8 @@ impl Runner {
     }
 
     /// Records the rows the stages set aside in batch `batch_id` in
-    /// `quarantine/N` (unless a first attempt recorded the same) and writes
+    /// `quarantine/N` (unless a first attempt recorded the same, or the
+    /// batch is a continuous epoch's small batch) and writes
     /// them to each stage's dead-letter location, as
     /// `quarantine-<stage>-batch-N.jsonl` (a replay rewrites the same file
     /// with the same rows). Returns how many rows were set aside.
@@ -942,12 +957,14 @@ impl Runner {
         &self,
         batch_id: u64,
         transformed: &versions::Transformed,
-        recorded: Option<QuarantineRecord>,
+        recorded: Record,
     ) -> Result<u64> {
         if transformed.quarantined.is_empty() {
             return Ok(0);
         }
-        if recorded.as_ref() != Some(&transformed.quarantined) {
+        if let Record::Logged(recorded) = recorded
+            && recorded.as_ref() != Some(&transformed.quarantined)
+        {
             self.checkpoint
                 .write_quarantine(batch_id, &transformed.quarantined)
                 .await?;

@@ -327,20 +327,81 @@ impl Stage {
     }
 }
 
-/// Whether a failure may be blamed on rows: a trap, a time or memory limit
-/// hit, or an `input` error. A `config` or `internal` error, or output the
-/// host refuses, is the plugin's own and fails the query.
+/// What a transform plugin made of some batches, run outside any query
+/// (`weir plugin test`).
+#[derive(Debug)]
+pub struct TrialRun {
+    /// Its output batches.
+    pub outputs: Vec<RecordBatch>,
+    /// With quarantine: the rows set aside, as dead-letter records.
+    pub dead_letters: Vec<serde_json::Value>,
+    /// Plugin calls made (bisection included).
+    pub calls: u64,
+    /// Linear memory the instance held at the end, in bytes.
+    pub memory_bytes: u64,
+    /// The plugin's counters.
+    pub counters: BTreeMap<String, i64>,
+}
+
+/// Runs `inputs` through a fresh instance of `component` (with `config_json`
+/// and `limits`), as a stage named `stage` of a query would: with
+/// `quarantine`, the rows it fails on are set aside (at most
+/// `max_quarantined_rows_per_batch`'s default) and the rest run. The clock
+/// reads `time_ms` and the random stream is seeded as batch 0's of a query
+/// with the nil id, so two trials of one input give the same output.
+pub fn trial_run(
+    stage: &str,
+    component: Arc<TransformComponent>,
+    config_json: &str,
+    limits: PluginLimits,
+    inputs: &[RecordBatch],
+    quarantine: bool,
+    time_ms: i64,
+) -> Result<TrialRun> {
+    let on_error = if quarantine {
+        OnError::Quarantine(crate::config::Quarantine {
+            dead_letter: None,
+            max_rows_per_batch: crate::config::DEFAULT_MAX_QUARANTINED_ROWS,
+        })
+    } else {
+        OnError::Fail
+    };
+    let mut stage = Stage {
+        name: stage.to_string(),
+        instance: component.instantiate(config_json, limits)?,
+        schema: None,
+        last: StageProgress::default(),
+        version: StageVersion {
+            digest: component.digest().to_string(),
+            config_json: config_json.to_string(),
+        },
+        component,
+        limits,
+        on_failure: SwapFailure::Fail,
+        on_error,
+        previous: None,
+    };
+    let env = BatchEnv::for_batch(&uuid::Uuid::nil(), &stage.name, 0, time_ms);
+    let run = stage.process(0, inputs, env, &[])?;
+    let dead_letters = run
+        .dead_letters
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(serde_json::from_slice)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| WeirError::Internal(format!("a dead-letter record: {e}")))?;
+    Ok(TrialRun {
+        outputs: run.outputs,
+        dead_letters,
+        calls: stage.last.calls,
+        memory_bytes: stage.last.memory_bytes,
+        counters: stage.last.counters,
+    })
+}
+
+/// Whether a failure may be blamed on rows ([`PluginFailure::blames_rows`]).
 fn quarantinable(error: &WeirError) -> bool {
-    matches!(
-        error,
-        WeirError::Plugin {
-            failure: PluginFailure::Trap { .. }
-                | PluginFailure::Timeout { .. }
-                | PluginFailure::OutOfMemory { .. }
-                | PluginFailure::Guest { kind: "input", .. },
-            ..
-        }
-    )
+    matches!(error, WeirError::Plugin { failure, .. } if failure.blames_rows())
 }
 
 /// The failure alone, without the stage name the dead-letter record has.

@@ -18,7 +18,7 @@ use arrow::record_batch::RecordBatch;
 pub use console::ConsoleSink;
 #[cfg(feature = "delta")]
 pub use delta::{DeltaMergeOutput, DeltaSink};
-pub use file::{FileSink, SinkCompactEntry, SinkLogEntry, committed_files};
+pub use file::{FileSink, SinkCompactEntry, SinkLogEntry, batch_files, committed_files};
 pub use foreach_batch::ForeachBatchSink;
 pub use kafka::KafkaSink;
 pub use postgres::PostgresOutput;

@@ -46,6 +46,33 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
     },
+    /// Run committed batches again offline, from what the checkpoint
+    /// recorded (input plans, plugin versions, quarantined rows, clock and
+    /// seed), and print how the output differs from what the sink
+    /// committed; with --stage and --plugin, what a new version of a stage
+    /// would have made of them. Writes nothing.
+    Replay {
+        /// Pipeline file (TOML) whose checkpoint and sink to read.
+        pipeline: PathBuf,
+        /// The batches: N, or N..M (inclusive).
+        #[arg(long, value_parser = parse_batches)]
+        batch: std::ops::RangeInclusive<u64>,
+        /// The stage to run a candidate component in.
+        #[arg(long, requires = "plugin")]
+        stage: Option<String>,
+        /// The candidate component (.wasm).
+        #[arg(long, requires = "stage")]
+        plugin: Option<PathBuf>,
+        /// The candidate's `config`, as JSON (default: the batch's).
+        #[arg(long, requires = "plugin")]
+        config: Option<String>,
+        /// Rows of each side of the diff shown per batch.
+        #[arg(long, default_value_t = 20)]
+        max_rows: usize,
+        /// Exit with status 1 when the output differs.
+        #[arg(long)]
+        fail_on_diff: bool,
+    },
     /// Check a pipeline file and its plugins without running anything.
     Validate {
         /// Pipeline file (TOML).
@@ -210,6 +237,23 @@ enum NewCommand {
     },
 }
 
+/// `N` or `N..M` (inclusive).
+fn parse_batches(text: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+    let number = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{text}`: expected a batch id N or a range N..M"))
+    };
+    let range = match text.split_once("..") {
+        Some((from, to)) => number(from)?..=number(to.trim_start_matches('='))?,
+        None => number(text)?..=number(text)?,
+    };
+    if range.is_empty() {
+        return Err(format!("`{text}`: the range is empty"));
+    }
+    Ok(range)
+}
+
 fn parse_language(text: &str) -> Result<Language, String> {
     Language::ALL
         .into_iter()
@@ -235,6 +279,33 @@ enum PluginCommand {
     Inspect {
         /// Component file (.wasm).
         component: PathBuf,
+    },
+    /// Run a transform component over a file, with a query's limits:
+    /// prints its output as JSON lines, or its error (a trap with the Wasm
+    /// backtrace); with --quarantine, the rows it fails on and the rest.
+    Test {
+        /// Component file (.wasm).
+        component: PathBuf,
+        /// Input rows: .json/.jsonl (JSON lines), .csv (with a header) or
+        /// .parquet; the schema is inferred.
+        #[arg(long)]
+        input: PathBuf,
+        /// The stage's `config`, as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Rows per plugin call.
+        #[arg(long, default_value_t = 1024)]
+        batch_size: usize,
+        /// Per-call time limit (as a stage's `timeout`).
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+        /// Memory limit (as a stage's `memory_limit`).
+        #[arg(long, default_value = "1GiB")]
+        memory_limit: String,
+        /// Set aside the rows the plugin fails on (as on_error =
+        /// "quarantine") and print them to stderr.
+        #[arg(long)]
+        quarantine: bool,
     },
 }
 
@@ -348,6 +419,60 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             }
             Ok(())
         }
+        Command::Replay {
+            pipeline,
+            batch,
+            stage,
+            plugin,
+            config,
+            max_rows,
+            fail_on_diff,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let candidate = stage
+                .zip(plugin)
+                .map(|(stage, plugin)| weir::query::Candidate {
+                    stage,
+                    plugin,
+                    config_json: config,
+                });
+            let engine = PluginEngine::new()?;
+            let replayed = weir::query::replay(&pipeline, &engine, batch, candidate).await?;
+            let mut differs = false;
+            for batch in &replayed {
+                let diff = batch.diff();
+                differs |= !diff.added.is_empty() || !diff.removed.is_empty();
+                println!(
+                    "batch {}: {} rows the same, {} committed rows not replayed (-), {} new rows (+){}",
+                    batch.batch_id,
+                    diff.same,
+                    diff.removed.len(),
+                    diff.added.len(),
+                    if batch.quarantined > 0 {
+                        format!(", {} rows quarantined", batch.quarantined)
+                    } else {
+                        String::new()
+                    }
+                );
+                for row in diff.removed.iter().take(max_rows) {
+                    println!("- {row}");
+                }
+                for row in diff.added.iter().take(max_rows) {
+                    println!("+ {row}");
+                }
+                let hidden = diff.removed.len().saturating_sub(max_rows)
+                    + diff.added.len().saturating_sub(max_rows);
+                if hidden > 0 {
+                    println!("  ({hidden} more; --max-rows shows more)");
+                }
+            }
+            if differs && fail_on_diff {
+                return Err(WeirError::Replay {
+                    reason: "the replayed output differs from what the sink committed".into(),
+                });
+            }
+            Ok(())
+        }
         Command::Checkpoint {
             command: CheckpointCommand::Compact { pipeline },
         } => {
@@ -385,7 +510,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         } => plugin_dev::inspect(&component),
         Command::New { .. }
         | Command::Plugin {
-            command: PluginCommand::Build { .. },
+            command: PluginCommand::Build { .. } | PluginCommand::Test { .. },
         } => unreachable!("handled by plugin_dev::dispatch"),
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;

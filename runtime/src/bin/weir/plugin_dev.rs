@@ -1,5 +1,5 @@
-//! Plugin-author commands: `weir new plugin`, `weir plugin build` and
-//! `weir plugin inspect`.
+//! Plugin-author commands: `weir new plugin`, `weir plugin build`,
+//! `weir plugin test` and `weir plugin inspect`.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,9 @@ use weir_plugin_build::rust::Workspace;
 use weir_plugin_build::{BuildOptions, Language, Project};
 
 use crate::{Command, NewCommand, PluginCommand};
+
+mod trial;
+use trial::Trial;
 
 /// Runs `weir new` and `weir plugin build`; any other command comes back.
 pub fn dispatch(command: Command) -> Result<ExitCode, Box<Command>> {
@@ -28,6 +31,28 @@ pub fn dispatch(command: Command) -> Result<ExitCode, Box<Command>> {
         Command::Plugin {
             command: PluginCommand::Build { dir, out_dir },
         } => build(&dir, out_dir),
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    component,
+                    input,
+                    config,
+                    batch_size,
+                    timeout,
+                    memory_limit,
+                    quarantine,
+                },
+        } => {
+            let trial = Trial {
+                input: &input,
+                config: &config,
+                batch_size,
+                timeout: &timeout,
+                memory_limit: &memory_limit,
+                quarantine,
+            };
+            trial.run(&component)
+        }
         other => return Err(Box::new(other)),
     };
     Ok(match result {

@@ -106,3 +106,20 @@ pub async fn committed_files(location: &Location) -> Result<Vec<String>> {
     }
     Ok(files)
 }
+
+/// The data files batch `batch_id` committed to the file sink at
+/// `location`, if the log still lists them apart (`_weir_log/N`): `None`
+/// once retention deleted the entry.
+pub async fn batch_files(location: &Location, batch_id: u64) -> Result<Option<Vec<String>>> {
+    let store = location.open()?;
+    let path = ObjectPath::from(format!("_weir_log/{batch_id}"));
+    let bytes = crate::storage::get_if_exists(store.as_ref(), &path)
+        .await
+        .map_err(|e| WeirError::storage(format!("{location}/{path}"), e))?;
+    match bytes {
+        Some(bytes) => Ok(Some(
+            parse_entry::<SinkLogEntry>(location, &path, &bytes)?.files,
+        )),
+        None => Ok(None),
+    }
+}

@@ -36,8 +36,8 @@ use crate::storage::Location;
 mod log;
 mod roll;
 
-pub use log::committed_files;
 use log::read_log;
+pub use log::{batch_files, committed_files};
 
 /// `_weir_log/N`: what batch N wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,325 @@
+//! `weir replay`: recorded batches run again offline, and their output
+//! compared with what the sink committed.
+//!
+//! Each batch is rebuilt from the checkpoint alone: its input from the
+//! plans logged in `sources/<i>/N` (the file source re-reads the files the
+//! plan names), its clock and seed from `offsets/N` and `metadata`, the
+//! plugin versions it ran from `versions/N` (their components are kept in
+//! `plugins/`), and the rows it quarantined from `quarantine/N`. One stage
+//! may run a candidate component instead, to see what a new version would
+//! have made of the same batches before it takes traffic. Nothing is
+//! written: the checkpoint is read without taking its lock, so a running
+//! query can be replayed beside itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use super::stage::{QuarantineRecord, Stage};
+use super::{StageProgress, StageVersions, off_runtime, open_source};
+use crate::checkpoint::Checkpoint;
+use crate::config::{Pipeline, SinkKind, SwapFailure};
+use crate::error::{Result, WeirError};
+use crate::plugin::{BatchEnv, PluginEngine, TransformComponent};
+use crate::retry::Retries;
+use crate::storage::Location;
+
+/// A component to run in one stage instead of the version that ran.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The stage.
+    pub stage: String,
+    /// The component file.
+    pub plugin: PathBuf,
+    /// Its `config` as JSON (default: the config the batch ran with).
+    pub config_json: Option<String>,
+}
+
+/// One batch run again, beside what the sink committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayedBatch {
+    /// The batch id.
+    pub batch_id: u64,
+    /// The rows the sink committed for the batch, as JSON objects.
+    pub committed: Vec<Value>,
+    /// The rows the replay produced.
+    pub replayed: Vec<Value>,
+    /// Rows the replay quarantined (a candidate's included).
+    pub quarantined: usize,
+}
+
+/// How two row lists differ, as multisets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowDiff {
+    /// Rows in both.
+    pub same: usize,
+    /// Rows committed that the replay did not produce.
+    pub removed: Vec<Value>,
+    /// Rows the replay produced that were not committed.
+    pub added: Vec<Value>,
+}
+
+impl ReplayedBatch {
+    /// The row-level difference between the committed rows and the replay.
+    pub fn diff(&self) -> RowDiff {
+        let key = |v: &Value| v.to_string();
+        let mut committed: BTreeMap<String, (usize, &Value)> = BTreeMap::new();
+        for row in &self.committed {
+            committed.entry(key(row)).or_insert((0, row)).0 += 1;
+        }
+        let mut diff = RowDiff::default();
+        for row in &self.replayed {
+            match committed.get_mut(&key(row)) {
+                Some((n, _)) if *n > 0 => {
+                    *n -= 1;
+                    diff.same += 1;
+                }
+                _ => diff.added.push(row.clone()),
+            }
+        }
+        for (n, row) in committed.into_values() {
+            diff.removed.extend(std::iter::repeat_n(row.clone(), n));
+        }
+        diff
+    }
+}
+
+/// Runs committed batches `batches` of `pipeline` again (with `candidate`
+/// in its stage, if given) and returns each beside its committed rows.
+pub async fn replay(
+    pipeline: &Pipeline,
+    engine: &PluginEngine,
+    batches: std::ops::RangeInclusive<u64>,
+    candidate: Option<Candidate>,
+) -> Result<Vec<ReplayedBatch>> {
+    refuse_unsupported(pipeline)?;
+    if let Some(c) = &candidate
+        && !pipeline.transforms.iter().any(|t| t.name == c.stage)
+    {
+        return Err(unsupported(format!(
+            "the pipeline has no transform stage `{}`",
+            c.stage
+        )));
+    }
+    let checkpoint = Checkpoint::open_read_only(&pipeline.checkpoint).await?;
+    let candidate = match candidate {
+        Some(c) => {
+            let (engine, name, path) = (engine.clone(), c.stage.clone(), c.plugin.clone());
+            let loaded = off_runtime(move || engine.load_transform(&name, &path)).await?;
+            Some((c, Arc::new(loaded)))
+        }
+        None => None,
+    };
+    let retries = Retries::default();
+    let mut sources = pipeline
+        .inputs
+        .iter()
+        .map(|input| open_source(input, &retries))
+        .collect::<Result<Vec<_>>>()?;
+    let mut replayed = Vec::new();
+    for batch_id in batches {
+        checkpoint.commit_entry(batch_id).await.map_err(|_| {
+            unsupported(format!(
+                "batch {batch_id} is not committed, or retention deleted its log entries \
+                 (`weir checkpoint inspect` lists the batches kept)"
+            ))
+        })?;
+        let offsets = checkpoint.offsets(batch_id).await?;
+        let mut input = Vec::new();
+        for (index, source) in sources.iter_mut().enumerate() {
+            let plan: Value = checkpoint.source_log(index, batch_id).await?;
+            input.extend(source.read(&plan).await?.batches);
+        }
+        let versions: StageVersions = checkpoint.versions_of(batch_id).await?.unwrap_or_default();
+        let recorded: QuarantineRecord = checkpoint
+            .quarantine_of(batch_id)
+            .await?
+            .unwrap_or_default();
+        let mut stages = Vec::new();
+        for t in &pipeline.transforms {
+            let (component, config_json) = match &candidate {
+                Some((c, loaded)) if c.stage == t.name => {
+                    let logged = versions.get(&t.name).map(|v| v.config_json.clone());
+                    let config = c.config_json.clone().or(logged);
+                    (loaded.clone(), config.unwrap_or(t.config_json.clone()))
+                }
+                _ => match versions.get(&t.name) {
+                    Some(version) => {
+                        let wasm = checkpoint.plugin(&version.object_name()).await?;
+                        let (engine, name) = (engine.clone(), t.name.clone());
+                        let origin = PathBuf::from(version.object_name());
+                        let loaded =
+                            off_runtime(move || engine.load_transform_wasm(&name, &origin, wasm))
+                                .await?;
+                        (Arc::new(loaded), version.config_json.clone())
+                    }
+                    None => {
+                        let (engine, name, path) =
+                            (engine.clone(), t.name.clone(), t.plugin.clone());
+                        let loaded =
+                            off_runtime(move || engine.load_transform(&name, &path)).await?;
+                        (Arc::new(loaded), t.config_json.clone())
+                    }
+                },
+            };
+            stages.push((t.clone(), component, config_json));
+        }
+        let query_id = checkpoint.metadata().id;
+        let candidate_stage = candidate.as_ref().map(|(c, _)| c.stage.clone());
+        let (rows, quarantined) = off_runtime(move || {
+            run_stages(
+                stages,
+                input,
+                batch_id,
+                offsets.batch_timestamp_ms,
+                &query_id,
+                &recorded,
+                candidate_stage.as_deref(),
+            )
+        })
+        .await?;
+        replayed.push(ReplayedBatch {
+            batch_id,
+            committed: committed_rows(pipeline, batch_id).await?,
+            replayed: json_rows(&rows)?,
+            quarantined,
+        });
+    }
+    Ok(replayed)
+}
+
+/// The stages over one batch, as the query ran them; the candidate's stage
+/// does not reuse the rows the running version quarantined.
+fn run_stages(
+    stages: Vec<(
+        crate::config::TransformConfig,
+        Arc<TransformComponent>,
+        String,
+    )>,
+    mut batches: Vec<RecordBatch>,
+    batch_id: u64,
+    batch_time_ms: i64,
+    query_id: &uuid::Uuid,
+    recorded: &QuarantineRecord,
+    candidate: Option<&str>,
+) -> Result<(Vec<RecordBatch>, usize)> {
+    let mut quarantined = 0;
+    for (config, component, config_json) in stages {
+        let mut stage = Stage {
+            name: config.name.clone(),
+            instance: component.instantiate(&config_json, config.limits)?,
+            schema: None,
+            last: StageProgress::default(),
+            version: super::StageVersion {
+                digest: component.digest().to_string(),
+                config_json,
+            },
+            component,
+            limits: config.limits,
+            on_failure: SwapFailure::Fail,
+            on_error: config.on_error.clone(),
+            previous: None,
+        };
+        let env = BatchEnv::for_batch(query_id, &stage.name, batch_id, batch_time_ms);
+        let known = match recorded.get(&stage.name) {
+            Some(rows) if candidate != Some(stage.name.as_str()) => rows.as_slice(),
+            _ => &[],
+        };
+        let run = stage.process(batch_id, &batches, env, known)?;
+        quarantined += run.quarantined.len();
+        batches = run.outputs;
+    }
+    Ok((batches, quarantined))
+}
+
+/// What replay cannot rebuild yet, refused with the reason.
+fn refuse_unsupported(pipeline: &Pipeline) -> Result<()> {
+    let stateful = pipeline.aggregate.is_some()
+        || pipeline.deduplicate.is_some()
+        || pipeline.stateful.is_some()
+        || pipeline.stream_join.is_some();
+    if stateful {
+        return Err(unsupported(
+            "the pipeline has a stateful operator; replay runs stateless pipelines \
+             (sources, transforms, sink) only for now"
+                .into(),
+        ));
+    }
+    if pipeline.static_join.is_some() {
+        return Err(unsupported(
+            "the pipeline joins a static table, which may have changed since; replay \
+             cannot rebuild the table a batch saw"
+                .into(),
+        ));
+    }
+    if !matches!(pipeline.sink.kind, SinkKind::Json | SinkKind::Parquet) {
+        return Err(unsupported(
+            "replay compares with a json or parquet file sink's committed files".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn unsupported(reason: String) -> WeirError {
+    WeirError::Replay { reason }
+}
+
+/// The rows batch `batch_id` committed to the pipeline's file sink.
+async fn committed_rows(pipeline: &Pipeline, batch_id: u64) -> Result<Vec<Value>> {
+    let location: &Location = pipeline
+        .sink
+        .path
+        .as_ref()
+        .ok_or_else(|| unsupported("the sink has no path".into()))?;
+    let files = crate::sink::batch_files(location, batch_id)
+        .await?
+        .ok_or_else(|| {
+            unsupported(format!(
+                "the sink log no longer tells batch {batch_id}'s files apart (compacted \
+                 into larger files, or deleted by retention)"
+            ))
+        })?;
+    let store = location.open()?;
+    let mut rows = Vec::new();
+    for file in files {
+        let path = object_store::path::Path::from(file.as_str());
+        let bytes = object_store::ObjectStoreExt::get(store.as_ref(), &path)
+            .await
+            .map_err(|e| WeirError::storage(format!("{location}/{file}"), e))?
+            .bytes()
+            .await
+            .map_err(|e| WeirError::storage(format!("{location}/{file}"), e))?;
+        if Path::new(&file).extension().is_some_and(|e| e == "parquet") {
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
+                    .map_err(|e| WeirError::Internal(format!("reading {file}: {e}")))?;
+            let batches = reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| WeirError::Internal(format!("reading {file}: {e}")))?;
+            rows.extend(json_rows(&batches)?);
+        } else {
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                rows.push(
+                    serde_json::from_slice(line).map_err(|e| {
+                        WeirError::Internal(format!("a committed row of {file}: {e}"))
+                    })?,
+                );
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Rows as JSON objects, as the JSON sink writes them.
+fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>> {
+    let lines = crate::sink::json_lines(batches, "replayed rows")?;
+    lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).map_err(|e| WeirError::Internal(format!("a row: {e}"))))
+        .collect()
+}
