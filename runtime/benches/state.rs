@@ -144,6 +144,7 @@ async fn main() {
                 watermark_ms: Some(b as i64 * 60_000 - 120_000),
                 state: &mut state,
                 rows_dropped_by_watermark: 0,
+                quarantine: Default::default(),
             };
             operator.process_batch(&batch, &mut ctx).unwrap();
             emitted += operator

@@ -199,6 +199,7 @@ fn run(
             batch_time_ms: 0,
             state: &mut state,
             rows_dropped_by_watermark: 0,
+            quarantine: Default::default(),
         };
         if let Some(batch) = batch {
             operator.process_batch(batch, &mut ctx).unwrap();

@@ -20,6 +20,7 @@ pub mod faults;
 pub mod metrics;
 pub mod operator;
 pub mod plugin;
+pub mod quarantine;
 pub mod query;
 pub mod retry;
 pub mod serve;

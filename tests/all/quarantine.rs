@@ -369,3 +369,125 @@ fn weir_plugin_test_runs_a_component_over_a_file_and_shows_its_trap() {
         "{err}"
     );
 }
+
+/// A keyed pipeline: `[stateful]` keyed-testkit over users' events, one
+/// file per batch, with `stateful_extra` in its table.
+fn keyed_pipeline(dir: &Path, config: &str, stateful_extra: &str) {
+    fs::create_dir_all(dir.join("in")).unwrap();
+    let pipeline = format!(
+        r#"name = "keyed"
+checkpoint = "ck"
+
+[trigger]
+available_now = true
+
+[source]
+kind = "file"
+path = "in"
+format = "json"
+order = "name"
+max_files_per_trigger = 1
+schema = [ {{ name = "user", type = "string" }}, {{ name = "ts", type = "long" }} ]
+
+[stateful]
+name = "kit"
+plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_keyed_testkit.wasm"
+key = ["user"]
+config = {{ {config} }}
+{stateful_extra}
+
+[sink]
+kind = "json"
+path = "out"
+"#
+    );
+    fs::write(dir.join("pipeline.toml"), pipeline).unwrap();
+}
+
+/// Three files of events of users a, b and c; `keep` chooses the rows.
+fn keyed_inputs(dir: &Path, keep: impl Fn(i64) -> bool) {
+    for file in 0..3 {
+        let body: String = (0..12)
+            .map(|i| file * 12 + i + 1)
+            .filter(|ts| keep(*ts))
+            .map(|ts| {
+                let user = ["a", "b", "c"][(ts % 3) as usize];
+                format!("{{\"user\": \"{user}\", \"ts\": {ts}}}\n")
+            })
+            .collect();
+        fs::write(dir.join(format!("in/f{file}.json")), body).unwrap();
+    }
+}
+
+#[test]
+fn a_stateful_function_quarantines_poison_rows_per_key_and_replays_them() {
+    let poison = |ts: i64| ts % 7 == 0;
+    let run = |dir: &Path| {
+        let out = crate::common::weir()
+            .arg("run")
+            .arg(dir.join("pipeline.toml"))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        committed_json_batches(&dir.join("out"))
+    };
+    // The same function over the input without the poison rows.
+    let clean = tempfile::tempdir().unwrap();
+    keyed_pipeline(clean.path(), "", "");
+    keyed_inputs(clean.path(), |ts| !poison(ts));
+    let expected = run(clean.path());
+    assert_eq!(expected.len(), 3);
+
+    let quarantined = |dir: &Path| -> Vec<(String, i64)> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir.join("ck/dead_letter")).unwrap() {
+            for line in fs::read_to_string(entry.unwrap().path()).unwrap().lines() {
+                let record: Value = serde_json::from_str(line).unwrap();
+                assert!(
+                    record["error"].as_str().unwrap().contains("a poison row"),
+                    "{record}"
+                );
+                found.push((
+                    record["key"].as_str().unwrap().to_string(),
+                    record["record"]["ts"].as_i64().unwrap(),
+                ));
+            }
+        }
+        found.sort_by_key(|(_, ts)| *ts);
+        found
+    };
+    let poisoned: Vec<(String, i64)> = (1..=36)
+        .filter(|ts| poison(*ts))
+        .map(|ts| (format!("(user={})", ["a", "b", "c"][(ts % 3) as usize]), ts))
+        .collect();
+    for kill in [None, Some("after-quarantine-log"), Some("before-commit")] {
+        let dir = tempfile::tempdir().unwrap();
+        keyed_pipeline(
+            dir.path(),
+            "trap_on_ts_multiple_of = 7",
+            "on_error = \"quarantine\"",
+        );
+        keyed_inputs(dir.path(), |_| true);
+        if let Some(point) = kill {
+            let out = crate::common::weir()
+                .arg("run")
+                .arg(dir.path().join("pipeline.toml"))
+                .env("WEIR_CRASH_AT", format!("{point}@1"))
+                .output()
+                .unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&out.status),
+                Some(9),
+                "{point}: {}",
+                crate::common::stderr(&out)
+            );
+        }
+        assert_eq!(run(dir.path()), expected, "after a kill at {kill:?}");
+        assert_eq!(
+            quarantined(dir.path()),
+            poisoned,
+            "after a kill at {kill:?}"
+        );
+    }
+}

@@ -972,3 +972,128 @@ fn a_tenant_runs_at_most_its_share_of_cores() {
     );
     server.terminate();
 }
+
+#[test]
+fn a_shadow_run_reports_a_candidates_diff_and_cost_without_touching_the_live_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let state = dir.path().join("state");
+    let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
+    let pipeline = dir.path().join("orders.toml");
+    std::fs::write(&pipeline, hosted_pipeline_text(&input)).unwrap();
+    server.cli_as("acme", &["submit", pipeline.to_str().unwrap()]);
+    let query = state.join("tenants/acme/orders");
+    // A file every 50 ms while the shadows run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let (stop, input) = (stop.clone(), input.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                write_input(&input, n);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    wait_until("a first batch", || !committed_batches(&query).is_empty());
+
+    let enrich = format!("{}/weir_plugin_enrich.wasm", weir_fixtures::PLUGIN_DIR);
+    let config = r#"{"input":"amount","output":"amount_x2","multiply":3.0}"#;
+    let report = server.cli_as(
+        "acme",
+        &[
+            "swap",
+            "acme/orders",
+            "double",
+            &enrich,
+            "--config",
+            config,
+            "--shadow",
+            "3",
+        ],
+    );
+    assert!(
+        report.contains("of stage `double`") && report.contains("3 of 3 batches"),
+        "{report}"
+    );
+    // Every row differs (x3 instead of x2): as many - as + lines.
+    let rows = |prefix: &str| {
+        report
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|r| serde_json::from_str::<Value>(r).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (removed, added) = (rows("- "), rows("+ "));
+    assert!(
+        !removed.is_empty() && removed.len() == added.len(),
+        "{report}"
+    );
+    for (live, candidate) in removed.iter().zip(&added) {
+        let amount = live["amount"].as_f64().unwrap();
+        assert_eq!(live["amount_x2"].as_f64(), Some(amount * 2.0), "{report}");
+        assert_eq!(
+            candidate["amount_x2"].as_f64(),
+            Some(amount * 3.0),
+            "{report}"
+        );
+    }
+    assert!(report.contains("rows: 0 the same"), "{report}");
+    assert!(
+        report.contains("time: live ") && report.contains("candidate "),
+        "{report}"
+    );
+
+    // A candidate that traps fails its shadow, not the query.
+    let testkit = format!("{}/weir_plugin_testkit.wasm", weir_fixtures::PLUGIN_DIR);
+    let report = server.cli_as(
+        "acme",
+        &[
+            "swap",
+            "acme/orders",
+            "double",
+            &testkit,
+            "--config",
+            r#"{"trap_always":true}"#,
+            "--shadow",
+            "2",
+        ],
+    );
+    assert!(
+        report.contains("the candidate failed: batch ") && report.contains("trapped"),
+        "{report}"
+    );
+    let before = committed_batches(&query).len();
+    wait_until("two more batches", || {
+        committed_batches(&query).len() >= before + 2
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let files = feeder.join().unwrap();
+    wait_until("every row committed", || {
+        committed_rows(&query.join("out")) == files * 5
+    });
+    // The live version alone wrote, and every batch ran it.
+    for (batch, rows) in rows_by_batch(&query.join("out")) {
+        for row in rows {
+            let amount = row["amount"].as_f64().unwrap();
+            assert_eq!(
+                row["amount_x2"].as_f64(),
+                Some(amount * 2.0),
+                "batch {batch}: {row}"
+            );
+        }
+    }
+    let mut multipliers: Vec<f64> = logged_multipliers(&query).iter().map(|(_, m)| *m).collect();
+    multipliers.dedup();
+    assert_eq!(multipliers, vec![2.0]);
+    let status = server.cli_as("acme", &["status", "acme/orders"]);
+    assert!(status.contains("\"state\": \"running\""), "{status}");
+    assert!(
+        status.contains("\"candidate_ms\""),
+        "the report is in the status: {status}"
+    );
+    server.terminate();
+}

@@ -8,6 +8,8 @@
 //!   on the timeout the state is removed.
 //! - `processing_timeout_ms`: time the key out this long after the batch.
 //! - `fail_key`, `trap_key`: return an error / panic for that key.
+//! - `trap_on_ts_multiple_of`: panic when a row's `ts` is divisible by it
+//!   (poison rows, for quarantine).
 //! - `corrupt_key`: store bytes that are not JSON; the next call fails to
 //!   decode them.
 
@@ -31,6 +33,7 @@ pub struct KeyedConfig {
     processing_timeout_ms: Option<u64>,
     fail_key: Option<String>,
     trap_key: Option<String>,
+    trap_on_ts_multiple_of: Option<i64>,
     corrupt_key: Option<String>,
 }
 
@@ -62,6 +65,18 @@ impl StatefulFunction for KeyedTestkit {
         }
         if self.config.trap_key.as_deref() == Some(&key_text) {
             panic!("keyed-testkit: trapping on key {key_text}");
+        }
+        if let Some(n) = self.config.trap_on_ts_multiple_of
+            && rows.num_rows() > 0
+        {
+            let column = rows
+                .column_by_name(&self.config.time_column)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>());
+            if let Some(times) = column
+                && times.iter().flatten().any(|t| t % n == 0)
+            {
+                panic!("keyed-testkit: a poison row for key {key_text}");
+            }
         }
         let total: i64 = state.get()?.unwrap_or(0) + rows.num_rows() as i64;
         let timed_out = state.has_timed_out();

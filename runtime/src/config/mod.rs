@@ -522,6 +522,14 @@ fn yes() -> bool {
     true
 }
 
+/// The keys of a plugin stage that say what a failing call does.
+pub(super) struct QuarantineKeys<'a> {
+    pub name: &'a Spanned<String>,
+    pub on_error: Option<&'a Spanned<String>>,
+    pub max_quarantined_rows_per_batch: Option<&'a Spanned<i64>>,
+    pub dead_letter_path: Option<&'a Spanned<String>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTransform {
@@ -1269,7 +1277,12 @@ impl Resolver<'_> {
             t.memory_limit.as_ref(),
         )?;
         stage.on_swap_failure = t.on_swap_failure.unwrap_or_default();
-        stage.on_error = self.on_error(t)?;
+        stage.on_error = self.on_error(QuarantineKeys {
+            name: &t.name,
+            on_error: t.on_error.as_ref(),
+            max_quarantined_rows_per_batch: t.max_quarantined_rows_per_batch.as_ref(),
+            dead_letter_path: t.dead_letter_path.as_ref(),
+        })?;
         if let Some(limit) = &t.output_limit {
             stage.limits.output_bytes = self.byte_count(limit, "output_limit")?;
             if let Some(confine) = self.confine {
@@ -1334,8 +1347,8 @@ impl Resolver<'_> {
         })
     }
 
-    /// A transform's `on_error` and the keys that go with quarantine.
-    fn on_error(&self, t: &RawTransform) -> Result<OnError, ConfigError> {
+    /// A plugin stage's `on_error` and the keys that go with quarantine.
+    pub(super) fn on_error(&self, t: QuarantineKeys<'_>) -> Result<OnError, ConfigError> {
         let quarantine = match &t.on_error {
             None => false,
             Some(v) if v.get_ref() == "fail" => false,
@@ -1373,23 +1386,19 @@ impl Resolver<'_> {
         {
             return Err(self
                 .err(
-                    &t.name,
+                    t.name,
                     format!("invalid stage name {name:?} for a quarantining stage"),
                 )
                 .hint("its name names its dead-letter files: use letters, digits, `_` and `-`"));
         }
-        let max_rows_per_batch = match &t.max_quarantined_rows_per_batch {
+        let max_rows_per_batch = match t.max_quarantined_rows_per_batch {
             None => DEFAULT_MAX_QUARANTINED_ROWS,
             Some(n) if *n.get_ref() >= 1 => usize::try_from(*n.get_ref()).unwrap_or(usize::MAX),
             Some(n) => {
                 return Err(self.err(n, "max_quarantined_rows_per_batch must be at least 1"));
             }
         };
-        let dead_letter = t
-            .dead_letter_path
-            .as_ref()
-            .map(|p| self.location(p))
-            .transpose()?;
+        let dead_letter = t.dead_letter_path.map(|p| self.location(p)).transpose()?;
         Ok(OnError::Quarantine(Quarantine {
             dead_letter,
             max_rows_per_batch,

@@ -8,6 +8,7 @@
 //! key = ["user"]                 # the plugin is called once per key and batch
 //! state_timeout = "event_time"   # none (default) | processing_time | event_time
 //! config = { time_column = "ts", gap = "30m" }
+//! on_error = "quarantine"        # optional: rows a key's call fails on are set aside
 //! ```
 
 use serde::Deserialize;
@@ -54,6 +55,9 @@ pub(super) struct RawStateful {
     config: toml::Table,
     timeout: Option<Spanned<String>>,
     memory_limit: Option<Spanned<ByteCount>>,
+    on_error: Option<Spanned<String>>,
+    max_quarantined_rows_per_batch: Option<Spanned<i64>>,
+    dead_letter_path: Option<Spanned<String>>,
 }
 
 impl Resolver<'_> {
@@ -97,13 +101,19 @@ impl Resolver<'_> {
             }
             _ => None,
         };
-        let stage = self.plugin_stage(
+        let mut stage = self.plugin_stage(
             &raw.name,
             &raw.plugin,
             &raw.config,
             raw.timeout.as_ref(),
             raw.memory_limit.as_ref(),
         )?;
+        stage.on_error = self.on_error(super::QuarantineKeys {
+            name: &raw.name,
+            on_error: raw.on_error.as_ref(),
+            max_quarantined_rows_per_batch: raw.max_quarantined_rows_per_batch.as_ref(),
+            dead_letter_path: raw.dead_letter_path.as_ref(),
+        })?;
         Ok(StatefulFunctionConfig {
             stage,
             key: raw.key.get_ref().clone(),

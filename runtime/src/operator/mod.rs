@@ -43,6 +43,20 @@ pub struct OperatorContext<'a> {
     pub state: &'a mut StateStore,
     /// Input rows dropped because they were too late.
     pub rows_dropped_by_watermark: u64,
+    /// Rows a stateful function set aside (`on_error = "quarantine"`).
+    pub quarantine: OperatorQuarantine,
+}
+
+/// The rows a quarantining operator set aside in a batch.
+#[derive(Debug, Default)]
+pub struct OperatorQuarantine {
+    /// What a first attempt of the batch set aside (a replay): left out
+    /// again before the plugin sees the batch.
+    pub recorded: Vec<crate::quarantine::QuarantinedRow>,
+    /// What this attempt set aside, the recorded rows included.
+    pub rows: Vec<crate::quarantine::QuarantinedRow>,
+    /// Those rows as dead-letter records (JSON lines).
+    pub dead_letters: Vec<u8>,
 }
 
 /// A stateful step of a query.

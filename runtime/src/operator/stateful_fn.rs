@@ -28,9 +28,12 @@ use super::{
 };
 use crate::config::{StateTimeout, StatefulFunctionConfig};
 use crate::error::{PluginFailure, Result, WeirError};
-use crate::plugin::{GroupState, StatefulInstance};
+use crate::plugin::{BatchEnv, GroupState, StatefulComponent, StatefulInstance};
+use crate::quarantine::{kept_rows, take_rows};
 use crate::query::StageProgress;
 use crate::state::StateStore;
+
+mod quarantine;
 
 const LAYOUT_KEY: &[u8] = b"\x00layout";
 const GROUP_PREFIX: u8 = 0x10;
@@ -70,6 +73,10 @@ pub struct StatefulFunction {
     /// The query's id: with the batch id, it seeds the plugin's random
     /// stream (see [`crate::plugin::BatchEnv`]).
     query_id: uuid::Uuid,
+    /// The component, to start a fresh instance after a trap (quarantine).
+    component: Option<Arc<StatefulComponent>>,
+    /// The running batch's clock and seed (each key's call derives its own).
+    env: Option<BatchEnv>,
 }
 
 impl StatefulFunction {
@@ -83,7 +90,16 @@ impl StatefulFunction {
             output_schema: None,
             last: StageProgress::default(),
             query_id: uuid::Uuid::nil(),
+            component: None,
+            env: None,
         }
+    }
+
+    /// The operator with the component its instance came from: needed by
+    /// `on_error = "quarantine"`, which replaces an instance that trapped.
+    pub fn with_component(mut self, component: Arc<StatefulComponent>) -> StatefulFunction {
+        self.component = Some(component);
+        self
     }
 
     /// The operator of query `query_id`, whose random streams are seeded
@@ -160,10 +176,12 @@ impl StatefulFunction {
         Ok(())
     }
 
-    /// Calls the plugin for every key of `input`, in key order.
+    /// Calls the plugin for every key of `input`, in key order; `origin`
+    /// maps its rows to the batch's (some may have been set aside).
     fn process_groups(
         &mut self,
         input: RecordBatch,
+        origin: &[usize],
         ctx: &mut OperatorContext<'_>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
@@ -189,9 +207,18 @@ impl StatefulFunction {
         }
         for (key, indices) in groups {
             let first = indices[0] as usize;
+            let rows: Vec<usize> = indices.iter().map(|&i| origin[i as usize]).collect();
             let group = take_record_batch(&input, &UInt32Array::from(indices))
                 .map_err(|e| WeirError::Internal(format!("grouping rows: {e}")))?;
-            self.call(key, &keys.slice(first, 1), &group, false, ctx, out)?;
+            let key_batch = keys.slice(first, 1);
+            self.begin_key(key);
+            match self.call(key, &key_batch, &group, false, ctx, out) {
+                Ok(()) => {}
+                Err(e) if self.quarantines() && crate::quarantine::blames_rows(&e) => {
+                    self.quarantine_group(key, &key_batch, &group, &rows, e, ctx, out)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -242,9 +269,49 @@ impl StatefulFunction {
             timed_out.push(key_batch);
         }
         for (key, key_batch) in due.iter().zip(timed_out) {
+            self.begin_key(key);
             self.call(key, &key_batch, &empty, true, ctx, out)?;
         }
         Ok(())
+    }
+
+    /// The `group-state` a call gets for a key stored as `stored`.
+    fn lend(&self, stored: &StoredGroup, timed_out: bool, ctx: &OperatorContext<'_>) -> GroupState {
+        GroupState {
+            value: stored.value.clone(),
+            changed: false,
+            timeout_us: None,
+            timeout_kind: self.config.timeout,
+            timed_out,
+            watermark_us: ctx.watermark_ms.map(|w| w.saturating_mul(1000)),
+            batch_time_us: ctx.batch_time_ms.saturating_mul(1000),
+        }
+    }
+
+    /// Sets the clock and seed of `key`'s call in the running batch.
+    fn begin_key(&mut self, key: &[u8]) {
+        if let Some(env) = self.env {
+            self.instance.begin_batch(env.for_key(key));
+        }
+    }
+
+    /// The key `key`'s stored state.
+    fn stored(
+        &self,
+        key: &[u8],
+        key_batch: &RecordBatch,
+        ctx: &OperatorContext<'_>,
+    ) -> Result<StoredGroup> {
+        let record_key = prefixed(GROUP_PREFIX, &[key]);
+        Ok(match ctx.state.get(&record_key)? {
+            Some(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|e| WeirError::CheckpointCorrupt {
+                    path: format!("state of stage `{}`", self.config.stage.name),
+                    reason: format!("key {}: {e}", describe_key(key_batch)),
+                })?
+            }
+            None => StoredGroup::default(),
+        })
     }
 
     /// One `process-group` call and what it changes in the state.
@@ -258,24 +325,8 @@ impl StatefulFunction {
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let record_key = prefixed(GROUP_PREFIX, &[key]);
-        let stored: StoredGroup = match ctx.state.get(&record_key)? {
-            Some(bytes) => {
-                postcard::from_bytes(&bytes).map_err(|e| WeirError::CheckpointCorrupt {
-                    path: format!("state of stage `{}`", self.config.stage.name),
-                    reason: format!("key {}: {e}", describe_key(key_batch)),
-                })?
-            }
-            None => StoredGroup::default(),
-        };
-        let lent = GroupState {
-            value: stored.value.clone(),
-            changed: false,
-            timeout_us: None,
-            timeout_kind: self.config.timeout,
-            timed_out,
-            watermark_us: ctx.watermark_ms.map(|w| w.saturating_mul(1000)),
-            batch_time_us: ctx.batch_time_ms.saturating_mul(1000),
-        };
+        let stored = self.stored(key, key_batch, ctx)?;
+        let lent = self.lend(&stored, timed_out, ctx);
         self.last.calls += 1;
         let call = self
             .instance
@@ -362,19 +413,27 @@ impl Operator for StatefulFunction {
     fn handle_batch_end(&mut self, ctx: &mut OperatorContext<'_>) -> Result<Vec<RecordBatch>> {
         let started = Instant::now();
         self.last.calls = 0;
-        self.instance
-            .begin_batch(crate::plugin::BatchEnv::for_batch(
-                &self.query_id,
-                &self.config.stage.name,
-                ctx.batch_id,
-                ctx.batch_time_ms,
-            ));
+        self.env = Some(BatchEnv::for_batch(
+            &self.query_id,
+            &self.config.stage.name,
+            ctx.batch_id,
+            ctx.batch_time_ms,
+        ));
         let mut out = Vec::new();
         let pending = std::mem::take(&mut self.pending);
         if let Some(first) = pending.first() {
             let input = concat_batches(&first.schema(), &pending)
                 .map_err(|e| self.schema_error(format!("input batches differ: {e}")))?;
-            self.process_groups(input, ctx, &mut out)?;
+            // A replay leaves out the rows the first attempt set aside.
+            ctx.quarantine.rows = ctx.quarantine.recorded.clone();
+            let kept = kept_rows(input.num_rows(), 0, &ctx.quarantine.rows);
+            let rows = if kept.len() == input.num_rows() {
+                input.clone()
+            } else {
+                take_rows(&input, &kept)?
+            };
+            self.process_groups(rows, &kept, ctx, &mut out)?;
+            self.write_dead_letters(&input, ctx)?;
         }
         self.fire_timeouts(ctx, &mut out)?;
         // One call per key gives many small batches: hand the sink one.

@@ -52,6 +52,19 @@ impl BatchEnv {
         }
     }
 
+    /// The values of one key's call in this batch (a stateful function):
+    /// the batch's time, and a stream of the key's own, so a key draws the
+    /// same numbers whatever other keys did before it.
+    pub fn for_key(&self, key: &[u8]) -> Self {
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.seed);
+        hash.update(key);
+        BatchEnv {
+            time_us: self.time_us,
+            seed: hash.finalize().into(),
+        }
+    }
+
     /// What an instance sees before its first batch (during `init`): the
     /// real time, and a stream seeded from the stage name.
     fn at_start(stage: &str) -> Self {

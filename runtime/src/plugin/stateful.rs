@@ -19,10 +19,13 @@ impl PluginEngine {
     /// Compiles the component at `path` for stage `stage` and checks it
     /// implements the `stateful-plugin` world.
     pub fn load_stateful(&self, stage: &str, path: &Path) -> Result<StatefulComponent> {
-        let pre = self.load(
+        let wasm = super::read_wasm(stage, path)?;
+        let component = self.compile_wasm(stage, path, &wasm)?;
+        let pre = self.link(
             &self.stateful_linker,
             stage,
             path,
+            &component,
             "stateful-plugin",
             StatefulPluginPre::new,
         )?;
@@ -30,6 +33,7 @@ impl PluginEngine {
             engine: self.engine.clone(),
             stage: stage.to_string(),
             pre,
+            digest: super::digest(&wasm),
         })
     }
 }
@@ -39,9 +43,16 @@ pub struct StatefulComponent {
     engine: Engine,
     stage: String,
     pre: StatefulPluginPre<PluginState>,
+    /// `sha256:<hex>` of the component bytes.
+    digest: String,
 }
 
 impl StatefulComponent {
+    /// The component's digest (`sha256:<hex>`), naming this version.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Instantiates the plugin under `limits` and calls its `init` with
     /// `config_json`.
     pub fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<StatefulInstance> {

@@ -10,6 +10,7 @@ mod compact;
 mod continuous;
 mod progress;
 mod replay;
+mod shadow;
 mod stage;
 mod swap;
 mod versions;
@@ -23,10 +24,12 @@ use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
 use tokio::sync::watch;
 
+pub use crate::quarantine::{QuarantineRecord, QuarantinedRow};
 pub use compact::{Compacted, compact};
 pub use progress::{BatchProgress, PhaseDurations, StageProgress};
 pub use replay::{Candidate, ReplayedBatch, RowDiff, replay};
-pub use stage::{QuarantineRecord, QuarantinedRow, TrialRun, trial_run};
+pub use shadow::ShadowReport;
+pub use stage::{TrialRun, trial_run};
 pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
 
 use std::sync::Arc;
@@ -39,8 +42,8 @@ use crate::config::{InputConfig, Pipeline, SourceConfig, Trigger, WatermarkPolic
 use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::{
-    Deduplicate, Operator, OperatorContext, StatefulFunction, StaticJoin, StreamJoin,
-    WindowAggregate,
+    Deduplicate, Operator, OperatorContext, OperatorQuarantine, StatefulFunction, StaticJoin,
+    StreamJoin, WindowAggregate,
 };
 use crate::plugin::PluginEngine;
 use crate::retry::Retries;
@@ -169,16 +172,20 @@ impl Query {
                         on_failure: t.on_swap_failure,
                         on_error: t.on_error.clone(),
                         previous: None,
+                        shadow: None,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let stateful_fn = match stateful_config {
                 Some(config) => {
                     let stage = &config.stage;
-                    let instance = engine
-                        .load_stateful(&stage.name, &stage.plugin)?
-                        .instantiate(&stage.config_json, stage.limits)?;
-                    Some(StatefulFunction::new(config, instance).for_query(query_uuid))
+                    let component = Arc::new(engine.load_stateful(&stage.name, &stage.plugin)?);
+                    let instance = component.instantiate(&stage.config_json, stage.limits)?;
+                    Some(
+                        StatefulFunction::new(config, instance)
+                            .for_query(query_uuid)
+                            .with_component(component),
+                    )
                 }
                 None => None,
             };
@@ -339,26 +346,33 @@ struct Stateful {
 impl Stateful {
     /// Runs one batch's rows through the operator; returns the rows it
     /// emits and how many input rows were too late.
+    /// A stateful function also sets rows aside: `recorded` are those a
+    /// first attempt set aside (a replay).
     fn run(
         &mut self,
         batch_id: u64,
         watermark_ms: Option<i64>,
         batch_time_ms: i64,
         batches: &[RecordBatch],
-    ) -> Result<(Vec<RecordBatch>, u64)> {
+        recorded: Vec<QuarantinedRow>,
+    ) -> Result<(Vec<RecordBatch>, u64, OperatorQuarantine)> {
         let mut ctx = OperatorContext {
             batch_id,
             watermark_ms,
             batch_time_ms,
             state: &mut self.state,
             rows_dropped_by_watermark: 0,
+            quarantine: OperatorQuarantine {
+                recorded,
+                ..OperatorQuarantine::default()
+            },
         };
         let mut emitted = Vec::new();
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             emitted.extend(self.operator.process_batch(batch, &mut ctx)?);
         }
         emitted.extend(self.operator.handle_batch_end(&mut ctx)?);
-        Ok((emitted, ctx.rows_dropped_by_watermark))
+        Ok((emitted, ctx.rows_dropped_by_watermark, ctx.quarantine))
     }
 }
 
@@ -805,14 +819,11 @@ impl Runner {
         for (index, current) in put_back {
             self.stages[index].replace(current);
         }
-        let transformed = transformed?;
+        let mut transformed = transformed?;
         if !logged {
             self.log_versions(batch_id).await?;
         }
-        let quarantined = self
-            .set_aside(batch_id, &transformed, Record::Logged(recorded))
-            .await?;
-        let mut batches = transformed.batches;
+        let mut batches = std::mem::take(&mut transformed.batches);
         if let Some(join) = &mut self.static_join {
             join.refresh_if_due().await?;
             batches = batches
@@ -827,17 +838,38 @@ impl Runner {
         };
         let watermark_ms = self.watermark_ms;
         if let Some(mut stateful) = self.operator.take() {
+            let stage = self
+                .pipeline
+                .stateful
+                .as_ref()
+                .map(|s| s.stage.name.clone());
+            let recorded = stage
+                .as_ref()
+                .and_then(|name| recorded.as_ref()?.get(name).cloned())
+                .unwrap_or_default();
             // Operators may call plugins: off the async runtime too.
             let (stateful, result) = off_runtime(move || {
-                let result = stateful.run(batch_id, watermark_ms, batch_time_ms, &batches);
+                let result =
+                    stateful.run(batch_id, watermark_ms, batch_time_ms, &batches, recorded);
                 Ok((stateful, result))
             })
             .await?;
             self.operator = Some(stateful);
-            let late;
-            (batches, late) = result?;
+            let (late, set_aside);
+            (batches, late, set_aside) = result?;
             dropped += late;
+            if let (Some(stage), false) = (stage, set_aside.rows.is_empty()) {
+                transformed
+                    .quarantined
+                    .insert(stage.clone(), set_aside.rows);
+                transformed
+                    .dead_letters
+                    .push((stage, set_aside.dead_letters));
+            }
         }
+        let quarantined = self
+            .set_aside(batch_id, &transformed, Record::Logged(recorded))
+            .await?;
         durations.transform = phase.elapsed();
         crash_point("after-transform", batch_id);
 
@@ -975,6 +1007,7 @@ impl Runner {
                 .pipeline
                 .transforms
                 .iter()
+                .chain(self.pipeline.stateful.as_ref().map(|s| &s.stage))
                 .find(|t| &t.name == stage)
                 .and_then(|t| match &t.on_error {
                     crate::config::OnError::Quarantine(q) => q.dead_letter.clone(),

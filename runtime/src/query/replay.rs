@@ -18,12 +18,13 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
-use super::stage::{QuarantineRecord, Stage};
+use super::stage::Stage;
 use super::{StageProgress, StageVersions, off_runtime, open_source};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Pipeline, SinkKind, SwapFailure};
 use crate::error::{Result, WeirError};
 use crate::plugin::{BatchEnv, PluginEngine, TransformComponent};
+use crate::quarantine::QuarantineRecord;
 use crate::retry::Retries;
 use crate::storage::Location;
 
@@ -65,26 +66,37 @@ pub struct RowDiff {
 impl ReplayedBatch {
     /// The row-level difference between the committed rows and the replay.
     pub fn diff(&self) -> RowDiff {
-        let key = |v: &Value| v.to_string();
-        let mut committed: BTreeMap<String, (usize, &Value)> = BTreeMap::new();
-        for row in &self.committed {
-            committed.entry(key(row)).or_insert((0, row)).0 += 1;
-        }
-        let mut diff = RowDiff::default();
-        for row in &self.replayed {
-            match committed.get_mut(&key(row)) {
-                Some((n, _)) if *n > 0 => {
-                    *n -= 1;
-                    diff.same += 1;
-                }
-                _ => diff.added.push(row.clone()),
-            }
-        }
-        for (n, row) in committed.into_values() {
-            diff.removed.extend(std::iter::repeat_n(row.clone(), n));
-        }
-        diff
+        diff_rows(&self.committed, &self.replayed)
     }
+}
+
+/// How `after` differs from `before`, as multisets of rows.
+pub(super) fn diff_rows(before: &[Value], after: &[Value]) -> RowDiff {
+    let key = |v: &Value| v.to_string();
+    let mut remaining: BTreeMap<String, (usize, &Value)> = BTreeMap::new();
+    for row in before {
+        remaining.entry(key(row)).or_insert((0, row)).0 += 1;
+    }
+    let mut diff = RowDiff::default();
+    for row in after {
+        match remaining.get_mut(&key(row)) {
+            Some((n, _)) if *n > 0 => {
+                *n -= 1;
+                diff.same += 1;
+            }
+            _ => diff.added.push(row.clone()),
+        }
+    }
+    // In `before`'s order, so a diff reads like the output.
+    for row in before {
+        if let Some((n, _)) = remaining.get_mut(&key(row))
+            && *n > 0
+        {
+            *n -= 1;
+            diff.removed.push(row.clone());
+        }
+    }
+    diff
 }
 
 /// Runs committed batches `batches` of `pipeline` again (with `candidate`
@@ -222,6 +234,7 @@ fn run_stages(
             on_failure: SwapFailure::Fail,
             on_error: config.on_error.clone(),
             previous: None,
+            shadow: None,
         };
         let env = BatchEnv::for_batch(query_id, &stage.name, batch_id, batch_time_ms);
         let known = match recorded.get(&stage.name) {
@@ -315,7 +328,7 @@ async fn committed_rows(pipeline: &Pipeline, batch_id: u64) -> Result<Vec<Value>
 }
 
 /// Rows as JSON objects, as the JSON sink writes them.
-fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>> {
+pub(super) fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>> {
     let lines = crate::sink::json_lines(batches, "replayed rows")?;
     lines
         .split(|b| *b == b'\n')

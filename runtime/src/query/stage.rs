@@ -14,15 +14,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use serde::{Deserialize, Serialize};
 
 use super::{StageProgress, StageVersion, field_list};
 use crate::config::{OnError, PluginLimits, SwapFailure};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::plugin::{BatchEnv, TransformComponent, TransformInstance};
+use crate::quarantine::{
+    DeadLetterSource, QuarantinedRow, blames_rows as quarantinable, failure_text, kept_rows,
+    take_rows,
+};
 
 pub(super) struct Stage {
     pub name: String,
@@ -41,6 +43,8 @@ pub(super) struct Stage {
     /// After a swap, until the new version completed a batch: the version
     /// before, to roll back to.
     pub previous: Option<Box<PluginVersion>>,
+    /// A candidate version running beside this one, if any.
+    pub shadow: Option<super::shadow::Shadow>,
 }
 
 /// A stage's plugin, swapped out but kept.
@@ -49,20 +53,6 @@ pub(super) struct PluginVersion {
     pub version: StageVersion,
     pub component: Arc<TransformComponent>,
 }
-
-/// A row a stage set aside: where it was in the stage's input, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuarantinedRow {
-    /// Which of the stage's input batches held it.
-    pub input: usize,
-    /// Its row number in that batch.
-    pub row: usize,
-    /// What the plugin did with it alone.
-    pub error: String,
-}
-
-/// `quarantine/N`: the rows each stage set aside in batch N, by stage.
-pub type QuarantineRecord = BTreeMap<String, Vec<QuarantinedRow>>;
 
 /// What one stage made of a batch.
 pub(super) struct StageRun {
@@ -271,6 +261,11 @@ impl Stage {
         inputs: &[RecordBatch],
         quarantined: &[QuarantinedRow],
     ) -> Result<Vec<u8>> {
+        let source = DeadLetterSource {
+            batch_id,
+            stage: &self.name,
+            plugin: &self.version.digest,
+        };
         let mut lines = Vec::new();
         for q in quarantined {
             let Some(input) = inputs.get(q.input).filter(|b| q.row < b.num_rows()) else {
@@ -282,21 +277,7 @@ impl Stage {
                     ),
                 });
             };
-            let json = crate::sink::json_lines(&[input.slice(q.row, 1)], "a quarantined row")?;
-            let record: serde_json::Value = serde_json::from_slice(&json)
-                .map_err(|e| WeirError::Internal(format!("a quarantined row's JSON: {e}")))?;
-            let line = serde_json::json!({
-                "batch_id": batch_id,
-                "stage": self.name,
-                "plugin": self.version.digest,
-                "input": q.input,
-                "row": q.row,
-                "error": q.error,
-                "record": record,
-            });
-            serde_json::to_writer(&mut lines, &line)
-                .map_err(|e| WeirError::Internal(e.to_string()))?;
-            lines.push(b'\n');
+            lines.extend(source.line(q, &input.slice(q.row, 1), &[])?);
         }
         Ok(lines)
     }
@@ -380,6 +361,7 @@ pub fn trial_run(
         on_failure: SwapFailure::Fail,
         on_error,
         previous: None,
+        shadow: None,
     };
     let env = BatchEnv::for_batch(&uuid::Uuid::nil(), &stage.name, 0, time_ms);
     let run = stage.process(0, inputs, env, &[])?;
@@ -397,56 +379,4 @@ pub fn trial_run(
         memory_bytes: stage.last.memory_bytes,
         counters: stage.last.counters,
     })
-}
-
-/// Whether a failure may be blamed on rows ([`PluginFailure::blames_rows`]).
-fn quarantinable(error: &WeirError) -> bool {
-    matches!(error, WeirError::Plugin { failure, .. } if failure.blames_rows())
-}
-
-/// The failure alone, without the stage name the dead-letter record has.
-fn failure_text(error: &WeirError) -> String {
-    match error {
-        WeirError::Plugin { failure, .. } => failure.to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Row numbers of input `input` (of `rows` rows) not set aside.
-fn kept_rows(rows: usize, input: usize, quarantined: &[QuarantinedRow]) -> Vec<usize> {
-    let mut keep = vec![true; rows];
-    for q in quarantined.iter().filter(|q| q.input == input) {
-        if let Some(k) = keep.get_mut(q.row) {
-            *k = false;
-        }
-    }
-    (0..rows).filter(|&r| keep[r]).collect()
-}
-
-/// The rows `rows` (ascending) of `batch`.
-fn take_rows(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
-    let mut mask = vec![false; batch.num_rows()];
-    for &r in rows {
-        mask[r] = true;
-    }
-    filter_record_batch(batch, &BooleanArray::from(mask))
-        .map_err(|e| WeirError::Internal(format!("setting quarantined rows aside: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kept_rows_leave_out_the_rows_of_their_own_input() {
-        let q = |input, row| QuarantinedRow {
-            input,
-            row,
-            error: String::new(),
-        };
-        let quarantined = [q(0, 1), q(1, 0), q(0, 3), q(0, 9)];
-        assert_eq!(kept_rows(5, 0, &quarantined), vec![0, 2, 4]);
-        assert_eq!(kept_rows(2, 1, &quarantined), vec![1]);
-        assert_eq!(kept_rows(2, 2, &quarantined), vec![0, 1]);
-    }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::shadow::{ShadowReport, SharedReport};
 use crate::config::PluginLimits;
 use crate::error::{Result, WeirError};
 use crate::plugin::{PluginEngine, TransformComponent, TransformInstance};
@@ -47,6 +48,8 @@ pub(crate) struct SwapRequest {
     pub component: Arc<TransformComponent>,
     pub instance: TransformInstance,
     pub config_json: String,
+    /// Not a swap but a shadow run for this many batches, reported here.
+    pub shadow: Option<(u64, SharedReport)>,
 }
 
 /// What a stage needs to know of itself for swaps.
@@ -63,6 +66,8 @@ pub struct QueryControl {
     engine: PluginEngine,
     stages: Arc<Vec<StageSettings>>,
     requests: mpsc::UnboundedSender<SwapRequest>,
+    /// The latest shadow run's report.
+    shadow: SharedReport,
 }
 
 /// A swap the query accepted: it takes effect at the next batch boundary.
@@ -84,6 +89,7 @@ impl QueryControl {
             engine,
             stages: Arc::new(stages),
             requests,
+            shadow: SharedReport::default(),
         };
         (control, receiver)
     }
@@ -102,6 +108,45 @@ impl QueryControl {
         stage: &str,
         plugin: &Path,
         config_json: Option<String>,
+    ) -> Result<SwapAccepted> {
+        self.send(stage, plugin, config_json, None).await
+    }
+
+    /// Runs the component at `plugin` beside stage `stage`'s live version
+    /// for the next `batches` batches with rows, comparing their outputs
+    /// ([`QueryControl::shadow_report`]); the live output is untouched. A
+    /// shadow started while another runs replaces it.
+    pub async fn shadow(
+        &self,
+        stage: &str,
+        plugin: &Path,
+        config_json: Option<String>,
+        batches: u64,
+    ) -> Result<SwapAccepted> {
+        let report = self.shadow.clone();
+        self.send(stage, plugin, config_json, Some((batches.max(1), report)))
+            .await
+    }
+
+    /// Stage `stage`'s memory limit (0 for an unknown stage).
+    pub fn stage_memory(&self, stage: &str) -> u64 {
+        self.stages
+            .iter()
+            .find(|s| s.name == stage)
+            .map_or(0, |s| s.limits.memory_bytes)
+    }
+
+    /// The latest shadow run's report, if one ran.
+    pub fn shadow_report(&self) -> Option<ShadowReport> {
+        self.shadow.get()
+    }
+
+    async fn send(
+        &self,
+        stage: &str,
+        plugin: &Path,
+        config_json: Option<String>,
+        shadow: Option<(u64, SharedReport)>,
     ) -> Result<SwapAccepted> {
         let settings = self
             .stages
@@ -135,12 +180,24 @@ impl QueryControl {
                 config_json: config_json.clone(),
             },
         };
+        if let Some((batches, report)) = &shadow {
+            // Until the query takes it in, the report says it is pending
+            // (an earlier shadow's finished report must not answer for it).
+            report.set(ShadowReport {
+                stage: stage.to_string(),
+                candidate: accepted.version.digest.clone(),
+                candidate_config: config_json.clone(),
+                batches_wanted: *batches,
+                ..ShadowReport::default()
+            });
+        }
         self.requests
             .send(SwapRequest {
                 stage: stage.to_string(),
                 component,
                 instance,
                 config_json,
+                shadow,
             })
             .map_err(|_| WeirError::Internal("the query has stopped".into()))?;
         Ok(accepted)

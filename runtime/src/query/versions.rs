@@ -6,11 +6,13 @@ use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
 
-use super::stage::{QuarantineRecord, Stage};
+use super::shadow::{Shadow, ShadowReport};
+use super::stage::Stage;
 use super::{PluginVersion, Runner, StageVersion, StageVersions, off_runtime};
 use crate::config::SwapFailure;
 use crate::error::Result;
 use crate::plugin::BatchEnv;
+use crate::quarantine::QuarantineRecord;
 
 /// `sha256:0123456789ab` — enough of a digest to tell versions apart in logs.
 fn short(digest: &str) -> &str {
@@ -47,6 +49,43 @@ impl Runner {
             let Some(stage) = self.stages.iter_mut().find(|s| s.name == request.stage) else {
                 continue;
             };
+            if let Some((batches, report)) = request.shadow {
+                let candidate = Stage {
+                    name: stage.name.clone(),
+                    instance: request.instance,
+                    schema: None,
+                    last: Default::default(),
+                    version: StageVersion {
+                        digest: request.component.digest().to_string(),
+                        config_json: request.config_json,
+                    },
+                    component: request.component,
+                    limits: stage.limits,
+                    on_failure: SwapFailure::Fail,
+                    on_error: stage.on_error.clone(),
+                    previous: None,
+                    shadow: None,
+                };
+                self.events.push(format!(
+                    "stage `{}`: shadowing {} with {} for {batches} batches",
+                    stage.name,
+                    short(&stage.version.digest),
+                    short(&candidate.version.digest)
+                ));
+                report.set(ShadowReport {
+                    stage: stage.name.clone(),
+                    live: stage.version.digest.clone(),
+                    candidate: candidate.version.digest.clone(),
+                    candidate_config: candidate.version.config_json.clone(),
+                    batches_wanted: batches,
+                    ..ShadowReport::default()
+                });
+                stage.shadow = Some(Shadow {
+                    stage: Box::new(candidate),
+                    report,
+                });
+                continue;
+            }
             let next = PluginVersion {
                 instance: request.instance,
                 version: StageVersion {
@@ -140,7 +179,22 @@ impl Runner {
                         .recorded
                         .get(&stage.name)
                         .map_or(&[][..], Vec::as_slice);
+                    let started = std::time::Instant::now();
                     let run = stage.process(batch.id, &done.batches, env, recorded)?;
+                    if let Some(shadow) = &mut stage.shadow {
+                        let live = started.elapsed();
+                        let over = shadow.compare(
+                            batch.id,
+                            &done.batches,
+                            env,
+                            recorded,
+                            &run.outputs,
+                            live,
+                        );
+                        if over {
+                            stage.shadow = None;
+                        }
+                    }
                     done.batches = run.outputs;
                     if !run.quarantined.is_empty() {
                         done.quarantined.insert(stage.name.clone(), run.quarantined);

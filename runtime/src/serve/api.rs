@@ -10,7 +10,7 @@
 //! | `GET /queries/{tenant}/{name}` | owner, admin | one query and its recent progress events |
 //! | `POST /queries/{tenant}/{name}/stop` | owner, admin | stops it after its current batch |
 //! | `POST /queries/{tenant}/{name}/start` | owner, admin | starts it again from its checkpoint |
-//! | `POST /queries/{tenant}/{name}/swap` (`{"stage", "plugin": "sha256:…", "config"?}`) | owner, admin | hot-swaps a transform plugin |
+//! | `POST /queries/{tenant}/{name}/swap` (`{"stage", "plugin": "sha256:…", "config"?, "shadow"?: N}`) | owner, admin | hot-swaps a transform plugin; with `shadow`, runs it beside the live one for N batches instead (report in the query's `shadow`) |
 //! | `POST /tenants/{tenant}/tokens` | admin | issues a token for a tenant (shown once) |
 //! | `DELETE /tenants/{tenant}/tokens` | admin | revokes the tenant's issued tokens |
 //! | `GET /metrics` | admin | Prometheus metrics of every query |
@@ -280,6 +280,8 @@ struct SwapBody {
     stage: String,
     plugin: String,
     config: Option<serde_json::Value>,
+    /// Run beside the live version for this many batches instead.
+    shadow: Option<u64>,
 }
 
 async fn swap(
@@ -294,12 +296,14 @@ async fn swap(
             &body.stage,
             &body.plugin,
             body.config.map(|c| c.to_string()),
+            body.shadow,
         )
         .await?;
     Ok(Json(json!({
         "stage": accepted.stage,
         "digest": accepted.version.digest,
         "config": accepted.version.config_json,
+        "shadow": body.shadow,
     })))
 }
 

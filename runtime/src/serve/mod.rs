@@ -111,6 +111,8 @@ pub struct QueryInfo {
     pub stages: Vec<String>,
     /// Rows its stages quarantined since the host started it.
     pub quarantined_rows: u64,
+    /// The latest shadow run's report, if one ran.
+    pub shadow: Option<crate::query::ShadowReport>,
 }
 
 struct Running {
@@ -149,6 +151,7 @@ impl Running {
             quarantined_rows: progress
                 .back()
                 .map_or(0, |p| p["hostQuarantinedRows"].as_u64().unwrap_or(0)),
+            shadow: self.control.shadow_report(),
         }
     }
 }
@@ -537,10 +540,14 @@ impl Host {
         stage: &str,
         plugin: &str,
         config_json: Option<String>,
+        shadow: Option<u64>,
     ) -> Result<SwapAccepted, HostError> {
         let running = self
             .running(id)
             .ok_or_else(|| HostError::NotFound(format!("{id} (running)")))?;
+        if shadow.is_some() {
+            self.check_shadow_memory(&running, stage)?;
+        }
         let hex = crate::config::plugin_digest(plugin).ok_or_else(|| {
             HostError::Invalid(
                 "name the plugin by the digest of an upload: \"sha256:<64 hex digits>\"".into(),
@@ -555,11 +562,40 @@ impl Host {
                 running.tenant
             )));
         }
-        running
-            .control
-            .swap(stage, &file, config_json)
-            .await
-            .map_err(|e| HostError::Invalid(e.to_string()))
+        match shadow {
+            Some(batches) => {
+                running
+                    .control
+                    .shadow(stage, &file, config_json, batches)
+                    .await
+            }
+            None => running.control.swap(stage, &file, config_json).await,
+        }
+        .map_err(|e| HostError::Invalid(e.to_string()))
+    }
+
+    /// A shadow holds a second instance of the stage while it runs: refused
+    /// when the tenant's plugin memory quota has no room for it now.
+    fn check_shadow_memory(&self, running: &Running, stage: &str) -> Result<(), HostError> {
+        let policy = self.access.policy(&running.tenant);
+        let Some(max) = policy.max_memory else {
+            return Ok(());
+        };
+        let used: u64 = lock(&self.queries)
+            .values()
+            .filter(|r| r.tenant == running.tenant && r.is_running())
+            .map(|r| r.memory_reserved)
+            .sum();
+        let extra = running.control.stage_memory(stage);
+        if used + extra > max {
+            return Err(HostError::Quota {
+                tenant: running.tenant.clone(),
+                reason: format!(
+                    "its running queries' plugins may use {used} bytes and a shadow of `{stage}`                      {extra} more, over its {max} bytes"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Every query the host knows, in id order.

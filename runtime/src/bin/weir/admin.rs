@@ -206,6 +206,7 @@ impl Client {
         stage: &str,
         plugin: &str,
         config: Option<&str>,
+        shadow: Option<u64>,
     ) -> Result<(), WeirError> {
         let reference = if plugin.starts_with("sha256:") {
             plugin.to_string()
@@ -213,6 +214,9 @@ impl Client {
             self.upload(Path::new(plugin)).await?
         };
         let mut body = serde_json::json!({ "stage": stage, "plugin": reference });
+        if let Some(batches) = shadow {
+            body["shadow"] = batches.into();
+        }
         if let Some(config) = config {
             body["config"] = serde_json::from_str(config)
                 .map_err(|e| WeirError::Internal(format!("--config must be a JSON object: {e}")))?;
@@ -229,6 +233,27 @@ impl Client {
         Ok(())
     }
 
+    /// Waits for query `id`'s shadow run to end (or the query to stop),
+    /// then prints its report.
+    pub async fn wait_for_shadow(&self, id: &str) -> Result<(), WeirError> {
+        loop {
+            let answer = self
+                .call(self.http.get(format!("{}/queries/{id}", self.server)))
+                .await?;
+            let query = &answer["query"];
+            let report = &query["shadow"];
+            let running = query["status"]["state"] == "running";
+            if report["done"] == true || !running {
+                print_shadow(report);
+                if !running {
+                    eprintln!("the query is no longer running: the shadow ended early");
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn post(&self, id: &str, action: &str) -> Result<(), WeirError> {
         let answer = self
             .call(
@@ -238,6 +263,42 @@ impl Client {
             .await?;
         print_json(&answer);
         Ok(())
+    }
+}
+
+/// A shadow report, as a person reads it.
+fn print_shadow(report: &serde_json::Value) {
+    let number = |key: &str| report[key].as_u64().unwrap_or(0);
+    let ms = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    println!(
+        "shadow of stage `{}`: {} (live) vs {} (candidate), {} of {} batches",
+        report["stage"].as_str().unwrap_or("?"),
+        report["live"].as_str().unwrap_or("?"),
+        report["candidate"].as_str().unwrap_or("?"),
+        number("batches"),
+        number("batches_wanted"),
+    );
+    println!(
+        "candidate config: {}",
+        report["candidate_config"].as_str().unwrap_or("?")
+    );
+    println!(
+        "rows: {} the same, {} live rows the candidate did not produce (-), {} new (+); the candidate quarantined {}",
+        number("rows_same"),
+        number("rows_removed"),
+        number("rows_added"),
+        number("candidate_quarantined"),
+    );
+    let (live, candidate) = (ms("live_ms"), ms("candidate_ms"));
+    println!(
+        "time: live {live:.1} ms, candidate {candidate:.1} ms ({:.2}x)",
+        if live > 0.0 { candidate / live } else { 0.0 }
+    );
+    if let Some(error) = report["error"].as_str() {
+        println!("the candidate failed: {error}");
+    }
+    for line in report["samples"].as_array().into_iter().flatten() {
+        println!("{}", line.as_str().unwrap_or_default());
     }
 }
 

@@ -152,6 +152,11 @@ enum Command {
         /// The stage's `config` for the new version, as JSON (default: as before).
         #[arg(long)]
         config: Option<String>,
+        /// Do not swap: run the new version beside the live one on the
+        /// next N batches, drop its output, and print how it differs from
+        /// the live output and what it costs (the live output is untouched).
+        #[arg(long, value_name = "N")]
+        shadow: Option<u64>,
         #[command(flatten)]
         remote: admin::Remote,
     },
@@ -386,12 +391,17 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             stage,
             plugin,
             config,
+            shadow,
             remote,
         } => {
-            remote
-                .client()?
-                .swap(&id, &stage, &plugin, config.as_deref())
-                .await
+            let client = remote.client()?;
+            client
+                .swap(&id, &stage, &plugin, config.as_deref(), shadow)
+                .await?;
+            match shadow {
+                Some(_) => client.wait_for_shadow(&id).await,
+                None => Ok(()),
+            }
         }
         Command::Stop { id, remote } => remote.client()?.post(&id, "stop").await,
         Command::Start { id, remote } => remote.client()?.post(&id, "start").await,

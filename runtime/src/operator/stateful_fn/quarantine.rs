@@ -1,0 +1,213 @@
+//! A stateful function's quarantine (`on_error = "quarantine"`): when a
+//! key's call traps (or hits a limit, or returns an `input` error), its rows
+//! are bisected to those that fail alone, which are set aside; the key is
+//! then called once with the rest, from its state before the batch. The
+//! probing calls change no state and emit nothing, and each key's clock and
+//! seed are its own, so the key's output is what a replay (which leaves the
+//! recorded rows out before grouping) makes of it.
+
+use arrow::record_batch::RecordBatch;
+
+use super::{StatefulFunction, describe_key, with_key};
+use crate::config::OnError;
+use crate::error::{PluginFailure, Result, WeirError};
+use crate::operator::OperatorContext;
+use crate::quarantine::{DeadLetterSource, QuarantinedRow, blames_rows, failure_text, take_rows};
+
+impl StatefulFunction {
+    /// Whether the stage sets failing rows aside.
+    pub(super) fn quarantines(&self) -> bool {
+        matches!(self.config.stage.on_error, OnError::Quarantine(_))
+    }
+
+    fn limit(&self) -> usize {
+        match &self.config.stage.on_error {
+            OnError::Quarantine(q) => q.max_rows_per_batch,
+            OnError::Fail => 0,
+        }
+    }
+
+    /// `key`'s call over `group` failed with `error`: sets aside the rows
+    /// that fail alone (`rows` are their numbers in the batch) and calls the
+    /// key with the others.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn quarantine_group(
+        &mut self,
+        key: &[u8],
+        key_batch: &RecordBatch,
+        group: &RecordBatch,
+        rows: &[usize],
+        error: WeirError,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.renew_if_trapped(&error)?;
+        let budget = self.limit().saturating_sub(ctx.quarantine.rows.len());
+        let mut found = Vec::new();
+        self.failing_rows(key, key_batch, group, 0, error, budget, &mut found, ctx)?;
+        if found.is_empty() {
+            return Err(self.gave_up(
+                key_batch,
+                format!(
+                    "a call over {} rows of batch {} failed, but no row fails alone: the \
+                     plugin fails on a combination of rows, which quarantine cannot set aside",
+                    group.num_rows(),
+                    ctx.batch_id
+                ),
+            ));
+        }
+        let bad: Vec<usize> = found.iter().map(|(at, _)| *at).collect();
+        for (at, error) in found {
+            ctx.quarantine.rows.push(QuarantinedRow {
+                input: 0,
+                row: rows[at],
+                error,
+            });
+        }
+        if ctx.quarantine.rows.len() > self.limit() {
+            let first = ctx.quarantine.rows[0].error.clone();
+            return Err(self.gave_up(
+                key_batch,
+                format!(
+                    "more than {limit} rows of batch {} failed \
+                     (max_quarantined_rows_per_batch = {limit}); the first: {first}",
+                    ctx.batch_id,
+                    limit = self.limit()
+                ),
+            ));
+        }
+        let kept: Vec<usize> = (0..group.num_rows()).filter(|r| !bad.contains(r)).collect();
+        if kept.is_empty() {
+            // Spark calls no key without rows (but for a timeout).
+            return Ok(());
+        }
+        self.begin_key(key);
+        self.call(key, key_batch, &take_rows(group, &kept)?, false, ctx, out)
+    }
+
+    /// Finds the rows of `part` (at `offset` in the key's group) that fail
+    /// alone, by calls that change no state and emit nothing. Stops once
+    /// more than `budget` are found.
+    #[allow(clippy::too_many_arguments)]
+    fn failing_rows(
+        &mut self,
+        key: &[u8],
+        key_batch: &RecordBatch,
+        part: &RecordBatch,
+        offset: usize,
+        error: WeirError,
+        budget: usize,
+        found: &mut Vec<(usize, String)>,
+        ctx: &OperatorContext<'_>,
+    ) -> Result<()> {
+        if part.num_rows() == 1 {
+            found.push((offset, failure_text(&error)));
+            return Ok(());
+        }
+        let half = part.num_rows() / 2;
+        for (start, len) in [(0, half), (half, part.num_rows() - half)] {
+            if found.len() > budget {
+                return Ok(());
+            }
+            let slice = part.slice(start, len);
+            let stored = self.stored(key, key_batch, ctx)?;
+            let lent = self.lend(&stored, false, ctx);
+            self.begin_key(key);
+            self.last.calls += 1;
+            match self
+                .instance
+                .process_group(key_batch, &slice, lent)
+                .map_err(|e| with_key(e, key_batch))
+            {
+                Ok(_) => {}
+                Err(e) if blames_rows(&e) => {
+                    self.renew_if_trapped(&e)?;
+                    self.failing_rows(
+                        key,
+                        key_batch,
+                        &slice,
+                        offset + start,
+                        e,
+                        budget,
+                        found,
+                        ctx,
+                    )?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A trapped instance must not run again: a fresh one replaces it.
+    fn renew_if_trapped(&mut self, error: &WeirError) -> Result<()> {
+        let trapped = matches!(
+            error,
+            WeirError::PluginKey {
+                failure: PluginFailure::Trap { .. }
+                    | PluginFailure::Timeout { .. }
+                    | PluginFailure::OutOfMemory { .. },
+                ..
+            }
+        );
+        if !trapped {
+            return Ok(());
+        }
+        let component = self.component.clone().ok_or_else(|| {
+            WeirError::Internal("a quarantining stateful function without its component".into())
+        })?;
+        let stage = &self.config.stage;
+        self.instance = component.instantiate(&stage.config_json, stage.limits)?;
+        Ok(())
+    }
+
+    fn gave_up(&self, key_batch: &RecordBatch, reason: String) -> WeirError {
+        WeirError::PluginKey {
+            stage: self.config.stage.name.clone(),
+            key: describe_key(key_batch),
+            failure: PluginFailure::Quarantine { reason },
+        }
+    }
+
+    /// The dead-letter records of every row set aside in the batch
+    /// (`input` is the batch's rows), with the key of each.
+    pub(super) fn write_dead_letters(
+        &self,
+        input: &RecordBatch,
+        ctx: &mut OperatorContext<'_>,
+    ) -> Result<()> {
+        ctx.quarantine.rows.sort_by_key(|q| q.row);
+        let digest = self.component.as_ref().map_or("", |c| c.digest());
+        let source = DeadLetterSource {
+            batch_id: ctx.batch_id,
+            stage: &self.config.stage.name,
+            plugin: digest,
+        };
+        let layout = self.layout.as_ref();
+        let mut lines = Vec::new();
+        for q in &ctx.quarantine.rows {
+            if q.row >= input.num_rows() {
+                return Err(WeirError::CheckpointCorrupt {
+                    path: format!("quarantine/{}", ctx.batch_id),
+                    reason: format!(
+                        "stage `{}` recorded row {}, which the batch does not have",
+                        self.config.stage.name, q.row
+                    ),
+                });
+            }
+            let row = input.slice(q.row, 1);
+            let key = match layout {
+                Some(layout) => {
+                    let key_batch = row
+                        .project(&layout.key_indices)
+                        .map_err(|e| WeirError::Internal(format!("projecting the key: {e}")))?;
+                    describe_key(&key_batch)
+                }
+                None => String::new(),
+            };
+            lines.extend(source.line(q, &row, &[("key", key.into())])?);
+        }
+        ctx.quarantine.dead_letters = lines;
+        Ok(())
+    }
+}

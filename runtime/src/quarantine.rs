@@ -1,0 +1,128 @@
+//! Rows a plugin stage set aside (`on_error = "quarantine"`): how they are
+//! recorded in the checkpoint (`quarantine/N`) and written as dead letters.
+//! Transform stages (`query::stage`) and stateful functions
+//! (`operator::stateful_fn`) share both.
+
+use std::collections::BTreeMap;
+
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, WeirError};
+
+/// A row a stage set aside: where it was in the stage's input, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedRow {
+    /// Which of the stage's input batches held it (a stateful function's
+    /// input is one batch: 0).
+    pub input: usize,
+    /// Its row number in that batch.
+    pub row: usize,
+    /// What the plugin did with it alone.
+    pub error: String,
+}
+
+/// `quarantine/N`: the rows each stage set aside in batch N, by stage.
+pub type QuarantineRecord = BTreeMap<String, Vec<QuarantinedRow>>;
+
+/// What a stage's dead-letter record says besides the row.
+pub struct DeadLetterSource<'a> {
+    /// The batch id.
+    pub batch_id: u64,
+    /// The stage.
+    pub stage: &'a str,
+    /// The plugin version's digest.
+    pub plugin: &'a str,
+}
+
+impl DeadLetterSource<'_> {
+    /// One JSON line for `q`, whose row is `row` (a one-row batch), with
+    /// extra fields (a stateful function's key).
+    pub fn line(
+        &self,
+        q: &QuarantinedRow,
+        row: &RecordBatch,
+        extra: &[(&str, serde_json::Value)],
+    ) -> Result<Vec<u8>> {
+        let json = crate::sink::json_lines(std::slice::from_ref(row), "a quarantined row")?;
+        let record: serde_json::Value = serde_json::from_slice(&json)
+            .map_err(|e| WeirError::Internal(format!("a quarantined row's JSON: {e}")))?;
+        let mut line = serde_json::json!({
+            "batch_id": self.batch_id,
+            "stage": self.stage,
+            "plugin": self.plugin,
+            "input": q.input,
+            "row": q.row,
+            "error": q.error,
+            "record": record,
+        });
+        for (key, value) in extra {
+            line[*key] = value.clone();
+        }
+        let mut bytes =
+            serde_json::to_vec(&line).map_err(|e| WeirError::Internal(e.to_string()))?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}
+
+/// The failure alone, without the stage name a dead-letter record has.
+pub fn failure_text(error: &WeirError) -> String {
+    match error {
+        WeirError::Plugin { failure, .. } | WeirError::PluginKey { failure, .. } => {
+            failure.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Whether rows may be to blame for `error`
+/// ([`crate::PluginFailure::blames_rows`]).
+pub fn blames_rows(error: &WeirError) -> bool {
+    matches!(
+        error,
+        WeirError::Plugin { failure, .. } | WeirError::PluginKey { failure, .. }
+            if failure.blames_rows()
+    )
+}
+
+/// Row numbers of input `input` (of `rows` rows) not set aside.
+pub fn kept_rows(rows: usize, input: usize, quarantined: &[QuarantinedRow]) -> Vec<usize> {
+    let mut keep = vec![true; rows];
+    for q in quarantined.iter().filter(|q| q.input == input) {
+        if let Some(k) = keep.get_mut(q.row) {
+            *k = false;
+        }
+    }
+    (0..rows).filter(|&r| keep[r]).collect()
+}
+
+/// The rows `rows` (ascending) of `batch`.
+pub fn take_rows(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
+    let mut mask = vec![false; batch.num_rows()];
+    for &r in rows {
+        if let Some(m) = mask.get_mut(r) {
+            *m = true;
+        }
+    }
+    arrow::compute::filter_record_batch(batch, &arrow::array::BooleanArray::from(mask))
+        .map_err(|e| WeirError::Internal(format!("setting quarantined rows aside: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_rows_leave_out_the_rows_of_their_own_input() {
+        let q = |input, row| QuarantinedRow {
+            input,
+            row,
+            error: String::new(),
+        };
+        let quarantined = [q(0, 1), q(1, 0), q(0, 3), q(0, 9)];
+        assert_eq!(kept_rows(5, 0, &quarantined), vec![0, 2, 4]);
+        assert_eq!(kept_rows(2, 1, &quarantined), vec![1]);
+        assert_eq!(kept_rows(2, 2, &quarantined), vec![0, 1]);
+    }
+}
