@@ -14,7 +14,10 @@
 //!    off (goal: >= 0.95x);
 //! 6. per language, the same `enrich` transform: component size, compile
 //!    time cold and from the on-disk cache, instantiation, and rows/s
-//!    relative to the Rust plugin.
+//!    relative to the Rust plugin;
+//! 7. quarantine (`on_error = "quarantine"`): an 8192-row batch with 1 and
+//!    with 10 rows that make the plugin trap, against the same batch with
+//!    none: bisection's calls and the fresh instances after each trap.
 //!
 //! Run with `./dev bench` (or `cargo bench -p weir --bench plugin_calls`).
 
@@ -261,6 +264,56 @@ fn main() {
             us(t_instantiate),
             rate,
             relative
+        );
+    }
+    quarantine(budget, &batch);
+}
+
+/// Section 7: a batch with poison rows through a quarantining stage,
+/// against the same batch with none (the `testkit` identity plugin).
+fn quarantine(budget: Duration, batch: &RecordBatch) {
+    let engine = PluginEngine::new().unwrap();
+    let component = Arc::new(
+        engine
+            .load_transform("bench", weir_fixtures::TESTKIT.as_ref())
+            .unwrap(),
+    );
+    let run = |config: &str| {
+        weir::query::trial_run(
+            "bench",
+            component.clone(),
+            config,
+            Default::default(),
+            std::slice::from_ref(batch),
+            true,
+            0,
+        )
+        .unwrap()
+    };
+    println!("\n7. quarantine, 8192 rows through the identity plugin");
+    let clean = median(budget, || {
+        black_box(run("{}"));
+    });
+    println!("   no poison row        {}   1 call", us(clean));
+    // Row 4096 alone; ids 0, 820, ..., 7380 (10 rows).
+    for (label, config, poison) in [
+        ("1 poison row ", r#"{"trap_on_id": 4096}"#, 1),
+        ("10 poison rows", r#"{"trap_on_id_multiple_of": 820}"#, 10),
+    ] {
+        let probe = run(config);
+        assert_eq!(probe.dead_letters.len(), poison);
+        assert_eq!(
+            probe.outputs.iter().map(|b| b.num_rows()).sum::<usize>(),
+            8192 - poison
+        );
+        let t = median(budget, || {
+            black_box(run(config));
+        });
+        println!(
+            "   {label}       {}   {} calls   {:.1}x the clean batch's time",
+            us(t),
+            probe.calls,
+            t.as_secs_f64() / clean.as_secs_f64()
         );
     }
 }

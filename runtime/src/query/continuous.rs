@@ -116,7 +116,7 @@ impl Runner {
         };
         let transformed = self.transform(decoded.batches, stages_batch).await?;
         epoch.quarantined_rows += self
-            .set_aside(id, &transformed, super::Record::NotLogged)
+            .set_aside(id, &transformed, super::dead_letters::Record::NotLogged)
             .await?;
         let batches = transformed.batches;
         epoch.durations.transform += phase.elapsed();

@@ -8,6 +8,7 @@
 
 mod compact;
 mod continuous;
+mod dead_letters;
 mod progress;
 mod replay;
 mod shadow;
@@ -19,9 +20,6 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use object_store::ObjectStoreExt;
-use object_store::PutPayload;
-use object_store::path::Path as ObjectPath;
 use tokio::sync::watch;
 
 pub use crate::quarantine::{QuarantineRecord, QuarantinedRow};
@@ -34,6 +32,7 @@ pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
 
 use std::sync::Arc;
 
+use dead_letters::Record;
 use stage::{PluginVersion, Stage};
 use swap::{StageSettings, SwapRequest};
 
@@ -48,7 +47,7 @@ use crate::operator::{
 use crate::plugin::PluginEngine;
 use crate::retry::Retries;
 use crate::sink::{self, CommitOutcome, Sink};
-use crate::source::{BadRecord, FileSource, KafkaSource, Source};
+use crate::source::{FileSource, KafkaSource, Source};
 use crate::state::StateStore;
 use serde_json::Value;
 
@@ -325,16 +324,6 @@ impl Query {
         runner.checkpoint.release().await;
         outcome
     }
-}
-
-/// Whether a batch's quarantined rows are logged in the checkpoint.
-enum Record {
-    /// A micro-batch: logged in `quarantine/N` unless this (what a first
-    /// attempt logged) is the same.
-    Logged(Option<QuarantineRecord>),
-    /// A continuous epoch's small batch: never replayed by its id, so not
-    /// logged (its dead letters are still written).
-    NotLogged,
 }
 
 /// The stateful operator and its state.
@@ -977,95 +966,6 @@ impl Runner {
             listener(&progress);
         }
         Ok(())
-    }
-
-    /// Records the rows the stages set aside in batch `batch_id` in
-    /// `quarantine/N` (unless a first attempt recorded the same, or the
-    /// batch is a continuous epoch's small batch) and writes
-    /// them to each stage's dead-letter location, as
-    /// `quarantine-<stage>-batch-N.jsonl` (a replay rewrites the same file
-    /// with the same rows). Returns how many rows were set aside.
-    async fn set_aside(
-        &self,
-        batch_id: u64,
-        transformed: &versions::Transformed,
-        recorded: Record,
-    ) -> Result<u64> {
-        if transformed.quarantined.is_empty() {
-            return Ok(0);
-        }
-        if let Record::Logged(recorded) = recorded
-            && recorded.as_ref() != Some(&transformed.quarantined)
-        {
-            self.checkpoint
-                .write_quarantine(batch_id, &transformed.quarantined)
-                .await?;
-            crash_point("after-quarantine-log", batch_id);
-        }
-        for (stage, lines) in &transformed.dead_letters {
-            let location = self
-                .pipeline
-                .transforms
-                .iter()
-                .chain(self.pipeline.stateful.as_ref().map(|s| &s.stage))
-                .find(|t| &t.name == stage)
-                .and_then(|t| match &t.on_error {
-                    crate::config::OnError::Quarantine(q) => q.dead_letter.clone(),
-                    crate::config::OnError::Fail => None,
-                })
-                .unwrap_or_else(|| self.pipeline.checkpoint.join("dead_letter"));
-            let name = format!("quarantine-{stage}-batch-{batch_id:06}.jsonl");
-            tracing::warn!(batch_id, stage, location = %location, "rows the plugin failed on were quarantined");
-            location
-                .open()?
-                .put(
-                    &ObjectPath::from(name.as_str()),
-                    PutPayload::from(lines.clone()),
-                )
-                .await
-                .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))?;
-        }
-        Ok(transformed
-            .quarantined
-            .values()
-            .map(|rows| rows.len() as u64)
-            .sum())
-    }
-
-    /// Writes batch N's bad records to `<dead_letter>/batch-N.jsonl`; a
-    /// replay rewrites the same file with the same rows.
-    async fn write_dead_letters(
-        &self,
-        input: usize,
-        batch_id: u64,
-        bad: &[BadRecord],
-    ) -> Result<()> {
-        if bad.is_empty() {
-            return Ok(());
-        }
-        let location = self.pipeline.inputs[input]
-            .source
-            .dead_letter()
-            .cloned()
-            .unwrap_or_else(|| self.pipeline.checkpoint.join("dead_letter"));
-        let mut lines = Vec::new();
-        for record in bad {
-            serde_json::to_writer(&mut lines, record)
-                .map_err(|e| WeirError::Internal(e.to_string()))?;
-            lines.push(b'\n');
-        }
-        let name = if self.inputs.len() > 1 {
-            format!("batch-{batch_id:06}-{}.jsonl", self.inputs[input].name)
-        } else {
-            format!("batch-{batch_id:06}.jsonl")
-        };
-        tracing::warn!(batch_id, count = bad.len(), location = %location, "bad records sent to the dead-letter location");
-        location
-            .open()?
-            .put(&ObjectPath::from(name.as_str()), PutPayload::from(lines))
-            .await
-            .map(|_| ())
-            .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))
     }
 
     /// Whether the watermark (or, with `now`, processing time) has moved
