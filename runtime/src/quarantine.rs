@@ -66,6 +66,48 @@ impl DeadLetterSource<'_> {
     }
 }
 
+/// Finds which of a failed call's `rows` rows fail alone, by probing
+/// halves: `probe(start, len)` makes the call on that slice of the rows
+/// and returns its failure if rows may be to blame (`None`: it passed;
+/// any other failure is the caller's error). `error` is the failure of the
+/// call over all the rows. Stops once more than `budget` rows are found
+/// (the stage gives up anyway). Returns each row with its failure, in row
+/// order; empty when no row fails alone.
+pub fn bisect(
+    rows: usize,
+    error: WeirError,
+    budget: usize,
+    probe: &mut dyn FnMut(usize, usize) -> Result<Option<WeirError>>,
+) -> Result<Vec<(usize, String)>> {
+    let mut found = Vec::new();
+    bisect_range(0, rows, error, budget, probe, &mut found)?;
+    Ok(found)
+}
+
+fn bisect_range(
+    start: usize,
+    len: usize,
+    error: WeirError,
+    budget: usize,
+    probe: &mut dyn FnMut(usize, usize) -> Result<Option<WeirError>>,
+    found: &mut Vec<(usize, String)>,
+) -> Result<()> {
+    if len == 1 {
+        found.push((start, failure_text(&error)));
+        return Ok(());
+    }
+    let half = len / 2;
+    for (from, part) in [(start, half), (start + half, len - half)] {
+        if found.len() > budget {
+            break;
+        }
+        if let Some(error) = probe(from, part)? {
+            bisect_range(from, part, error, budget, probe, found)?;
+        }
+    }
+    Ok(())
+}
+
 /// The failure alone, without the stage name a dead-letter record has.
 pub fn failure_text(error: &WeirError) -> String {
     match error {
@@ -112,6 +154,29 @@ pub fn take_rows(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bisection_finds_each_row_that_fails_alone_with_few_probes() {
+        let poison = [3usize, 4, 97];
+        let fails = |from: usize, len: usize| poison.iter().any(|p| (from..from + len).contains(p));
+        let error = |at: usize| WeirError::Internal(format!("row {at}"));
+        let mut probes = 0;
+        let found = bisect(100, error(0), 10, &mut |from, len| {
+            probes += 1;
+            Ok(fails(from, len).then(|| error(from)))
+        })
+        .unwrap();
+        let rows: Vec<usize> = found.iter().map(|(row, _)| *row).collect();
+        assert_eq!(rows, poison);
+        assert_eq!(found[2].1, "internal error (please report): row 97");
+        assert!(probes <= 2 * 3 * 7, "{probes} probes");
+        // A budget of 1 stops after the second row found.
+        let found = bisect(100, error(0), 1, &mut |from, len| {
+            Ok(fails(from, len).then(|| error(from)))
+        })
+        .unwrap();
+        assert_eq!(found.len(), 2);
+    }
 
     #[test]
     fn kept_rows_leave_out_the_rows_of_their_own_input() {

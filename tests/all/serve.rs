@@ -279,8 +279,10 @@ fn logged_multipliers(query: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-#[test]
-fn plugins_are_hot_swapped_under_a_steady_stream_without_losing_a_row() {
+/// A host running tenant acme's `orders` query over `<tmp>/in`: the
+/// temporary directory (kept while it lives), the input directory, the
+/// query's directory and the server.
+fn acme_orders() -> (tempfile::TempDir, PathBuf, PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -291,6 +293,12 @@ fn plugins_are_hot_swapped_under_a_steady_stream_without_losing_a_row() {
     let submitted = server.cli_as("acme", &["submit", pipeline.to_str().unwrap()]);
     assert!(submitted.contains("\"id\": \"acme/orders\""), "{submitted}");
     let query = state.join("tenants/acme/orders");
+    (dir, input, query, server)
+}
+
+#[test]
+fn plugins_are_hot_swapped_under_a_steady_stream_without_losing_a_row() {
+    let (_dir, input, query, server) = acme_orders();
 
     let enrich = format!("{}/weir_plugin_enrich.wasm", weir_fixtures::PLUGIN_DIR);
     let testkit = format!("{}/weir_plugin_testkit.wasm", weir_fixtures::PLUGIN_DIR);
@@ -975,15 +983,7 @@ fn a_tenant_runs_at_most_its_share_of_cores() {
 
 #[test]
 fn a_shadow_run_reports_a_candidates_diff_and_cost_without_touching_the_live_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let state = dir.path().join("state");
-    let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
-    let pipeline = dir.path().join("orders.toml");
-    std::fs::write(&pipeline, hosted_pipeline_text(&input)).unwrap();
-    server.cli_as("acme", &["submit", pipeline.to_str().unwrap()]);
-    let query = state.join("tenants/acme/orders");
+    let (_dir, input, query, server) = acme_orders();
     // A file every 50 ms while the shadows run.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeder = {

@@ -22,8 +22,7 @@ use crate::config::{OnError, PluginLimits, SwapFailure};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::plugin::{BatchEnv, TransformComponent, TransformInstance};
 use crate::quarantine::{
-    DeadLetterSource, QuarantinedRow, blames_rows as quarantinable, failure_text, kept_rows,
-    take_rows,
+    DeadLetterSource, QuarantinedRow, bisect, blames_rows as quarantinable, kept_rows, take_rows,
 };
 
 pub(super) struct Stage {
@@ -112,9 +111,8 @@ impl Stage {
             let limit = settings.max_rows_per_batch;
             let kept = kept_rows(inputs[failed.input].num_rows(), failed.input, &quarantined);
             let batch = take_rows(&inputs[failed.input], &kept)?;
-            let mut found = Vec::new();
             let budget = limit.saturating_sub(quarantined.len());
-            self.failing_rows(&batch, 0, failed.error, env, budget, &mut found, &mut calls)?;
+            let found = self.failing_rows(&batch, failed.error, env, budget, &mut calls)?;
             if found.is_empty() {
                 return Err(self.unnarrowed(batch_id, batch.num_rows()));
             }
@@ -176,41 +174,25 @@ impl Stage {
         Ok(outputs)
     }
 
-    /// Finds the rows of `batch` (at `offset` in the bisected input) that
-    /// fail alone; `error` is what the call over all of `batch` returned.
-    /// Stops once more than `budget` are found: the stage fails anyway.
-    #[allow(clippy::too_many_arguments)]
+    /// Finds the rows of `batch` that fail alone; `error` is what the call
+    /// over all of `batch` returned. Stops once more than `budget` are found.
     fn failing_rows(
         &mut self,
         batch: &RecordBatch,
-        offset: usize,
         error: WeirError,
         env: BatchEnv,
         budget: usize,
-        found: &mut Vec<(usize, String)>,
         calls: &mut u64,
-    ) -> Result<()> {
-        if batch.num_rows() == 1 {
-            found.push((offset, failure_text(&error)));
-            return Ok(());
-        }
-        let half = batch.num_rows() / 2;
-        for (start, len) in [(0, half), (half, batch.num_rows() - half)] {
-            if found.len() > budget {
-                return Ok(());
-            }
-            let part = batch.slice(start, len);
+    ) -> Result<Vec<(usize, String)>> {
+        bisect(batch.num_rows(), error, budget, &mut |start, len| {
             self.instance.begin_batch(env);
             *calls += 1;
-            match self.call(&part) {
-                Ok(_) => {}
-                Err(e) if quarantinable(&e) => {
-                    self.failing_rows(&part, offset + start, e, env, budget, found, calls)?
-                }
-                Err(e) => return Err(e),
+            match self.call(&batch.slice(start, len)) {
+                Ok(_) => Ok(None),
+                Err(e) if quarantinable(&e) => Ok(Some(e)),
+                Err(e) => Err(e),
             }
-        }
-        Ok(())
+        })
     }
 
     /// One plugin call; after a trap the instance is replaced by a fresh

@@ -12,7 +12,7 @@ use super::{StatefulFunction, describe_key, with_key};
 use crate::config::OnError;
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::operator::OperatorContext;
-use crate::quarantine::{DeadLetterSource, QuarantinedRow, blames_rows, failure_text, take_rows};
+use crate::quarantine::{DeadLetterSource, QuarantinedRow, bisect, blames_rows, take_rows};
 
 impl StatefulFunction {
     /// Whether the stage sets failing rows aside.
@@ -43,8 +43,7 @@ impl StatefulFunction {
     ) -> Result<()> {
         self.renew_if_trapped(&error)?;
         let budget = self.limit().saturating_sub(ctx.quarantine.rows.len());
-        let mut found = Vec::new();
-        self.failing_rows(key, key_batch, group, 0, error, budget, &mut found, ctx)?;
+        let found = self.failing_rows(key, key_batch, group, error, budget, ctx)?;
         if found.is_empty() {
             return Err(self.gave_up(
                 key_batch,
@@ -85,58 +84,35 @@ impl StatefulFunction {
         self.call(key, key_batch, &take_rows(group, &kept)?, false, ctx, out)
     }
 
-    /// Finds the rows of `part` (at `offset` in the key's group) that fail
-    /// alone, by calls that change no state and emit nothing. Stops once
-    /// more than `budget` are found.
-    #[allow(clippy::too_many_arguments)]
+    /// Finds the rows of `group` that fail alone, by calls that change no
+    /// state and emit nothing. Stops once more than `budget` are found.
     fn failing_rows(
         &mut self,
         key: &[u8],
         key_batch: &RecordBatch,
-        part: &RecordBatch,
-        offset: usize,
+        group: &RecordBatch,
         error: WeirError,
         budget: usize,
-        found: &mut Vec<(usize, String)>,
         ctx: &OperatorContext<'_>,
-    ) -> Result<()> {
-        if part.num_rows() == 1 {
-            found.push((offset, failure_text(&error)));
-            return Ok(());
-        }
-        let half = part.num_rows() / 2;
-        for (start, len) in [(0, half), (half, part.num_rows() - half)] {
-            if found.len() > budget {
-                return Ok(());
-            }
-            let slice = part.slice(start, len);
+    ) -> Result<Vec<(usize, String)>> {
+        bisect(group.num_rows(), error, budget, &mut |start, len| {
             let stored = self.stored(key, key_batch, ctx)?;
             let lent = self.lend(&stored, false, ctx);
             self.begin_key(key);
             self.last.calls += 1;
-            match self
+            let called = self
                 .instance
-                .process_group(key_batch, &slice, lent)
-                .map_err(|e| with_key(e, key_batch))
-            {
-                Ok(_) => {}
+                .process_group(key_batch, &group.slice(start, len), lent)
+                .map_err(|e| with_key(e, key_batch));
+            match called {
+                Ok(_) => Ok(None),
                 Err(e) if blames_rows(&e) => {
                     self.renew_if_trapped(&e)?;
-                    self.failing_rows(
-                        key,
-                        key_batch,
-                        &slice,
-                        offset + start,
-                        e,
-                        budget,
-                        found,
-                        ctx,
-                    )?;
+                    Ok(Some(e))
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             }
-        }
-        Ok(())
+        })
     }
 
     /// A trapped instance must not run again: a fresh one replaces it.
