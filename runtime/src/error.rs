@@ -262,12 +262,18 @@ impl PluginFailure {
     /// for). A `config` or `internal` error, or output the host refuses,
     /// is the plugin's own.
     pub fn blames_rows(&self) -> bool {
+        self.leaves_instance_unusable()
+            || matches!(self, PluginFailure::Guest { kind: "input", .. })
+    }
+
+    /// Whether the instance that failed must not run again: a trap, or a
+    /// time or memory limit hit, stopped it midway.
+    pub fn leaves_instance_unusable(&self) -> bool {
         matches!(
             self,
             PluginFailure::Trap { .. }
                 | PluginFailure::Timeout { .. }
                 | PluginFailure::OutOfMemory { .. }
-                | PluginFailure::Guest { kind: "input", .. }
         )
     }
 }

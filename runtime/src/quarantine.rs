@@ -25,6 +25,24 @@ pub struct QuarantinedRow {
 /// `quarantine/N`: the rows each stage set aside in batch N, by stage.
 pub type QuarantineRecord = BTreeMap<String, Vec<QuarantinedRow>>;
 
+/// Why quarantine gave up when more than `limit` rows of batch `batch_id`
+/// failed (`first` is the first row's failure).
+pub fn over_limit_reason(limit: usize, batch_id: u64, first: &str) -> String {
+    format!(
+        "more than {limit} rows of batch {batch_id} failed \
+         (max_quarantined_rows_per_batch = {limit}); the first: {first}"
+    )
+}
+
+/// Why quarantine gave up when a call over `rows` rows failed but no row
+/// failed alone.
+pub fn unnarrowed_reason(rows: usize, batch_id: u64) -> String {
+    format!(
+        "a call over {rows} rows of batch {batch_id} failed, but no row fails alone: the \
+         plugin fails on a combination of rows, which quarantine cannot set aside"
+    )
+}
+
 /// What a stage's dead-letter record says besides the row.
 pub struct DeadLetterSource<'a> {
     /// The batch id.
@@ -36,6 +54,21 @@ pub struct DeadLetterSource<'a> {
 }
 
 impl DeadLetterSource<'_> {
+    /// The row `q` names, as a one-row batch of `inputs`; a recorded row
+    /// the batch does not have means the checkpoint does not match it.
+    pub fn row(&self, inputs: &[RecordBatch], q: &QuarantinedRow) -> Result<RecordBatch> {
+        match inputs.get(q.input).filter(|b| q.row < b.num_rows()) {
+            Some(input) => Ok(input.slice(q.row, 1)),
+            None => Err(WeirError::CheckpointCorrupt {
+                path: format!("quarantine/{}", self.batch_id),
+                reason: format!(
+                    "stage `{}` recorded row {} of input {}, which the batch does not have",
+                    self.stage, q.row, q.input
+                ),
+            }),
+        }
+    }
+
     /// One JSON line for `q`, whose row is `row` (a one-row batch), with
     /// extra fields (a stateful function's key).
     pub fn line(

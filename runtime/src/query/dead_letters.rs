@@ -12,6 +12,7 @@ use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::quarantine::QuarantineRecord;
 use crate::source::BadRecord;
+use crate::storage::Location;
 
 /// Whether a batch's quarantined rows are logged in the checkpoint.
 pub(super) enum Record {
@@ -61,14 +62,7 @@ impl Runner {
                 .unwrap_or_else(|| self.pipeline.checkpoint.join("dead_letter"));
             let name = format!("quarantine-{stage}-batch-{batch_id:06}.jsonl");
             tracing::warn!(batch_id, stage, location = %location, "rows the plugin failed on were quarantined");
-            location
-                .open()?
-                .put(
-                    &ObjectPath::from(name.as_str()),
-                    PutPayload::from(lines.clone()),
-                )
-                .await
-                .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))?;
+            put_lines(&location, &name, lines.clone()).await?;
         }
         Ok(transformed
             .quarantined
@@ -105,11 +99,16 @@ impl Runner {
             format!("batch-{batch_id:06}.jsonl")
         };
         tracing::warn!(batch_id, count = bad.len(), location = %location, "bad records sent to the dead-letter location");
-        location
-            .open()?
-            .put(&ObjectPath::from(name.as_str()), PutPayload::from(lines))
-            .await
-            .map(|_| ())
-            .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))
+        put_lines(&location, &name, lines).await
     }
+}
+
+/// Writes (or, in a replay, rewrites) dead-letter file `name` at `location`.
+async fn put_lines(location: &Location, name: &str, lines: Vec<u8>) -> Result<()> {
+    location
+        .open()?
+        .put(&ObjectPath::from(name), PutPayload::from(lines))
+        .await
+        .map(drop)
+        .map_err(|e| WeirError::storage(format!("{location}/{name}"), e))
 }

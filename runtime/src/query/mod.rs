@@ -157,22 +157,16 @@ impl Query {
                 .map(|t| {
                     let component = Arc::new(engine.load_transform(&t.name, &t.plugin)?);
                     let instance = component.instantiate(&t.config_json, t.limits)?;
-                    Ok(Stage {
-                        name: t.name.clone(),
-                        instance,
-                        schema: None,
-                        last: StageProgress::default(),
-                        version: StageVersion {
-                            digest: component.digest().to_string(),
-                            config_json: t.config_json.clone(),
-                        },
+                    let mut stage = Stage::new(
+                        &t.name,
                         component,
-                        limits: t.limits,
-                        on_failure: t.on_swap_failure,
-                        on_error: t.on_error.clone(),
-                        previous: None,
-                        shadow: None,
-                    })
+                        instance,
+                        t.config_json.clone(),
+                        t.limits,
+                        t.on_error.clone(),
+                    );
+                    stage.on_failure = t.on_swap_failure;
+                    Ok(stage)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let stateful_fn = match stateful_config {

@@ -19,9 +19,9 @@ use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
 use super::stage::Stage;
-use super::{StageProgress, StageVersions, off_runtime, open_source};
+use super::{StageVersions, off_runtime, open_source};
 use crate::checkpoint::Checkpoint;
-use crate::config::{Pipeline, SinkKind, SwapFailure};
+use crate::config::{Pipeline, SinkKind};
 use crate::error::{Result, WeirError};
 use crate::plugin::{BatchEnv, PluginEngine, TransformComponent};
 use crate::quarantine::QuarantineRecord;
@@ -131,6 +131,8 @@ pub async fn replay(
         .iter()
         .map(|input| open_source(input, &retries))
         .collect::<Result<Vec<_>>>()?;
+    // Each version is compiled once, however many batches ran it.
+    let mut loaded: BTreeMap<String, Arc<TransformComponent>> = BTreeMap::new();
     let mut replayed = Vec::new();
     for batch_id in batches {
         checkpoint.commit_entry(batch_id).await.map_err(|_| {
@@ -160,20 +162,30 @@ pub async fn replay(
                 }
                 _ => match versions.get(&t.name) {
                     Some(version) => {
-                        let wasm = checkpoint.plugin(&version.object_name()).await?;
-                        let (engine, name) = (engine.clone(), t.name.clone());
-                        let origin = PathBuf::from(version.object_name());
-                        let loaded =
-                            off_runtime(move || engine.load_transform_wasm(&name, &origin, wasm))
-                                .await?;
-                        (Arc::new(loaded), version.config_json.clone())
+                        let component = match loaded.get(&version.digest) {
+                            Some(component) => component.clone(),
+                            None => {
+                                let wasm = checkpoint.plugin(&version.object_name()).await?;
+                                let (engine, name) = (engine.clone(), t.name.clone());
+                                let origin = PathBuf::from(version.object_name());
+                                let component = Arc::new(
+                                    off_runtime(move || {
+                                        engine.load_transform_wasm(&name, &origin, wasm)
+                                    })
+                                    .await?,
+                                );
+                                loaded.insert(version.digest.clone(), component.clone());
+                                component
+                            }
+                        };
+                        (component, version.config_json.clone())
                     }
                     None => {
                         let (engine, name, path) =
                             (engine.clone(), t.name.clone(), t.plugin.clone());
-                        let loaded =
+                        let component =
                             off_runtime(move || engine.load_transform(&name, &path)).await?;
-                        (Arc::new(loaded), t.config_json.clone())
+                        (Arc::new(component), t.config_json.clone())
                     }
                 },
             };
@@ -220,22 +232,15 @@ fn run_stages(
 ) -> Result<(Vec<RecordBatch>, usize)> {
     let mut quarantined = 0;
     for (config, component, config_json) in stages {
-        let mut stage = Stage {
-            name: config.name.clone(),
-            instance: component.instantiate(&config_json, config.limits)?,
-            schema: None,
-            last: StageProgress::default(),
-            version: super::StageVersion {
-                digest: component.digest().to_string(),
-                config_json,
-            },
+        let instance = component.instantiate(&config_json, config.limits)?;
+        let mut stage = Stage::new(
+            &config.name,
             component,
-            limits: config.limits,
-            on_failure: SwapFailure::Fail,
-            on_error: config.on_error.clone(),
-            previous: None,
-            shadow: None,
-        };
+            instance,
+            config_json,
+            config.limits,
+            config.on_error.clone(),
+        );
         let env = BatchEnv::for_batch(query_id, &stage.name, batch_id, batch_time_ms);
         let known = match recorded.get(&stage.name) {
             Some(rows) if candidate != Some(stage.name.as_str()) => rows.as_slice(),

@@ -22,7 +22,8 @@ use crate::config::{OnError, PluginLimits, SwapFailure};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::plugin::{BatchEnv, TransformComponent, TransformInstance};
 use crate::quarantine::{
-    DeadLetterSource, QuarantinedRow, bisect, blames_rows as quarantinable, kept_rows, take_rows,
+    DeadLetterSource, QuarantinedRow, bisect, blames_rows as quarantinable, kept_rows,
+    over_limit_reason, take_rows, unnarrowed_reason,
 };
 
 pub(super) struct Stage {
@@ -69,6 +70,35 @@ struct CallFailed {
 }
 
 impl Stage {
+    /// A stage running `instance` of `component` with `config_json`; a
+    /// version swapped in that fails is not rolled back unless the caller
+    /// sets `on_failure`.
+    pub fn new(
+        name: &str,
+        component: Arc<TransformComponent>,
+        instance: TransformInstance,
+        config_json: String,
+        limits: PluginLimits,
+        on_error: OnError,
+    ) -> Stage {
+        Stage {
+            name: name.to_string(),
+            instance,
+            schema: None,
+            last: StageProgress::default(),
+            version: StageVersion {
+                digest: component.digest().to_string(),
+                config_json,
+            },
+            component,
+            limits,
+            on_failure: SwapFailure::Fail,
+            on_error,
+            previous: None,
+            shadow: None,
+        }
+    }
+
     /// Puts `next` in, returning the version that ran until now. (Another
     /// version may emit other columns: its first output sets the schema.)
     pub fn replace(&mut self, next: PluginVersion) -> PluginVersion {
@@ -114,7 +144,7 @@ impl Stage {
             let budget = limit.saturating_sub(quarantined.len());
             let found = self.failing_rows(&batch, failed.error, env, budget, &mut calls)?;
             if found.is_empty() {
-                return Err(self.unnarrowed(batch_id, batch.num_rows()));
+                return Err(self.gave_up(unnarrowed_reason(batch.num_rows(), batch_id)));
             }
             quarantined.extend(found.into_iter().map(|(at, error)| QuarantinedRow {
                 input: failed.input,
@@ -122,7 +152,8 @@ impl Stage {
                 error,
             }));
             if quarantined.len() > limit {
-                return Err(self.over_limit(batch_id, limit, &quarantined[0].error));
+                let first = &quarantined[0].error;
+                return Err(self.gave_up(over_limit_reason(limit, batch_id, first)));
             }
         };
         quarantined.sort_by_key(|q| (q.input, q.row));
@@ -200,12 +231,7 @@ impl Stage {
     fn call(&mut self, input: &RecordBatch) -> Result<Vec<RecordBatch>> {
         let result = self.instance.process(input);
         if let Err(WeirError::Plugin { failure, .. }) = &result
-            && matches!(
-                failure,
-                PluginFailure::Trap { .. }
-                    | PluginFailure::Timeout { .. }
-                    | PluginFailure::OutOfMemory { .. }
-            )
+            && failure.leaves_instance_unusable()
             && matches!(self.on_error, OnError::Quarantine(_))
         {
             self.instance = self
@@ -250,42 +276,15 @@ impl Stage {
         };
         let mut lines = Vec::new();
         for q in quarantined {
-            let Some(input) = inputs.get(q.input).filter(|b| q.row < b.num_rows()) else {
-                return Err(WeirError::CheckpointCorrupt {
-                    path: format!("quarantine/{batch_id}"),
-                    reason: format!(
-                        "stage `{}` recorded row {} of input {}, which the batch does not have",
-                        self.name, q.row, q.input
-                    ),
-                });
-            };
-            lines.extend(source.line(q, &input.slice(q.row, 1), &[])?);
+            lines.extend(source.line(q, &source.row(inputs, q)?, &[])?);
         }
         Ok(lines)
     }
 
-    fn over_limit(&self, batch_id: u64, limit: usize, first: &str) -> WeirError {
+    fn gave_up(&self, reason: String) -> WeirError {
         WeirError::Plugin {
             stage: self.name.clone(),
-            failure: PluginFailure::Quarantine {
-                reason: format!(
-                    "more than {limit} rows of batch {batch_id} failed \
-                     (max_quarantined_rows_per_batch = {limit}); the first: {first}"
-                ),
-            },
-        }
-    }
-
-    fn unnarrowed(&self, batch_id: u64, rows: usize) -> WeirError {
-        WeirError::Plugin {
-            stage: self.name.clone(),
-            failure: PluginFailure::Quarantine {
-                reason: format!(
-                    "a call over {rows} rows of batch {batch_id} failed, but no row fails \
-                     alone: the plugin fails on a combination of rows, which quarantine \
-                     cannot set aside"
-                ),
-            },
+            failure: PluginFailure::Quarantine { reason },
         }
     }
 }
@@ -329,22 +328,15 @@ pub fn trial_run(
     } else {
         OnError::Fail
     };
-    let mut stage = Stage {
-        name: stage.to_string(),
-        instance: component.instantiate(config_json, limits)?,
-        schema: None,
-        last: StageProgress::default(),
-        version: StageVersion {
-            digest: component.digest().to_string(),
-            config_json: config_json.to_string(),
-        },
+    let instance = component.instantiate(config_json, limits)?;
+    let mut stage = Stage::new(
+        stage,
         component,
+        instance,
+        config_json.to_string(),
         limits,
-        on_failure: SwapFailure::Fail,
         on_error,
-        previous: None,
-        shadow: None,
-    };
+    );
     let env = BatchEnv::for_batch(&uuid::Uuid::nil(), &stage.name, 0, time_ms);
     let run = stage.process(0, inputs, env, &[])?;
     let dead_letters = run

@@ -50,22 +50,14 @@ impl Runner {
                 continue;
             };
             if let Some((batches, report)) = request.shadow {
-                let candidate = Stage {
-                    name: stage.name.clone(),
-                    instance: request.instance,
-                    schema: None,
-                    last: Default::default(),
-                    version: StageVersion {
-                        digest: request.component.digest().to_string(),
-                        config_json: request.config_json,
-                    },
-                    component: request.component,
-                    limits: stage.limits,
-                    on_failure: SwapFailure::Fail,
-                    on_error: stage.on_error.clone(),
-                    previous: None,
-                    shadow: None,
-                };
+                let candidate = Stage::new(
+                    &stage.name,
+                    request.component,
+                    request.instance,
+                    request.config_json,
+                    stage.limits,
+                    stage.on_error.clone(),
+                );
                 self.events.push(format!(
                     "stage `{}`: shadowing {} with {} for {batches} batches",
                     stage.name,

@@ -12,7 +12,10 @@ use super::{StatefulFunction, describe_key, with_key};
 use crate::config::OnError;
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::operator::OperatorContext;
-use crate::quarantine::{DeadLetterSource, QuarantinedRow, bisect, blames_rows, take_rows};
+use crate::quarantine::{
+    DeadLetterSource, QuarantinedRow, bisect, blames_rows, over_limit_reason, take_rows,
+    unnarrowed_reason,
+};
 
 impl StatefulFunction {
     /// Whether the stage sets failing rows aside.
@@ -45,15 +48,8 @@ impl StatefulFunction {
         let budget = self.limit().saturating_sub(ctx.quarantine.rows.len());
         let found = self.failing_rows(key, key_batch, group, error, budget, ctx)?;
         if found.is_empty() {
-            return Err(self.gave_up(
-                key_batch,
-                format!(
-                    "a call over {} rows of batch {} failed, but no row fails alone: the \
-                     plugin fails on a combination of rows, which quarantine cannot set aside",
-                    group.num_rows(),
-                    ctx.batch_id
-                ),
-            ));
+            let reason = unnarrowed_reason(group.num_rows(), ctx.batch_id);
+            return Err(self.gave_up(key_batch, reason));
         }
         let bad: Vec<usize> = found.iter().map(|(at, _)| *at).collect();
         for (at, error) in found {
@@ -64,16 +60,9 @@ impl StatefulFunction {
             });
         }
         if ctx.quarantine.rows.len() > self.limit() {
-            let first = ctx.quarantine.rows[0].error.clone();
-            return Err(self.gave_up(
-                key_batch,
-                format!(
-                    "more than {limit} rows of batch {} failed \
-                     (max_quarantined_rows_per_batch = {limit}); the first: {first}",
-                    ctx.batch_id,
-                    limit = self.limit()
-                ),
-            ));
+            let first = &ctx.quarantine.rows[0].error;
+            let reason = over_limit_reason(self.limit(), ctx.batch_id, first);
+            return Err(self.gave_up(key_batch, reason));
         }
         let kept: Vec<usize> = (0..group.num_rows()).filter(|r| !bad.contains(r)).collect();
         if kept.is_empty() {
@@ -117,15 +106,8 @@ impl StatefulFunction {
 
     /// A trapped instance must not run again: a fresh one replaces it.
     fn renew_if_trapped(&mut self, error: &WeirError) -> Result<()> {
-        let trapped = matches!(
-            error,
-            WeirError::PluginKey {
-                failure: PluginFailure::Trap { .. }
-                    | PluginFailure::Timeout { .. }
-                    | PluginFailure::OutOfMemory { .. },
-                ..
-            }
-        );
+        let trapped = matches!(error, WeirError::PluginKey { failure, .. }
+            if failure.leaves_instance_unusable());
         if !trapped {
             return Ok(());
         }
@@ -162,16 +144,7 @@ impl StatefulFunction {
         let layout = self.layout.as_ref();
         let mut lines = Vec::new();
         for q in &ctx.quarantine.rows {
-            if q.row >= input.num_rows() {
-                return Err(WeirError::CheckpointCorrupt {
-                    path: format!("quarantine/{}", ctx.batch_id),
-                    reason: format!(
-                        "stage `{}` recorded row {}, which the batch does not have",
-                        self.config.stage.name, q.row
-                    ),
-                });
-            }
-            let row = input.slice(q.row, 1);
+            let row = source.row(std::slice::from_ref(input), q)?;
             let key = match layout {
                 Some(layout) => {
                     let key_batch = row
