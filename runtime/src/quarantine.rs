@@ -1,7 +1,8 @@
 //! Rows a plugin stage set aside (`on_error = "quarantine"`): how they are
 //! recorded in the checkpoint (`quarantine/N`) and written as dead letters.
-//! Transform stages (`query::stage`) and stateful functions
-//! (`operator::stateful_fn`) share both.
+//! Transform stages (`query::stage`), stateful functions
+//! (`operator::stateful_fn`) and foreachBatch sinks (`sink::foreach_batch`)
+//! share both.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,17 @@ pub struct QuarantinedRow {
 
 /// `quarantine/N`: the rows each stage set aside in batch N, by stage.
 pub type QuarantineRecord = BTreeMap<String, Vec<QuarantinedRow>>;
+
+/// The rows one stage set aside in a batch.
+#[derive(Debug, Clone)]
+pub struct StageSetAside {
+    /// The stage.
+    pub stage: String,
+    /// The rows, in input order (those a first attempt recorded included).
+    pub rows: Vec<QuarantinedRow>,
+    /// The rows as dead-letter records (JSON lines).
+    pub dead_letters: Vec<u8>,
+}
 
 /// Why quarantine gave up when more than `limit` rows of batch `batch_id`
 /// failed (`first` is the first row's failure).

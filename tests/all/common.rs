@@ -289,7 +289,7 @@ impl Scenario {
             .max_files
             .map(|n| format!("max_files_per_trigger = {n}"))
             .unwrap_or_default();
-        let sink_path = if s.sink == "console" {
+        let sink_path = if s.sink == "console" || s.sink == "foreach_batch" {
             String::new()
         } else {
             "path = \"out\"".into()

@@ -36,9 +36,9 @@ config = { stamp = true }
     ]
 }
 
-/// The ids of every quarantined row in the dead-letter files under `dir`,
-/// sorted (an id set aside twice shows twice).
-fn quarantined_ids(dir: &Path) -> Vec<i64> {
+/// The ids of every row stage `stage` quarantined, from the dead-letter
+/// files under `dir`, sorted (an id set aside twice shows twice).
+fn quarantined_ids(dir: &Path, stage: &str) -> Vec<i64> {
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir).into_iter().flatten() {
         let path = entry.unwrap().path();
@@ -48,7 +48,7 @@ fn quarantined_ids(dir: &Path) -> Vec<i64> {
         }
         for line in fs::read_to_string(&path).unwrap().lines() {
             let record: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(record["stage"], "trap", "{name}: {record}");
+            assert_eq!(record["stage"], stage, "{name}: {record}");
             let error = record["error"].as_str().unwrap();
             assert!(
                 error.contains("trapped") && error.contains("trap_on_id matched"),
@@ -110,7 +110,7 @@ fn poison_rows_are_quarantined_once_and_replays_repeat_time_and_randomness_acros
         "every other row once, in order"
     );
     assert_eq!(
-        quarantined_ids(&clean.path("ck/dead_letter")),
+        quarantined_ids(&clean.path("ck/dead_letter"), "trap"),
         vec![7, 14, 21, 28]
     );
     for row in expected.values().flatten() {
@@ -142,7 +142,115 @@ fn poison_rows_are_quarantined_once_and_replays_repeat_time_and_randomness_acros
             "after a kill at {point}@1:\n{err}"
         );
         assert_eq!(
-            quarantined_ids(&s.path("ck/dead_letter")),
+            quarantined_ids(&s.path("ck/dead_letter"), "trap"),
+            vec![7, 14, 21, 28],
+            "after a kill at {point}@1"
+        );
+    }
+}
+
+/// A foreachBatch sink (`batch-testkit`) writing every row, with a clock
+/// reading and a random number, to a JSON output at `out`; its plugin
+/// traps on any batch holding an id divisible by 7. Inputs as [`scenario`].
+fn foreach_batch_scenario() -> Scenario {
+    let s = Scenario::new(Spec {
+        transforms: Vec::new(),
+        sink: "foreach_batch",
+        tables: r#"name = "writer"
+plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_batch_testkit.wasm"
+config = { output = "rows", stamp = true, trap_on_id_multiple_of = 7 }
+on_error = "quarantine"
+
+[sink.outputs.rows]
+kind = "json"
+path = "out"
+"#
+        .into(),
+        ..Spec::default()
+    });
+    s.json_inputs(6, 5);
+    s
+}
+
+#[test]
+fn a_foreach_batch_sink_quarantines_poison_rows_once_and_replays_repeat_its_output() {
+    let clean = foreach_batch_scenario();
+    let progress_log = clean.path("progress.jsonl");
+    let out = clean
+        .command("run")
+        .arg("--progress-log")
+        .arg(&progress_log)
+        .output()
+        .unwrap();
+    let err = assert_ok(&out);
+    assert!(
+        err.contains("2 rows quarantined"),
+        "batch 2 reports its two: {err}"
+    );
+    // Per batch: (numQuarantinedRows, the sink plugin's, its calls).
+    let progress: Vec<(u64, u64, u64)> = fs::read_to_string(&progress_log)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let p: Value = serde_json::from_str(line).unwrap();
+            let writer = &p["plugins"][0];
+            assert_eq!(writer["name"], "writer", "{p}");
+            (
+                p["numQuarantinedRows"].as_u64().unwrap(),
+                writer["numQuarantinedRows"].as_u64().unwrap(),
+                writer["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Batch 0 (ids 1..=10) holds 7, batch 1 (11..=20) 14, batch 2
+    // (21..=30) 21 and 28; each takes the failed call, the probes and the
+    // last call.
+    assert_eq!(
+        progress.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
+        vec![(1, 1), (1, 1), (2, 2)],
+        "{progress:?}"
+    );
+    assert!(progress.iter().all(|p| p.2 > 2), "{progress:?}");
+    let expected = rows_by_batch(&clean);
+    let ids: Vec<i64> = expected
+        .values()
+        .flatten()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=30).filter(|id| id % 7 != 0).collect::<Vec<_>>(),
+        "every other row once, in order"
+    );
+    let randoms: std::collections::BTreeSet<i64> = expected
+        .values()
+        .flatten()
+        .map(|r| r["random"].as_i64().unwrap())
+        .collect();
+    assert_eq!(randoms.len(), 26, "random numbers differ from row to row");
+    assert_eq!(
+        quarantined_ids(&clean.path("ck/dead_letter"), "writer"),
+        vec![7, 14, 21, 28]
+    );
+    let metadata = fs::read(clean.path("ck/metadata")).unwrap();
+
+    let points = CRASH_POINTS
+        .iter()
+        .copied()
+        .chain(["after-quarantine-log", "sink-after-output"]);
+    for point in points {
+        let s = foreach_batch_scenario();
+        fs::create_dir_all(s.path("ck")).unwrap();
+        fs::write(s.path("ck/metadata"), &metadata).unwrap();
+        run_until_killed(&s, point, 1);
+        let err = assert_ok(&s.run());
+        assert_eq!(
+            rows_by_batch(&s),
+            expected,
+            "after a kill at {point}@1:\n{err}"
+        );
+        assert_eq!(
+            quarantined_ids(&s.path("ck/dead_letter"), "writer"),
             vec![7, 14, 21, 28],
             "after a kill at {point}@1"
         );
@@ -167,7 +275,7 @@ fn the_output_is_the_same_whatever_the_batch_size() {
         assert_ok(&s.run());
         let mut rows = s.output_rows();
         rows.sort_by_key(|r| r["id"].as_i64());
-        (rows, quarantined_ids(&s.path("ck/dead_letter")))
+        (rows, quarantined_ids(&s.path("ck/dead_letter"), "trap"))
     };
     let (rows, quarantined) = run(1000);
     assert_eq!(rows.len(), 120);
@@ -238,6 +346,87 @@ fn diff_ids(stdout: &str, sign: &str) -> Vec<i64> {
         .filter_map(|l| l.strip_prefix(sign)?.trim().parse::<Value>().ok())
         .map(|row| row["id"].as_i64().unwrap())
         .collect()
+}
+
+/// The names of the files left in `dir`, sorted.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn weir_replay_reads_inputs_a_replay_window_kept_or_clean_source_archived() {
+    let same = |batch: u64, rows: usize, quarantined: usize| {
+        format!(
+            "batch {batch}: {rows} rows the same, 0 committed rows not replayed (-), \
+             0 new rows (+), {quarantined} rows quarantined"
+        )
+    };
+    // Deleted once read, but the last 2 batches' files stay in place.
+    let s = Scenario::new(Spec {
+        transforms: poison_then_stamp(),
+        source_extra: "clean_source = \"delete\"\nreplay_window = 2".into(),
+        ..Spec::default()
+    });
+    s.json_inputs(6, 5);
+    assert_ok(&s.run());
+    assert_eq!(
+        file_names(&s.path("in")),
+        [
+            "part-002.json",
+            "part-003.json",
+            "part-004.json",
+            "part-005.json"
+        ],
+        "batch 0's two files are deleted, batches 1 and 2's stay"
+    );
+    let replayed = replay(&s, &["--batch", "1..2", "--fail-on-diff"]);
+    assert_eq!(
+        replayed.lines().collect::<Vec<_>>(),
+        [same(1, 9, 1), same(2, 8, 2)],
+        "{replayed}"
+    );
+    let gone = s.command("replay").args(["--batch", "0"]).output().unwrap();
+    let err = assert_exit(&gone, 1);
+    assert!(
+        err.contains("part-000.json is gone") && err.contains("replay_window = N"),
+        "{err}"
+    );
+    // A later run goes on cleaning two batches behind.
+    s.input(
+        "part-006.json",
+        "{\"id\": 31, \"name\": \"n31\", \"amount\": 1.5}\n",
+    );
+    assert_ok(&s.run());
+    assert_eq!(
+        file_names(&s.path("in")),
+        ["part-004.json", "part-005.json", "part-006.json"]
+    );
+
+    // Archived once read: every batch replays from the archive.
+    let s = Scenario::new(Spec {
+        transforms: poison_then_stamp(),
+        source_extra: "clean_source = \"archive\"\nsource_archive_dir = \"done\"".into(),
+        ..Spec::default()
+    });
+    s.json_inputs(6, 5);
+    assert_ok(&s.run());
+    assert!(file_names(&s.path("in")).is_empty());
+    let replayed = replay(&s, &["--batch", "0..2", "--fail-on-diff"]);
+    assert_eq!(
+        replayed.lines().collect::<Vec<_>>(),
+        [same(0, 9, 1), same(1, 9, 1), same(2, 8, 2)],
+        "{replayed}"
+    );
+    // A file changed since its batch read it is refused, not replayed.
+    fs::write(s.path("done/part-000.json"), "{\"id\": 1}\n").unwrap();
+    let changed = s.command("replay").args(["--batch", "0"]).output().unwrap();
+    let err = assert_exit(&changed, 1);
+    assert!(err.contains("changed since"), "{err}");
 }
 
 #[test]
@@ -490,4 +679,70 @@ fn a_stateful_function_quarantines_poison_rows_per_key_and_replays_them() {
             "after a kill at {kill:?}"
         );
     }
+}
+
+#[test]
+fn weir_replay_restores_operator_state_per_batch_and_diffs_a_stateful_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    keyed_pipeline(
+        dir.path(),
+        "trap_on_ts_multiple_of = 7",
+        "on_error = \"quarantine\"",
+    );
+    keyed_inputs(dir.path(), |_| true);
+    let replay = |args: &[&str]| {
+        let out = crate::common::weir()
+            .arg("replay")
+            .arg(dir.path().join("pipeline.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = crate::common::weir()
+        .arg("run")
+        .arg(dir.path().join("pipeline.toml"))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    // Each batch emits a row per user with the user's running total, so
+    // batch 2 matches only when the state batches 0 and 1 left is restored.
+    let same = replay(&["--batch", "0..2", "--fail-on-diff"]);
+    assert_eq!(
+        same.lines().collect::<Vec<_>>(),
+        [
+            "batch 0: 3 rows the same, 0 committed rows not replayed (-), 0 new rows (+), 1 rows quarantined",
+            "batch 1: 3 rows the same, 0 committed rows not replayed (-), 0 new rows (+), 2 rows quarantined",
+            "batch 2: 3 rows the same, 0 committed rows not replayed (-), 0 new rows (+), 2 rows quarantined",
+        ],
+        "{same}"
+    );
+    // A candidate that takes the poison rows (14 and 21 in batch 1, for
+    // users c and a; 28 and 35 in batch 2, for b and c) on the state the
+    // running version left.
+    let plugin = format!(
+        "{}/weir_plugin_keyed_testkit.wasm",
+        weir_fixtures::PLUGIN_DIR
+    );
+    let candidate = replay(&[
+        "--batch", "1..2", "--stage", "kit", "--plugin", &plugin, "--config", "{}",
+    ]);
+    let summaries: Vec<&str> = candidate
+        .lines()
+        .filter(|l| l.starts_with("batch "))
+        .collect();
+    // Users a and c take one more row each in batch 1, b and c in batch 2.
+    assert!(
+        candidate.contains(r#"+ {"key":"a","rows":4,"timed_out":false,"total":8}"#),
+        "{candidate}"
+    );
+    assert_eq!(
+        summaries,
+        [
+            "batch 1: 1 rows the same, 2 committed rows not replayed (-), 2 new rows (+)",
+            "batch 2: 1 rows the same, 2 committed rows not replayed (-), 2 new rows (+)",
+        ],
+        "{candidate}"
+    );
 }

@@ -77,8 +77,15 @@ impl Server {
             .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
             .spawn()
             .unwrap();
+        // Ready once this process says it listens: a port picked free may
+        // be another test's host's for a moment, which a bare connect
+        // would mistake for this one.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let listening = format!("admin API on http://127.0.0.1:{port} ");
+        while !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(&listening)
+        {
             assert!(
                 Instant::now() < deadline,
                 "weir serve did not start:\n{}",

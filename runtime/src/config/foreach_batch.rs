@@ -7,6 +7,7 @@
 //! name = "cdc"
 //! plugin = "${WEIR_PLUGIN_DIR}/weir_plugin_cdc_upsert.wasm"
 //! config = { output = "users" }
+//! on_error = "quarantine"          # optional: rows the plugin fails on are set aside
 //!
 //! [sink.outputs.users]
 //! kind = "postgres"
@@ -156,6 +157,9 @@ pub(super) struct RawForeachBatch<'a> {
     pub timeout: Option<&'a Spanned<String>>,
     pub memory_limit: Option<&'a Spanned<ByteCount>>,
     pub outputs: Option<&'a Spanned<BTreeMap<String, Spanned<RawOutput>>>>,
+    pub on_error: Option<&'a Spanned<String>>,
+    pub max_quarantined_rows_per_batch: Option<&'a Spanned<i64>>,
+    pub dead_letter_path: Option<&'a Spanned<String>>,
 }
 
 impl Resolver<'_> {
@@ -170,13 +174,19 @@ impl Resolver<'_> {
                 .hint("name = \"writer\", plugin = \"${WEIR_PLUGIN_DIR}/my_sink.wasm\""));
         };
         let empty = toml::Table::new();
-        let stage = self.plugin_stage(
+        let mut stage = self.plugin_stage(
             name,
             plugin,
             raw.config.unwrap_or(&empty),
             raw.timeout,
             raw.memory_limit,
         )?;
+        stage.on_error = self.on_error(super::QuarantineKeys {
+            name,
+            on_error: raw.on_error,
+            max_quarantined_rows_per_batch: raw.max_quarantined_rows_per_batch,
+            dead_letter_path: raw.dead_letter_path,
+        })?;
         let Some(outputs) = raw.outputs.filter(|o| !o.get_ref().is_empty()) else {
             return Err(self
                 .err(sink, "a foreach_batch sink needs at least one output")

@@ -177,6 +177,15 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
+    /// How many committed batches' inputs the source leaves in place
+    /// ([`FileSourceConfig::replay_window`]).
+    pub fn replay_window(&self) -> u64 {
+        match self {
+            SourceConfig::File(f) => f.replay_window,
+            SourceConfig::Kafka(_) => 0,
+        }
+    }
+
     /// Where bad records go, if the source sets it.
     pub fn dead_letter(&self) -> Option<&Location> {
         match self {
@@ -249,6 +258,10 @@ pub struct FileSourceConfig {
     pub max_file_age: Option<Duration>,
     /// What happens to a file once its batch is committed.
     pub clean_source: CleanSource,
+    /// With `clean_source`: the inputs of the last this many committed
+    /// batches are left where they are (cleaned up this many batches
+    /// late), so `weir replay` can read them again. 0: cleaned at once.
+    pub replay_window: u64,
 }
 
 /// Sandbox limits of one plugin stage.
@@ -472,6 +485,7 @@ struct RawSource {
     max_file_age: Option<Spanned<String>>,
     clean_source: Option<Spanned<RawCleanSource>>,
     source_archive_dir: Option<Spanned<String>>,
+    replay_window: Option<Spanned<i64>>,
 }
 
 /// `"earliest"`, `"latest"`, or `{ topic = { "partition" = offset } }`.
@@ -560,6 +574,9 @@ struct RawSink {
     timeout: Option<Spanned<String>>,
     memory_limit: Option<Spanned<ByteCount>>,
     outputs: Option<Spanned<std::collections::BTreeMap<String, Spanned<foreach_batch::RawOutput>>>>,
+    on_error: Option<Spanned<String>>,
+    max_quarantined_rows_per_batch: Option<Spanned<i64>>,
+    dead_letter_path: Option<Spanned<String>>,
     // kafka only:
     bootstrap_servers: Option<Spanned<String>>,
     topic: Option<Spanned<String>>,
@@ -709,6 +726,8 @@ impl Resolver<'_> {
             watermark.as_ref(),
         )?;
         let inputs = self.inputs(&raw, watermark.as_ref())?;
+        let retention = self.retention(raw.retention.as_ref())?;
+        self.check_replay_windows(&raw, &inputs, retention)?;
         let stream_join = raw
             .join
             .as_ref()
@@ -769,6 +788,19 @@ impl Resolver<'_> {
                 )
                 .hint("the [stateful] stage needs a name no [[transform]] has"));
         }
+        if let Some(f) = &sink.foreach_batch
+            && !names.insert(f.stage.name.clone())
+        {
+            let name = raw
+                .sink
+                .get_ref()
+                .name
+                .as_ref()
+                .expect("a foreach_batch sink has a name");
+            return Err(self
+                .err(name, format!("duplicate stage name `{}`", f.stage.name))
+                .hint("the foreach_batch sink needs a name no other stage has"));
+        }
         let trigger = self.trigger(raw.trigger.as_ref())?;
         if let (Trigger::Continuous(_), Some(spanned)) = (&trigger, &raw.trigger) {
             self.check_continuous(spanned, &raw, &sink, inputs.len())?;
@@ -791,9 +823,39 @@ impl Resolver<'_> {
                 .map(|j| self.static_join(j))
                 .transpose()?,
             state_store: raw.state_store.unwrap_or_default(),
-            retention: self.retention(raw.retention.as_ref())?,
+            retention,
             sink,
         })
+    }
+
+    /// A source leaving a batch's inputs in place cleans them up from the
+    /// batch's entry in the source log, which must still be there.
+    fn check_replay_windows(
+        &self,
+        raw: &RawPipeline,
+        inputs: &[InputConfig],
+        retention: Retention,
+    ) -> Result<(), ConfigError> {
+        let raw_sources = raw
+            .source
+            .iter()
+            .chain(raw.sources.iter().flat_map(|list| list.get_ref()));
+        for (input, raw_source) in inputs.iter().zip(raw_sources) {
+            if let Some(w) = &raw_source.get_ref().replay_window
+                && input.source.replay_window() >= retention.min_batches_to_retain
+            {
+                return Err(self
+                    .err(
+                        w,
+                        format!(
+                            "replay_window must be below min_batches_to_retain ({})",
+                            retention.min_batches_to_retain
+                        ),
+                    )
+                    .hint("the checkpoint must still list a batch's inputs to clean them up"));
+            }
+        }
+        Ok(())
     }
 
     fn retention(&self, raw: Option<&Spanned<RawRetention>>) -> Result<Retention, ConfigError> {
@@ -983,6 +1045,7 @@ impl Resolver<'_> {
                 "source_archive_dir",
                 s.source_archive_dir.as_ref().map(|v| v.span()),
             ),
+            ("replay_window", s.replay_window.as_ref().map(|v| v.span())),
         ];
         if let Some((key, Some(span))) = file_only.iter().find(|(_, sp)| sp.is_some()) {
             return Err(self.err_at(
@@ -1181,6 +1244,16 @@ impl Resolver<'_> {
             None => Some(DEFAULT_MAX_FILE_AGE),
         };
         let clean_source = self.clean_source(spanned, &location)?;
+        let replay_window = match (&s.replay_window, &clean_source) {
+            (None, _) => 0,
+            (Some(w), CleanSource::Off) => {
+                return Err(self
+                    .err(w, "`replay_window` applies with `clean_source` only")
+                    .hint("without clean_source, input files stay where they are anyway"));
+            }
+            (Some(w), _) if *w.get_ref() >= 1 => u64::try_from(*w.get_ref()).unwrap_or(u64::MAX),
+            (Some(w), _) => return Err(self.err(w, "replay_window must be at least 1")),
+        };
         Ok(FileSourceConfig {
             path: location,
             format: *format.get_ref(),
@@ -1194,6 +1267,7 @@ impl Resolver<'_> {
             csv_delimiter,
             max_file_age,
             clean_source,
+            replay_window,
         })
     }
 
@@ -1418,6 +1492,9 @@ impl Resolver<'_> {
                     timeout: raw.timeout.as_ref(),
                     memory_limit: raw.memory_limit.as_ref(),
                     outputs: raw.outputs.as_ref(),
+                    on_error: raw.on_error.as_ref(),
+                    max_quarantined_rows_per_batch: raw.max_quarantined_rows_per_batch.as_ref(),
+                    dead_letter_path: raw.dead_letter_path.as_ref(),
                 },
             )?)
         } else {
@@ -1434,6 +1511,26 @@ impl Resolver<'_> {
                     outputs,
                     "`outputs` apply to kind = \"foreach_batch\" sinks only",
                 ));
+            }
+            let quarantine_key = raw
+                .on_error
+                .as_ref()
+                .map(|k| (k.span(), "on_error"))
+                .or(raw
+                    .max_quarantined_rows_per_batch
+                    .as_ref()
+                    .map(|k| (k.span(), "max_quarantined_rows_per_batch")))
+                .or(raw
+                    .dead_letter_path
+                    .as_ref()
+                    .map(|k| (k.span(), "dead_letter_path")));
+            if let Some((span, key)) = quarantine_key {
+                return Err(self
+                    .err_at(
+                        span,
+                        format!("`{key}` applies to kind = \"foreach_batch\" sinks only"),
+                    )
+                    .hint("a sink without a plugin has no rows a plugin fails on"));
             }
             None
         };
@@ -1874,6 +1971,36 @@ kind = "console"
             format!("{MINIMAL}[retention]\nmin_batches_to_retain = 5\ncompact_interval = 10\n");
         let e = parse(&text).unwrap_err();
         assert!(e.message.contains("cannot exceed"), "{e}");
+    }
+
+    #[test]
+    fn a_foreach_batch_sink_quarantines_and_other_sinks_refuse_the_keys() {
+        // Plugin files must exist.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.wasm"), b"").unwrap();
+        std::fs::write(dir.path().join("t.wasm"), b"").unwrap();
+        let parse = |text: &str| Pipeline::parse(text, "p.toml", dir.path());
+        let sink = |body: &str| MINIMAL.replace("kind = \"console\"", body);
+        let foreach = "kind = \"foreach_batch\"\nname = \"w\"\nplugin = \"w.wasm\"\n\
+                       on_error = \"quarantine\"\nmax_quarantined_rows_per_batch = 5\n\
+                       [sink.outputs.o]\nkind = \"json\"\npath = \"o\"";
+        let p = parse(&sink(foreach)).unwrap();
+        let stage = p.sink.foreach_batch.unwrap().stage;
+        assert!(
+            matches!(&stage.on_error, OnError::Quarantine(q) if q.max_rows_per_batch == 5),
+            "{:?}",
+            stage.on_error
+        );
+        let e = parse(&sink("kind = \"console\"\non_error = \"quarantine\"")).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(11), Some(12)), "{e}");
+        assert!(
+            e.message
+                .contains("applies to kind = \"foreach_batch\" sinks only"),
+            "{e}"
+        );
+        let transform_w = "[[transform]]\nname = \"w\"\nplugin = \"t.wasm\"\n[sink]";
+        let e = parse(&sink(foreach).replace("[sink]", transform_w)).unwrap_err();
+        assert!(e.message.contains("duplicate stage name `w`"), "{e}");
     }
 
     #[test]

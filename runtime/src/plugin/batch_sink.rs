@@ -21,10 +21,13 @@ impl PluginEngine {
     /// Compiles the component at `path` for stage `stage` and checks it
     /// implements the `batch-sink-plugin` world.
     pub fn load_batch_sink(&self, stage: &str, path: &Path) -> Result<BatchSinkComponent> {
-        let pre = self.load(
+        let wasm = super::read_wasm(stage, path)?;
+        let component = self.compile_wasm(stage, path, &wasm)?;
+        let pre = self.link(
             &self.batch_sink_linker,
             stage,
             path,
+            &component,
             "batch-sink-plugin",
             BatchSinkPluginPre::new,
         )?;
@@ -32,6 +35,7 @@ impl PluginEngine {
             engine: self.engine.clone(),
             stage: stage.to_string(),
             pre,
+            digest: super::digest(&wasm),
         })
     }
 }
@@ -41,9 +45,16 @@ pub struct BatchSinkComponent {
     engine: Engine,
     stage: String,
     pre: BatchSinkPluginPre<PluginState>,
+    /// `sha256:<hex>` of the component bytes.
+    digest: String,
 }
 
 impl BatchSinkComponent {
+    /// The component's digest (`sha256:<hex>`), naming this version.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Instantiates the plugin under `limits` with its `outputs` (name and
     /// the check rows for it must pass) and calls `init` with `config_json`.
     pub fn instantiate(

@@ -177,21 +177,6 @@ impl PluginEngine {
 }
 
 impl PluginEngine {
-    /// Compiles the component at `path`, links it with `linker` and checks
-    /// it exports what `world` needs (`typed` builds the world's typed
-    /// `InstancePre`).
-    fn load<P>(
-        &self,
-        linker: &Linker<PluginState>,
-        stage: &str,
-        path: &Path,
-        world: &str,
-        typed: impl FnOnce(wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<P>,
-    ) -> Result<P> {
-        let component = self.compile(stage, path)?;
-        self.link(linker, stage, path, &component, world, typed)
-    }
-
     /// Links a compiled component and checks it exports what `world` needs.
     fn link<P>(
         &self,
@@ -218,12 +203,6 @@ impl PluginEngine {
 }
 
 impl PluginEngine {
-    /// The component at `path`, compiled or loaded from the cache.
-    fn compile(&self, stage: &str, path: &Path) -> Result<Component> {
-        let wasm = read_wasm(stage, path)?;
-        self.compile_wasm(stage, path, &wasm)
-    }
-
     /// Component bytes `wasm` (from `path`), compiled or loaded from the cache.
     fn compile_wasm(&self, stage: &str, path: &Path, wasm: &[u8]) -> Result<Component> {
         let started = std::time::Instant::now();

@@ -193,14 +193,7 @@ impl Query {
         .await?;
         let recovery = checkpoint.recover().await?;
         let first_batch = recovery.replay.unwrap_or(recovery.next_batch);
-        let operator: Option<Box<dyn Operator>> =
-            match (&pipeline.aggregate, &pipeline.deduplicate, stateful_fn) {
-                (Some(config), _, _) => Some(Box::new(WindowAggregate::new(config.clone()))),
-                (None, Some(config), _) => Some(Box::new(Deduplicate::new(config.clone()))),
-                (None, None, Some(function)) => Some(Box::new(function)),
-                (None, None, None) => None,
-            };
-        let operator = match operator {
+        let operator = match operator_of(&pipeline, stateful_fn) {
             Some(operator) => {
                 let state =
                     StateStore::open(checkpoint.store(), "0", pipeline.state_store, first_batch)
@@ -230,26 +223,8 @@ impl Query {
             });
         }
         let has_watermark = inputs.iter().any(|i| i.watermark.is_some());
-        let stream_join = match &pipeline.stream_join {
-            Some(config) => {
-                let side = |i: usize| &pipeline.inputs[i];
-                let join = StreamJoin::new(
-                    config.clone(),
-                    [
-                        side(config.left).name.clone(),
-                        side(config.right).name.clone(),
-                    ],
-                    [
-                        side(config.left)
-                            .watermark
-                            .as_ref()
-                            .map(|w| w.column.clone()),
-                        side(config.right)
-                            .watermark
-                            .as_ref()
-                            .map(|w| w.column.clone()),
-                    ],
-                );
+        let stream_join = match stream_join_of(&pipeline) {
+            Some(join) => {
                 let state = StateStore::open(
                     checkpoint.store(),
                     "join",
@@ -357,6 +332,35 @@ impl Stateful {
         emitted.extend(self.operator.handle_batch_end(&mut ctx)?);
         Ok((emitted, ctx.rows_dropped_by_watermark, ctx.quarantine))
     }
+}
+
+/// The stateful operator `pipeline` declares, if any (`stateful_fn`: its
+/// `[stateful]` function, built).
+fn operator_of(
+    pipeline: &Pipeline,
+    stateful_fn: Option<StatefulFunction>,
+) -> Option<Box<dyn Operator>> {
+    match (&pipeline.aggregate, &pipeline.deduplicate, stateful_fn) {
+        (Some(config), _, _) => Some(Box::new(WindowAggregate::new(config.clone()))),
+        (None, Some(config), _) => Some(Box::new(Deduplicate::new(config.clone()))),
+        (None, None, Some(function)) => Some(Box::new(function)),
+        (None, None, None) => None,
+    }
+}
+
+/// The stream-stream join `pipeline` declares, if any, without its state.
+fn stream_join_of(pipeline: &Pipeline) -> Option<StreamJoin> {
+    let config = pipeline.stream_join.as_ref()?;
+    let side = |i: usize| &pipeline.inputs[i];
+    let column = |i: usize| side(i).watermark.as_ref().map(|w| w.column.clone());
+    Some(StreamJoin::new(
+        config.clone(),
+        [
+            side(config.left).name.clone(),
+            side(config.right).name.clone(),
+        ],
+        [column(config.left), column(config.right)],
+    ))
 }
 
 /// One input of the query.
@@ -616,28 +620,54 @@ impl Runner {
     }
 
     /// A crash between a commit and its cleanup leaves the input the last
-    /// committed batch read: cleaned up now (cleaning is idempotent).
+    /// committed batch read (or, with a `replay_window`, the batch that
+    /// left the window then): cleaned up now (cleaning is idempotent).
     async fn clean_last_committed(&mut self, recovery: Recovery) -> Result<()> {
         let first = recovery.replay.unwrap_or(recovery.next_batch);
         let Some(last) = first.checked_sub(1) else {
             return Ok(());
         };
-        for (index, input) in self.inputs.iter_mut().enumerate() {
-            if !input.source.cleans_up() {
-                continue;
+        for index in 0..self.inputs.len() {
+            if self.inputs[index].source.cleans_up() {
+                self.clean_input_of(index, last, None).await?;
             }
-            let plan = self.checkpoint.source_log::<Value>(index, last).await?;
-            commit_plan(input.source.as_mut(), &plan).await?;
         }
         Ok(())
     }
 
+    /// Input `index` cleans up what batch `committed` read (`plan`, if
+    /// given), or with a `replay_window` of W, what batch `committed - W`
+    /// read, from the source log.
+    async fn clean_input_of(
+        &mut self,
+        index: usize,
+        committed: u64,
+        plan: Option<&Value>,
+    ) -> Result<()> {
+        let window = self.pipeline.inputs[index].source.replay_window();
+        let logged;
+        let plan = match (window, plan) {
+            (0, Some(plan)) => plan,
+            _ => {
+                let Some(batch) = committed.checked_sub(window) else {
+                    return Ok(());
+                };
+                logged = self.checkpoint.source_log::<Value>(index, batch).await?;
+                &logged
+            }
+        };
+        commit_plan(self.inputs[index].source.as_mut(), plan).await
+    }
+
     /// Once batch `batch_id` is committed: the sources clean up what it
-    /// read, and every `compact_interval` batches the checkpoint is
-    /// compacted and trimmed to the retained batches.
+    /// read (or what left their `replay_window`), and every
+    /// `compact_interval` batches the checkpoint is compacted and trimmed
+    /// to the retained batches.
     async fn after_commit(&mut self, batch_id: u64, plans: &[Value]) -> Result<()> {
-        for (input, plan) in self.inputs.iter_mut().zip(plans) {
-            commit_plan(input.source.as_mut(), plan).await?;
+        for (index, plan) in plans.iter().enumerate() {
+            if self.inputs[index].source.cleans_up() {
+                self.clean_input_of(index, batch_id, Some(plan)).await?;
+            }
         }
         let retention = self.pipeline.retention;
         if !retention.compacts_at(batch_id) {
@@ -850,14 +880,27 @@ impl Runner {
                     .push((stage, set_aside.dead_letters));
             }
         }
+        // A foreachBatch sink runs its plugin now, so that the rows it sets
+        // aside are logged with the stages' before anything is written.
+        let sink_started = Instant::now();
+        self.sink.begin_batch(batch_id, batch_time_ms);
+        let sink_recorded = recorded.clone().unwrap_or_default();
+        if let Some(set) = self
+            .sink
+            .prepare(batch_id, &batches, &sink_recorded)
+            .await?
+        {
+            transformed.quarantined.insert(set.stage.clone(), set.rows);
+            transformed.dead_letters.push((set.stage, set.dead_letters));
+        }
+        let sink_plugin = sink_started.elapsed();
         let quarantined = self
             .set_aside(batch_id, &transformed, Record::Logged(recorded))
             .await?;
-        durations.transform = phase.elapsed();
+        durations.transform = phase.elapsed().saturating_sub(sink_plugin);
         crash_point("after-transform", batch_id);
 
         let phase = Instant::now();
-        self.sink.begin_batch(batch_id, batch_time_ms);
         let outcome = self.sink.commit(batch_id, &batches).await?;
         if let Some(stateful) = &mut self.operator {
             stateful.state.commit(batch_id + 1).await?;
@@ -865,7 +908,7 @@ impl Runner {
         if let Some(join) = &mut self.stream_join {
             join.state.commit(batch_id + 1).await?;
         }
-        durations.sink = phase.elapsed();
+        durations.sink = phase.elapsed() + sink_plugin;
         crash_point("before-commit", batch_id);
 
         let phase = Instant::now();

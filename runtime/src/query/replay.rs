@@ -5,9 +5,13 @@
 //! plans logged in `sources/<i>/N` (the file source re-reads the files the
 //! plan names), its clock and seed from `offsets/N` and `metadata`, the
 //! plugin versions it ran from `versions/N` (their components are kept in
-//! `plugins/`), and the rows it quarantined from `quarantine/N`. One stage
-//! may run a candidate component instead, to see what a new version would
-//! have made of the same batches before it takes traffic. Nothing is
+//! `plugins/`), and the rows it quarantined from `quarantine/N`. A stateful
+//! operator (window, dedup, `[stateful]` function) and a stream-stream join
+//! start each batch from the state version the batch found (`state/…`,
+//! version N), with the watermark `offsets/N` logged. One stage (a
+//! transform or the stateful function) may run a candidate component
+//! instead, to see what a new version would have made of the same batches
+//! before it takes traffic. Nothing is
 //! written: the checkpoint is read without taking its lock, so a running
 //! query can be replayed beside itself.
 
@@ -19,13 +23,15 @@ use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
 use super::stage::Stage;
-use super::{StageVersions, off_runtime, open_source};
+use super::{StageVersions, Stateful, off_runtime, open_source};
 use crate::checkpoint::Checkpoint;
-use crate::config::{Pipeline, SinkKind};
+use crate::config::{Pipeline, SinkKind, StatefulFunctionConfig};
 use crate::error::{Result, WeirError};
-use crate::plugin::{BatchEnv, PluginEngine, TransformComponent};
+use crate::operator::StatefulFunction;
+use crate::plugin::{BatchEnv, PluginEngine, StatefulComponent, TransformComponent};
 use crate::quarantine::QuarantineRecord;
 use crate::retry::Retries;
+use crate::state::StateStore;
 use crate::storage::Location;
 
 /// A component to run in one stage instead of the version that ran.
@@ -108,23 +114,45 @@ pub async fn replay(
     candidate: Option<Candidate>,
 ) -> Result<Vec<ReplayedBatch>> {
     refuse_unsupported(pipeline)?;
+    let stateful_stage = pipeline.stateful.as_ref().map(|s| s.stage.name.as_str());
     if let Some(c) = &candidate
         && !pipeline.transforms.iter().any(|t| t.name == c.stage)
+        && stateful_stage != Some(c.stage.as_str())
     {
         return Err(unsupported(format!(
-            "the pipeline has no transform stage `{}`",
+            "the pipeline has no transform or stateful stage `{}`",
             c.stage
         )));
     }
     let checkpoint = Checkpoint::open_read_only(&pipeline.checkpoint).await?;
+    // The `[stateful]` function: the pipeline's component (it is never
+    // swapped, so the one that ran), or the candidate.
+    let stateful_fn = match &pipeline.stateful {
+        Some(config) => {
+            let mut config = config.clone();
+            if let Some(c) = candidate.as_ref().filter(|c| c.stage == config.stage.name) {
+                config.stage.plugin = c.plugin.clone();
+                if let Some(json) = &c.config_json {
+                    config.stage.config_json = json.clone();
+                }
+            }
+            let (engine, stage) = (engine.clone(), config.stage.clone());
+            let component =
+                off_runtime(move || engine.load_stateful(&stage.name, &stage.plugin)).await?;
+            Some((config, Arc::new(component)))
+        }
+        None => None,
+    };
+    let candidate_stage = candidate.as_ref().map(|c| c.stage.clone());
     let candidate = match candidate {
-        Some(c) => {
+        Some(c) if stateful_stage != Some(c.stage.as_str()) => {
             let (engine, name, path) = (engine.clone(), c.stage.clone(), c.plugin.clone());
             let loaded = off_runtime(move || engine.load_transform(&name, &path)).await?;
             Some((c, Arc::new(loaded)))
         }
-        None => None,
+        _ => None,
     };
+
     let retries = Retries::default();
     let mut sources = pipeline
         .inputs
@@ -142,11 +170,26 @@ pub async fn replay(
             ))
         })?;
         let offsets = checkpoint.offsets(batch_id).await?;
-        let mut input = Vec::new();
+        let (watermark_ms, time_ms) = (offsets.watermark_ms, offsets.batch_timestamp_ms);
+        let mut per_input = Vec::new();
         for (index, source) in sources.iter_mut().enumerate() {
             let plan: Value = checkpoint.source_log(index, batch_id).await?;
-            input.extend(source.read(&plan).await?.batches);
+            per_input.push(source.read_committed(&plan).await?.batches);
         }
+        let input = match (&pipeline.stream_join, super::stream_join_of(pipeline)) {
+            (Some(config), Some(mut join)) => {
+                // The join's state as batch N found it: version N.
+                let kind = pipeline.state_store;
+                let mut state =
+                    StateStore::open(checkpoint.store(), "join", kind, batch_id).await?;
+                let left = std::mem::take(&mut per_input[config.left]);
+                let right = std::mem::take(&mut per_input[config.right]);
+                off_runtime(move || join.process(&mut state, batch_id, watermark_ms, &left, &right))
+                    .await?
+                    .0
+            }
+            _ => per_input.into_iter().flatten().collect(),
+        };
         let versions: StageVersions = checkpoint.versions_of(batch_id).await?.unwrap_or_default();
         let recorded: QuarantineRecord = checkpoint
             .quarantine_of(batch_id)
@@ -192,19 +235,52 @@ pub async fn replay(
             stages.push((t.clone(), component, config_json));
         }
         let query_id = checkpoint.metadata().id;
-        let candidate_stage = candidate.as_ref().map(|(c, _)| c.stage.clone());
-        let (rows, quarantined) = off_runtime(move || {
+        let stage_run = candidate_stage.clone();
+        let for_stages = recorded.clone();
+        let (rows, mut quarantined) = off_runtime(move || {
             run_stages(
                 stages,
                 input,
                 batch_id,
-                offsets.batch_timestamp_ms,
+                time_ms,
                 &query_id,
-                &recorded,
-                candidate_stage.as_deref(),
+                &for_stages,
+                stage_run.as_deref(),
             )
         })
         .await?;
+        let has_operator = pipeline.aggregate.is_some()
+            || pipeline.deduplicate.is_some()
+            || pipeline.stateful.is_some();
+        let rows = match has_operator {
+            false => rows,
+            true => {
+                // The candidate does not reuse the running version's rows.
+                let known = match (&stateful_fn, &candidate_stage) {
+                    (Some((config, _)), Some(c)) if *c == config.stage.name => Vec::new(),
+                    (Some((config, _)), _) => recorded
+                        .get(&config.stage.name)
+                        .cloned()
+                        .unwrap_or_default(),
+                    (None, _) => Vec::new(),
+                };
+                let state =
+                    StateStore::open(checkpoint.store(), "0", pipeline.state_store, batch_id)
+                        .await?;
+                let operator = OperatorRun {
+                    pipeline: pipeline.clone(),
+                    function: stateful_fn.clone(),
+                    query_id,
+                    batch_id,
+                    watermark_ms,
+                    time_ms,
+                };
+                let (emitted, set_aside) =
+                    off_runtime(move || operator.run(state, &rows, known)).await?;
+                quarantined += set_aside;
+                emitted
+            }
+        };
         replayed.push(ReplayedBatch {
             batch_id,
             committed: committed_rows(pipeline, batch_id).await?,
@@ -213,6 +289,48 @@ pub async fn replay(
         });
     }
     Ok(replayed)
+}
+
+/// A batch through the pipeline's stateful operator, outside the query.
+struct OperatorRun {
+    pipeline: Pipeline,
+    /// The `[stateful]` function's config and component, if it has one.
+    function: Option<(StatefulFunctionConfig, Arc<StatefulComponent>)>,
+    query_id: uuid::Uuid,
+    batch_id: u64,
+    watermark_ms: Option<i64>,
+    time_ms: i64,
+}
+
+impl OperatorRun {
+    /// Runs `rows` through a fresh operator on `state` (the version the
+    /// batch found), leaving out the rows `known` says a stateful function
+    /// set aside; returns what it emitted and how many rows it set aside.
+    fn run(
+        self,
+        state: StateStore,
+        rows: &[RecordBatch],
+        known: Vec<crate::quarantine::QuarantinedRow>,
+    ) -> Result<(Vec<RecordBatch>, usize)> {
+        let function = match self.function {
+            Some((config, component)) => {
+                let stage = &config.stage;
+                let instance = component.instantiate(&stage.config_json, stage.limits)?;
+                Some(
+                    StatefulFunction::new(config, instance)
+                        .for_query(self.query_id)
+                        .with_component(component),
+                )
+            }
+            None => None,
+        };
+        let operator = super::operator_of(&self.pipeline, function)
+            .ok_or_else(|| WeirError::Internal("replay found no operator to run".into()))?;
+        let mut stateful = Stateful { operator, state };
+        let (emitted, _late, set_aside) =
+            stateful.run(self.batch_id, self.watermark_ms, self.time_ms, rows, known)?;
+        Ok((emitted, set_aside.rows.len()))
+    }
 }
 
 /// The stages over one batch, as the query ran them; the candidate's stage
@@ -255,17 +373,6 @@ fn run_stages(
 
 /// What replay cannot rebuild yet, refused with the reason.
 fn refuse_unsupported(pipeline: &Pipeline) -> Result<()> {
-    let stateful = pipeline.aggregate.is_some()
-        || pipeline.deduplicate.is_some()
-        || pipeline.stateful.is_some()
-        || pipeline.stream_join.is_some();
-    if stateful {
-        return Err(unsupported(
-            "the pipeline has a stateful operator; replay runs stateless pipelines \
-             (sources, transforms, sink) only for now"
-                .into(),
-        ));
-    }
     if pipeline.static_join.is_some() {
         return Err(unsupported(
             "the pipeline joins a static table, which may have changed since; replay \

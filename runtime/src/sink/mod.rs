@@ -47,6 +47,21 @@ pub trait Sink: Send {
     /// plugin gives it that time (see [`crate::plugin::BatchEnv`]).
     fn begin_batch(&mut self, _batch_id: u64, _batch_time_ms: i64) {}
 
+    /// Runs the sink's plugin (foreachBatch) over batch `batch_id` before
+    /// anything is written, leaving out the rows `recorded` (what a first
+    /// attempt set aside, from `quarantine/N`) names for its stage. Returns
+    /// the rows it set aside (`on_error = "quarantine"`), which the runner
+    /// logs before [`Sink::commit`] writes the batch. A sink without a
+    /// plugin has nothing to do here.
+    async fn prepare(
+        &mut self,
+        _batch_id: u64,
+        _batches: &[RecordBatch],
+        _recorded: &crate::quarantine::QuarantineRecord,
+    ) -> Result<Option<crate::quarantine::StageSetAside>> {
+        Ok(None)
+    }
+
     /// What the sink's plugin did in the latest batch, if it runs one.
     fn stage_progress(&self) -> Option<crate::query::StageProgress> {
         None

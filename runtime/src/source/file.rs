@@ -256,18 +256,24 @@ impl FileSource {
 
     /// Reads and decodes `files` against the declared schema.
     pub async fn read(&self, files: &[FileEntry]) -> Result<Decoded> {
+        self.read_files(files, false).await
+    }
+
+    /// Reads `files`, which a committed batch read, again (`weir replay`):
+    /// from the source directory, or from the archive where
+    /// `clean_source = "archive"` moved them.
+    pub async fn read_committed(&self, files: &[FileEntry]) -> Result<Decoded> {
+        self.read_files(files, true).await
+    }
+
+    async fn read_files(&self, files: &[FileEntry], committed: bool) -> Result<Decoded> {
         let mut all = Decoded::default();
         for file in files {
-            let path = ObjectPath::from(file.path.as_str());
             let name = format!("{}/{}", self.config.path, file.path);
-            let bytes = self
-                .store
-                .get(&path)
-                .await
-                .map_err(|e| WeirError::storage(&name, e))?
-                .bytes()
-                .await
-                .map_err(|e| WeirError::storage(&name, e))?;
+            let bytes = match committed {
+                false => get_bytes(&self.store, &file.path, &name).await?,
+                true => self.committed_bytes(file, &name).await?,
+            };
             // A decoder panic on a hostile file fails this query, naming
             // the file, instead of unwinding through the host.
             let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -329,6 +335,11 @@ impl super::Source for FileSource {
         FileSource::read(self, &entry.files).await
     }
 
+    async fn read_committed(&mut self, plan: &serde_json::Value) -> Result<Decoded> {
+        let entry: SourceLogEntry = super::parse_plan(plan)?;
+        FileSource::read_committed(self, &entry.files).await
+    }
+
     fn plan_units(&self, plan: &serde_json::Value) -> usize {
         plan["files"].as_array().map_or(0, Vec::len)
     }
@@ -378,7 +389,58 @@ fn through_symlink(root: &std::path::Path, relative: &str) -> bool {
     })
 }
 
+/// The bytes of `relative` in `store` (`name`, for errors).
+async fn get_bytes(
+    store: &Arc<dyn ObjectStore>,
+    relative: &str,
+    name: &str,
+) -> Result<bytes::Bytes> {
+    store
+        .get(&ObjectPath::from(relative))
+        .await
+        .map_err(|e| WeirError::storage(name, e))?
+        .bytes()
+        .await
+        .map_err(|e| WeirError::storage(name, e))
+}
+
 impl FileSource {
+    /// A committed batch's `file`, where `clean_source` left it; a file
+    /// that was deleted, or changed since, is refused with the reason.
+    async fn committed_bytes(&self, file: &FileEntry, name: &str) -> Result<bytes::Bytes> {
+        let path = ObjectPath::from(file.path.as_str());
+        let found = match self.store.head(&path).await {
+            Ok(_) => get_bytes(&self.store, &file.path, name).await?,
+            Err(object_store::Error::NotFound { .. }) => match &self.config.clean_source {
+                CleanSource::Archive(archive) => {
+                    let archived = format!("{archive}/{}", file.path);
+                    get_bytes(&archive.open()?, &file.path, &archived).await?
+                }
+                CleanSource::Delete | CleanSource::Off => {
+                    return Err(WeirError::Replay {
+                        reason: format!(
+                            "input file {name} is gone (clean_source deleted it, or it was \
+                             removed); `replay_window = N` on the source keeps the inputs \
+                             of the last N batches"
+                        ),
+                    });
+                }
+            },
+            Err(e) => return Err(WeirError::storage(name, e)),
+        };
+        if found.len() as u64 != file.size {
+            return Err(WeirError::Replay {
+                reason: format!(
+                    "input file {name} has {} bytes, not the {} the batch read: it changed \
+                     since",
+                    found.len(),
+                    file.size
+                ),
+            });
+        }
+        Ok(found)
+    }
+
     /// Deletes or archives one processed file.
     async fn clean(&self, relative: &str) -> Result<()> {
         let path = ObjectPath::from(relative);

@@ -43,6 +43,12 @@ pub trait Source: Send {
     /// Reads a planned batch (also when it is replayed).
     async fn read(&mut self, plan: &Value) -> Result<Decoded>;
 
+    /// Reads a committed batch again, outside the query (`weir replay`):
+    /// also where the source moved its input since.
+    async fn read_committed(&mut self, plan: &Value) -> Result<Decoded> {
+        self.read(plan).await
+    }
+
     /// How many input units (files, partitions) a plan covers.
     fn plan_units(&self, plan: &Value) -> usize;
 

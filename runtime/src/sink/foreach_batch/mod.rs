@@ -3,8 +3,13 @@
 //! the outside world itself: the host queues its writes during the call
 //! and, once the call succeeded, commits every output for the epoch, each
 //! one idempotently (file outputs by their `_weir_log`, PostgreSQL by its
-//! epoch ledger, Delta by its application transaction). A replayed epoch therefore changes nothing, and an epoch
-//! whose call fails writes nothing at all.
+//! epoch ledger, Delta by its application transaction). A replayed epoch
+//! therefore changes nothing, and an epoch whose call fails writes nothing
+//! at all. With `on_error = "quarantine"` the rows the plugin fails on are
+//! set aside first ([`plugin`]), and logged by the runner before any output
+//! is written, so a replay leaves out the same rows.
+
+mod plugin;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +22,10 @@ use super::{CommitOutcome, FileSink, Sink};
 use crate::config::{ForeachBatchConfig, OutputConfig};
 use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
-use crate::plugin::{BatchSinkInstance, OutputCheck, PluginEngine};
+use crate::plugin::{BatchEnv, PluginEngine};
+use crate::quarantine::{QuarantineRecord, StageSetAside};
 use crate::query::StageProgress;
+use plugin::{Prepared, SinkPlugin};
 
 enum Output {
     Files(Box<FileSink>),
@@ -30,11 +37,15 @@ enum Output {
 /// The foreachBatch sink.
 pub struct ForeachBatchSink {
     stage: String,
-    instance: Arc<Mutex<BatchSinkInstance>>,
+    plugin: Arc<Mutex<SinkPlugin>>,
     outputs: BTreeMap<String, Output>,
     last: StageProgress,
     /// Seeds the plugin's random stream, with the batch id.
     query_id: uuid::Uuid,
+    /// The running batch's clock and seed ([`Sink::begin_batch`]).
+    env: Option<BatchEnv>,
+    /// What the plugin made of the running batch, not yet written.
+    prepared: Option<Prepared>,
 }
 
 impl ForeachBatchSink {
@@ -47,36 +58,20 @@ impl ForeachBatchSink {
         retention: crate::config::Retention,
     ) -> Result<ForeachBatchSink> {
         let mut outputs = BTreeMap::new();
-        let mut checks: BTreeMap<String, OutputCheck> = BTreeMap::new();
         for (name, output) in &config.outputs {
-            let (output, check): (Output, OutputCheck) = match output {
-                OutputConfig::Files { kind, path } => (
-                    Output::Files(Box::new(FileSink::open(path, *kind, retention)?)),
-                    Box::new(|_| Ok(())),
-                ),
-                OutputConfig::Postgres(pg) => {
-                    let rules = pg.clone();
-                    (
-                        Output::Postgres(Box::new(PostgresOutput::new(
-                            pg.clone(),
-                            query_id.to_string(),
-                            name.clone(),
-                        ))),
-                        Box::new(move |batch| PostgresOutput::check(&rules, batch)),
-                    )
+            let output = match output {
+                OutputConfig::Files { kind, path } => {
+                    Output::Files(Box::new(FileSink::open(path, *kind, retention)?))
                 }
+                OutputConfig::Postgres(pg) => Output::Postgres(Box::new(PostgresOutput::new(
+                    pg.clone(),
+                    query_id.to_string(),
+                    name.clone(),
+                ))),
                 #[cfg(feature = "delta")]
-                OutputConfig::Delta(delta) => {
-                    let rules = delta.clone();
-                    (
-                        Output::Delta(Box::new(super::DeltaMergeOutput::new(
-                            delta.clone(),
-                            query_id,
-                            name,
-                        ))),
-                        Box::new(move |batch| super::DeltaMergeOutput::check(&rules, batch)),
-                    )
-                }
+                OutputConfig::Delta(delta) => Output::Delta(Box::new(
+                    super::DeltaMergeOutput::new(delta.clone(), query_id, name),
+                )),
                 #[cfg(not(feature = "delta"))]
                 OutputConfig::Delta(_) => {
                     return Err(WeirError::Internal(
@@ -85,18 +80,18 @@ impl ForeachBatchSink {
                 }
             };
             outputs.insert(name.clone(), output);
-            checks.insert(name.clone(), check);
         }
         let stage = &config.stage;
-        let instance = engine
-            .load_batch_sink(&stage.name, &stage.plugin)?
-            .instantiate(&stage.config_json, stage.limits, checks)?;
+        let component = engine.load_batch_sink(&stage.name, &stage.plugin)?;
+        let plugin = SinkPlugin::start(stage.clone(), component, config.outputs.clone())?;
         Ok(ForeachBatchSink {
             stage: stage.name.clone(),
-            instance: Arc::new(Mutex::new(instance)),
+            plugin: Arc::new(Mutex::new(plugin)),
             outputs,
             last: StageProgress::default(),
             query_id: query_id.parse().unwrap_or_default(),
+            env: None,
+            prepared: None,
         })
     }
 }
@@ -108,43 +103,85 @@ impl Sink for ForeachBatchSink {
     }
 
     fn begin_batch(&mut self, batch_id: u64, batch_time_ms: i64) {
-        let env = crate::plugin::BatchEnv::for_batch(
+        self.env = Some(BatchEnv::for_batch(
             &self.query_id,
             &self.stage,
             batch_id,
             batch_time_ms,
-        );
-        if let Ok(mut instance) = self.instance.lock() {
-            instance.begin_batch(env);
-        }
+        ));
     }
 
-    async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
+    async fn prepare(
+        &mut self,
+        batch_id: u64,
+        batches: &[RecordBatch],
+        recorded: &QuarantineRecord,
+    ) -> Result<Option<StageSetAside>> {
         let started = std::time::Instant::now();
+        self.prepared = None;
         self.last = StageProgress {
             name: self.stage.clone(),
             ..StageProgress::default()
         };
         let Some(first) = batches.iter().find(|b| b.num_rows() > 0) else {
-            return Ok(CommitOutcome::Written);
+            return Ok(None);
         };
         let rows = concat_batches(&first.schema(), batches).map_err(|e| WeirError::Schema {
             context: format!("input of foreach_batch sink `{}`", self.stage),
             reason: e.to_string(),
         })?;
-        let instance = self.instance.clone();
-        // The plugin call is synchronous and may take long: off the runtime.
-        let (written, counters) = tokio::task::spawn_blocking(move || {
-            let mut instance = instance
+        let env = self.env.ok_or_else(|| {
+            WeirError::Internal("a foreach_batch sink prepared a batch it was not told of".into())
+        })?;
+        let recorded = recorded.get(&self.stage).cloned().unwrap_or_default();
+        let plugin = self.plugin.clone();
+        // The plugin calls are synchronous and may take long: off the runtime.
+        let mut prepared = tokio::task::spawn_blocking(move || {
+            let mut plugin = plugin
                 .lock()
                 .map_err(|_| WeirError::Internal("a previous plugin call panicked".into()))?;
-            let written = instance.write_batch(batch_id, &rows)?;
-            Ok::<_, WeirError>((written, instance.counters().clone()))
+            plugin.prepare(batch_id, &rows, env, &recorded)
         })
         .await
         .map_err(|e| WeirError::Internal(format!("plugin task failed: {e}")))??;
-        self.last.calls = 1;
-        self.last.counters = counters;
+        self.last.calls = prepared.calls;
+        self.last.counters = prepared.counters.clone();
+        self.last.quarantined_rows = prepared.quarantined.len() as u64;
+        self.last.duration = started.elapsed();
+        let set_aside = (!prepared.quarantined.is_empty()).then(|| StageSetAside {
+            stage: self.stage.clone(),
+            rows: prepared.quarantined.clone(),
+            dead_letters: std::mem::take(&mut prepared.dead_letters),
+        });
+        self.prepared = Some(prepared);
+        Ok(set_aside)
+    }
+
+    async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
+        let prepared = match self.prepared.take() {
+            Some(prepared) if prepared.batch_id == batch_id => prepared,
+            _ => {
+                // A caller that logs no quarantine record: rows may not be
+                // set aside here, where no replay would find them.
+                if self
+                    .prepare(batch_id, batches, &QuarantineRecord::new())
+                    .await?
+                    .is_some()
+                {
+                    return Err(WeirError::Internal(format!(
+                        "foreach_batch sink `{}` set rows aside in a batch whose record is \
+                         not logged",
+                        self.stage
+                    )));
+                }
+                match self.prepared.take() {
+                    Some(prepared) => prepared,
+                    None => return Ok(CommitOutcome::Written),
+                }
+            }
+        };
+        let started = std::time::Instant::now();
+        let written = prepared.written;
         let mut skipped = 0;
         for (name, output) in &mut self.outputs {
             let Some(rows) = written.get(name) else {
@@ -161,7 +198,7 @@ impl Sink for ForeachBatchSink {
             }
             crash_point("sink-after-output", batch_id);
         }
-        self.last.duration = started.elapsed();
+        self.last.duration += started.elapsed();
         Ok(if skipped > 0 && skipped == written.len() {
             CommitOutcome::AlreadyCommitted
         } else {
