@@ -74,6 +74,10 @@ impl Soak {
         weir()
             .arg("run")
             .arg(self.path("stream.toml"))
+            // glibc gives each new thread of the blocking pool an arena of
+            // its own (up to 8 per core), and those arenas' slack, not the
+            // query, would be what RSS measures.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
