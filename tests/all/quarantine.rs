@@ -98,7 +98,17 @@ fn poison_rows_are_quarantined_once_and_replays_repeat_time_and_randomness_acros
         err.contains("2 rows quarantined"),
         "batch 2 reports its two: {err}"
     );
-    let expected = rows_by_batch(&clean);
+    let expected = checked_clean_run(&clean, "trap");
+    let points = CRASH_POINTS.iter().copied().chain(["after-quarantine-log"]);
+    assert_kills_repeat(&clean, scenario, points, &expected, "trap");
+}
+
+/// The batches `clean` committed, checked: every row but the poison ids
+/// (7, 14, 21, 28) once, in order, each with a clock reading of its batch's
+/// time and a random number of its own, and each poison row once in
+/// `stage`'s dead letters.
+fn checked_clean_run(clean: &Scenario, stage: &str) -> BTreeMap<u64, Vec<Value>> {
+    let expected = rows_by_batch(clean);
     let ids: Vec<i64> = expected
         .values()
         .flatten()
@@ -110,7 +120,7 @@ fn poison_rows_are_quarantined_once_and_replays_repeat_time_and_randomness_acros
         "every other row once, in order"
     );
     assert_eq!(
-        quarantined_ids(&clean.path("ck/dead_letter"), "trap"),
+        quarantined_ids(&clean.path("ck/dead_letter"), stage),
         vec![7, 14, 21, 28]
     );
     for row in expected.values().flatten() {
@@ -126,23 +136,33 @@ fn poison_rows_are_quarantined_once_and_replays_repeat_time_and_randomness_acros
         .map(|r| r["random"].as_i64().unwrap())
         .collect();
     assert_eq!(randoms.len(), 26, "random numbers differ from row to row");
-    let metadata = fs::read(clean.path("ck/metadata")).unwrap();
+    expected
+}
 
-    let points = CRASH_POINTS.iter().copied().chain(["after-quarantine-log"]);
+/// Kills a fresh query made by `make`, with `clean`'s id (which seeds the
+/// random streams), in batch 1 at each of `points`; restarted, it must
+/// commit `expected` and set each poison row aside once, in `stage`.
+fn assert_kills_repeat<'a>(
+    clean: &Scenario,
+    make: fn() -> Scenario,
+    points: impl Iterator<Item = &'a str>,
+    expected: &BTreeMap<u64, Vec<Value>>,
+    stage: &str,
+) {
+    let metadata = fs::read(clean.path("ck/metadata")).unwrap();
     for point in points {
-        // The same query (its id seeds the random streams), killed in batch 1.
-        let s = scenario();
+        let s = make();
         fs::create_dir_all(s.path("ck")).unwrap();
         fs::write(s.path("ck/metadata"), &metadata).unwrap();
         run_until_killed(&s, point, 1);
         let err = assert_ok(&s.run());
         assert_eq!(
-            rows_by_batch(&s),
+            &rows_by_batch(&s),
             expected,
             "after a kill at {point}@1:\n{err}"
         );
         assert_eq!(
-            quarantined_ids(&s.path("ck/dead_letter"), "trap"),
+            quarantined_ids(&s.path("ck/dead_letter"), stage),
             vec![7, 14, 21, 28],
             "after a kill at {point}@1"
         );
@@ -211,50 +231,12 @@ fn a_foreach_batch_sink_quarantines_poison_rows_once_and_replays_repeat_its_outp
         "{progress:?}"
     );
     assert!(progress.iter().all(|p| p.2 > 2), "{progress:?}");
-    let expected = rows_by_batch(&clean);
-    let ids: Vec<i64> = expected
-        .values()
-        .flatten()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        (1..=30).filter(|id| id % 7 != 0).collect::<Vec<_>>(),
-        "every other row once, in order"
-    );
-    let randoms: std::collections::BTreeSet<i64> = expected
-        .values()
-        .flatten()
-        .map(|r| r["random"].as_i64().unwrap())
-        .collect();
-    assert_eq!(randoms.len(), 26, "random numbers differ from row to row");
-    assert_eq!(
-        quarantined_ids(&clean.path("ck/dead_letter"), "writer"),
-        vec![7, 14, 21, 28]
-    );
-    let metadata = fs::read(clean.path("ck/metadata")).unwrap();
-
+    let expected = checked_clean_run(&clean, "writer");
     let points = CRASH_POINTS
         .iter()
         .copied()
         .chain(["after-quarantine-log", "sink-after-output"]);
-    for point in points {
-        let s = foreach_batch_scenario();
-        fs::create_dir_all(s.path("ck")).unwrap();
-        fs::write(s.path("ck/metadata"), &metadata).unwrap();
-        run_until_killed(&s, point, 1);
-        let err = assert_ok(&s.run());
-        assert_eq!(
-            rows_by_batch(&s),
-            expected,
-            "after a kill at {point}@1:\n{err}"
-        );
-        assert_eq!(
-            quarantined_ids(&s.path("ck/dead_letter"), "writer"),
-            vec![7, 14, 21, 28],
-            "after a kill at {point}@1"
-        );
-    }
+    assert_kills_repeat(&clean, foreach_batch_scenario, points, &expected, "writer");
 }
 
 #[test]

@@ -536,6 +536,19 @@ fn yes() -> bool {
     true
 }
 
+/// The first of the keys that go with quarantine that is set: where, and
+/// its name.
+fn first_quarantine_key(
+    on_error: Option<&Spanned<String>>,
+    max_rows: Option<&Spanned<i64>>,
+    dead_letter_path: Option<&Spanned<String>>,
+) -> Option<(std::ops::Range<usize>, &'static str)> {
+    on_error
+        .map(|k| (k.span(), "on_error"))
+        .or(max_rows.map(|k| (k.span(), "max_quarantined_rows_per_batch")))
+        .or(dead_letter_path.map(|k| (k.span(), "dead_letter_path")))
+}
+
 /// The keys of a plugin stage that say what a failing call does.
 pub(super) struct QuarantineKeys<'a> {
     pub name: &'a Spanned<String>,
@@ -1434,14 +1447,8 @@ impl Resolver<'_> {
             }
         };
         if !quarantine {
-            let stray = t
-                .max_quarantined_rows_per_batch
-                .as_ref()
-                .map(|s| (s.span(), "max_quarantined_rows_per_batch"))
-                .or(t
-                    .dead_letter_path
-                    .as_ref()
-                    .map(|s| (s.span(), "dead_letter_path")));
+            let stray =
+                first_quarantine_key(None, t.max_quarantined_rows_per_batch, t.dead_letter_path);
             if let Some((span, key)) = stray {
                 return Err(self
                     .err_at(
@@ -1512,18 +1519,11 @@ impl Resolver<'_> {
                     "`outputs` apply to kind = \"foreach_batch\" sinks only",
                 ));
             }
-            let quarantine_key = raw
-                .on_error
-                .as_ref()
-                .map(|k| (k.span(), "on_error"))
-                .or(raw
-                    .max_quarantined_rows_per_batch
-                    .as_ref()
-                    .map(|k| (k.span(), "max_quarantined_rows_per_batch")))
-                .or(raw
-                    .dead_letter_path
-                    .as_ref()
-                    .map(|k| (k.span(), "dead_letter_path")));
+            let quarantine_key = first_quarantine_key(
+                raw.on_error.as_ref(),
+                raw.max_quarantined_rows_per_batch.as_ref(),
+                raw.dead_letter_path.as_ref(),
+            );
             if let Some((span, key)) = quarantine_key {
                 return Err(self
                     .err_at(
