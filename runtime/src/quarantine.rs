@@ -39,7 +39,7 @@ pub struct StageSetAside {
 
 /// Why quarantine gave up when more than `limit` rows of batch `batch_id`
 /// failed (`first` is the first row's failure).
-pub fn over_limit_reason(limit: usize, batch_id: u64, first: &str) -> String {
+fn over_limit_reason(limit: usize, batch_id: u64, first: &str) -> String {
     format!(
         "more than {limit} rows of batch {batch_id} failed \
          (max_quarantined_rows_per_batch = {limit}); the first: {first}"
@@ -48,7 +48,7 @@ pub fn over_limit_reason(limit: usize, batch_id: u64, first: &str) -> String {
 
 /// Why quarantine gave up when a call over `rows` rows failed but no row
 /// failed alone.
-pub fn unnarrowed_reason(rows: usize, batch_id: u64) -> String {
+fn unnarrowed_reason(rows: usize, batch_id: u64) -> String {
     format!(
         "a call over {rows} rows of batch {batch_id} failed, but no row fails alone: the \
          plugin fails on a combination of rows, which quarantine cannot set aside"
@@ -108,6 +108,32 @@ impl DeadLetterSource<'_> {
             serde_json::to_vec(&line).map_err(|e| WeirError::Internal(e.to_string()))?;
         bytes.push(b'\n');
         Ok(bytes)
+    }
+}
+
+/// Adds the rows `found` ([`bisect`]'s answer for a failed call over rows
+/// `kept` of input `input`) to `quarantined`. Returns the reason to give up
+/// when no row failed alone, or when more than `limit` rows of batch
+/// `batch_id` are now set aside.
+pub fn record_found(
+    found: Vec<(usize, String)>,
+    input: usize,
+    kept: &[usize],
+    limit: usize,
+    batch_id: u64,
+    quarantined: &mut Vec<QuarantinedRow>,
+) -> std::result::Result<(), String> {
+    if found.is_empty() {
+        return Err(unnarrowed_reason(kept.len(), batch_id));
+    }
+    quarantined.extend(found.into_iter().map(|(at, error)| QuarantinedRow {
+        input,
+        row: kept[at],
+        error,
+    }));
+    match quarantined.len() > limit {
+        true => Err(over_limit_reason(limit, batch_id, &quarantined[0].error)),
+        false => Ok(()),
     }
 }
 

@@ -82,8 +82,14 @@ fn rows_by_batch(s: &Scenario) -> BTreeMap<u64, Vec<Value>> {
 /// 6 files x 5 rows (ids 1..=30), 2 files per batch: batches 0, 1 and 2,
 /// holding the poison ids 7, 14 and 21, 28.
 fn scenario() -> Scenario {
+    scenario_with("")
+}
+
+/// [`scenario`] with `source_extra` in its `[source]` table.
+fn scenario_with(source_extra: &str) -> Scenario {
     let s = Scenario::new(Spec {
         transforms: poison_then_stamp(),
+        source_extra: source_extra.into(),
         ..Spec::default()
     });
     s.json_inputs(6, 5);
@@ -349,12 +355,7 @@ fn weir_replay_reads_inputs_a_replay_window_kept_or_clean_source_archived() {
         )
     };
     // Deleted once read, but the last 2 batches' files stay in place.
-    let s = Scenario::new(Spec {
-        transforms: poison_then_stamp(),
-        source_extra: "clean_source = \"delete\"\nreplay_window = 2".into(),
-        ..Spec::default()
-    });
-    s.json_inputs(6, 5);
+    let s = scenario_with("clean_source = \"delete\"\nreplay_window = 2");
     assert_ok(&s.run());
     assert_eq!(
         file_names(&s.path("in")),
@@ -390,12 +391,7 @@ fn weir_replay_reads_inputs_a_replay_window_kept_or_clean_source_archived() {
     );
 
     // Archived once read: every batch replays from the archive.
-    let s = Scenario::new(Spec {
-        transforms: poison_then_stamp(),
-        source_extra: "clean_source = \"archive\"\nsource_archive_dir = \"done\"".into(),
-        ..Spec::default()
-    });
-    s.json_inputs(6, 5);
+    let s = scenario_with("clean_source = \"archive\"\nsource_archive_dir = \"done\"");
     assert_ok(&s.run());
     assert!(file_names(&s.path("in")).is_empty());
     let replayed = replay(&s, &["--batch", "0..2", "--fail-on-diff"]);
@@ -575,6 +571,19 @@ path = "out"
     fs::write(dir.join("pipeline.toml"), pipeline).unwrap();
 }
 
+/// A keyed query whose function traps on rows with `ts` divisible by 7,
+/// quarantined, over [`keyed_inputs`] whole.
+fn poisoned_keyed_query() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    keyed_pipeline(
+        dir.path(),
+        "trap_on_ts_multiple_of = 7",
+        "on_error = \"quarantine\"",
+    );
+    keyed_inputs(dir.path(), |_| true);
+    dir
+}
+
 /// Three files of events of users a, b and c; `keep` chooses the rows.
 fn keyed_inputs(dir: &Path, keep: impl Fn(i64) -> bool) {
     for file in 0..3 {
@@ -633,13 +642,7 @@ fn a_stateful_function_quarantines_poison_rows_per_key_and_replays_them() {
         .map(|ts| (format!("(user={})", ["a", "b", "c"][(ts % 3) as usize]), ts))
         .collect();
     for kill in [None, Some("after-quarantine-log"), Some("before-commit")] {
-        let dir = tempfile::tempdir().unwrap();
-        keyed_pipeline(
-            dir.path(),
-            "trap_on_ts_multiple_of = 7",
-            "on_error = \"quarantine\"",
-        );
-        keyed_inputs(dir.path(), |_| true);
+        let dir = poisoned_keyed_query();
         if let Some(point) = kill {
             let out = crate::common::weir()
                 .arg("run")
@@ -665,13 +668,7 @@ fn a_stateful_function_quarantines_poison_rows_per_key_and_replays_them() {
 
 #[test]
 fn weir_replay_restores_operator_state_per_batch_and_diffs_a_stateful_candidate() {
-    let dir = tempfile::tempdir().unwrap();
-    keyed_pipeline(
-        dir.path(),
-        "trap_on_ts_multiple_of = 7",
-        "on_error = \"quarantine\"",
-    );
-    keyed_inputs(dir.path(), |_| true);
+    let dir = poisoned_keyed_query();
     let replay = |args: &[&str]| {
         let out = crate::common::weir()
             .arg("replay")

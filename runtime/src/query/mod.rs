@@ -884,12 +884,9 @@ impl Runner {
         // aside are logged with the stages' before anything is written.
         let sink_started = Instant::now();
         self.sink.begin_batch(batch_id, batch_time_ms);
-        let sink_recorded = recorded.clone().unwrap_or_default();
-        if let Some(set) = self
-            .sink
-            .prepare(batch_id, &batches, &sink_recorded)
-            .await?
-        {
+        let none_recorded = QuarantineRecord::new();
+        let sink_recorded = recorded.as_ref().unwrap_or(&none_recorded);
+        if let Some(set) = self.sink.prepare(batch_id, &batches, sink_recorded).await? {
             transformed.quarantined.insert(set.stage.clone(), set.rows);
             transformed.dead_letters.push((set.stage, set.dead_letters));
         }

@@ -159,6 +159,8 @@ pub async fn replay(
         .iter()
         .map(|input| open_source(input, &retries))
         .collect::<Result<Vec<_>>>()?;
+    // For the operator, which runs off the async runtime.
+    let shared = Arc::new(pipeline.clone());
     // Each version is compiled once, however many batches ran it.
     let mut loaded: BTreeMap<String, Arc<TransformComponent>> = BTreeMap::new();
     let mut replayed = Vec::new();
@@ -234,9 +236,18 @@ pub async fn replay(
             };
             stages.push((t.clone(), component, config_json));
         }
+        // What the stateful function set aside; a candidate there does not
+        // reuse the running version's rows.
+        let known = match (&stateful_fn, &candidate_stage) {
+            (Some((config, _)), Some(c)) if *c == config.stage.name => Vec::new(),
+            (Some((config, _)), _) => recorded
+                .get(&config.stage.name)
+                .cloned()
+                .unwrap_or_default(),
+            (None, _) => Vec::new(),
+        };
         let query_id = checkpoint.metadata().id;
         let stage_run = candidate_stage.clone();
-        let for_stages = recorded.clone();
         let (rows, mut quarantined) = off_runtime(move || {
             run_stages(
                 stages,
@@ -244,7 +255,7 @@ pub async fn replay(
                 batch_id,
                 time_ms,
                 &query_id,
-                &for_stages,
+                &recorded,
                 stage_run.as_deref(),
             )
         })
@@ -255,20 +266,11 @@ pub async fn replay(
         let rows = match has_operator {
             false => rows,
             true => {
-                // The candidate does not reuse the running version's rows.
-                let known = match (&stateful_fn, &candidate_stage) {
-                    (Some((config, _)), Some(c)) if *c == config.stage.name => Vec::new(),
-                    (Some((config, _)), _) => recorded
-                        .get(&config.stage.name)
-                        .cloned()
-                        .unwrap_or_default(),
-                    (None, _) => Vec::new(),
-                };
                 let state =
                     StateStore::open(checkpoint.store(), "0", pipeline.state_store, batch_id)
                         .await?;
                 let operator = OperatorRun {
-                    pipeline: pipeline.clone(),
+                    pipeline: shared.clone(),
                     function: stateful_fn.clone(),
                     query_id,
                     batch_id,
@@ -293,7 +295,7 @@ pub async fn replay(
 
 /// A batch through the pipeline's stateful operator, outside the query.
 struct OperatorRun {
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     /// The `[stateful]` function's config and component, if it has one.
     function: Option<(StatefulFunctionConfig, Arc<StatefulComponent>)>,
     query_id: uuid::Uuid,

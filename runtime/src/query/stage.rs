@@ -23,7 +23,7 @@ use crate::error::{PluginFailure, Result, WeirError};
 use crate::plugin::{BatchEnv, TransformComponent, TransformInstance};
 use crate::quarantine::{
     DeadLetterSource, QuarantinedRow, bisect, blames_rows as quarantinable, kept_rows,
-    over_limit_reason, take_rows, unnarrowed_reason,
+    record_found, take_rows,
 };
 
 pub(super) struct Stage {
@@ -143,18 +143,15 @@ impl Stage {
             let batch = take_rows(&inputs[failed.input], &kept)?;
             let budget = limit.saturating_sub(quarantined.len());
             let found = self.failing_rows(&batch, failed.error, env, budget, &mut calls)?;
-            if found.is_empty() {
-                return Err(self.gave_up(unnarrowed_reason(batch.num_rows(), batch_id)));
-            }
-            quarantined.extend(found.into_iter().map(|(at, error)| QuarantinedRow {
-                input: failed.input,
-                row: kept[at],
-                error,
-            }));
-            if quarantined.len() > limit {
-                let first = &quarantined[0].error;
-                return Err(self.gave_up(over_limit_reason(limit, batch_id, first)));
-            }
+            record_found(
+                found,
+                failed.input,
+                &kept,
+                limit,
+                batch_id,
+                &mut quarantined,
+            )
+            .map_err(|reason| self.gave_up(reason))?;
         };
         quarantined.sort_by_key(|q| (q.input, q.row));
         let dead_letters = self.dead_letters(batch_id, inputs, &quarantined)?;

@@ -409,8 +409,11 @@ impl FileSource {
     /// that was deleted, or changed since, is refused with the reason.
     async fn committed_bytes(&self, file: &FileEntry, name: &str) -> Result<bytes::Bytes> {
         let path = ObjectPath::from(file.path.as_str());
-        let found = match self.store.head(&path).await {
-            Ok(_) => get_bytes(&self.store, &file.path, name).await?,
+        let found = match self.store.get(&path).await {
+            Ok(found) => found
+                .bytes()
+                .await
+                .map_err(|e| WeirError::storage(name, e))?,
             Err(object_store::Error::NotFound { .. }) => match &self.config.clean_source {
                 CleanSource::Archive(archive) => {
                     let archived = format!("{archive}/{}", file.path);

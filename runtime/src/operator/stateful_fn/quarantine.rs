@@ -12,10 +12,7 @@ use super::{StatefulFunction, describe_key, with_key};
 use crate::config::OnError;
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::operator::OperatorContext;
-use crate::quarantine::{
-    DeadLetterSource, QuarantinedRow, bisect, blames_rows, over_limit_reason, take_rows,
-    unnarrowed_reason,
-};
+use crate::quarantine::{DeadLetterSource, bisect, blames_rows, record_found, take_rows};
 
 impl StatefulFunction {
     /// Whether the stage sets failing rows aside.
@@ -47,23 +44,10 @@ impl StatefulFunction {
         self.renew_if_trapped(&error)?;
         let budget = self.limit().saturating_sub(ctx.quarantine.rows.len());
         let found = self.failing_rows(key, key_batch, group, error, budget, ctx)?;
-        if found.is_empty() {
-            let reason = unnarrowed_reason(group.num_rows(), ctx.batch_id);
-            return Err(self.gave_up(key_batch, reason));
-        }
         let bad: Vec<usize> = found.iter().map(|(at, _)| *at).collect();
-        for (at, error) in found {
-            ctx.quarantine.rows.push(QuarantinedRow {
-                input: 0,
-                row: rows[at],
-                error,
-            });
-        }
-        if ctx.quarantine.rows.len() > self.limit() {
-            let first = &ctx.quarantine.rows[0].error;
-            let reason = over_limit_reason(self.limit(), ctx.batch_id, first);
-            return Err(self.gave_up(key_batch, reason));
-        }
+        let (limit, batch_id) = (self.limit(), ctx.batch_id);
+        record_found(found, 0, rows, limit, batch_id, &mut ctx.quarantine.rows)
+            .map_err(|reason| self.gave_up(key_batch, reason))?;
         let kept: Vec<usize> = (0..group.num_rows()).filter(|r| !bad.contains(r)).collect();
         if kept.is_empty() {
             // Spark calls no key without rows (but for a timeout).

@@ -150,7 +150,7 @@ impl Sink for ForeachBatchSink {
         self.last.duration = started.elapsed();
         let set_aside = (!prepared.quarantined.is_empty()).then(|| StageSetAside {
             stage: self.stage.clone(),
-            rows: prepared.quarantined.clone(),
+            rows: std::mem::take(&mut prepared.quarantined),
             dead_letters: std::mem::take(&mut prepared.dead_letters),
         });
         self.prepared = Some(prepared);

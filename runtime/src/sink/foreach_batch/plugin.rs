@@ -15,8 +15,7 @@ use crate::config::{OnError, OutputConfig, TransformConfig};
 use crate::error::{PluginFailure, Result, WeirError};
 use crate::plugin::{BatchEnv, BatchSinkComponent, BatchSinkInstance, OutputCheck};
 use crate::quarantine::{
-    DeadLetterSource, QuarantinedRow, bisect, blames_rows, kept_rows, over_limit_reason, take_rows,
-    unnarrowed_reason,
+    DeadLetterSource, QuarantinedRow, bisect, blames_rows, kept_rows, record_found, take_rows,
 };
 
 /// The plugin, and what it takes to start a fresh instance after a trap.
@@ -100,18 +99,8 @@ impl SinkPlugin {
                     Err(e) => Err(e),
                 }
             })?;
-            if found.is_empty() {
-                return Err(self.gave_up(unnarrowed_reason(input.num_rows(), batch_id)));
-            }
-            quarantined.extend(found.into_iter().map(|(at, error)| QuarantinedRow {
-                input: 0,
-                row: kept[at],
-                error,
-            }));
-            if quarantined.len() > limit {
-                let first = &quarantined[0].error;
-                return Err(self.gave_up(over_limit_reason(limit, batch_id, first)));
-            }
+            record_found(found, 0, &kept, limit, batch_id, &mut quarantined)
+                .map_err(|reason| self.gave_up(reason))?;
         };
         quarantined.sort_by_key(|q| q.row);
         let source = DeadLetterSource {
