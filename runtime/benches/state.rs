@@ -142,6 +142,7 @@ async fn main() {
                 batch_time_ms: 0,
                 batch_id: b as u64,
                 watermark_ms: Some(b as i64 * 60_000 - 120_000),
+                late_rows_watermark_ms: Some(b as i64 * 60_000 - 120_000),
                 state: &mut state,
                 rows_dropped_by_watermark: 0,
                 quarantine: Default::default(),
@@ -178,6 +179,7 @@ async fn main() {
             batch_timestamp_ms: 0,
             source_files: vec![0],
             watermark_ms: Some(0),
+            late_rows_watermark_ms: Some(0),
         };
         checkpoint.write_offsets(&offsets).await.unwrap();
         state.commit(n + 1).await.unwrap();

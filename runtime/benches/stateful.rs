@@ -196,6 +196,7 @@ fn run(
             } else {
                 i64::MAX / 2
             }),
+            late_rows_watermark_ms: Some(watermark),
             batch_time_ms: 0,
             state: &mut state,
             rows_dropped_by_watermark: 0,

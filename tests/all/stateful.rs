@@ -48,9 +48,10 @@ fn sessionize_example_drops_late_rows_as_spark_does() {
             .into_iter()
             .map(|(batch, rows)| (batch, rows.iter().map(session).collect()))
             .collect();
-        // The 10:35 click is at or before batch 2's watermark (10:40): a
-        // function with event-time timeouts never sees it, so it does not
-        // bridge u1's sessions (the built-in session window keeps it).
+        // The 09:58 click is at or before the watermark that judges batch
+        // 2's late rows (batch 1's, 10:00): a function with event-time
+        // timeouts never sees it, so u1's first session stays 10:00-10:40
+        // and times out in batch 2 (the built-in session window keeps it).
         let expected = vec![
             (0, vec![]),
             (1, vec![]),

@@ -47,8 +47,10 @@ fn article_example_in_append_mode_on_both_state_stores() {
         let batches = sink_batches(&dir.path().join(".weir/output"));
         // Nothing closes until batch 4, which runs with watermark 12:05
         // (max event time 12:15 - 10m). The 11:58 click of batch 2 counted
-        // (its window ends at 12:00, after that batch's 11:59 watermark);
-        // batch 4's 11:59:59 click is dropped (its window ended by 12:05).
+        // (its window ends at 12:00, after that batch's 11:59 watermark).
+        // Batch 4's 11:59:59 click counts too: late rows are judged by the
+        // previous batch's watermark (11:59), and only then does the
+        // window close by 12:05. Spark 4.3 emits exactly these rows.
         let expected: BTreeMap<u64, Vec<String>> = [
             (0, vec![]),
             (1, vec![]),
@@ -57,7 +59,7 @@ fn article_example_in_append_mode_on_both_state_stores() {
             (
                 4,
                 vec![
-                    "11:55-12:00 u1 1".to_string(),
+                    "11:55-12:00 u1 2".to_string(),
                     "12:00-12:05 u1 2".into(),
                     "12:00-12:05 u2 1".into(),
                 ],
@@ -67,7 +69,7 @@ fn article_example_in_append_mode_on_both_state_stores() {
         .collect();
         assert_eq!(batches, expected, "{store}:\n{err}");
         let batch4 = err.lines().find(|l| l.starts_with("batch 4:")).unwrap();
-        assert!(batch4.contains("dropped 1"), "{batch4}");
+        assert!(!batch4.contains("dropped"), "{batch4}");
         // Three windows stay open: [12:05, 12:10) for u1 and u2, [12:15, 12:20) for u2.
         assert!(batch4.contains("| state 4 rows"), "{batch4}"); // 3 windows + the layout row
     }
@@ -100,7 +102,9 @@ fn article_example_in_update_mode_emits_changed_windows() {
         (1, owned(&["12:05-12:10 u1 1", "12:05-12:10 u2 1"])),
         (2, owned(&["11:55-12:00 u1 1"])),
         (3, owned(&["12:15-12:20 u2 1"])),
-        (4, owned(&[])), // the late click is dropped; closed windows are evicted silently
+        // The 11:59:59 click is on time by batch 3's watermark (11:59);
+        // its window is updated, then evicted by batch 4's (12:05).
+        (4, owned(&["11:55-12:00 u1 2"])),
     ];
     assert_eq!(console_run("update"), expected);
 }
@@ -246,22 +250,24 @@ fn state_stays_bounded_as_the_stream_grows_tenfold() {
 
 /// A straightforward batch computation of what append mode must emit:
 /// replay the files in order, track Spark's watermark, drop a row only when
-/// all its windows ended by the watermark, count, and keep the windows the
-/// final watermark closed.
+/// all its windows ended by the previous batch's watermark (Spark 3.4+),
+/// count, and keep the windows the final watermark closed.
 fn expected_append(files: &[Vec<(String, i64)>], size: i64, slide: i64, delay: i64) -> Vec<String> {
     let mut counts: BTreeMap<(i64, i64, String), i64> = BTreeMap::new();
-    let mut watermark = 0i64;
+    let (mut previous, mut watermark) = (0i64, 0i64);
     for events in files {
+        let late_before = previous;
         for (user, t) in events {
             let first_start = t - t.rem_euclid(slide) - (size / slide - 1) * slide;
             for start in (first_start..=*t).step_by(slide as usize) {
                 let end = start + size;
-                if start <= *t && *t < end && end > watermark {
+                if start <= *t && *t < end && end > late_before {
                     *counts.entry((start, end, user.clone())).or_default() += 1;
                 }
             }
         }
         let max = events.iter().map(|(_, t)| *t).max().unwrap();
+        previous = watermark;
         watermark = watermark.max(max - delay);
     }
     counts
@@ -718,8 +724,10 @@ fn article_example_with_sliding_windows() {
     let batches = sink_batches(&dir.path().join(".weir/output"));
     // Each click is in two 10-minute windows. The 11:58 click (batch 2,
     // watermark 11:59) is kept: both its windows end after 11:59. The
-    // 11:59:59 click (batch 4, watermark 12:05) is dropped: both its windows
-    // ([11:50, 12:00) and [11:55, 12:05)) ended by then.
+    // 11:59:59 click of batch 4 is judged by batch 3's watermark (11:59),
+    // so it is kept too, and both its windows ([11:50, 12:00) and
+    // [11:55, 12:05)) close by batch 4's (12:05). Spark 4.3 emits exactly
+    // these rows.
     let expected: BTreeMap<u64, Vec<String>> = [
         (0, vec![]),
         (1, vec![]),
@@ -727,17 +735,17 @@ fn article_example_with_sliding_windows() {
         (3, vec![]),
         (
             4,
-            owned(&["11:50-12:00 u1 1", "11:55-12:05 u1 3", "11:55-12:05 u2 1"]),
+            owned(&["11:50-12:00 u1 2", "11:55-12:05 u1 4", "11:55-12:05 u2 1"]),
         ),
     ]
     .into_iter()
     .collect();
     assert_eq!(batches, expected, "{err}");
     assert!(
-        err.lines()
+        !err.lines()
             .find(|l| l.starts_with("batch 4:"))
             .unwrap()
-            .contains("dropped 1"),
+            .contains("dropped"),
         "{err}"
     );
 }
@@ -780,8 +788,133 @@ fn progress_log_has_sparks_fields_per_batch() {
         events[4]["eventTime"]["watermark"],
         "2026-11-25T12:05:00.000Z"
     );
-    assert_eq!(events[4]["numRowsDroppedByWatermark"], 1);
+    assert_eq!(events[4]["numRowsDroppedByWatermark"], 0);
     assert_eq!(events[4]["sink"]["numOutputRows"], 3);
     assert_eq!(events[4]["stateOperators"][0]["numRowsTotal"], 4);
     assert!(events[4]["durationMs"]["triggerExecution"].is_u64());
+}
+
+#[test]
+fn late_rows_are_judged_by_the_previous_batchs_watermark_unless_turned_off() {
+    // Spark 3.4+: batch 4 judges late rows by batch 3's watermark (11:59)
+    // and closes windows by its own (12:05); both are logged in offsets/4,
+    // so a replay judges rows alike.
+    let dir = example("windowed-clicks");
+    assert_ok(&run(dir.path()));
+    let offsets: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(".weir/checkpoint/offsets/4")).unwrap(),
+    )
+    .unwrap();
+    let ms = |hhmm: &str| chrono_free_ms(&format!("2026-11-25T{hhmm}:00Z"));
+    assert_eq!(offsets["watermark_ms"], ms("12:05"), "{offsets}");
+    assert_eq!(offsets["late_rows_watermark_ms"], ms("11:59"), "{offsets}");
+
+    // `stateful_operator_allow_multiple = false` (Spark's
+    // `spark.sql.streaming.statefulOperator.allowMultiple`) judges them by
+    // the batch's own watermark, as Spark before 3.4: the 11:59:59 click of
+    // batch 4 is dropped and its window closes with the 11:58 click alone.
+    let dir = example("windowed-clicks");
+    edit(
+        &dir.path().join("pipeline.toml"),
+        "name = \"windowed-clicks\"",
+        "name = \"windowed-clicks\"\nstateful_operator_allow_multiple = false",
+    );
+    let err = assert_ok(&run(dir.path()));
+    let batches = sink_batches(&dir.path().join(".weir/output"));
+    assert_eq!(
+        batches[&4],
+        owned(&["11:55-12:00 u1 1", "12:00-12:05 u1 2", "12:00-12:05 u2 1"]),
+        "{err}"
+    );
+    let batch4 = err.lines().find(|l| l.starts_with("batch 4:")).unwrap();
+    assert!(batch4.contains("dropped 1"), "{batch4}");
+    let offsets: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(".weir/checkpoint/offsets/4")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(offsets["late_rows_watermark_ms"], ms("12:05"), "{offsets}");
+}
+
+/// The ids and times (HH:MM:SS) a dedup pipeline over `files` (one file
+/// per batch of `(id, HH:MM:SS)` on 2026-01-01) emits, per batch.
+fn dedup_batches(top_level: &str, files: &[&[(&str, &str)]]) -> Vec<(u64, Vec<String>)> {
+    let dir = example("dedup-events");
+    let pipeline = dir.path().join("pipeline.toml");
+    edit(
+        &pipeline,
+        "drop_duplicates_within_watermark = [\"event_id\"]",
+        top_level,
+    );
+    edit(&pipeline, "delay = \"30m\"", "delay = \"10m\"");
+    let events = dir.path().join("data/events");
+    std::fs::remove_dir_all(&events).unwrap();
+    std::fs::create_dir_all(&events).unwrap();
+    for (i, rows) in files.iter().enumerate() {
+        let body: String = rows
+            .iter()
+            .map(|(id, t)| {
+                format!("{{\"event_id\": \"{id}\", \"event_time\": \"2026-01-01T{t}Z\"}}\n")
+            })
+            .collect();
+        std::fs::write(events.join(format!("batch-{i}.jsonl")), body).unwrap();
+    }
+    assert_ok(&run(dir.path()));
+    committed_json_batches(&dir.path().join(".weir/output"))
+        .into_iter()
+        .map(|(batch, rows)| {
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    let t = r["event_time"].as_str().unwrap();
+                    format!("{} {}", r["event_id"].as_str().unwrap(), &t[11..19])
+                })
+                .collect();
+            (batch, rows)
+        })
+        .collect()
+}
+
+#[test]
+fn dedup_drops_rows_at_the_watermark_and_forgets_keys_it_reaches_as_spark_does() {
+    // Each expectation is what Spark 4.3 (pyspark 4.3.0) emitted for the
+    // same files, batch by batch, with a 10-minute watermark.
+    for top_level in [
+        "drop_duplicates_within_watermark = [\"event_id\"]",
+        "drop_duplicates = [\"event_id\", \"event_time\"]",
+    ] {
+        // Batch 2 judges late rows by batch 1's watermark, 00:10: the row
+        // exactly at it is late, as in Spark (`<=`).
+        let got = dedup_batches(
+            top_level,
+            &[
+                &[("a", "00:20:00")],
+                &[("b", "00:21:00")],
+                &[("c", "00:10:00"), ("d", "00:10:01"), ("e", "00:09:59")],
+            ],
+        );
+        let want = vec![
+            (0, owned(&["a 00:20:00"])),
+            (1, owned(&["b 00:21:00"])),
+            (2, owned(&["d 00:10:01"])),
+        ];
+        assert_eq!(got, want, "{top_level}");
+        // x (00:00) expires when the watermark reaches 00:10 (its time + 10m
+        // within the watermark; its time for plain dropDuplicates on a key
+        // with the event time), at the end of batch 1: the x of 00:15 in
+        // batch 2 is new.
+        let got = dedup_batches(
+            top_level,
+            &[
+                &[("x", "00:00:00"), ("y", "00:20:00")],
+                &[("z", "00:20:00")],
+                &[("x", "00:15:00"), ("x", "00:10:00")],
+            ],
+        );
+        let want = vec![
+            (0, owned(&["x 00:00:00", "y 00:20:00"])),
+            (1, owned(&["z 00:20:00"])),
+            (2, owned(&["x 00:15:00"])),
+        ];
+        assert_eq!(got, want, "{top_level}");
+    }
 }

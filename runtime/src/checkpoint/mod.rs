@@ -70,6 +70,11 @@ pub struct OffsetEntry {
     /// The event-time watermark batch N uses (ms), if the query has one.
     #[serde(default)]
     pub watermark_ms: Option<i64>,
+    /// The watermark batch N judges late rows by (the previous batch's,
+    /// Spark 3.4+). Absent without a watermark, and in entries written
+    /// before Weir split the two, whose batches used `watermark_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_rows_watermark_ms: Option<i64>,
 }
 
 /// `commits/N`: batch N is durable in the sink.

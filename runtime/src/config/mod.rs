@@ -80,6 +80,11 @@ pub struct Pipeline {
     pub inputs: Vec<InputConfig>,
     /// How the query's watermark follows several inputs' watermarks.
     pub multiple_watermark_policy: WatermarkPolicy,
+    /// Spark's `spark.sql.streaming.statefulOperator.allowMultiple` (on by
+    /// default): stateful operators judge late rows by the previous batch's
+    /// watermark. Off, they judge them by the current batch's, as Spark
+    /// before 3.4 did.
+    pub stateful_operator_allow_multiple: bool,
     /// A stream-stream join of the two inputs, before the transforms.
     pub stream_join: Option<StreamJoinConfig>,
     /// Plugin stages, in order.
@@ -399,6 +404,7 @@ struct RawPipeline {
     source: Option<Spanned<RawSource>>,
     sources: Option<Spanned<Vec<Spanned<RawSource>>>>,
     multiple_watermark_policy: Option<WatermarkPolicy>,
+    stateful_operator_allow_multiple: Option<bool>,
     join: Option<Spanned<stream_join::RawStreamJoin>>,
     #[serde(default)]
     transform: Vec<Spanned<RawTransform>>,
@@ -824,6 +830,7 @@ impl Resolver<'_> {
             trigger,
             inputs,
             multiple_watermark_policy: raw.multiple_watermark_policy.unwrap_or_default(),
+            stateful_operator_allow_multiple: raw.stateful_operator_allow_multiple.unwrap_or(true),
             stream_join,
             transforms,
             watermark,

@@ -182,18 +182,26 @@ impl Resolver<'_> {
                 self.key_columns(columns)?;
                 Ok(Some(DeduplicateConfig {
                     columns: columns.get_ref().clone(),
-                    within_watermark: Some((watermark.column.clone(), millis(watermark.delay))),
+                    expire_after: Some((watermark.column.clone(), millis(watermark.delay))),
                 }))
             }
             (None, Some(columns)) => {
                 self.key_columns(columns)?;
-                tracing::warn!(
-                    "drop_duplicates keeps every key forever: state grows without bound; \
-                     prefer drop_duplicates_within_watermark"
-                );
+                // Spark: with the watermark's column among the keys, a key
+                // is kept until the watermark reaches its event time.
+                let expire_after = watermark
+                    .filter(|w| columns.get_ref().contains(&w.column))
+                    .map(|w| (w.column.clone(), 0));
+                if expire_after.is_none() {
+                    tracing::warn!(
+                        "drop_duplicates keeps every key forever: state grows without bound; \
+                         add the watermark's column to the keys or prefer \
+                         drop_duplicates_within_watermark"
+                    );
+                }
                 Ok(Some(DeduplicateConfig {
                     columns: columns.get_ref().clone(),
-                    within_watermark: None,
+                    expire_after,
                 }))
             }
         }

@@ -1,9 +1,13 @@
 //! Streaming deduplication: Spark's `dropDuplicatesWithinWatermark` (state
-//! per key until the watermark passes its first event time + delay) and
-//! plain `dropDuplicates` (state forever). The first occurrence wins.
+//! per key until the watermark reaches its first event time + delay) and
+//! plain `dropDuplicates` (state forever, or, when the watermark's column is
+//! one of the keys, until the watermark reaches the key's event time). The
+//! first occurrence wins. As in Spark, a row whose event time is at or
+//! before the late-rows watermark is dropped, and a key whose expiry is at
+//! or before the eviction watermark is forgotten.
 //!
-//! State rows: `0x02 | key` → expiry (ms), and for the within-watermark
-//! flavour an index `0x03 | expiry | key`, so eviction is a prefix scan.
+//! State rows: `0x02 | key` → expiry (ms), and for keys that expire an index
+//! `0x03 | expiry | key`, so eviction is a prefix scan.
 
 use std::collections::HashSet;
 
@@ -26,8 +30,10 @@ pub struct DeduplicateConfig {
     /// Key columns.
     pub columns: Vec<String>,
     /// `Some((event-time column, delay ms))`: keep each key until the
-    /// watermark passes its event time + delay; `None`: keep keys forever.
-    pub within_watermark: Option<(String, i64)>,
+    /// watermark reaches its event time + delay (`dropDuplicatesWithinWatermark`:
+    /// the watermark's delay; plain `dropDuplicates` on keys that include the
+    /// watermark's column: 0); `None`: keep keys forever.
+    pub expire_after: Option<(String, i64)>,
 }
 
 /// The deduplication operator.
@@ -93,7 +99,7 @@ impl Operator for Deduplicate {
             .expect("set above")
             .convert_columns(&keys)
             .map_err(|e| WeirError::format("deduplication key", e))?;
-        let times = match &self.config.within_watermark {
+        let times = match &self.config.expire_after {
             Some((column, _)) => Some(event_times_ms(&self.column(batch, column)?)?),
             None => None,
         };
@@ -101,8 +107,8 @@ impl Operator for Deduplicate {
         let mut keep = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let t = times.as_ref().map(|times| times.value(row));
-            if let (Some(t), Some(wm)) = (t, ctx.watermark_ms)
-                && t < wm
+            if let (Some(t), Some(wm)) = (t, ctx.late_rows_watermark_ms)
+                && t <= wm
             {
                 ctx.rows_dropped_by_watermark += 1;
                 keep.push(false);
@@ -113,7 +119,7 @@ impl Operator for Deduplicate {
             let duplicate = seen.contains(&key) || ctx.state.get(&key)?.is_some();
             keep.push(!duplicate);
             if !duplicate {
-                let expiry = match (&self.config.within_watermark, t) {
+                let expiry = match (&self.config.expire_after, t) {
                     (Some((_, delay)), Some(t)) => t + delay,
                     _ => i64::MAX,
                 };
@@ -135,7 +141,7 @@ impl Operator for Deduplicate {
         };
         let mut expired = Vec::new();
         ctx.state.scan_from(&[EXPIRY_PREFIX], &mut |key, _| {
-            let due = key[0] == EXPIRY_PREFIX && decode_i64(&key[1..]) < wm;
+            let due = key[0] == EXPIRY_PREFIX && decode_i64(&key[1..]) <= wm;
             if due {
                 expired.push(key.to_vec());
             }
@@ -159,7 +165,7 @@ impl Operator for Deduplicate {
         let Some(watermark_ms) = watermark_ms else {
             return Ok(false);
         };
-        Ok(earliest_time(state, EXPIRY_PREFIX)?.is_some_and(|expiry| expiry < watermark_ms))
+        Ok(earliest_time(state, EXPIRY_PREFIX)?.is_some_and(|expiry| expiry <= watermark_ms))
     }
 
     fn output_schema(&self) -> Option<SchemaRef> {

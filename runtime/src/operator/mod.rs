@@ -34,8 +34,14 @@ pub struct OperatorContext<'a> {
     /// The batch id.
     pub batch_id: u64,
     /// The event-time watermark this batch uses (ms since the epoch), if the
-    /// query declares one.
+    /// query declares one: windows and sessions it passed are closed, state
+    /// it passed is evicted, event-time timeouts before it fire (Spark's
+    /// `eventTimeWatermarkForEviction`).
     pub watermark_ms: Option<i64>,
+    /// The watermark that judges which input rows are too late: the
+    /// previous batch's (Spark 3.4+'s `eventTimeWatermarkForLateEvents`), or
+    /// this batch's with `stateful_operator_allow_multiple = false`.
+    pub late_rows_watermark_ms: Option<i64>,
     /// The processing time the batch started at (ms since the epoch; a
     /// replay uses the time of the batch's first run).
     pub batch_time_ms: i64,
@@ -57,6 +63,19 @@ pub struct OperatorQuarantine {
     pub rows: Vec<crate::quarantine::QuarantinedRow>,
     /// Those rows as dead-letter records (JSON lines).
     pub dead_letters: Vec<u8>,
+}
+
+/// A batch's two event-time watermarks. Since Spark 3.4 a stateful
+/// operator judges late rows by the watermark of the previous batch and
+/// evicts state by the current batch's, so a row that was on time when its
+/// batch was planned is not dropped because the same batch moved the
+/// watermark past it (which also lets several stateful operators be chained).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    /// Input rows at or before this are late.
+    pub late_rows_ms: Option<i64>,
+    /// State and windows this passed are evicted and emitted.
+    pub eviction_ms: Option<i64>,
 }
 
 /// A stateful step of a query.

@@ -387,7 +387,7 @@ impl Operator for StatefulFunction {
         batch: &RecordBatch,
         ctx: &mut OperatorContext<'_>,
     ) -> Result<Vec<RecordBatch>> {
-        let batch = match (&self.config.event_time_column, ctx.watermark_ms) {
+        let batch = match (&self.config.event_time_column, ctx.late_rows_watermark_ms) {
             // Spark drops late rows before a function with event-time
             // timeouts sees them: rows at or before the watermark.
             (Some(column), Some(wm)) => {

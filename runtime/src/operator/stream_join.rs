@@ -27,7 +27,9 @@ use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, new_null_array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 
-use super::{StoredField, decode_i64, encode_i64, event_times_ms, load_field, store_field};
+use super::{
+    StoredField, Watermarks, decode_i64, encode_i64, event_times_ms, load_field, store_field,
+};
 use crate::config::{StreamJoinConfig, StreamJoinKind};
 use crate::error::{Result, WeirError};
 use crate::state::StateStore;
@@ -118,7 +120,7 @@ impl StreamJoin {
         &mut self,
         state: &mut StateStore,
         batch_id: u64,
-        watermark_ms: Option<i64>,
+        watermarks: Watermarks,
         left: &[RecordBatch],
         right: &[RecordBatch],
     ) -> Result<(Vec<RecordBatch>, u64)> {
@@ -134,7 +136,7 @@ impl StreamJoin {
                     batch,
                     batch_id,
                     &mut seq,
-                    watermark_ms,
+                    watermarks.late_rows_ms,
                     &mut emitted,
                 )?;
             }
@@ -142,7 +144,7 @@ impl StreamJoin {
         for side in [Side::Left, Side::Right] {
             self.restore_columns(state, side)?;
         }
-        if let Some(watermark) = watermark_ms {
+        if let Some(watermark) = watermarks.eviction_ms {
             self.evict(state, watermark, &mut emitted)?;
         }
         Ok((self.build(emitted)?, dropped))
@@ -350,7 +352,7 @@ impl StreamJoin {
         batch: &RecordBatch,
         batch_id: u64,
         seq: &mut u32,
-        watermark_ms: Option<i64>,
+        late_rows_watermark_ms: Option<i64>,
         emitted: &mut Emitted,
     ) -> Result<u64> {
         let codec = self.codecs[side.index()].as_ref().expect("learned above");
@@ -378,7 +380,7 @@ impl StreamJoin {
         let kind = self.config.kind;
         let mut dropped = 0;
         for row in 0..batch.num_rows() {
-            if let (Some(watermark), Some(late)) = (watermark_ms, &late_times)
+            if let (Some(watermark), Some(late)) = (late_rows_watermark_ms, &late_times)
                 && (late.is_null(row) || late.value(row) <= watermark)
             {
                 dropped += 1;

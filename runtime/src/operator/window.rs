@@ -371,7 +371,7 @@ impl Operator for WindowAggregate {
         // window it belongs to has ended by the watermark (not in complete mode).
         let late_before = match self.config.output_mode {
             OutputMode::Complete => None,
-            _ => ctx.watermark_ms,
+            _ => ctx.late_rows_watermark_ms,
         };
         if let WindowKind::Session { gap_ms } = self.config.window {
             for row in 0..batch.num_rows() {

@@ -144,6 +144,7 @@ impl Runner {
                 batch_timestamp_ms: started_at_ms,
                 source_files: vec![done.files],
                 watermark_ms: None,
+                late_rows_watermark_ms: None,
             })
             .await?;
         crash_point("continuous-after-offsets", epoch);

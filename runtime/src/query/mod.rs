@@ -42,7 +42,7 @@ use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::{
     Deduplicate, Operator, OperatorContext, OperatorQuarantine, StatefulFunction, StaticJoin,
-    StreamJoin, WindowAggregate,
+    StreamJoin, Watermarks, WindowAggregate,
 };
 use crate::plugin::PluginEngine;
 use crate::retry::Retries;
@@ -204,6 +204,8 @@ impl Query {
             None => None,
         };
         let watermark_ms = restored_watermark(&checkpoint, recovery).await?;
+        let late_rows_watermark_ms =
+            restored_late_rows_watermark(&checkpoint, recovery, watermark_ms).await?;
         let input_watermarks = restored_input_watermarks(&checkpoint, recovery).await?;
         let mut inputs = Vec::new();
         for (index, input) in pipeline.inputs.iter().enumerate() {
@@ -271,6 +273,7 @@ impl Query {
             operator,
             stream_join,
             watermark_ms: has_watermark.then_some(watermark_ms),
+            late_rows_watermark_ms: has_watermark.then_some(late_rows_watermark_ms),
             listener,
             stop,
             cores,
@@ -309,14 +312,15 @@ impl Stateful {
     fn run(
         &mut self,
         batch_id: u64,
-        watermark_ms: Option<i64>,
+        watermarks: Watermarks,
         batch_time_ms: i64,
         batches: &[RecordBatch],
         recorded: Vec<QuarantinedRow>,
     ) -> Result<(Vec<RecordBatch>, u64, OperatorQuarantine)> {
         let mut ctx = OperatorContext {
             batch_id,
-            watermark_ms,
+            watermark_ms: watermarks.eviction_ms,
+            late_rows_watermark_ms: watermarks.late_rows_ms,
             batch_time_ms,
             state: &mut self.state,
             rows_dropped_by_watermark: 0,
@@ -462,6 +466,29 @@ async fn restored_watermark(checkpoint: &Checkpoint, recovery: Recovery) -> Resu
     .unwrap_or(0))
 }
 
+/// The watermark the first batch this run executes judges late rows by: a
+/// replayed batch's own (from `offsets/N`; entries from before the split
+/// logged one watermark for both), else the watermark the last committed
+/// batch used, which `watermark_ms` follows.
+async fn restored_late_rows_watermark(
+    checkpoint: &Checkpoint,
+    recovery: Recovery,
+    watermark_ms: i64,
+) -> Result<i64> {
+    let logged = match recovery {
+        Recovery {
+            replay: Some(batch),
+            ..
+        } => {
+            let entry = checkpoint.offsets(batch).await?;
+            entry.late_rows_watermark_ms.or(entry.watermark_ms)
+        }
+        Recovery { next_batch: 0, .. } => None,
+        Recovery { next_batch, .. } => checkpoint.offsets(next_batch - 1).await?.watermark_ms,
+    };
+    Ok(logged.unwrap_or(watermark_ms).min(watermark_ms))
+}
+
 /// With several inputs, each input's watermark before the first batch this
 /// run executes (from the previous batch's commit); empty otherwise.
 async fn restored_input_watermarks(
@@ -487,6 +514,9 @@ struct Runner {
     stream_join: Option<JoinState>,
     /// The watermark the next batch uses, if any input declares one.
     watermark_ms: Option<i64>,
+    /// The watermark the previous batch used: the next batch's late rows
+    /// are judged by it (Spark 3.4+).
+    late_rows_watermark_ms: Option<i64>,
     sink: Box<dyn Sink>,
     listener: Option<ProgressListener>,
     stop: Option<watch::Receiver<bool>>,
@@ -716,6 +746,20 @@ impl Runner {
             .collect()
     }
 
+    /// The watermarks a new batch uses: late rows are judged by the
+    /// previous batch's watermark unless `stateful_operator_allow_multiple`
+    /// is off, as in Spark.
+    fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            late_rows_ms: if self.pipeline.stateful_operator_allow_multiple {
+                self.late_rows_watermark_ms
+            } else {
+                self.watermark_ms
+            },
+            eviction_ms: self.watermark_ms,
+        }
+    }
+
     async fn run_batch(&mut self, batch_id: u64, plans: Vec<Value>, replay: bool) -> Result<()> {
         // Waiting for a core is not the batch's time: taken before the clock starts.
         let _core =
@@ -733,10 +777,17 @@ impl Runner {
         self.last_batch_start = Some(started);
         let mut durations = PhaseDurations::default();
 
-        let batch_time_ms = if replay {
-            self.checkpoint.offsets(batch_id).await?.batch_timestamp_ms
+        // A replay judges late rows as its first run did, whatever the
+        // configuration says now.
+        let (batch_time_ms, watermarks) = if replay {
+            let logged = self.checkpoint.offsets(batch_id).await?;
+            let watermarks = Watermarks {
+                late_rows_ms: logged.late_rows_watermark_ms.or(logged.watermark_ms),
+                eviction_ms: self.watermark_ms,
+            };
+            (logged.batch_timestamp_ms, watermarks)
         } else {
-            now_ms()
+            (now_ms(), self.watermarks())
         };
         if !replay {
             crash_point("before-offsets", batch_id);
@@ -751,6 +802,7 @@ impl Runner {
                 batch_timestamp_ms: batch_time_ms,
                 source_files: units,
                 watermark_ms: self.watermark_ms,
+                late_rows_watermark_ms: watermarks.late_rows_ms,
             };
             self.checkpoint.write_offsets(&entry).await?;
             crash_point("after-offsets", batch_id);
@@ -796,7 +848,7 @@ impl Runner {
                 let (rows, late) = join.process(
                     state,
                     batch_id,
-                    self.watermark_ms,
+                    watermarks,
                     &per_input[config.left],
                     &per_input[config.right],
                 )?;
@@ -862,8 +914,7 @@ impl Runner {
                 .unwrap_or_default();
             // Operators may call plugins: off the async runtime too.
             let (stateful, result) = off_runtime(move || {
-                let result =
-                    stateful.run(batch_id, watermark_ms, batch_time_ms, &batches, recorded);
+                let result = stateful.run(batch_id, watermarks, batch_time_ms, &batches, recorded);
                 Ok((stateful, result))
             })
             .await?;
@@ -946,6 +997,7 @@ impl Runner {
             }
         }
         if next_watermark_ms.is_some() {
+            self.late_rows_watermark_ms = self.watermark_ms;
             self.watermark_ms = next_watermark_ms;
         }
         crash_point("after-commit", batch_id);

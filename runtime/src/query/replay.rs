@@ -27,7 +27,7 @@ use super::{StageVersions, Stateful, off_runtime, open_source};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Pipeline, SinkKind, StatefulFunctionConfig};
 use crate::error::{Result, WeirError};
-use crate::operator::StatefulFunction;
+use crate::operator::{StatefulFunction, Watermarks};
 use crate::plugin::{BatchEnv, PluginEngine, StatefulComponent, TransformComponent};
 use crate::quarantine::QuarantineRecord;
 use crate::retry::Retries;
@@ -172,7 +172,11 @@ pub async fn replay(
             ))
         })?;
         let offsets = checkpoint.offsets(batch_id).await?;
-        let (watermark_ms, time_ms) = (offsets.watermark_ms, offsets.batch_timestamp_ms);
+        let watermarks = Watermarks {
+            late_rows_ms: offsets.late_rows_watermark_ms.or(offsets.watermark_ms),
+            eviction_ms: offsets.watermark_ms,
+        };
+        let time_ms = offsets.batch_timestamp_ms;
         let mut per_input = Vec::new();
         for (index, source) in sources.iter_mut().enumerate() {
             let plan: Value = checkpoint.source_log(index, batch_id).await?;
@@ -186,7 +190,7 @@ pub async fn replay(
                     StateStore::open(checkpoint.store(), "join", kind, batch_id).await?;
                 let left = std::mem::take(&mut per_input[config.left]);
                 let right = std::mem::take(&mut per_input[config.right]);
-                off_runtime(move || join.process(&mut state, batch_id, watermark_ms, &left, &right))
+                off_runtime(move || join.process(&mut state, batch_id, watermarks, &left, &right))
                     .await?
                     .0
             }
@@ -274,7 +278,7 @@ pub async fn replay(
                     function: stateful_fn.clone(),
                     query_id,
                     batch_id,
-                    watermark_ms,
+                    watermarks,
                     time_ms,
                 };
                 let (emitted, set_aside) =
@@ -300,7 +304,7 @@ struct OperatorRun {
     function: Option<(StatefulFunctionConfig, Arc<StatefulComponent>)>,
     query_id: uuid::Uuid,
     batch_id: u64,
-    watermark_ms: Option<i64>,
+    watermarks: Watermarks,
     time_ms: i64,
 }
 
@@ -330,7 +334,7 @@ impl OperatorRun {
             .ok_or_else(|| WeirError::Internal("replay found no operator to run".into()))?;
         let mut stateful = Stateful { operator, state };
         let (emitted, _late, set_aside) =
-            stateful.run(self.batch_id, self.watermark_ms, self.time_ms, rows, known)?;
+            stateful.run(self.batch_id, self.watermarks, self.time_ms, rows, known)?;
         Ok((emitted, set_aside.rows.len()))
     }
 }
