@@ -799,12 +799,13 @@ fn late_rows_are_judged_by_the_previous_batchs_watermark_unless_turned_off() {
     // Spark 3.4+: batch 4 judges late rows by batch 3's watermark (11:59)
     // and closes windows by its own (12:05); both are logged in offsets/4,
     // so a replay judges rows alike.
+    let offsets_4 = |dir: &Path| -> Value {
+        let entry = std::fs::read(dir.join(".weir/checkpoint/offsets/4")).unwrap();
+        serde_json::from_slice(&entry).unwrap()
+    };
     let dir = example("windowed-clicks");
     assert_ok(&run(dir.path()));
-    let offsets: Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join(".weir/checkpoint/offsets/4")).unwrap(),
-    )
-    .unwrap();
+    let offsets = offsets_4(dir.path());
     let ms = |hhmm: &str| chrono_free_ms(&format!("2026-11-25T{hhmm}:00Z"));
     assert_eq!(offsets["watermark_ms"], ms("12:05"), "{offsets}");
     assert_eq!(offsets["late_rows_watermark_ms"], ms("11:59"), "{offsets}");
@@ -828,10 +829,7 @@ fn late_rows_are_judged_by_the_previous_batchs_watermark_unless_turned_off() {
     );
     let batch4 = err.lines().find(|l| l.starts_with("batch 4:")).unwrap();
     assert!(batch4.contains("dropped 1"), "{batch4}");
-    let offsets: Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join(".weir/checkpoint/offsets/4")).unwrap(),
-    )
-    .unwrap();
+    let offsets = offsets_4(dir.path());
     assert_eq!(offsets["late_rows_watermark_ms"], ms("12:05"), "{offsets}");
 }
 

@@ -77,6 +77,14 @@ pub struct OffsetEntry {
     pub late_rows_watermark_ms: Option<i64>,
 }
 
+impl OffsetEntry {
+    /// The watermark batch N judged late rows by: the logged one, or for
+    /// entries from before the split, the batch's only watermark.
+    pub fn late_rows_watermark(&self) -> Option<i64> {
+        self.late_rows_watermark_ms.or(self.watermark_ms)
+    }
+}
+
 /// `commits/N`: batch N is durable in the sink.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct CommitEntry {

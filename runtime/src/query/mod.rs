@@ -466,27 +466,19 @@ async fn restored_watermark(checkpoint: &Checkpoint, recovery: Recovery) -> Resu
     .unwrap_or(0))
 }
 
-/// The watermark the first batch this run executes judges late rows by: a
-/// replayed batch's own (from `offsets/N`; entries from before the split
-/// logged one watermark for both), else the watermark the last committed
-/// batch used, which `watermark_ms` follows.
+/// The watermark the next new batch judges late rows by: the one the batch
+/// before it used (`offsets/N-1`). A replayed batch reads its own from
+/// `offsets/N` when it runs.
 async fn restored_late_rows_watermark(
     checkpoint: &Checkpoint,
     recovery: Recovery,
     watermark_ms: i64,
 ) -> Result<i64> {
-    let logged = match recovery {
-        Recovery {
-            replay: Some(batch),
-            ..
-        } => {
-            let entry = checkpoint.offsets(batch).await?;
-            entry.late_rows_watermark_ms.or(entry.watermark_ms)
-        }
-        Recovery { next_batch: 0, .. } => None,
-        Recovery { next_batch, .. } => checkpoint.offsets(next_batch - 1).await?.watermark_ms,
+    let logged = match recovery.next_batch {
+        0 => None,
+        next => checkpoint.offsets(next - 1).await?.watermark_ms,
     };
-    Ok(logged.unwrap_or(watermark_ms).min(watermark_ms))
+    Ok(logged.unwrap_or(watermark_ms))
 }
 
 /// With several inputs, each input's watermark before the first batch this
@@ -782,7 +774,7 @@ impl Runner {
         let (batch_time_ms, watermarks) = if replay {
             let logged = self.checkpoint.offsets(batch_id).await?;
             let watermarks = Watermarks {
-                late_rows_ms: logged.late_rows_watermark_ms.or(logged.watermark_ms),
+                late_rows_ms: logged.late_rows_watermark(),
                 eviction_ms: self.watermark_ms,
             };
             (logged.batch_timestamp_ms, watermarks)

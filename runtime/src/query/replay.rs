@@ -173,7 +173,7 @@ pub async fn replay(
         })?;
         let offsets = checkpoint.offsets(batch_id).await?;
         let watermarks = Watermarks {
-            late_rows_ms: offsets.late_rows_watermark_ms.or(offsets.watermark_ms),
+            late_rows_ms: offsets.late_rows_watermark(),
             eviction_ms: offsets.watermark_ms,
         };
         let time_ms = offsets.batch_timestamp_ms;
