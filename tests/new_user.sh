@@ -5,10 +5,13 @@
 # "A new user": a fresh HOME (no ~/.cache/weir: no test virtualenv, no
 # JavaScript tools), none of the test tools' environment variables, and a
 # PATH holding the system's commands less every plugin toolchain but Rust's:
-# no node/npm, componentize-py/-js, esbuild, wasm32 clang/lld or python. Weir's host
-# build is reused from CARGO_TARGET_DIR (the same compiled units a user's
-# first `./dev demo` makes, see Cargo.toml); the Rust plugins are built anew
-# in a scratch directory, so the examples run on what `./dev demo` built.
+# no node/npm, componentize-py/-js, esbuild, wasm32 clang/lld or python.
+# What the tests compiled is reused from CARGO_TARGET_DIR: Weir's host build
+# (the same compiled units a user's first `./dev demo` makes, see
+# Cargo.toml; with the clippy-driver that compiled them for the tests, see
+# ./dev) and the Rust plugins (./dev and tests/fixtures share their target
+# directory), so `./dev demo` rebuilds what a change made stale and the
+# examples run on what it built.
 #
 # Run by `./dev test` after the test suite; prints one closing line.
 set -euo pipefail
@@ -43,10 +46,16 @@ for tool in cargo rustc rustup rustdoc rustfmt cargo-fmt cargo-clippy clippy-dri
   [ -e "$cargo_home/bin/$tool" ] && ln -sf "$cargo_home/bin/$tool" "$bin/$tool"
 done
 
+# The clippy-driver that compiled the workspace for the tests (./dev test).
+compiler=()
+if [ -n "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
+  compiler=(RUSTC_WORKSPACE_WRAPPER="$RUSTC_WORKSPACE_WRAPPER" CLIPPY_ARGS="${CLIPPY_ARGS:-}")
+fi
+new_user_env=(HOME="$scratch/home" PATH="$bin" TERM=dumb
+  CARGO_HOME="$cargo_home" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR" "${compiler[@]}")
 as_new_user() {
-  env -i HOME="$scratch/home" PATH="$bin" TERM=dumb \
-    CARGO_HOME="$cargo_home" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" \
-    CARGO_TARGET_DIR="$CARGO_TARGET_DIR" WEIR_PLUGIN_TARGET_DIR="$scratch/plugins" "$@"
+  env -i "${new_user_env[@]}" "$@"
 }
 
 passed=0
@@ -116,7 +125,30 @@ for name in $examples; do
     extra=(DATABASE_URL="$url")
   fi
   log="$scratch/$name.log"
-  if as_new_user "${extra[@]}" WEIR_PLUGIN_DIR="$scratch/plugins/wasm32-wasip2/release" \
+  plugin_dir="$CARGO_TARGET_DIR/wasm-plugins/wasm32-wasip2/release"
+  if grep -q '^continuous = ' "$dir/pipeline.toml"; then
+    # A continuous query runs until stopped: as a user would, stop it
+    # (SIGTERM, as Ctrl-C) once its rows are out, or after 60 s.
+    # exec: the background job is weir itself, so the signal reaches it.
+    (exec env -i "${new_user_env[@]}" WEIR_PLUGIN_DIR="$plugin_dir" \
+      "$CARGO_TARGET_DIR/debug/weir" run "$dir/pipeline.toml" >"$log" 2>&1) &
+    pid=$!
+    rows=0
+    for _ in $(seq 600); do
+      rows=$(cat "$dir"/.weir/output/part-*.jsonl 2>/dev/null | grep -c . || true)
+      [ "$rows" -gt 0 ] && break
+      sleep 0.1
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    if wait "$pid" && [ "$rows" -gt 0 ]; then
+      passed=$((passed + 1))
+      echo "    ok: examples/$name ($rows rows out, stopped by SIGTERM)" >&2
+    else
+      fail "examples/$name (continuous: $rows rows out, or no clean stop)" "$log"
+    fi
+    continue
+  fi
+  if as_new_user "${extra[@]}" WEIR_PLUGIN_DIR="$plugin_dir" \
     "$CARGO_TARGET_DIR/debug/weir" run "$dir/pipeline.toml" >"$log" 2>&1; then
     rows=$(sed -n 's/^batch [0-9]*: .* rows in .*, \([0-9]*\) rows out.*/\1/p' "$log" | awk '{ n += $1 } END { print n + 0 }')
     if [ "${rows:-0}" -gt 0 ]; then

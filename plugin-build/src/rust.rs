@@ -106,15 +106,16 @@ fn debian_cargo() -> Result<Command, Error> {
 /// target directory.
 fn clean(mut cmd: Command) -> Command {
     for (key, _) in env::vars() {
-        let inherited_build_setting =
-            (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS")
+        let inherited_build_setting = (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS")
                 || key.starts_with("RUST")
                 || key == "TARGET"
                 || key == "HOST"
                 || key == "OUT_DIR"
                 || key == "PROFILE"
                 || key == "OPT_LEVEL"
-                || key == "DEBUG";
+                || key == "DEBUG"
+                // cargo clippy's (and ./dev test's) flags for clippy-driver.
+                || key == "CLIPPY_ARGS";
         if inherited_build_setting && key != "RUSTUP_HOME" && key != "RUSTUP_TOOLCHAIN" {
             cmd.env_remove(&key);
         }

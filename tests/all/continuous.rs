@@ -242,3 +242,46 @@ path = "rows"
         "{err}"
     );
 }
+
+/// `examples/continuous-orders` (README): the 8 orders of at least 10.00
+/// come out once each, with their amount in euros, while the query runs;
+/// SIGTERM stops it cleanly.
+#[test]
+fn the_continuous_orders_example_delivers_its_documented_rows() {
+    let dir = crate::common::example("continuous-orders");
+    let child = start(dir.path(), None);
+    let out = dir.path().join(".weir/output");
+    let expected: BTreeMap<i64, f64> = [
+        (1, 20.11),
+        (2, 39.41),
+        (4, 54.67),
+        (6, 15.2),
+        (8, 56.9),
+        (9, 35.4),
+        (10, 35.55),
+        (12, 18.09),
+    ]
+    .into_iter()
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while delivered_ids(&out).len() < expected.len() {
+        assert!(Instant::now() < deadline, "{:?}", delivered_ids(&out));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop_gracefully(child);
+    let rows: Vec<Value> = committed_json_batches(&out)
+        .into_values()
+        .flatten()
+        .collect();
+    let got: BTreeMap<i64, f64> = rows
+        .iter()
+        .map(|row| {
+            let amount = row["amount"].as_f64().unwrap();
+            let eur = row["amount_eur"].as_f64().unwrap();
+            assert!((eur - amount * 0.92).abs() < 1e-9, "{row}");
+            (row["id"].as_i64().unwrap(), amount)
+        })
+        .collect();
+    assert_eq!(rows.len(), expected.len(), "each order once: {rows:?}");
+    assert_eq!(got, expected);
+}

@@ -8,6 +8,9 @@ mod common;
 mod continuous;
 mod crash;
 mod delta;
+// Against Apache Spark; early in the order, so its minutes overlap the
+// many short tests rather than follow the long ones at the end.
+mod differential;
 mod durability;
 mod foreach_batch;
 mod formats;

@@ -496,3 +496,59 @@ fn several_sources_are_a_union_with_a_min_or_max_watermark() {
         assert_ne!(inputs[0], inputs[1], "the inputs' watermarks differ");
     }
 }
+
+/// `examples/ad-clicks` (README): the rows its comments promise, batch by
+/// batch (tests/spark/parity.py finds the same in Apache Spark).
+#[test]
+fn the_ad_clicks_example_gives_its_documented_rows() {
+    let dir = crate::common::example("ad-clicks");
+    let out = weir()
+        .current_dir(dir.path())
+        .args(["run", "pipeline.toml"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let describe = |row: &Value| {
+        let hhmm = |v: &Value| {
+            v.as_str()
+                .map_or("-".to_string(), |t| t[11..16].to_string())
+        };
+        format!(
+            "imp {} ad {} {} click {} {}",
+            row["imp_id"],
+            row["ad_id"],
+            hhmm(&row["impression_time"]),
+            row.get("click_id").unwrap_or(&Value::Null),
+            hhmm(row.get("click_time").unwrap_or(&Value::Null)),
+        )
+    };
+    let got: Vec<(u64, Vec<String>)> = committed_json_batches(&dir.path().join(".weir/output"))
+        .into_iter()
+        .map(|(batch, rows)| (batch, rows.iter().map(describe).collect()))
+        .collect();
+    let expected: Vec<(u64, Vec<&str>)> = vec![
+        (0, vec!["imp 1 ad 1 12:00 click 1 12:02"]),
+        (
+            1,
+            vec![
+                "imp 2 ad 2 12:05 click 2 12:20",
+                "imp 1 ad 1 12:00 click 3 12:45",
+                "imp 4 ad 1 12:30 click 3 12:45",
+            ],
+        ),
+        (2, vec!["imp 6 ad 5 13:50 click 5 13:55"]),
+        // The batch without input that the watermark's move to 13:40 runs.
+        (
+            3,
+            vec![
+                "imp 3 ad 3 12:10 click null -",
+                "imp 5 ad 4 12:35 click null -",
+            ],
+        ),
+    ];
+    let expected: Vec<(u64, Vec<String>)> = expected
+        .into_iter()
+        .map(|(b, rows)| (b, rows.into_iter().map(String::from).collect()))
+        .collect();
+    assert_eq!(got, expected);
+}

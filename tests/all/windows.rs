@@ -127,6 +127,61 @@ fn article_example_in_complete_mode_emits_the_whole_table() {
     assert_eq!(console_run("complete"), expected);
 }
 
+/// A window aggregate without group keys counts every user's clicks per
+/// window (this panicked in Weir before the differential tests against
+/// Spark ran one: rows over no columns are no rows at all).
+#[test]
+fn a_window_without_group_keys_aggregates_every_row() {
+    for (mode, expected) in [
+        (
+            "append",
+            vec![(4, owned(&["11:55-12:00 2", "12:00-12:05 3"]))],
+        ),
+        (
+            "update",
+            vec![
+                (0, owned(&["12:00-12:05 3"])),
+                (1, owned(&["12:05-12:10 2"])),
+                (2, owned(&["11:55-12:00 1"])),
+                (3, owned(&["12:15-12:20 1"])),
+                (4, owned(&["11:55-12:00 2"])),
+            ],
+        ),
+    ] {
+        let dir = example("windowed-clicks");
+        let pipeline = dir.path().join("pipeline.toml");
+        edit(&pipeline, "group_by = [\"user_id\"]\n", "");
+        edit(
+            &pipeline,
+            "kind = \"json\"\npath = \".weir/output\"\noutput_mode = \"append\"",
+            &format!("kind = \"console\"\nformat = \"json\"\noutput_mode = \"{mode}\""),
+        );
+        let out = run(dir.path());
+        assert_ok(&out);
+        let got: Vec<(u64, Vec<String>)> = console_batches(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(batch, rows)| {
+                let rows = rows
+                    .iter()
+                    .map(|row| {
+                        assert!(row.get("user_id").is_none(), "{row}");
+                        let hhmm = |v: &Value| v.as_str().unwrap()[11..16].to_string();
+                        format!(
+                            "{}-{} {}",
+                            hhmm(&row["window_start"]),
+                            hhmm(&row["window_end"]),
+                            row["count"]
+                        )
+                    })
+                    .collect();
+                (batch, rows)
+            })
+            .collect();
+        assert_eq!(got, expected, "{mode}");
+    }
+}
+
 #[test]
 fn spark_refusals_are_reported_at_start() {
     let dir = example("windowed-clicks");

@@ -168,6 +168,12 @@ impl Operator for Deduplicate {
         Ok(earliest_time(state, EXPIRY_PREFIX)?.is_some_and(|expiry| expiry <= watermark_ms))
     }
 
+    fn evicts_by_watermark(&self) -> bool {
+        // Spark runs the batch for any deduplication in a query with a
+        // watermark, even one whose keys never expire.
+        true
+    }
+
     fn output_schema(&self) -> Option<SchemaRef> {
         self.schema.clone()
     }

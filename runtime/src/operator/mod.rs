@@ -106,6 +106,14 @@ pub trait Operator: Send {
         Ok(false)
     }
 
+    /// Whether the operator evicts state (or emits, or times out) by the
+    /// watermark. Then, as in Spark, a batch runs without new data whenever
+    /// the watermark moved past the one the last batch ran with, whether or
+    /// not [`Operator::has_work_at`] finds anything to do.
+    fn evicts_by_watermark(&self) -> bool {
+        false
+    }
+
     /// The schema of the rows this operator emits, when known.
     fn output_schema(&self) -> Option<SchemaRef>;
 

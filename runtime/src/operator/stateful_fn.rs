@@ -468,6 +468,10 @@ impl Operator for StatefulFunction {
             .is_some_and(|due_us| due_us < threshold_ms.saturating_mul(1000)))
     }
 
+    fn evicts_by_watermark(&self) -> bool {
+        self.config.timeout == StateTimeout::EventTime
+    }
+
     fn output_schema(&self) -> Option<SchemaRef> {
         self.output_schema.clone()
     }

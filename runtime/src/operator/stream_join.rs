@@ -150,6 +150,13 @@ impl StreamJoin {
         Ok((self.build(emitted)?, dropped))
     }
 
+    /// Whether the join evicts buffered rows by the watermark (it has a
+    /// time bound): then a batch runs without new data whenever the
+    /// watermark moves, as in Spark.
+    pub fn evicts_by_watermark(&self) -> bool {
+        self.config.time.is_some()
+    }
+
     /// Whether the watermark lets the join evict (and so maybe emit) rows.
     pub fn has_work_at(&self, state: &StateStore, watermark_ms: Option<i64>) -> Result<bool> {
         let (Some(watermark), Some(_)) = (watermark_ms, &self.config.time) else {
@@ -380,6 +387,13 @@ impl StreamJoin {
         let kind = self.config.kind;
         let mut dropped = 0;
         for row in 0..batch.num_rows() {
+            let null_key = key_arrays.iter().any(|a| a.is_null(row));
+            if null_key && !self.preserved(side) {
+                // It can never match and is never emitted, late or not:
+                // Spark filters such rows out before its join, so they are
+                // not counted as dropped by the watermark either.
+                continue;
+            }
             if let (Some(watermark), Some(late)) = (late_rows_watermark_ms, &late_times)
                 && (late.is_null(row) || late.value(row) <= watermark)
             {
@@ -394,7 +408,6 @@ impl StreamJoin {
                 Some(t) => t.value(row),
                 None => 0,
             };
-            let null_key = key_arrays.iter().any(|a| a.is_null(row));
             let key = keys.row(row);
             let this_row = rows.row(row);
             let mut matched = false;
@@ -439,9 +452,6 @@ impl StreamJoin {
             if kind == StreamJoinKind::LeftSemi && side == Side::Left && matched {
                 emitted.left_only.push(this_row.as_ref().to_vec());
                 continue; // emitted; nothing more can come of it
-            }
-            if null_key && !self.preserved(side) {
-                continue; // can never match, never emitted
             }
             let mut stored_key = row_prefix(side, key.as_ref());
             stored_key.extend_from_slice(&encode_i64(time));

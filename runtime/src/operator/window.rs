@@ -355,6 +355,15 @@ impl Operator for WindowAggregate {
             .converter
             .convert_columns(&groups)
             .map_err(|e| WeirError::format("grouping key", e))?;
+        // Rows of no columns are no rows at all: without group keys, every
+        // row has the one empty key.
+        let group_key = |row: usize| -> &[u8] {
+            if groups.is_empty() {
+                &[]
+            } else {
+                group_rows.row(row).data()
+            }
+        };
         let inputs = self
             .config
             .aggregates
@@ -384,7 +393,7 @@ impl Operator for WindowAggregate {
                     ctx.rows_dropped_by_watermark += 1;
                     continue;
                 }
-                let group = group_rows.row(row).as_ref().to_vec();
+                let group = group_key(row).to_vec();
                 let (sessions, changed) = match self.sessions.get_mut(&group) {
                     Some(entry) => entry,
                     None => {
@@ -426,7 +435,7 @@ impl Operator for WindowAggregate {
                     continue;
                 }
                 kept = true;
-                let key = window_key(start, end, group_rows.row(row).as_ref());
+                let key = window_key(start, end, group_key(row));
                 let accs = match self.touched.get_mut(&key) {
                     Some(accs) => accs,
                     None => {
@@ -517,6 +526,11 @@ impl Operator for WindowAggregate {
             _ => WINDOW_PREFIX,
         };
         Ok(earliest_time(state, prefix)?.is_some_and(|end| end <= watermark_ms))
+    }
+
+    fn evicts_by_watermark(&self) -> bool {
+        // Spark: in append and update modes (complete keeps every window).
+        self.config.output_mode != OutputMode::Complete
     }
 
     fn output_schema(&self) -> Option<SchemaRef> {

@@ -1046,19 +1046,27 @@ impl Runner {
         Ok(())
     }
 
-    /// Whether the watermark (or, with `now`, processing time) has moved
-    /// far enough for the operator to emit, evict or time out without new
-    /// input.
+    /// Whether a batch runs without new input: as in Spark, whenever the
+    /// watermark moved past the one the last batch ran with and the
+    /// operator evicts by it (so batch ids and progress match Spark's);
+    /// and whenever the watermark (or, with `now`, processing time) lets
+    /// the operator emit, evict or time out.
     fn needs_no_data_batch(&self, now: bool) -> Result<bool> {
+        let moved = matches!(
+            (self.watermark_ms, self.late_rows_watermark_ms),
+            (Some(next), Some(last)) if next > last
+        );
         if let Some(JoinState { join, state }) = &self.stream_join {
-            return join.has_work_at(state, self.watermark_ms);
+            return Ok(moved && join.evicts_by_watermark()
+                || join.has_work_at(state, self.watermark_ms)?);
         }
         match &self.operator {
-            Some(stateful) => {
-                stateful
-                    .operator
-                    .has_work_at(&stateful.state, self.watermark_ms, now.then(now_ms))
-            }
+            Some(stateful) => Ok(moved && stateful.operator.evicts_by_watermark()
+                || stateful.operator.has_work_at(
+                    &stateful.state,
+                    self.watermark_ms,
+                    now.then(now_ms),
+                )?),
             None => Ok(false),
         }
     }
