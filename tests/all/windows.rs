@@ -76,8 +76,22 @@ fn article_example_in_append_mode_on_both_state_stores() {
 }
 
 fn console_run(mode: &str) -> Vec<(u64, Vec<String>)> {
+    console_run_edited(mode, &[], describe)
+}
+
+/// The windowed-clicks example in `mode` on the console sink, after
+/// `edits` (from, to) to its pipeline; each batch's rows as `describe` has
+/// them.
+fn console_run_edited(
+    mode: &str,
+    edits: &[(&str, &str)],
+    describe: fn(&Value) -> String,
+) -> Vec<(u64, Vec<String>)> {
     let dir = example("windowed-clicks");
     let pipeline = dir.path().join("pipeline.toml");
+    for (from, to) in edits {
+        edit(&pipeline, from, to);
+    }
     edit(
         &pipeline,
         "kind = \"json\"\npath = \".weir/output\"\noutput_mode = \"append\"",
@@ -148,36 +162,21 @@ fn a_window_without_group_keys_aggregates_every_row() {
             ],
         ),
     ] {
-        let dir = example("windowed-clicks");
-        let pipeline = dir.path().join("pipeline.toml");
-        edit(&pipeline, "group_by = [\"user_id\"]\n", "");
-        edit(
-            &pipeline,
-            "kind = \"json\"\npath = \".weir/output\"\noutput_mode = \"append\"",
-            &format!("kind = \"console\"\nformat = \"json\"\noutput_mode = \"{mode}\""),
-        );
-        let out = run(dir.path());
-        assert_ok(&out);
-        let got: Vec<(u64, Vec<String>)> = console_batches(&String::from_utf8_lossy(&out.stdout))
-            .into_iter()
-            .filter(|(_, rows)| !rows.is_empty())
-            .map(|(batch, rows)| {
-                let rows = rows
-                    .iter()
-                    .map(|row| {
-                        assert!(row.get("user_id").is_none(), "{row}");
-                        let hhmm = |v: &Value| v.as_str().unwrap()[11..16].to_string();
-                        format!(
-                            "{}-{} {}",
-                            hhmm(&row["window_start"]),
-                            hhmm(&row["window_end"]),
-                            row["count"]
-                        )
-                    })
-                    .collect();
-                (batch, rows)
-            })
-            .collect();
+        let describe = |row: &Value| {
+            assert!(row.get("user_id").is_none(), "{row}");
+            let hhmm = |v: &Value| v.as_str().unwrap()[11..16].to_string();
+            format!(
+                "{}-{} {}",
+                hhmm(&row["window_start"]),
+                hhmm(&row["window_end"]),
+                row["count"]
+            )
+        };
+        let got: Vec<(u64, Vec<String>)> =
+            console_run_edited(mode, &[("group_by = [\"user_id\"]\n", "")], describe)
+                .into_iter()
+                .filter(|(_, rows)| !rows.is_empty())
+                .collect();
         assert_eq!(got, expected, "{mode}");
     }
 }
