@@ -551,18 +551,21 @@ def compare(spark_out, weir_out, compare_dropped=True):
     """None when every batch has the same rows and progress, else the
     first difference."""
     (spark_rows, spark_progress), (weir_rows, weir_progress) = spark_out, weir_out
-    if not compare_dropped:
-        for progress in (spark_progress, weir_progress):
-            for p in progress.values():
-                p.pop("numRowsDroppedByWatermark")
+
+    def compared(progress):
+        if progress is None or compare_dropped:
+            return progress
+        return {k: v for k, v in progress.items() if k != "numRowsDroppedByWatermark"}
+
     batches = sorted(set(spark_rows) | set(weir_rows) | set(spark_progress) | set(weir_progress))
     for b in batches:
         s, w = spark_rows.get(b, []), weir_rows.get(b, [])
         if s != w:
             return {"batch": b, "spark_rows": len(s), "weir_rows": len(w),
                     "only_spark": sorted(set(s) - set(w))[:5], "only_weir": sorted(set(w) - set(s))[:5]}
-        if spark_progress.get(b) != weir_progress.get(b):
-            return {"batch": b, "spark_progress": spark_progress.get(b), "weir_progress": weir_progress.get(b)}
+        sp, wp = compared(spark_progress.get(b)), compared(weir_progress.get(b))
+        if sp != wp:
+            return {"batch": b, "spark_progress": sp, "weir_progress": wp}
     return None
 
 
