@@ -3,6 +3,7 @@
 
 mod attacks;
 mod bad_input;
+mod chained;
 mod checkpoint_inspect;
 mod common;
 mod continuous;

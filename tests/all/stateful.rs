@@ -384,7 +384,7 @@ fn spark_refusals_for_stateful_functions_are_reported_at_start() {
             (
                 "[sink]",
                 "[aggregate]\ngroup_by = [\"user_id\"]\nwindow = { column = \"event_time\", tumbling = \"5m\" }\naggregates = [ { fn = \"count\" } ]\n\n[sink]",
-                "one stateful operator",
+                "a [stateful] function runs as the query's only stateful operator for now",
             ),
             (
                 "state_timeout = \"event_time\"",

@@ -332,6 +332,142 @@ def merge_session(sessions, new):
     sessions.sort()
 
 
+# ---------------------------------------------------------------- chained operators
+# Several stateful operators in one query (Spark 3.4+): each judges late
+# rows and evicts by the watermark the operator before it hands on.
+
+WINDOW_SPEC = {
+    "tumbling": ('tumbling = "5m"', lambda F, c: F.window(c, "5 minutes")),
+    "sliding": ('sliding = { size = "10m", slide = "5m" }', lambda F, c: F.window(c, "10 minutes", "5 minutes")),
+    "session": ('session = { gap = "3m" }', lambda F, c: F.session_window(c, "3 minutes")),
+}
+
+
+def window_columns(F, *rest):
+    return [F.col("w.start").alias("window_start"), F.col("w.end").alias("window_end"), *rest]
+
+
+def dedup_then_windowed(kind):
+    """dropDuplicatesWithinWatermark on the id, then every aggregate per user."""
+    spec = WINDOW_SPEC[kind]
+
+    def spark(F, dfs):
+        q = dfs["events"].dropDuplicatesWithinWatermark(["id"]).groupBy(spec[1](F, "ts").alias("w"), "user")
+        return q.agg(*all_aggs(F)).select(*window_columns(F, "user", "rows", "amounts", "total", "least", "most",
+                                                           "mean", "first_id", "last_id"))
+
+    weir = f"""drop_duplicates_within_watermark = ["id"]
+
+[aggregate]
+group_by = ["user"]
+window = {{ column = "ts", {spec[0]} }}
+{ALL_AGGS_WEIR}
+"""
+    return spark, weir
+
+
+def window_over_window(kind):
+    """A window aggregate per user, then 15-minute windows over its windows'
+    `window_time` (Spark's way to aggregate an aggregation by event time)."""
+    spec = WINDOW_SPEC[kind]
+
+    def spark(F, dfs):
+        first = dfs["events"].groupBy(spec[1](F, "ts").alias("w1"), "user").agg(
+            F.count("*").alias("rows"), F.sum("amount").alias("total"), F.max("amount").alias("most"))
+        second = first.groupBy(F.window(F.window_time("w1"), "15 minutes").alias("w"), "user").agg(
+            F.sum("rows").alias("rows"), F.sum("total").alias("total"), F.max("most").alias("most"),
+            F.count("*").alias("windows"))
+        return second.select(*window_columns(F, "user", "rows", "total", "most", "windows"))
+
+    weir = f"""[aggregate]
+group_by = ["user"]
+window = {{ column = "ts", {spec[0]} }}
+aggregates = [
+  {{ fn = "count", as = "rows" }},
+  {{ fn = "sum", column = "amount", as = "total" }},
+  {{ fn = "max", column = "amount", as = "most" }},
+]
+
+[aggregate.then]
+group_by = ["user"]
+window = {{ column = "window_time", tumbling = "15m" }}
+aggregates = [
+  {{ fn = "sum", column = "rows", as = "rows" }},
+  {{ fn = "sum", column = "total", as = "total" }},
+  {{ fn = "max", column = "most", as = "most" }},
+  {{ fn = "count", as = "windows" }},
+]
+"""
+    return spark, weir
+
+
+def join_then_windowed(kind, time_column):
+    """The impressions/clicks join, then 10-minute windows per ad over one
+    side's event time: clicks (or impressions) per ad and window."""
+    join_spark, join_weir = join(kind)
+
+    def spark(F, dfs):
+        q = join_spark(F, dfs).groupBy(F.window(time_column, "10 minutes").alias("w"), "ad_id")
+        return q.agg(F.count("*").alias("rows"), F.count("click_id").alias("clicks"),
+                     F.min("imp_id").alias("first_imp"), F.max("click_id").alias("last_click")).select(
+            *window_columns(F, "ad_id", "rows", "clicks", "first_imp", "last_click"))
+
+    weir = join_weir + f"""
+[aggregate]
+group_by = ["ad_id"]
+window = {{ column = "{time_column}", tumbling = "10m" }}
+aggregates = [
+  {{ fn = "count", as = "rows" }},
+  {{ fn = "count", column = "click_id", as = "clicks" }},
+  {{ fn = "min", column = "imp_id", as = "first_imp" }},
+  {{ fn = "max", column = "click_id", as = "last_click" }},
+]
+"""
+    return spark, weir
+
+
+def clicks_per_ad():
+    """examples/clicks-per-ad: the inner join, then clicks per ad in
+    half-hour windows of click time."""
+    join_spark, join_weir = join("inner")
+
+    def spark(F, dfs):
+        q = join_spark(F, dfs).groupBy(F.window("click_time", "30 minutes").alias("w"), "ad_id")
+        return q.agg(F.count("*").alias("rows"), F.max("click_id").alias("last_click")).select(
+            *window_columns(F, "ad_id", "rows", "last_click"))
+
+    weir = join_weir + """
+[aggregate]
+group_by = ["ad_id"]
+window = { column = "click_time", tumbling = "30m" }
+aggregates = [
+  { fn = "count", as = "rows" },
+  { fn = "max", column = "click_id", as = "last_click" },
+]
+"""
+    return spark, weir
+
+
+def two_event_streams(seed_a, seed_b):
+    """Two inputs of events (the second with its own ids), for a union."""
+    a, b = events(seed_a), events(seed_b, rows=30)
+    for rows in b.batches:
+        for row in rows:
+            row["id"] = row["id"] and "b" + row["id"]
+    return (Stream("shop", a.batches, a.spark_schema, a.weir_schema, "ts"),
+            Stream("app", b.batches, b.spark_schema, b.weir_schema, "ts"))
+
+
+def union_then(query):
+    """`query` over the union of the inputs `shop` and `app`."""
+    inner_spark, weir = query
+
+    def spark(F, dfs):
+        return inner_spark(F, {"events": dfs["shop"].unionByName(dfs["app"])})
+
+    return spark, weir
+
+
 class Case:
     def __init__(self, name, streams, query, mode="append", delay="10 minutes", policy=None,
                  allow_multiple=True, seed=None):
@@ -414,6 +550,33 @@ def cases():
     for kind, s in (("inner", 43), ("left_outer", 44), ("right_outer", 43), ("left_semi", 44)):
         out.append(Case(f"join_{kind}_max_watermark_seed{s}", list(impressions_clicks(s)), join(kind),
                         policy="max", seed=s))
+    # Chained stateful operators (Spark 3.4+), each by the watermark the
+    # one before it hands on.
+    for kind, s in (("tumbling", 71), ("session", 73)):
+        out.append(Case(f"dedup_then_{kind}_seed{s}", [events(s)], dedup_then_windowed(kind), seed=s))
+    out.append(Case("dedup_then_tumbling_update_seed74", [events(74)], dedup_then_windowed("tumbling"),
+                    mode="update", seed=74))
+    out.append(Case("dedup_then_tumbling_complete_seed75", [events(75, batches=6)],
+                    dedup_then_windowed("tumbling"), mode="complete", seed=75))
+    for kind, seeds in (("tumbling", (76, 77)), ("sliding", (78,)), ("session", (79,))):
+        for s in seeds:
+            out.append(Case(f"{kind}_then_15m_windows_seed{s}", [events(s)], window_over_window(kind), seed=s))
+    out.append(Case("join_inner_then_click_windows_seed45", list(impressions_clicks(45, batches=12)),
+                    join_then_windowed("inner", "click_time"), seed=45))
+    out.append(Case("join_left_outer_then_impression_windows_seed46", list(impressions_clicks(46, batches=12)),
+                    join_then_windowed("left_outer", "impression_time"), seed=46))
+    out.append(Case("join_inner_then_impression_windows_update_seed47", list(impressions_clicks(47)),
+                    join_then_windowed("inner", "impression_time"), mode="update", seed=47))
+    out.append(Case("join_inner_then_click_windows_max_watermark_seed48", list(impressions_clicks(48, batches=12)),
+                    join_then_windowed("inner", "click_time"), policy="max", seed=48))
+    out.append(Case("example_clicks_per_ad", example_streams("clicks-per-ad", impressions_clicks(0)),
+                    clicks_per_ad()))
+    out.append(Case("union_then_tumbling_seed81", list(two_event_streams(81, 82)),
+                    union_then(windowed("tumbling")), seed=81))
+    out.append(Case("union_then_dedup_within_watermark_seed83", list(two_event_streams(83, 84)),
+                    union_then(dedup_within()), seed=83))
+    out.append(Case("union_then_dedup_then_session_max_watermark_seed85", list(two_event_streams(85, 86)),
+                    union_then(dedup_then_windowed("session")), policy="max", seed=85))
     # Timestamps with microseconds (watermarks have milliseconds, in both).
     out.append(Case("tumbling_microsecond_timestamps_seed23", [events(23, micros=True)], windowed("tumbling"),
                     seed=23))
@@ -585,6 +748,10 @@ def main():
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.ui.enabled", "false")
              .config("spark.sql.streaming.stateStore.maintenanceInterval", "600s")
+             # Interpreted expressions: tiny batches spend less CPU than
+             # compiling generated code (a twelfth less, measured).
+             .config("spark.sql.codegen.wholeStage", "false")
+             .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
              # The JIT's first tier only, one GC thread: a quarter less CPU
              # for these short queries (measured on 2 cores).
              .config("spark.driver.extraJavaOptions",

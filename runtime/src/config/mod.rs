@@ -92,9 +92,14 @@ pub struct Pipeline {
     /// Event-time watermark of a single `[source]`, if declared (with
     /// `[[sources]]`, each input has its own: [`InputConfig::watermark`]).
     pub watermark: Option<WatermarkConfig>,
-    /// Windowed aggregation after the plugin stages, if declared.
+    /// Windowed aggregation after the plugin stages (and the
+    /// deduplication, if both are declared), if declared.
     pub aggregate: Option<WindowAggregateConfig>,
-    /// Deduplication after the plugin stages, if declared.
+    /// `[aggregate.then]`: a window aggregation over the windows
+    /// [`Pipeline::aggregate`] emits, by their `window_time`, if declared.
+    pub then_aggregate: Option<WindowAggregateConfig>,
+    /// Deduplication after the plugin stages, if declared: the first
+    /// stateful operator.
     pub deduplicate: Option<DeduplicateConfig>,
     /// A Wasm stateful function after the plugin stages, if declared.
     pub stateful: Option<StatefulFunctionConfig>,
@@ -404,7 +409,7 @@ struct RawPipeline {
     source: Option<Spanned<RawSource>>,
     sources: Option<Spanned<Vec<Spanned<RawSource>>>>,
     multiple_watermark_policy: Option<WatermarkPolicy>,
-    stateful_operator_allow_multiple: Option<bool>,
+    stateful_operator_allow_multiple: Option<Spanned<bool>>,
     join: Option<Spanned<stream_join::RawStreamJoin>>,
     #[serde(default)]
     transform: Vec<Spanned<RawTransform>>,
@@ -733,18 +738,31 @@ impl Resolver<'_> {
             .output_mode
             .as_ref()
             .unwrap_or(&default_mode);
+        let inputs = self.inputs(&raw, watermark.as_ref())?;
+        // The columns a watermark follows: the [watermark]'s, or each of
+        // the [[sources]]' (a join's output and a union carry them all).
+        let watermarked: Vec<String> = inputs
+            .iter()
+            .filter_map(|i| i.watermark.as_ref().map(|w| w.column.clone()))
+            .collect();
         self.check_output_mode(
             mode,
             sink.kind,
             raw.aggregate.as_ref().zip(aggregate.as_ref()),
-            watermark.as_ref(),
+            &watermarked,
         )?;
+        let then_aggregate = match raw.aggregate.as_ref().zip(aggregate.as_ref()) {
+            Some((raw_aggregate, first)) => self.then_aggregate(raw_aggregate, first, mode)?,
+            None => None,
+        };
         let deduplicate = self.deduplicate(
             raw.drop_duplicates_within_watermark.as_ref(),
             raw.drop_duplicates.as_ref(),
-            watermark.as_ref(),
+            &inputs
+                .iter()
+                .filter_map(|i| i.watermark.as_ref())
+                .collect::<Vec<_>>(),
         )?;
-        let inputs = self.inputs(&raw, watermark.as_ref())?;
         let retention = self.retention(raw.retention.as_ref())?;
         self.check_replay_windows(&raw, &inputs, retention)?;
         let stream_join = raw
@@ -752,50 +770,62 @@ impl Resolver<'_> {
             .as_ref()
             .map(|j| self.stream_join(j, &inputs, *mode.get_ref()))
             .transpose()?;
-        if inputs.len() > 1 {
-            let operator = [
-                raw.aggregate.as_ref().map(|a| a.span()),
-                raw.stateful.as_ref().map(|s| s.span()),
-                raw.static_join.as_ref().map(|s| s.span()),
-                raw.drop_duplicates.as_ref().map(|s| s.span()),
-                raw.drop_duplicates_within_watermark
-                    .as_ref()
-                    .map(|s| s.span()),
-            ];
-            if let Some(span) = operator.into_iter().flatten().next() {
-                return Err(self
-                    .err_at(
-                        span,
-                        "stateful operators and static joins after several [[sources]] are not \
-                         supported yet",
-                    )
-                    .hint("write the union or join to a sink and read it in a second query"));
-            }
-        }
-        let operators = [
-            raw.aggregate.as_ref().map(|a| a.span()),
-            deduplicate.as_ref().map(|_| 0..0),
-            raw.stateful.as_ref().map(|s| s.span()),
-        ];
-        if operators.iter().flatten().count() > 1 {
-            // Point at the stateful function, else the aggregation: one of
-            // them is always among two operators.
-            let span = operators[2]
-                .clone()
-                .or(operators[0].clone())
-                .expect("two present");
+        if inputs.len() > 1
+            && let Some(table) = &raw.static_join
+        {
             return Err(self
-                .err_at(
-                    span,
-                    "a query has one stateful operator for now: an aggregation, a deduplication \
-                     or a stateful function",
+                .err(
+                    table,
+                    "a static join after several [[sources]] is not supported yet",
                 )
-                .hint("split the pipeline in two queries"));
+                .hint("write the union or join to a sink and read it in a second query"));
+        }
+        if let Some(function) = &raw.stateful
+            && (aggregate.is_some() || deduplicate.is_some())
+        {
+            return Err(self
+                .err(
+                    function,
+                    "a [stateful] function runs as the query's only stateful operator for now",
+                )
+                .hint(
+                    "nothing can follow it anyway (its rows follow no watermark, as Spark's \
+                     flatMapGroupsWithState); deduplicate or aggregate in another query",
+                ));
+        }
+        let chained = [
+            raw.join.is_some(),
+            deduplicate.is_some(),
+            aggregate.is_some(),
+            then_aggregate.is_some(),
+            raw.stateful.is_some(),
+        ]
+        .into_iter()
+        .filter(|present| *present)
+        .count()
+            > 1;
+        if chained
+            && let Some(off) = &raw.stateful_operator_allow_multiple
+            && !off.get_ref()
+        {
+            return Err(self
+                .err(
+                    off,
+                    "several stateful operators in a query need stateful_operator_allow_multiple",
+                )
+                .hint(
+                    "without it every operator judges late rows by the query's watermark, and \
+                     rows an operator emits late would be dropped by the next (Spark refuses \
+                     such queries too)",
+                ));
         }
         let stateful = raw
             .stateful
             .as_ref()
-            .map(|s| self.stateful_function(s, watermark.as_ref(), *mode.get_ref()))
+            .map(|s| {
+                let first_watermark = inputs.iter().find_map(|i| i.watermark.as_ref());
+                self.stateful_function(s, first_watermark, *mode.get_ref())
+            })
             .transpose()?;
         if let Some(s) = &stateful
             && !names.insert(s.stage.name.clone())
@@ -830,11 +860,15 @@ impl Resolver<'_> {
             trigger,
             inputs,
             multiple_watermark_policy: raw.multiple_watermark_policy.unwrap_or_default(),
-            stateful_operator_allow_multiple: raw.stateful_operator_allow_multiple.unwrap_or(true),
+            stateful_operator_allow_multiple: raw
+                .stateful_operator_allow_multiple
+                .as_ref()
+                .is_none_or(|on| *on.get_ref()),
             stream_join,
             transforms,
             watermark,
             aggregate,
+            then_aggregate,
             deduplicate,
             stateful,
             static_join: raw

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::{ConfigError, Resolver, SinkKind};
 use crate::operator::{
-    AggregateFn, AggregateSpec, DeduplicateConfig, WindowAggregateConfig, WindowKind,
+    AggregateFn, AggregateSpec, DeduplicateConfig, WINDOW_TIME, WindowAggregateConfig, WindowKind,
 };
 
 /// What each batch emits (Spark's `outputMode`).
@@ -48,6 +48,8 @@ pub(super) struct RawAggregate {
     group_by: Vec<String>,
     window: Spanned<RawWindow>,
     aggregates: Spanned<Vec<RawAggregateSpec>>,
+    /// `[aggregate.then]`: a window aggregation over this one's windows.
+    then: Option<Box<Spanned<RawAggregate>>>,
 }
 
 #[derive(Deserialize)]
@@ -161,12 +163,74 @@ impl Resolver<'_> {
         })
     }
 
+    /// `[aggregate.then]`, the aggregation over `first`'s windows (`raw`:
+    /// the `[aggregate]` it is in), with Spark's rules for two aggregations.
+    pub(super) fn then_aggregate(
+        &self,
+        raw: &Spanned<RawAggregate>,
+        first: &WindowAggregateConfig,
+        mode: &Spanned<OutputMode>,
+    ) -> Result<Option<WindowAggregateConfig>, ConfigError> {
+        let Some(then) = &raw.get_ref().then else {
+            return Ok(None);
+        };
+        if let Some(nested) = &then.get_ref().then {
+            return Err(self
+                .err(
+                    nested.as_ref(),
+                    "two aggregations at most in a query for now",
+                )
+                .hint("aggregate the second one's output in another query"));
+        }
+        if *mode.get_ref() != OutputMode::Append {
+            // Spark's words: its windows' rows are older than the watermark.
+            return Err(self
+                .err(
+                    mode,
+                    "Detected pattern of possible 'correctness' issue due to global watermark: \
+                     an aggregation in update or complete mode emits rows older than the \
+                     watermark, which the aggregation after it would drop as late",
+                )
+                .hint("two aggregations run in output_mode = \"append\" (as in Spark)"));
+        }
+        let column = &then.get_ref().window.get_ref().column;
+        if column != WINDOW_TIME {
+            return Err(self
+                .err(
+                    &then.get_ref().window,
+                    format!(
+                        "the second aggregation's window is over `{WINDOW_TIME}`, not `{column}`"
+                    ),
+                )
+                .hint(
+                    "window = { column = \"window_time\", tumbling = \"1h\" }: each window of the \
+                     first aggregation at its last instant (Spark's window_time)",
+                ));
+        }
+        if let Some(missing) = then.get_ref().group_by.iter().find(|c| {
+            !first.group_by.contains(c)
+                && !first.aggregates.iter().any(|a| &a.name == *c)
+                && !["window_start", "window_end"].contains(&c.as_str())
+        }) {
+            return Err(self
+                .err(
+                    then.as_ref(),
+                    format!("`{missing}` is not a column of the first aggregation's rows"),
+                )
+                .hint("group by its group_by columns, aggregates or window_start/window_end"));
+        }
+        self.aggregate(then, *mode.get_ref()).map(Some)
+    }
+
     pub(super) fn deduplicate(
         &self,
         within: Option<&Spanned<Vec<String>>>,
         plain: Option<&Spanned<Vec<String>>>,
-        watermark: Option<&WatermarkConfig>,
+        watermarks: &[&WatermarkConfig],
     ) -> Result<Option<DeduplicateConfig>, ConfigError> {
+        // With several inputs, the first's event time (a union's rows have
+        // its columns, as Spark's union takes its first input's).
+        let watermark = watermarks.first().copied();
         match (within, plain) {
             (None, None) => Ok(None),
             (Some(w), Some(_)) => Err(self.err(
@@ -189,8 +253,9 @@ impl Resolver<'_> {
                 self.key_columns(columns)?;
                 // Spark: with the watermark's column among the keys, a key
                 // is kept until the watermark reaches its event time.
-                let expire_after = watermark
-                    .filter(|w| columns.get_ref().contains(&w.column))
+                let expire_after = watermarks
+                    .iter()
+                    .find(|w| columns.get_ref().contains(&w.column))
                     .map(|w| (w.column.clone(), 0));
                 if expire_after.is_none() {
                     tracing::warn!(
@@ -222,7 +287,7 @@ impl Resolver<'_> {
         mode: &Spanned<OutputMode>,
         sink: SinkKind,
         aggregate: Option<(&Spanned<RawAggregate>, &WindowAggregateConfig)>,
-        watermark: Option<&WatermarkConfig>,
+        watermarked: &[String],
     ) -> Result<(), ConfigError> {
         let value = *mode.get_ref();
         let supported = match sink {
@@ -253,7 +318,7 @@ impl Resolver<'_> {
             None if value == OutputMode::Complete => Err(self
                 .err(mode, "Complete output mode not supported when there are no streaming aggregations")
                 .hint("add an [aggregate] section, or use output_mode = \"append\"")),
-            Some((raw, agg)) if value == OutputMode::Append && watermark.is_none_or(|w| w.column != agg.time_column) => Err(self
+            Some((raw, agg)) if value == OutputMode::Append && !watermarked.contains(&agg.time_column) => Err(self
                 .err(raw, "Append output mode not supported when there are streaming aggregations without watermark")
                 .hint(format!(
                     "add [watermark] column = \"{}\", delay = \"10m\" so windows can close, or use output_mode = \"update\" or \"complete\"",

@@ -241,18 +241,23 @@ impl Resolver<'_> {
                 )
                 .hint("union more inputs in another query"));
         }
-        if mode != OutputMode::Append {
-            return Err(self
-                .err(
-                    spanned,
-                    "a stream-stream join emits in append mode only (as in Spark)",
-                )
-                .hint("remove `output_mode` from [sink] or set it to \"append\""));
-        }
         let kind = raw
             .kind
             .as_ref()
             .map_or(StreamJoinKind::Inner, |k| *k.get_ref());
+        // Spark 4: an inner join also runs in update mode (its rows are
+        // final either way, so an aggregation after it may update).
+        if !(mode == OutputMode::Append
+            || mode == OutputMode::Update && kind == StreamJoinKind::Inner)
+        {
+            return Err(self
+                .err(
+                    spanned,
+                    "a stream-stream join emits in append mode only (an inner join also in \
+                     update mode), as in Spark",
+                )
+                .hint("remove `output_mode` from [sink] or set it to \"append\""));
+        }
         let (left_on, right_on) = match (&raw.on, &raw.left_on, &raw.right_on) {
             (Some(on), None, None) => (on.get_ref().clone(), on.get_ref().clone()),
             (None, Some(l), Some(r)) => {

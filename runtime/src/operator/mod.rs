@@ -23,7 +23,8 @@ pub use stateful_fn::StatefulFunction;
 pub use static_join::StaticJoin;
 pub use stream_join::StreamJoin;
 pub use window::{
-    AggregateSpec, WindowAggregate, WindowAggregateConfig, WindowKind, event_times_ms,
+    AggregateSpec, WINDOW_TIME, WindowAggregate, WindowAggregateConfig, WindowKind, event_times_ms,
+    with_window_time,
 };
 
 use crate::error::{Result, WeirError};
@@ -112,6 +113,15 @@ pub trait Operator: Send {
     /// not [`Operator::has_work_at`] finds anything to do.
     fn evicts_by_watermark(&self) -> bool {
         false
+    }
+
+    /// The watermark of the rows this operator emits, for an operator
+    /// after it, given the watermark it ran with (Spark's
+    /// `produceOutputWatermark`): the same by default, as windows and
+    /// deduplication emit nothing older than the watermark they evict by;
+    /// `None` when no column of the output follows event time.
+    fn output_watermark(&self, input_ms: i64) -> Option<i64> {
+        Some(input_ms)
     }
 
     /// The schema of the rows this operator emits, when known.

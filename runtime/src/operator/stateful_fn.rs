@@ -472,6 +472,12 @@ impl Operator for StatefulFunction {
         self.config.timeout == StateTimeout::EventTime
     }
 
+    /// The function emits whatever rows it likes: none of their columns is
+    /// bound to the watermark (Spark's `flatMapGroupsWithState` likewise).
+    fn output_watermark(&self, _input_ms: i64) -> Option<i64> {
+        None
+    }
+
     fn output_schema(&self) -> Option<SchemaRef> {
         self.output_schema.clone()
     }

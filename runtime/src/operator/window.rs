@@ -289,6 +289,36 @@ impl WindowAggregate {
     }
 }
 
+/// The column a window aggregation after another one reads: the event
+/// time of each window the first emits (Spark's `window_time`).
+pub const WINDOW_TIME: &str = "window_time";
+
+/// `batch` (a window aggregation's output) with [`WINDOW_TIME`] added: each
+/// window's end less one millisecond, the last instant inside it (Spark's
+/// `window_time` is the end less one microsecond; Weir's windows keep
+/// milliseconds).
+pub fn with_window_time(batch: &RecordBatch) -> Result<RecordBatch> {
+    let ends = batch
+        .column_by_name("window_end")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        .ok_or_else(|| WeirError::Schema {
+            context: "window_time".into(),
+            reason: "the rows have no window_end column of millisecond timestamps".into(),
+        })?;
+    let times: TimestampMillisecondArray = ends.unary(|end| end - 1);
+    let times = times.with_timezone_opt(ends.timezone());
+    let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        WINDOW_TIME,
+        times.data_type().clone(),
+        false,
+    )));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(times));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| WeirError::format("window_time", e))
+}
+
 fn window_key(start: i64, end: i64, group: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(17 + group.len());
     key.push(WINDOW_PREFIX);

@@ -6,6 +6,7 @@
 //! the checkpoint tells on restart which batch was in flight, and the sink
 //! is idempotent per batch id.
 
+mod chain;
 mod compact;
 mod continuous;
 mod dead_letters;
@@ -32,6 +33,7 @@ pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
 
 use std::sync::Arc;
 
+use chain::Chain;
 use dead_letters::Record;
 use stage::{PluginVersion, Stage};
 use swap::{StageSettings, SwapRequest};
@@ -40,10 +42,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::config::{InputConfig, Pipeline, SourceConfig, Trigger, WatermarkPolicy};
 use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
-use crate::operator::{
-    Deduplicate, Operator, OperatorContext, OperatorQuarantine, StatefulFunction, StaticJoin,
-    StreamJoin, Watermarks, WindowAggregate,
-};
+use crate::operator::{StatefulFunction, StaticJoin, StreamJoin, Watermarks};
 use crate::plugin::PluginEngine;
 use crate::retry::Retries;
 use crate::sink::{self, CommitOutcome, Sink};
@@ -193,16 +192,14 @@ impl Query {
         .await?;
         let recovery = checkpoint.recover().await?;
         let first_batch = recovery.replay.unwrap_or(recovery.next_batch);
-        let operator = match operator_of(&pipeline, stateful_fn) {
-            Some(operator) => {
-                let state =
-                    StateStore::open(checkpoint.store(), "0", pipeline.state_store, first_batch)
-                        .await?
-                        .retaining(pipeline.retention.min_batches_to_retain);
-                Some(Stateful { operator, state })
-            }
-            None => None,
-        };
+        let operators = Chain::open(
+            &checkpoint,
+            &pipeline,
+            stateful_fn,
+            first_batch,
+            Some(pipeline.retention.min_batches_to_retain),
+        )
+        .await?;
         let watermark_ms = restored_watermark(&checkpoint, recovery).await?;
         let late_rows_watermark_ms =
             restored_late_rows_watermark(&checkpoint, recovery, watermark_ms).await?;
@@ -270,7 +267,7 @@ impl Query {
             checkpoint,
             pipeline,
             stages,
-            operator,
+            operators,
             stream_join,
             watermark_ms: has_watermark.then_some(watermark_ms),
             late_rows_watermark_ms: has_watermark.then_some(late_rows_watermark_ms),
@@ -295,60 +292,6 @@ impl Query {
         let outcome = runner.run(recovery).await;
         runner.checkpoint.release().await;
         outcome
-    }
-}
-
-/// The stateful operator and its state.
-struct Stateful {
-    operator: Box<dyn Operator>,
-    state: StateStore,
-}
-
-impl Stateful {
-    /// Runs one batch's rows through the operator; returns the rows it
-    /// emits and how many input rows were too late.
-    /// A stateful function also sets rows aside: `recorded` are those a
-    /// first attempt set aside (a replay).
-    fn run(
-        &mut self,
-        batch_id: u64,
-        watermarks: Watermarks,
-        batch_time_ms: i64,
-        batches: &[RecordBatch],
-        recorded: Vec<QuarantinedRow>,
-    ) -> Result<(Vec<RecordBatch>, u64, OperatorQuarantine)> {
-        let mut ctx = OperatorContext {
-            batch_id,
-            watermark_ms: watermarks.eviction_ms,
-            late_rows_watermark_ms: watermarks.late_rows_ms,
-            batch_time_ms,
-            state: &mut self.state,
-            rows_dropped_by_watermark: 0,
-            quarantine: OperatorQuarantine {
-                recorded,
-                ..OperatorQuarantine::default()
-            },
-        };
-        let mut emitted = Vec::new();
-        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            emitted.extend(self.operator.process_batch(batch, &mut ctx)?);
-        }
-        emitted.extend(self.operator.handle_batch_end(&mut ctx)?);
-        Ok((emitted, ctx.rows_dropped_by_watermark, ctx.quarantine))
-    }
-}
-
-/// The stateful operator `pipeline` declares, if any (`stateful_fn`: its
-/// `[stateful]` function, built).
-fn operator_of(
-    pipeline: &Pipeline,
-    stateful_fn: Option<StatefulFunction>,
-) -> Option<Box<dyn Operator>> {
-    match (&pipeline.aggregate, &pipeline.deduplicate, stateful_fn) {
-        (Some(config), _, _) => Some(Box::new(WindowAggregate::new(config.clone()))),
-        (None, Some(config), _) => Some(Box::new(Deduplicate::new(config.clone()))),
-        (None, None, Some(function)) => Some(Box::new(function)),
-        (None, None, None) => None,
     }
 }
 
@@ -502,7 +445,8 @@ struct Runner {
     checkpoint: Checkpoint,
     inputs: Vec<Input>,
     stages: Vec<Stage>,
-    operator: Option<Stateful>,
+    /// The stateful operators, in the order rows reach them.
+    operators: Chain,
     stream_join: Option<JoinState>,
     /// The watermark the next batch uses, if any input declares one.
     watermark_ms: Option<i64>,
@@ -894,7 +838,7 @@ impl Runner {
             _ => input_max_ms,
         };
         let watermark_ms = self.watermark_ms;
-        if let Some(mut stateful) = self.operator.take() {
+        if !self.operators.is_empty() {
             let stage = self
                 .pipeline
                 .stateful
@@ -904,13 +848,17 @@ impl Runner {
                 .as_ref()
                 .and_then(|name| recorded.as_ref()?.get(name).cloned())
                 .unwrap_or_default();
+            let each = self
+                .operators
+                .watermarks(self.stream_join.as_ref().map(|j| &j.join), watermarks);
+            let mut operators = std::mem::replace(&mut self.operators, Chain::empty());
             // Operators may call plugins: off the async runtime too.
-            let (stateful, result) = off_runtime(move || {
-                let result = stateful.run(batch_id, watermarks, batch_time_ms, &batches, recorded);
-                Ok((stateful, result))
+            let (operators, result) = off_runtime(move || {
+                let result = operators.run(&each, batch_id, batch_time_ms, batches, recorded);
+                Ok((operators, result))
             })
             .await?;
-            self.operator = Some(stateful);
+            self.operators = operators;
             let (late, set_aside);
             (batches, late, set_aside) = result?;
             dropped += late;
@@ -942,9 +890,7 @@ impl Runner {
 
         let phase = Instant::now();
         let outcome = self.sink.commit(batch_id, &batches).await?;
-        if let Some(stateful) = &mut self.operator {
-            stateful.state.commit(batch_id + 1).await?;
-        }
+        self.operators.commit(batch_id + 1).await?;
         if let Some(join) = &mut self.stream_join {
             join.state.commit(batch_id + 1).await?;
         }
@@ -1020,10 +966,15 @@ impl Runner {
             watermark_ms,
             rows_dropped_by_watermark: dropped,
             state: self
-                .operator
+                .stream_join
                 .as_ref()
-                .map(|s| s.state.metrics())
-                .or(self.stream_join.as_ref().map(|j| j.state.metrics())),
+                .map(|j| j.state.metrics())
+                .into_iter()
+                .chain(self.operators.state_metrics())
+                .reduce(|a, b| crate::state::StateMetrics {
+                    rows: a.rows + b.rows,
+                    bytes: a.bytes + b.bytes,
+                }),
             retries: self.retries.take(),
             plugin_events: std::mem::take(&mut self.events),
             durations,
@@ -1032,9 +983,10 @@ impl Runner {
                 .iter()
                 .map(|s| s.last.clone())
                 .chain(
-                    self.operator
-                        .as_ref()
-                        .and_then(|s| s.operator.stage_progress()),
+                    self.operators
+                        .operators
+                        .iter()
+                        .filter_map(|s| s.operator.stage_progress()),
                 )
                 .chain(self.sink.stage_progress())
                 .collect(),
@@ -1056,19 +1008,21 @@ impl Runner {
             (self.watermark_ms, self.late_rows_watermark_ms),
             (Some(next), Some(last)) if next > last
         );
-        if let Some(JoinState { join, state }) = &self.stream_join {
-            return Ok(moved && join.evicts_by_watermark()
-                || join.has_work_at(state, self.watermark_ms)?);
+        if let Some(JoinState { join, state }) = &self.stream_join
+            && (moved && join.evicts_by_watermark()
+                || join.has_work_at(state, self.watermark_ms)?)
+        {
+            return Ok(true);
         }
-        match &self.operator {
-            Some(stateful) => Ok(moved && stateful.operator.evicts_by_watermark()
-                || stateful.operator.has_work_at(
-                    &stateful.state,
-                    self.watermark_ms,
-                    now.then(now_ms),
-                )?),
-            None => Ok(false),
-        }
+        // Each operator by the watermarks that reach it.
+        let each = self.operators.watermarks(
+            self.stream_join.as_ref().map(|j| &j.join),
+            Watermarks {
+                late_rows_ms: self.late_rows_watermark_ms,
+                eviction_ms: self.watermark_ms,
+            },
+        );
+        self.operators.needs_no_data_batch(&each, now.then(now_ms))
     }
 
     fn stopped(&self) -> bool {

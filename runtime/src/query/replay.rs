@@ -22,8 +22,9 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
+use super::chain::Chain;
 use super::stage::Stage;
-use super::{StageVersions, Stateful, off_runtime, open_source};
+use super::{StageVersions, off_runtime, open_source};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Pipeline, SinkKind, StatefulFunctionConfig};
 use crate::error::{Result, WeirError};
@@ -265,14 +266,12 @@ pub async fn replay(
         })
         .await?;
         let has_operator = pipeline.aggregate.is_some()
+            || pipeline.then_aggregate.is_some()
             || pipeline.deduplicate.is_some()
             || pipeline.stateful.is_some();
         let rows = match has_operator {
             false => rows,
             true => {
-                let state =
-                    StateStore::open(checkpoint.store(), "0", pipeline.state_store, batch_id)
-                        .await?;
                 let operator = OperatorRun {
                     pipeline: shared.clone(),
                     function: stateful_fn.clone(),
@@ -281,8 +280,7 @@ pub async fn replay(
                     watermarks,
                     time_ms,
                 };
-                let (emitted, set_aside) =
-                    off_runtime(move || operator.run(state, &rows, known)).await?;
+                let (emitted, set_aside) = operator.run(&checkpoint, rows, known).await?;
                 quarantined += set_aside;
                 emitted
             }
@@ -309,32 +307,37 @@ struct OperatorRun {
 }
 
 impl OperatorRun {
-    /// Runs `rows` through a fresh operator on `state` (the version the
-    /// batch found), leaving out the rows `known` says a stateful function
-    /// set aside; returns what it emitted and how many rows it set aside.
-    fn run(
+    /// Runs `rows` through fresh operators on their states as the batch
+    /// found them (version N), leaving out the rows `known` says a
+    /// stateful function set aside; returns what the last emitted and how
+    /// many rows were set aside.
+    async fn run(
         self,
-        state: StateStore,
-        rows: &[RecordBatch],
+        checkpoint: &Checkpoint,
+        rows: Vec<RecordBatch>,
         known: Vec<crate::quarantine::QuarantinedRow>,
     ) -> Result<(Vec<RecordBatch>, usize)> {
+        let query_id = self.query_id;
         let function = match self.function {
-            Some((config, component)) => {
-                let stage = &config.stage;
-                let instance = component.instantiate(&stage.config_json, stage.limits)?;
-                Some(
-                    StatefulFunction::new(config, instance)
-                        .for_query(self.query_id)
-                        .with_component(component),
-                )
-            }
+            Some((config, component)) => Some(
+                off_runtime(move || {
+                    let stage = &config.stage;
+                    let instance = component.instantiate(&stage.config_json, stage.limits)?;
+                    Ok(StatefulFunction::new(config, instance)
+                        .for_query(query_id)
+                        .with_component(component))
+                })
+                .await?,
+            ),
             None => None,
         };
-        let operator = super::operator_of(&self.pipeline, function)
-            .ok_or_else(|| WeirError::Internal("replay found no operator to run".into()))?;
-        let mut stateful = Stateful { operator, state };
+        let mut chain =
+            Chain::open(checkpoint, &self.pipeline, function, self.batch_id, None).await?;
+        let join = super::stream_join_of(&self.pipeline);
+        let each = chain.watermarks(join.as_ref(), self.watermarks);
+        let (batch_id, time_ms) = (self.batch_id, self.time_ms);
         let (emitted, _late, set_aside) =
-            stateful.run(self.batch_id, self.watermarks, self.time_ms, rows, known)?;
+            off_runtime(move || chain.run(&each, batch_id, time_ms, rows, known)).await?;
         Ok((emitted, set_aside.rows.len()))
     }
 }
