@@ -176,6 +176,21 @@ pub enum WeirError {
         reason: String,
     },
 
+    /// The pipeline's stateful operators are not those whose state the
+    /// checkpoint holds.
+    #[error(
+        "checkpoint {path}: its state belongs to the stateful operators {recorded:?}, but the \
+         pipeline now declares {declared:?}; run the changed query on a new checkpoint location"
+    )]
+    OperatorsChanged {
+        /// The checkpoint's record of its operators.
+        path: String,
+        /// The operators the checkpoint's state was written by, in order.
+        recorded: Vec<String>,
+        /// The operators the pipeline declares, in order.
+        declared: Vec<String>,
+    },
+
     /// Object storage (local directory or remote) failed.
     #[error("storage error at {path}: {source}")]
     Storage {
@@ -290,6 +305,7 @@ impl WeirError {
             | WeirError::CheckpointLocked { .. }
             | WeirError::CheckpointLeased { .. }
             | WeirError::Refused { .. }
+            | WeirError::OperatorsChanged { .. }
             | WeirError::Replay { .. } => ErrorDomain::User,
             WeirError::CheckpointLeaseLost { .. } => ErrorDomain::External,
             WeirError::CheckpointCorrupt { .. }

@@ -140,6 +140,39 @@ fn a_join_then_aggregation_killed_anywhere_gives_the_rows_of_a_straight_run() {
     }
 }
 
+/// A checkpoint's state belongs to the operators that wrote it: a
+/// pipeline that adds one before them (state `0` would become another
+/// operator's) is refused at start; put back, the query goes on.
+#[test]
+fn a_checkpoint_refuses_a_pipeline_whose_operators_changed() {
+    let dir = example("clicks-per-ad");
+    let pipeline = dir.path().join("pipeline.toml");
+    let original = std::fs::read_to_string(&pipeline).unwrap();
+    assert_ok(&run(dir.path()));
+    let changed = original.replacen(
+        "name = \"clicks-per-ad\"",
+        "name = \"clicks-per-ad\"\ndrop_duplicates_within_watermark = [\"click_id\"]",
+        1,
+    );
+    std::fs::write(&pipeline, changed).unwrap();
+    let err = crate::common::assert_exit(&run(dir.path()), 1);
+    assert!(
+        err.contains(
+            "its state belongs to the stateful operators [\"window aggregation\"], but the \
+             pipeline now declares [\"deduplication\", \"window aggregation\"]"
+        ),
+        "{err}"
+    );
+    std::fs::write(&pipeline, &original).unwrap();
+    let err = assert_ok(&run(dir.path()));
+    assert!(err.contains("processed in 0 batch(es)"), "{err}");
+    let rows: usize = committed_json_batches(&dir.path().join(".weir/output"))
+        .values()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(rows, 4);
+}
+
 const WINDOW_OVER_WINDOW: &str = r#"name = "window-over-window"
 checkpoint = "ck"
 

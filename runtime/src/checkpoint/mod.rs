@@ -9,6 +9,7 @@
 //! ├── sources/0/N.compact  the source's position after batch N (see `retention`)
 //! ├── versions/N        the plugin versions batch N ran (digests; `plugins/` holds them)
 //! ├── quarantine/N      rows transform stages set aside in batch N (only batches with some)
+//! ├── operators         the stateful operators, in order, whose state `state/<i>` is
 //! ├── state/<op>/0/     operator state: `<V>.snapshot` and `<V>.delta` files
 //! ├── .lock             held while a query runs (local checkpoints)
 //! └── .lease            held while a query runs (object storage; see `lease`)
@@ -326,6 +327,23 @@ impl Checkpoint {
             .await
             .map(drop)
             .map_err(|e| WeirError::storage(self.describe(&name), e))
+    }
+
+    /// Checks that `operators` (the pipeline's stateful operators, in
+    /// order) are those whose state the checkpoint holds (`operators`),
+    /// recording them the first time: state `i` is read by the `i`th
+    /// operator, so another chain must not run on it. (A checkpoint from
+    /// before the record starts one.)
+    pub async fn check_operators(&self, operators: &[String]) -> Result<()> {
+        match self.read_opt::<Vec<String>>("operators").await? {
+            Some(recorded) if recorded == operators => Ok(()),
+            Some(recorded) => Err(WeirError::OperatorsChanged {
+                path: self.describe("operators"),
+                recorded,
+                declared: operators.to_vec(),
+            }),
+            None => self.write_once("operators", &operators).await,
+        }
     }
 
     /// Keeps a plugin component under `name` (`plugins/<digest>.wasm`), so

@@ -70,25 +70,28 @@ impl Stateful {
 }
 
 /// The operators `pipeline` declares, in the order rows reach them, each
-/// with whether it reads `window_time` (`function`: its `[stateful]`
-/// function, built).
+/// with its kind and whether it reads `window_time` (`function`: its
+/// `[stateful]` function, built).
 fn operators_of(
     pipeline: &Pipeline,
     function: Option<StatefulFunction>,
-) -> Vec<(Box<dyn Operator>, bool)> {
-    let mut operators: Vec<(Box<dyn Operator>, bool)> = Vec::new();
+) -> Vec<(Box<dyn Operator>, &'static str, bool)> {
+    let mut operators: Vec<(Box<dyn Operator>, &'static str, bool)> = Vec::new();
     if let Some(config) = &pipeline.deduplicate {
-        operators.push((Box::new(Deduplicate::new(config.clone())), false));
+        let operator = Box::new(Deduplicate::new(config.clone()));
+        operators.push((operator, "deduplication", false));
     }
     if let Some(config) = &pipeline.aggregate {
-        operators.push((Box::new(WindowAggregate::new(config.clone())), false));
+        let operator = Box::new(WindowAggregate::new(config.clone()));
+        operators.push((operator, "window aggregation", false));
     }
     if let Some(config) = &pipeline.then_aggregate {
         let window_time = config.time_column == WINDOW_TIME;
-        operators.push((Box::new(WindowAggregate::new(config.clone())), window_time));
+        let operator = Box::new(WindowAggregate::new(config.clone()));
+        operators.push((operator, "window aggregation", window_time));
     }
     if let Some(function) = function {
-        operators.push((Box::new(function), false));
+        operators.push((Box::new(function), "stateful function", false));
     }
     operators
 }
@@ -101,7 +104,8 @@ pub(super) struct Chain {
 impl Chain {
     /// The operators `pipeline` declares, each with its state as version
     /// `version` left it (state `0` is the first operator's, `1` the
-    /// next's); a running query's states keep `retain` versions.
+    /// next's); a running query's states keep `retain` versions, and its
+    /// operators must be those the checkpoint's state belongs to.
     pub(super) async fn open(
         checkpoint: &Checkpoint,
         pipeline: &Pipeline,
@@ -109,10 +113,13 @@ impl Chain {
         version: u64,
         retain: Option<u64>,
     ) -> Result<Chain> {
+        let declared = operators_of(pipeline, function);
+        if retain.is_some() && !declared.is_empty() {
+            let kinds: Vec<String> = declared.iter().map(|(_, k, _)| k.to_string()).collect();
+            checkpoint.check_operators(&kinds).await?;
+        }
         let mut operators = Vec::new();
-        for (index, (operator, window_time)) in
-            operators_of(pipeline, function).into_iter().enumerate()
-        {
+        for (index, (operator, _, window_time)) in declared.into_iter().enumerate() {
             let mut state = StateStore::open(
                 checkpoint.store(),
                 &index.to_string(),
