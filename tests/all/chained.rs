@@ -8,20 +8,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
-use weir::faults::CRASH_POINTS;
 
 use crate::common::{
-    assert_ok, assert_refusals, committed_json_batches, example, example_on, run_killed_at, weir,
+    assert_kills_anywhere_change_nothing, assert_ok, assert_refusals, committed_json_batches,
+    example, json_files_head, run_dir as run, weir,
 };
-
-/// `weir run` on the `pipeline.toml` in `dir`.
-fn run(dir: &Path) -> std::process::Output {
-    weir()
-        .current_dir(dir)
-        .args(["run", "pipeline.toml"])
-        .output()
-        .unwrap()
-}
 
 /// A committed row of clicks-per-ad as `ad A HH:MM-HH:MM rows R last C`.
 fn describe_clicks(row: &Value) -> String {
@@ -117,27 +108,11 @@ fn the_clicks_per_ad_example_gives_its_documented_rows() {
 /// straight run's, batch by batch.
 #[test]
 fn a_join_then_aggregation_killed_anywhere_gives_the_rows_of_a_straight_run() {
-    for store in ["rocksdb", "memory"] {
-        let straight = example_on("clicks-per-ad", store);
-        assert_ok(&run(straight.path()));
-        let expected = committed_json_batches(&straight.path().join(".weir/output"));
-        assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 4);
-        for point in CRASH_POINTS {
-            for batch in [3, 4] {
-                let dir = example_on("clicks-per-ad", store);
-                run_killed_at(
-                    &dir.path().join("pipeline.toml"),
-                    &format!("{point}@{batch}"),
-                );
-                let err = assert_ok(&run(dir.path()));
-                assert_eq!(
-                    committed_json_batches(&dir.path().join(".weir/output")),
-                    expected,
-                    "{store}, kill at {point}@{batch}:\n{err}"
-                );
-            }
-        }
-    }
+    assert_kills_anywhere_change_nothing("clicks-per-ad", &[3, 4], |dir| {
+        let batches = committed_json_batches(&dir.join(".weir/output"));
+        assert_eq!(batches.values().map(Vec::len).sum::<usize>(), 4);
+        batches
+    });
 }
 
 /// A checkpoint's state belongs to the operators that wrote it: a
@@ -173,19 +148,8 @@ fn a_checkpoint_refuses_a_pipeline_whose_operators_changed() {
     assert_eq!(rows, 4);
 }
 
-const WINDOW_OVER_WINDOW: &str = r#"name = "window-over-window"
-checkpoint = "ck"
-
-[trigger]
-available_now = true
-
-[source]
-kind = "file"
-path = "in"
-format = "json"
-order = "name"
-max_files_per_trigger = 1
-schema = [
+/// The window-over-window pipeline after [`json_files_head`].
+const WINDOW_OVER_WINDOW: &str = r#"schema = [
   { name = "user", type = "string" },
   { name = "ts", type = "timestamp" },
 ]
@@ -212,11 +176,19 @@ kind = "json"
 path = "out"
 "#;
 
+fn window_over_window_pipeline() -> String {
+    json_files_head("window-over-window", "available_now = true") + WINDOW_OVER_WINDOW
+}
+
 /// A scratch directory with the window-over-window pipeline and three
 /// files of input, one per batch.
 fn window_over_window() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pipeline.toml"), WINDOW_OVER_WINDOW).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        window_over_window_pipeline(),
+    )
+    .unwrap();
     std::fs::create_dir(dir.path().join("in")).unwrap();
     let files: [&[(&str, &str)]; 3] = [
         &[
@@ -283,9 +255,10 @@ fn a_window_aggregation_over_windows_emits_each_half_hour_once() {
 fn chained_operators_are_checked_as_spark_does() {
     let dir = window_over_window();
     let pipeline = dir.path().join("pipeline.toml");
+    let original = window_over_window_pipeline();
     assert_refusals(
         &pipeline,
-        WINDOW_OVER_WINDOW,
+        &original,
         &[
             (
                 "kind = \"json\"\npath = \"out\"",
@@ -315,15 +288,10 @@ fn chained_operators_are_checked_as_spark_does() {
         ],
     );
     // A single operator keeps running with the flag off.
-    let single = WINDOW_OVER_WINDOW
-        .split("[aggregate.then]")
-        .next()
-        .unwrap()
-        .replace(
-            "checkpoint = \"ck\"",
-            "checkpoint = \"ck\"\nstateful_operator_allow_multiple = false",
-        )
-        + "[sink]\nkind = \"json\"\npath = \"out\"\n";
+    let single = original.split("[aggregate.then]").next().unwrap().replace(
+        "checkpoint = \"ck\"",
+        "checkpoint = \"ck\"\nstateful_operator_allow_multiple = false",
+    ) + "[sink]\nkind = \"json\"\npath = \"out\"\n";
     std::fs::write(&pipeline, single).unwrap();
     assert_ok(&weir().arg("validate").arg(&pipeline).output().unwrap());
 }

@@ -27,6 +27,62 @@ pub fn run(pipeline: &Path) -> Output {
     weir().arg("run").arg(pipeline).output().unwrap()
 }
 
+/// `weir run` on the `pipeline.toml` in `dir` (an example's copy).
+pub fn run_dir(dir: &Path) -> Output {
+    run(&dir.join("pipeline.toml"))
+}
+
+/// A copy of `examples/<name>` on each state backend, killed (`kill -9`)
+/// at every crash point of each of `batches` and run again, leaves what a
+/// straight run leaves: `output` reads it from the copy's directory.
+pub fn assert_kills_anywhere_change_nothing<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    batches: &[u64],
+    output: impl Fn(&Path) -> T,
+) {
+    for store in ["rocksdb", "memory"] {
+        let straight = example_on(name, store);
+        assert_ok(&run_dir(straight.path()));
+        let expected = output(straight.path());
+        for point in weir::faults::CRASH_POINTS {
+            for batch in batches {
+                let dir = example_on(name, store);
+                run_killed_at(
+                    &dir.path().join("pipeline.toml"),
+                    &format!("{point}@{batch}"),
+                );
+                let err = assert_ok(&run_dir(dir.path()));
+                assert_eq!(
+                    output(dir.path()),
+                    expected,
+                    "{name} on {store}, kill at {point}@{batch}:\n{err}"
+                );
+            }
+        }
+    }
+}
+
+/// The head of a test pipeline named `name` reading JSON files from `in/`
+/// in name order, one per batch, with checkpoint `ck/` and `trigger` (the
+/// `[trigger]` table's body); the schema and the rest follow.
+pub fn json_files_head(name: &str, trigger: &str) -> String {
+    format!(
+        r#"name = "{name}"
+checkpoint = "ck"
+
+[trigger]
+{trigger}
+
+[source]
+kind = "file"
+path = "in"
+format = "json"
+order = "name"
+max_files_per_trigger = 1
+"#
+    )
+}
+
 /// Stderr of a finished command, for assertions and failure messages.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

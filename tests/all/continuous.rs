@@ -10,22 +10,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{
-    assert_exit, assert_refusals, committed_json_batches, delivered_ids, stop_gracefully, weir,
+    assert_exit, assert_refusals, committed_json_batches, delivered_ids, json_files_head,
+    stop_gracefully, weir,
 };
 
-const PIPELINE: &str = r#"name = "continuous"
-checkpoint = "ck"
-
-[trigger]
-continuous = "50ms"
-
-[source]
-kind = "file"
-path = "in"
-format = "json"
-order = "name"
-max_files_per_trigger = 1
-schema = [
+/// The continuous pipeline after [`json_files_head`]: the schema, a
+/// transform and a JSON sink.
+const BODY: &str = r#"schema = [
   { name = "id", type = "long", nullable = false },
   { name = "amount", type = "double" },
 ]
@@ -39,6 +30,12 @@ config = { input = "amount", output = "amount_x2", multiply = 2.0 }
 kind = "json"
 path = "out"
 "#;
+
+/// The continuous test pipeline: files of ids and amounts through the
+/// `enrich` plugin into JSON files, an epoch every 50 ms.
+fn pipeline() -> String {
+    json_files_head("continuous", "continuous = \"50ms\"") + BODY
+}
 
 /// Writes input file `n` (rows `n*10 .. n*10+9`) atomically: the source
 /// ignores names starting with `.`, so the rename publishes it whole.
@@ -100,7 +97,7 @@ fn wait_for(dir: &Path, ids: i64, child: &mut Child) {
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    std::fs::write(dir.path().join("pipeline.toml"), PIPELINE).unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline()).unwrap();
     dir
 }
 
@@ -152,7 +149,7 @@ fn a_kill_9_anywhere_in_an_epoch_loses_nothing() {
         // sink ids would be skipped as committed, losing rows).
         std::fs::write(
             dir.path().join("pipeline.toml"),
-            PIPELINE.replace("max_files_per_trigger = 1\n", ""),
+            pipeline().replace("max_files_per_trigger = 1\n", ""),
         )
         .unwrap();
         // 600 ms of input arriving while the query runs: about 12 epochs.
@@ -200,7 +197,7 @@ fn stateful_pipelines_and_per_batch_sinks_are_refused_with_the_reason() {
     let path = dir.path().join("pipeline.toml");
     assert_refusals(
         &path,
-        PIPELINE,
+        &pipeline(),
         &[
             (
                 "[sink]",
@@ -221,7 +218,7 @@ fn stateful_pipelines_and_per_batch_sinks_are_refused_with_the_reason() {
     );
     std::fs::write(
         &path,
-        PIPELINE.replace(
+        pipeline().replace(
             "[sink]\nkind = \"json\"\npath = \"out\"\n",
             r#"[sink]
 kind = "foreach_batch"

@@ -146,20 +146,9 @@ pub(crate) fn write_cdc_inputs(dir: &Path, stream: &[Vec<Change>]) {
 /// cdc-upsert plugin, whose `users` output is `users_output` (the body of
 /// its table) and whose `raw` output is a Parquet archive.
 pub(crate) fn cdc_pipeline(users_output: &str) -> String {
+    let head = crate::common::json_files_head("cdc", "available_now = true");
     format!(
-        r#"name = "cdc"
-checkpoint = "ck"
-
-[trigger]
-available_now = true
-
-[source]
-kind = "file"
-path = "in"
-format = "json"
-order = "name"
-max_files_per_trigger = 1
-schema = [
+        r#"{head}schema = [
   {{ name = "op", type = "string" }},
   {{ name = "user_id", type = "long" }},
   {{ name = "email", type = "string" }},

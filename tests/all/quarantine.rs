@@ -541,20 +541,9 @@ fn weir_plugin_test_runs_a_component_over_a_file_and_shows_its_trap() {
 /// file per batch, with `stateful_extra` in its table.
 fn keyed_pipeline(dir: &Path, config: &str, stateful_extra: &str) {
     fs::create_dir_all(dir.join("in")).unwrap();
+    let head = crate::common::json_files_head("keyed", "available_now = true");
     let pipeline = format!(
-        r#"name = "keyed"
-checkpoint = "ck"
-
-[trigger]
-available_now = true
-
-[source]
-kind = "file"
-path = "in"
-format = "json"
-order = "name"
-max_files_per_trigger = 1
-schema = [ {{ name = "user", type = "string" }}, {{ name = "ts", type = "long" }} ]
+        r#"{head}schema = [ {{ name = "user", type = "string" }}, {{ name = "ts", type = "long" }} ]
 
 [stateful]
 name = "kit"

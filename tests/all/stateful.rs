@@ -121,20 +121,9 @@ impl KeyedScenario {
         for (i, body) in files.iter().enumerate() {
             std::fs::write(dir.path().join(format!("in/f{i:02}.json")), body).unwrap();
         }
+        let head = crate::common::json_files_head("keyed", trigger);
         let pipeline = format!(
-            r#"name = "keyed"
-checkpoint = "ck"
-
-[trigger]
-{trigger}
-
-[source]
-kind = "file"
-path = "in"
-format = "json"
-order = "name"
-max_files_per_trigger = 1
-schema = [ {{ name = "user", type = "string" }}, {{ name = "ts", type = "long" }} ]
+            r#"{head}schema = [ {{ name = "user", type = "string" }}, {{ name = "ts", type = "long" }} ]
 
 [watermark]
 column = "ts"

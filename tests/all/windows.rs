@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
-use weir::faults::CRASH_POINTS;
 
 use crate::common::{
-    assert_exit, assert_ok, committed_json_batches, committed_json_rows, console_batches, edit,
-    example, example_on, numbered_entries, run_killed_at, seeded, weir,
+    assert_exit, assert_kills_anywhere_change_nothing, assert_ok, committed_json_batches,
+    committed_json_rows, console_batches, edit, example, example_on, numbered_entries,
+    run_dir as run, run_killed_at, seeded, weir,
 };
 
 /// "start-end user count" with times as HH:MM (all rows are on one day).
@@ -24,11 +24,6 @@ pub(crate) fn describe(row: &Value) -> String {
         row["user_id"].as_str().unwrap(),
         row["count"]
     )
-}
-
-/// `weir run` on the example pipeline in `dir`.
-fn run(dir: &Path) -> std::process::Output {
-    crate::common::run(&dir.join("pipeline.toml"))
 }
 
 /// Rows of each batch the JSON file sink committed, by batch id.
@@ -212,32 +207,11 @@ fn spark_refusals_are_reported_at_start() {
 }
 
 /// Every batch of the example, with the clicks split one file per batch.
-fn fault_free_windows(store: &str) -> BTreeMap<u64, Vec<String>> {
-    let dir = example_on("windowed-clicks", store);
-    assert_ok(&run(dir.path()));
-    sink_batches(&dir.path().join(".weir/output"))
-}
-
 #[test]
 fn kill_at_every_crash_point_with_state_on_both_backends() {
-    for store in ["rocksdb", "memory"] {
-        let expected = fault_free_windows(store);
-        for point in CRASH_POINTS {
-            for batch in [2, 4] {
-                let dir = example_on("windowed-clicks", store);
-                run_killed_at(
-                    &dir.path().join("pipeline.toml"),
-                    &format!("{point}@{batch}"),
-                );
-                let err = assert_ok(&run(dir.path()));
-                assert_eq!(
-                    sink_batches(&dir.path().join(".weir/output")),
-                    expected,
-                    "{store}, kill at {point}@{batch}:\n{err}"
-                );
-            }
-        }
-    }
+    assert_kills_anywhere_change_nothing("windowed-clicks", &[2, 4], |dir| {
+        sink_batches(&dir.join(".weir/output"))
+    });
 }
 
 /// Writes `files` files of clicks for 20 users, 6 minutes of event time per

@@ -739,12 +739,11 @@ impl Resolver<'_> {
             .as_ref()
             .unwrap_or(&default_mode);
         let inputs = self.inputs(&raw, watermark.as_ref())?;
-        // The columns a watermark follows: the [watermark]'s, or each of
-        // the [[sources]]' (a join's output and a union carry them all).
-        let watermarked: Vec<String> = inputs
-            .iter()
-            .filter_map(|i| i.watermark.as_ref().map(|w| w.column.clone()))
-            .collect();
+        // The [watermark], or each of the [[sources]]' (a join's output and
+        // a union carry all their columns).
+        let input_watermarks: Vec<&WatermarkConfig> =
+            inputs.iter().filter_map(|i| i.watermark.as_ref()).collect();
+        let watermarked: Vec<String> = input_watermarks.iter().map(|w| w.column.clone()).collect();
         self.check_output_mode(
             mode,
             sink.kind,
@@ -758,10 +757,7 @@ impl Resolver<'_> {
         let deduplicate = self.deduplicate(
             raw.drop_duplicates_within_watermark.as_ref(),
             raw.drop_duplicates.as_ref(),
-            &inputs
-                .iter()
-                .filter_map(|i| i.watermark.as_ref())
-                .collect::<Vec<_>>(),
+            &input_watermarks,
         )?;
         let retention = self.retention(raw.retention.as_ref())?;
         self.check_replay_windows(&raw, &inputs, retention)?;
@@ -822,10 +818,7 @@ impl Resolver<'_> {
         let stateful = raw
             .stateful
             .as_ref()
-            .map(|s| {
-                let first_watermark = inputs.iter().find_map(|i| i.watermark.as_ref());
-                self.stateful_function(s, first_watermark, *mode.get_ref())
-            })
+            .map(|s| self.stateful_function(s, input_watermarks.first().copied(), *mode.get_ref()))
             .transpose()?;
         if let Some(s) = &stateful
             && !names.insert(s.stage.name.clone())

@@ -109,6 +109,24 @@ pub struct StreamJoinConfig {
     pub time: Option<JoinTimeRange>,
 }
 
+impl StreamJoinConfig {
+    /// The watermark of the joined rows, for an operator after the join,
+    /// given the watermark the join ran with: no older than either side's
+    /// state watermark (the event time below which that side's buffered
+    /// rows can no longer match), as Spark's `produceOutputWatermark`.
+    /// For `right_time BETWEEN left_time + lower AND left_time + upper`
+    /// those are `input - upper - 1` and `input + lower - 1`: Spark takes one
+    /// millisecond off a bound that includes its end.
+    pub fn output_watermark(&self, input_ms: i64) -> i64 {
+        match &self.time {
+            Some(t) => input_ms
+                .min(input_ms.saturating_sub(t.upper_ms).saturating_sub(1))
+                .min(input_ms.saturating_add(t.lower_ms).saturating_sub(1)),
+            None => input_ms,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStreamJoin {

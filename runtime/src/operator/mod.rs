@@ -79,6 +79,17 @@ pub struct Watermarks {
     pub eviction_ms: Option<i64>,
 }
 
+impl Watermarks {
+    /// Both watermarks as a step hands them on (`step`: its output
+    /// watermark for an input one; `None` ends event time).
+    pub fn through(self, step: impl Fn(i64) -> Option<i64>) -> Watermarks {
+        Watermarks {
+            late_rows_ms: self.late_rows_ms.and_then(&step),
+            eviction_ms: self.eviction_ms.and_then(&step),
+        }
+    }
+}
+
 /// A stateful step of a query.
 pub trait Operator: Send {
     /// Folds one input batch into state; returns rows to emit at once.

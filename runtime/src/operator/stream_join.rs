@@ -157,22 +157,6 @@ impl StreamJoin {
         self.config.time.is_some()
     }
 
-    /// The watermark of the joined rows, for an operator after the join,
-    /// given the watermark the join ran with: no older than either side's
-    /// state watermark (the event time below which that side's buffered
-    /// rows can no longer match), as Spark's `produceOutputWatermark`.
-    /// For `right_time BETWEEN left_time + lower AND left_time + upper`
-    /// those are `input - upper - 1` and `input + lower - 1`: Spark takes one
-    /// millisecond off a bound that includes its end.
-    pub fn output_watermark(&self, input_ms: i64) -> i64 {
-        match &self.config.time {
-            Some(t) => input_ms
-                .min(input_ms.saturating_sub(t.upper_ms).saturating_sub(1))
-                .min(input_ms.saturating_add(t.lower_ms).saturating_sub(1)),
-            None => input_ms,
-        }
-    }
-
     /// Whether the watermark lets the join evict (and so maybe emit) rows.
     pub fn has_work_at(&self, state: &StateStore, watermark_ms: Option<i64>) -> Result<bool> {
         let (Some(watermark), Some(_)) = (watermark_ms, &self.config.time) else {

@@ -13,11 +13,11 @@
 use arrow::record_batch::RecordBatch;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::Pipeline;
+use crate::config::{Pipeline, StreamJoinConfig};
 use crate::error::Result;
 use crate::operator::{
-    Deduplicate, Operator, OperatorContext, OperatorQuarantine, StatefulFunction, StreamJoin,
-    WINDOW_TIME, Watermarks, WindowAggregate, with_window_time,
+    Deduplicate, Operator, OperatorContext, OperatorQuarantine, StatefulFunction, WINDOW_TIME,
+    Watermarks, WindowAggregate, with_window_time,
 };
 use crate::quarantine::QuarantinedRow;
 use crate::state::{StateMetrics, StateStore};
@@ -155,25 +155,17 @@ impl Chain {
     /// `query` and `join` (if any) comes first.
     pub(super) fn watermarks(
         &self,
-        join: Option<&StreamJoin>,
+        join: Option<&StreamJoinConfig>,
         query: Watermarks,
     ) -> Vec<Watermarks> {
-        let through = |w: Option<i64>, step: &dyn Fn(i64) -> Option<i64>| w.and_then(step);
         let mut current = match join {
-            Some(join) => Watermarks {
-                late_rows_ms: through(query.late_rows_ms, &|w| Some(join.output_watermark(w))),
-                eviction_ms: through(query.eviction_ms, &|w| Some(join.output_watermark(w))),
-            },
+            Some(join) => query.through(|w| Some(join.output_watermark(w))),
             None => query,
         };
         let mut each = Vec::with_capacity(self.operators.len());
         for stateful in &self.operators {
             each.push(current);
-            let step = |w| stateful.operator.output_watermark(w);
-            current = Watermarks {
-                late_rows_ms: through(current.late_rows_ms, &step),
-                eviction_ms: through(current.eviction_ms, &step),
-            };
+            current = current.through(|w| stateful.operator.output_watermark(w));
         }
         each
     }
@@ -245,9 +237,6 @@ impl Chain {
         self.operators
             .iter()
             .map(|s| s.state.metrics())
-            .reduce(|a, b| StateMetrics {
-                rows: a.rows + b.rows,
-                bytes: a.bytes + b.bytes,
-            })
+            .reduce(|a, b| a + b)
     }
 }

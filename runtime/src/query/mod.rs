@@ -848,9 +848,7 @@ impl Runner {
                 .as_ref()
                 .and_then(|name| recorded.as_ref()?.get(name).cloned())
                 .unwrap_or_default();
-            let each = self
-                .operators
-                .watermarks(self.stream_join.as_ref().map(|j| &j.join), watermarks);
+            let each = self.operator_watermarks(watermarks);
             let mut operators = std::mem::replace(&mut self.operators, Chain::empty());
             // Operators may call plugins: off the async runtime too.
             let (operators, result) = off_runtime(move || {
@@ -971,10 +969,7 @@ impl Runner {
                 .map(|j| j.state.metrics())
                 .into_iter()
                 .chain(self.operators.state_metrics())
-                .reduce(|a, b| crate::state::StateMetrics {
-                    rows: a.rows + b.rows,
-                    bytes: a.bytes + b.bytes,
-                }),
+                .reduce(|a, b| a + b),
             retries: self.retries.take(),
             plugin_events: std::mem::take(&mut self.events),
             durations,
@@ -1015,14 +1010,18 @@ impl Runner {
             return Ok(true);
         }
         // Each operator by the watermarks that reach it.
-        let each = self.operators.watermarks(
-            self.stream_join.as_ref().map(|j| &j.join),
-            Watermarks {
-                late_rows_ms: self.late_rows_watermark_ms,
-                eviction_ms: self.watermark_ms,
-            },
-        );
+        let each = self.operator_watermarks(Watermarks {
+            late_rows_ms: self.late_rows_watermark_ms,
+            eviction_ms: self.watermark_ms,
+        });
         self.operators.needs_no_data_batch(&each, now.then(now_ms))
+    }
+
+    /// The watermarks each stateful operator runs with when the query's
+    /// are `query` (see [`Chain::watermarks`]).
+    fn operator_watermarks(&self, query: Watermarks) -> Vec<Watermarks> {
+        self.operators
+            .watermarks(self.pipeline.stream_join.as_ref(), query)
     }
 
     fn stopped(&self) -> bool {

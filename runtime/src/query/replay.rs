@@ -265,26 +265,17 @@ pub async fn replay(
             )
         })
         .await?;
-        let has_operator = pipeline.aggregate.is_some()
-            || pipeline.then_aggregate.is_some()
-            || pipeline.deduplicate.is_some()
-            || pipeline.stateful.is_some();
-        let rows = match has_operator {
-            false => rows,
-            true => {
-                let operator = OperatorRun {
-                    pipeline: shared.clone(),
-                    function: stateful_fn.clone(),
-                    query_id,
-                    batch_id,
-                    watermarks,
-                    time_ms,
-                };
-                let (emitted, set_aside) = operator.run(&checkpoint, rows, known).await?;
-                quarantined += set_aside;
-                emitted
-            }
+        // The stateful operators, if any (without, the rows pass as they are).
+        let operators = OperatorRun {
+            pipeline: shared.clone(),
+            function: stateful_fn.clone(),
+            query_id,
+            batch_id,
+            watermarks,
+            time_ms,
         };
+        let (rows, set_aside) = operators.run(&checkpoint, rows, known).await?;
+        quarantined += set_aside;
         replayed.push(ReplayedBatch {
             batch_id,
             committed: committed_rows(pipeline, batch_id).await?,
@@ -333,8 +324,7 @@ impl OperatorRun {
         };
         let mut chain =
             Chain::open(checkpoint, &self.pipeline, function, self.batch_id, None).await?;
-        let join = super::stream_join_of(&self.pipeline);
-        let each = chain.watermarks(join.as_ref(), self.watermarks);
+        let each = chain.watermarks(self.pipeline.stream_join.as_ref(), self.watermarks);
         let (batch_id, time_ms) = (self.batch_id, self.time_ms);
         let (emitted, _late, set_aside) =
             off_runtime(move || chain.run(&each, batch_id, time_ms, rows, known)).await?;

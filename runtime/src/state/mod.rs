@@ -75,6 +75,18 @@ pub struct StateMetrics {
     pub bytes: u64,
 }
 
+impl std::ops::Add for StateMetrics {
+    type Output = StateMetrics;
+
+    /// The size of two operators' states together.
+    fn add(self, other: StateMetrics) -> StateMetrics {
+        StateMetrics {
+            rows: self.rows + other.rows,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
 /// One change in a delta file.
 #[derive(Serialize, Deserialize)]
 struct Change {
