@@ -191,6 +191,22 @@ pub enum WeirError {
         declared: Vec<String>,
     },
 
+    /// The pipeline asks for other key groups than its checkpoint's state
+    /// is partitioned into.
+    #[error(
+        "checkpoint {path}: its state is partitioned into {recorded} key groups, but the \
+         pipeline asks for key_groups = {declared}; key groups are fixed when a query first \
+         starts (change parallelism instead, or run on a new checkpoint location)"
+    )]
+    KeyGroupsChanged {
+        /// The checkpoint's record of its key groups.
+        path: String,
+        /// The key groups the checkpoint's state is partitioned into.
+        recorded: u16,
+        /// The key groups the pipeline declares.
+        declared: u16,
+    },
+
     /// Object storage (local directory or remote) failed.
     #[error("storage error at {path}: {source}")]
     Storage {
@@ -306,6 +322,7 @@ impl WeirError {
             | WeirError::CheckpointLeased { .. }
             | WeirError::Refused { .. }
             | WeirError::OperatorsChanged { .. }
+            | WeirError::KeyGroupsChanged { .. }
             | WeirError::Replay { .. } => ErrorDomain::User,
             WeirError::CheckpointLeaseLost { .. } => ErrorDomain::External,
             WeirError::CheckpointCorrupt { .. }

@@ -107,31 +107,46 @@ fn inspect_shows_state_versions_and_the_watermark() {
             .unwrap();
     assert!(commit["next_watermark_ms"].is_i64(), "{commit}");
     assert_eq!(report["watermarkMs"], commit["next_watermark_ms"]);
+    // One entry per key group that holds state files, all of operator 0.
     let state = report["state"].as_object().unwrap();
-    assert_eq!(state.len(), 1, "{report}");
-    let (operator, versions) = state.iter().next().unwrap();
-    // Every version file on disk is reported, and nothing else.
-    let dir = ck.join("state").join(operator);
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+    let mut groups_on_disk: Vec<String> = std::fs::read_dir(ck.join("state/0"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".delta") || n.ends_with(".snapshot"))
-        .collect();
-    on_disk.sort();
-    let mut reported: Vec<String> = versions["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| format!("{v}.snapshot"))
-        .chain(
-            versions["deltas"]
-                .as_array()
+        .map(|e| format!("0/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|g| {
+            std::fs::read_dir(ck.join("state").join(g))
                 .unwrap()
-                .iter()
-                .map(|v| format!("{v}.delta")),
-        )
+                .next()
+                .is_some()
+        })
         .collect();
-    reported.sort();
-    assert!(!reported.is_empty(), "{report}");
-    assert_eq!(reported, on_disk);
+    groups_on_disk.sort();
+    let mut reported_groups: Vec<String> = state.keys().cloned().collect();
+    reported_groups.sort();
+    assert_eq!(reported_groups, groups_on_disk, "{report}");
+    for (group, versions) in state {
+        // Every version file on disk is reported, and nothing else.
+        let dir = ck.join("state").join(group);
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".delta") || n.ends_with(".snapshot"))
+            .collect();
+        on_disk.sort();
+        let mut reported: Vec<String> = versions["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| format!("{v}.snapshot"))
+            .chain(
+                versions["deltas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| format!("{v}.delta")),
+            )
+            .collect();
+        reported.sort();
+        assert!(!reported.is_empty(), "{report}");
+        assert_eq!(reported, on_disk);
+    }
 }

@@ -20,6 +20,7 @@ mod golden;
 mod hostile_files;
 mod joins;
 mod kafka;
+mod parallel;
 mod pg;
 mod plugin_projects;
 mod plugins;

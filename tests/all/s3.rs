@@ -487,6 +487,6 @@ fn windowed_state_is_checkpointed_to_s3() {
     run_killed_at(&pipeline, "after-commit@2");
     let err = assert_ok(&run(&pipeline));
     assert_eq!(committed_rows(&format!("s3://{b}/out")), expected, "{err}");
-    let state = list(&format!("s3://{b}/ck/state/0/0"));
+    let state = list(&format!("s3://{b}/ck/state/0"));
     assert!(state.iter().any(|n| n.ends_with(".delta")), "{state:?}");
 }

@@ -25,8 +25,8 @@ const RETAINED: u64 = 100;
 const INTERVAL: u64 = 10;
 /// What the checkpoint may hold: `offsets/`, `commits/` and `sources/0/`
 /// keep at most `RETAINED + INTERVAL` entries each, plus two compact
-/// entries, `metadata` and the lock file.
-const MAX_FILES: u64 = 3 * (RETAINED + INTERVAL) + 4;
+/// entries, `metadata`, `key_groups` and the lock file.
+const MAX_FILES: u64 = 3 * (RETAINED + INTERVAL) + 5;
 
 fn pipeline(trigger: &str) -> String {
     format!(

@@ -28,9 +28,8 @@ pub(crate) fn describe(row: &Value) -> String {
 
 /// Rows of each batch the JSON file sink committed, by batch id.
 fn sink_batches(out: &Path) -> BTreeMap<u64, Vec<String>> {
-    committed_json_batches(out)
+    sorted_batches(committed_json_batches(out), describe)
         .into_iter()
-        .map(|(batch, rows)| (batch, rows.iter().map(describe).collect()))
         .collect()
 }
 
@@ -66,7 +65,7 @@ fn article_example_in_append_mode_on_both_state_stores() {
         let batch4 = err.lines().find(|l| l.starts_with("batch 4:")).unwrap();
         assert!(!batch4.contains("dropped"), "{batch4}");
         // Three windows stay open: [12:05, 12:10) for u1 and u2, [12:15, 12:20) for u2.
-        assert!(batch4.contains("| state 4 rows"), "{batch4}"); // 3 windows + the layout row
+        assert!(batch4.contains("| state 3 rows"), "{batch4}"); // the 3 windows
     }
 }
 
@@ -94,9 +93,25 @@ fn console_run_edited(
     );
     let out = run(dir.path());
     assert_ok(&out);
-    console_batches(&String::from_utf8_lossy(&out.stdout))
+    sorted_batches(
+        console_batches(&String::from_utf8_lossy(&out.stdout)),
+        describe,
+    )
+}
+
+/// Each batch's rows described, in order: a batch's rows come out in key
+/// group order, which says nothing (as Spark's partitions).
+fn sorted_batches(
+    batches: impl IntoIterator<Item = (u64, Vec<Value>)>,
+    describe: impl Fn(&Value) -> String,
+) -> Vec<(u64, Vec<String>)> {
+    batches
         .into_iter()
-        .map(|(batch, rows)| (batch, rows.iter().map(describe).collect()))
+        .map(|(batch, rows)| {
+            let mut rows: Vec<String> = rows.iter().map(&describe).collect();
+            rows.sort();
+            (batch, rows)
+        })
         .collect()
 }
 
@@ -469,6 +484,13 @@ fn article_dedup_example_keeps_each_id_once_within_the_watermark() {
     }
 }
 
+/// Puts all of a pipeline's keys in one key group, whose state files
+/// then follow every batch.
+fn one_key_group(pipeline: &Path) {
+    let text = std::fs::read_to_string(pipeline).unwrap();
+    std::fs::write(pipeline, format!("key_groups = 1\n{text}")).unwrap();
+}
+
 #[test]
 fn restart_restores_state_from_a_snapshot_and_deltas() {
     // 40 batches: the state at batch 25 is snapshot 20 plus deltas 21..=25.
@@ -480,6 +502,7 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
             "{ name = \"event_time\", type = \"Timestamp(Microsecond, None)\" }",
         );
         long_stream(dir.path(), 40);
+        one_key_group(&dir.path().join("pipeline.toml"));
         if let Some(point) = crash {
             run_killed_at(&dir.path().join("pipeline.toml"), point);
             assert!(
@@ -509,6 +532,7 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
             "{ name = \"event_time\", type = \"timestamp\" }",
             "{ name = \"event_time\", type = \"Timestamp(Microsecond, None)\" }",
         );
+        one_key_group(&dir.path().join("pipeline.toml"));
         let mut text = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
         text.push_str(&format!(
             "\n[retention]\nmin_batches_to_retain = {retained}\ncompact_interval = 5\n"
@@ -518,16 +542,16 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
             run_killed_at(&dir.path().join("pipeline.toml"), point);
         }
         assert_ok(&run(dir.path()));
-        // The sink's log is compacted too: its rows, in commit order.
-        let rows: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
+        // The sink's log is compacted too: its rows (a batch's in key
+        // group order, so compared sorted).
+        let mut rows: Vec<String> = committed_json_rows(&dir.path().join(".weir/output"))
             .iter()
             .map(describe)
             .collect();
-        assert_eq!(
-            rows,
-            expected.values().flatten().cloned().collect::<Vec<_>>(),
-            "{retained} retained, {crash:?}"
-        );
+        rows.sort();
+        let mut want: Vec<String> = expected.values().flatten().cloned().collect();
+        want.sort();
+        assert_eq!(rows, want, "{retained} retained, {crash:?}");
         let mut kept: Vec<String> =
             std::fs::read_dir(dir.path().join(".weir/checkpoint/state/0/0"))
                 .unwrap()
@@ -557,7 +581,7 @@ fn session_windows_merge_across_batches_and_close_by_watermark() {
             (1, vec![]),
             (2, vec![]),
             (3, vec![]),
-            (4, owned(&["10:05-11:00 u2 2", "10:00-11:20 u1 4"])), // the no-data batch
+            (4, owned(&["10:00-11:20 u1 4", "10:05-11:00 u2 2"])), // the no-data batch
         ]
         .into_iter()
         .collect();
@@ -580,12 +604,12 @@ fn session_windows_in_update_mode_emit_changed_sessions() {
     );
     let out = run(dir.path());
     assert_ok(&out);
-    let got: Vec<(u64, Vec<String>)> = console_batches(&String::from_utf8_lossy(&out.stdout))
-        .into_iter()
-        .map(|(batch, rows)| (batch, rows.iter().map(describe).collect()))
-        .collect();
+    let got = sorted_batches(
+        console_batches(&String::from_utf8_lossy(&out.stdout)),
+        describe,
+    );
     let expected = vec![
-        (0, owned(&["10:05-10:35 u2 1", "10:00-10:40 u1 2"])),
+        (0, owned(&["10:00-10:40 u1 2", "10:05-10:35 u2 1"])),
         (1, owned(&["10:05-11:00 u2 2", "10:50-11:20 u1 1"])),
         (2, owned(&["10:00-11:20 u1 4"])),
         (3, owned(&["12:00-12:30 u3 1"])),
@@ -818,7 +842,7 @@ fn progress_log_has_sparks_fields_per_batch() {
     );
     assert_eq!(events[4]["numRowsDroppedByWatermark"], 0);
     assert_eq!(events[4]["sink"]["numOutputRows"], 3);
-    assert_eq!(events[4]["stateOperators"][0]["numRowsTotal"], 4);
+    assert_eq!(events[4]["stateOperators"][0]["numRowsTotal"], 3);
     assert!(events[4]["durationMs"]["triggerExecution"].is_u64());
 }
 
@@ -885,19 +909,13 @@ fn dedup_batches(top_level: &str, files: &[&[(&str, &str)]]) -> Vec<(u64, Vec<St
         std::fs::write(events.join(format!("batch-{i}.jsonl")), body).unwrap();
     }
     assert_ok(&run(dir.path()));
-    committed_json_batches(&dir.path().join(".weir/output"))
-        .into_iter()
-        .map(|(batch, rows)| {
-            let rows = rows
-                .iter()
-                .map(|r| {
-                    let t = r["event_time"].as_str().unwrap();
-                    format!("{} {}", r["event_id"].as_str().unwrap(), &t[11..19])
-                })
-                .collect();
-            (batch, rows)
-        })
-        .collect()
+    sorted_batches(
+        committed_json_batches(&dir.path().join(".weir/output")),
+        |r| {
+            let t = r["event_time"].as_str().unwrap();
+            format!("{} {}", r["event_id"].as_str().unwrap(), &t[11..19])
+        },
+    )
 }
 
 #[test]

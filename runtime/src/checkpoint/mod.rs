@@ -10,7 +10,8 @@
 //! ├── versions/N        the plugin versions batch N ran (digests; `plugins/` holds them)
 //! ├── quarantine/N      rows transform stages set aside in batch N (only batches with some)
 //! ├── operators         the stateful operators, in order, whose state `state/<i>` is
-//! ├── state/<op>/0/     operator state: `<V>.snapshot` and `<V>.delta` files
+//! ├── key_groups        how many key groups the state is partitioned into, fixed at the first start
+//! ├── state/<op>/<g>/   key group g's operator state: `<V>.snapshot` and `<V>.delta` files
 //! ├── .lock             held while a query runs (local checkpoints)
 //! └── .lease            held while a query runs (object storage; see `lease`)
 //! ```
@@ -39,6 +40,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Result, WeirError};
+use crate::state::{DEFAULT_KEY_GROUPS, KeyGroups};
 use crate::storage::{Location, get_if_exists};
 
 pub use lease::Lease;
@@ -343,6 +345,47 @@ impl Checkpoint {
                 declared: operators.to_vec(),
             }),
             None => self.write_once("operators", &operators).await,
+        }
+    }
+
+    /// The query's key groups, fixed at its first start (`key_groups`):
+    /// `declared` (or the default) for a new checkpoint, one for state
+    /// written before key groups (`has_run`: batches were committed), and
+    /// a refusal if `declared` differs from the record.
+    pub async fn key_groups(&self, declared: Option<u16>, has_run: bool) -> Result<KeyGroups> {
+        let recorded = match self.read_opt::<u16>("key_groups").await? {
+            Some(recorded) => recorded,
+            None => {
+                let count = match has_run {
+                    true => 1,
+                    false => declared.unwrap_or(DEFAULT_KEY_GROUPS),
+                };
+                self.write_once("key_groups", &count).await?;
+                count
+            }
+        };
+        match declared {
+            Some(declared) if declared != recorded => Err(WeirError::KeyGroupsChanged {
+                path: self.describe("key_groups"),
+                recorded,
+                declared,
+            }),
+            _ => KeyGroups::try_new(recorded).map_err(|_| WeirError::CheckpointCorrupt {
+                path: self.describe("key_groups"),
+                reason: format!("{recorded} key groups is out of range"),
+            }),
+        }
+    }
+
+    /// The key groups a checkpoint's state is partitioned into, to read it
+    /// (one for state written before key groups).
+    pub async fn recorded_key_groups(&self) -> Result<KeyGroups> {
+        match self.read_opt::<u16>("key_groups").await? {
+            Some(count) => KeyGroups::try_new(count).map_err(|_| WeirError::CheckpointCorrupt {
+                path: self.describe("key_groups"),
+                reason: format!("{count} key groups is out of range"),
+            }),
+            None => Ok(KeyGroups::single()),
         }
     }
 

@@ -30,6 +30,7 @@ mod delta;
 mod error;
 mod foreach_batch;
 mod kafka;
+mod parallel;
 mod schema;
 mod stateful;
 mod stateful_fn;
@@ -54,6 +55,7 @@ pub use foreach_batch::{
 pub use kafka::{
     EARLIEST, KafkaSinkConfig, KafkaSourceConfig, LATEST, StartingOffsets, TopicSelection,
 };
+pub use parallel::{MAX_PARALLELISM, Parallelism};
 pub use schema::parse_data_type;
 pub use stateful::{OutputMode, WatermarkConfig};
 pub use stateful_fn::{StateTimeout, StatefulFunctionConfig};
@@ -108,6 +110,8 @@ pub struct Pipeline {
     pub static_join: Option<StaticJoinConfig>,
     /// Where operator state is kept while running.
     pub state_store: BackendKind,
+    /// Tasks per stateful operator and the query's key groups.
+    pub parallelism: Parallelism,
     /// How much checkpoint history is kept, and how often logs are compacted.
     pub retention: Retention,
     /// The output.
@@ -421,6 +425,8 @@ struct RawPipeline {
     static_join: Option<Spanned<RawStaticJoin>>,
     s3: Option<Spanned<RawS3>>,
     state_store: Option<BackendKind>,
+    parallelism: Option<Spanned<i64>>,
+    key_groups: Option<Spanned<i64>>,
     retention: Option<Spanned<RawRetention>>,
     sink: Spanned<RawSink>,
 }
@@ -870,6 +876,7 @@ impl Resolver<'_> {
                 .map(|j| self.static_join(j))
                 .transpose()?,
             state_store: raw.state_store.unwrap_or_default(),
+            parallelism: self.parallelism(raw.parallelism.as_ref(), raw.key_groups.as_ref())?,
             retention,
             sink,
         })

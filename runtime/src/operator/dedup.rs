@@ -72,6 +72,10 @@ fn expiry_key(expiry: i64, key: &[u8]) -> Vec<u8> {
 }
 
 impl Operator for Deduplicate {
+    fn key_columns(&self) -> Vec<String> {
+        self.config.columns.clone()
+    }
+
     fn process_batch(
         &mut self,
         batch: &RecordBatch,

@@ -91,7 +91,21 @@ impl Watermarks {
 }
 
 /// A stateful step of a query.
+///
+/// State is kept per key group ([`crate::state::KeyGroups`]): the query
+/// hands the operator each key group's rows of a batch with that group's
+/// state, then calls [`Operator::handle_batch_end`] with it, one group
+/// after another (and one instance of the operator per parallel task).
+/// So an operator must keep nothing between groups but what it learns of
+/// its input's columns.
 pub trait Operator: Send {
+    /// The columns whose values key the operator's state: rows with equal
+    /// values meet in one key group.
+    fn key_columns(&self) -> Vec<String>;
+
+    /// Called once at the start of every batch, before any key group.
+    fn start_batch(&mut self) {}
+
     /// Folds one input batch into state; returns rows to emit at once.
     fn process_batch(
         &mut self,

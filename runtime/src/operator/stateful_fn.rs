@@ -55,6 +55,8 @@ struct StoredLayout {
 }
 
 struct Layout {
+    /// The layout as stored.
+    stored: Vec<u8>,
     converter: RowConverter,
     key_schema: SchemaRef,
     key_indices: Vec<usize>,
@@ -118,7 +120,12 @@ impl StatefulFunction {
 
     /// The layout, from the state or (first time) from `input`'s schema.
     fn layout(&mut self, input: Option<&SchemaRef>, state: &mut StateStore) -> Result<()> {
-        if self.layout.is_some() {
+        if let Some(layout) = &self.layout {
+            // Every key group with keys records the layout, so a restart
+            // can read each group alone.
+            if input.is_some() && state.get(LAYOUT_KEY)?.is_none() {
+                state.put(LAYOUT_KEY, &layout.stored)?;
+            }
             return Ok(());
         }
         let stored = match (state.get(LAYOUT_KEY)?, input) {
@@ -168,6 +175,7 @@ impl StatefulFunction {
         )
         .map_err(|e| WeirError::format("grouping key", e))?;
         self.layout = Some(Layout {
+            stored: serde_json::to_vec(&stored).expect("serialisable"),
             converter,
             key_schema: Arc::new(Schema::new(key_fields)),
             key_indices,
@@ -382,6 +390,15 @@ impl StatefulFunction {
 }
 
 impl Operator for StatefulFunction {
+    fn key_columns(&self) -> Vec<String> {
+        self.config.key.clone()
+    }
+
+    fn start_batch(&mut self) {
+        self.last.calls = 0;
+        self.last.duration = std::time::Duration::ZERO;
+    }
+
     fn process_batch(
         &mut self,
         batch: &RecordBatch,
@@ -412,7 +429,6 @@ impl Operator for StatefulFunction {
 
     fn handle_batch_end(&mut self, ctx: &mut OperatorContext<'_>) -> Result<Vec<RecordBatch>> {
         let started = Instant::now();
-        self.last.calls = 0;
         self.env = Some(BatchEnv::for_batch(
             &self.query_id,
             &self.config.stage.name,
@@ -445,7 +461,7 @@ impl Operator for StatefulFunction {
                 })?];
         }
         self.last.name = self.config.stage.name.clone();
-        self.last.duration = started.elapsed();
+        self.last.duration += started.elapsed();
         self.last.counters = self.instance.counters().clone();
         Ok(out)
     }

@@ -225,8 +225,8 @@ impl StreamJoin {
     }
 
     /// Takes note of a side's columns on its first rows: stored with the
-    /// state, so a restarted query decodes buffered rows, and checked
-    /// against what was stored.
+    /// state (of every key group holding the side's rows), so a restarted
+    /// query decodes buffered rows, and checked against what was stored.
     fn learn_columns(
         &mut self,
         state: &mut StateStore,
@@ -234,6 +234,25 @@ impl StreamJoin {
         schema: &SchemaRef,
     ) -> Result<()> {
         self.restore_columns(state, side)?;
+        self.know(side, schema)?;
+        if state.get(&[COLUMNS, side as u8])?.is_none() {
+            let stored: Vec<StoredField> = schema.fields().iter().map(|f| store_field(f)).collect();
+            let encoded =
+                serde_json::to_vec(&stored).map_err(|e| WeirError::Internal(e.to_string()))?;
+            state.put(&[COLUMNS, side as u8], &encoded)?;
+        }
+        Ok(())
+    }
+
+    /// Takes note of input `side`'s columns (0: left, 1: right) without
+    /// storing them: what the batch's rows, or another key group's state,
+    /// show. A side keeps the columns it was first seen with.
+    pub fn know_columns(&mut self, side: usize, schema: &SchemaRef) -> Result<()> {
+        let side = if side == 0 { Side::Left } else { Side::Right };
+        self.know(side, schema)
+    }
+
+    fn know(&mut self, side: Side, schema: &SchemaRef) -> Result<()> {
         let stored: Vec<StoredField> = schema.fields().iter().map(|f| store_field(f)).collect();
         if let Some(codec) = &self.codecs[side.index()] {
             let known: Vec<StoredField> = codec
@@ -253,11 +272,25 @@ impl StreamJoin {
             }
             return Ok(());
         }
-        let encoded =
-            serde_json::to_vec(&stored).map_err(|e| WeirError::Internal(e.to_string()))?;
-        state.put(&[COLUMNS, side as u8], &encoded)?;
         self.codecs[side.index()] = Some(self.codec(side, schema.clone())?);
         self.check_output_names()
+    }
+
+    /// The columns of each input (left, right) that `state` records, if it
+    /// records them.
+    pub fn stored_columns(state: &StateStore) -> Result<[Option<SchemaRef>; 2]> {
+        let mut columns = [None, None];
+        for (side, slot) in columns.iter_mut().enumerate() {
+            let Some(bytes) = state.get(&[COLUMNS, side as u8])? else {
+                continue;
+            };
+            let stored: Vec<StoredField> = serde_json::from_slice(&bytes).map_err(|e| {
+                WeirError::Internal(format!("join state: stored columns unreadable: {e}"))
+            })?;
+            let fields = stored.iter().map(load_field).collect::<Result<Vec<_>>>()?;
+            *slot = Some(Arc::new(Schema::new(fields)));
+        }
+        Ok(columns)
     }
 
     /// Loads a side's columns from state, if stored and not yet loaded.

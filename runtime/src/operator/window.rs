@@ -211,6 +211,16 @@ impl WindowAggregate {
             if let Some(stored) = stored {
                 self.layout = Some(self.build_layout(&stored)?);
             }
+        } else if let Some(schema) = input
+            && state.get(LAYOUT_KEY)?.is_none()
+        {
+            // Every key group with windows records the layout, so a
+            // restart can read each group alone.
+            let stored = self.describe(schema)?;
+            state.put(
+                LAYOUT_KEY,
+                &serde_json::to_vec(&stored).expect("serialisable"),
+            )?;
         }
         Ok(self.layout.as_ref())
     }
@@ -362,6 +372,10 @@ pub fn event_times_ms(column: &ArrayRef) -> Result<Int64Array> {
 }
 
 impl Operator for WindowAggregate {
+    fn key_columns(&self) -> Vec<String> {
+        self.config.group_by.clone()
+    }
+
     fn process_batch(
         &mut self,
         batch: &RecordBatch,

@@ -10,30 +10,107 @@
 //! window aggregation over another's windows receives each window once the
 //! watermark closes it, and not as late.
 
+use std::collections::BTreeMap;
+
 use arrow::record_batch::RecordBatch;
 
+use super::tasks::{on_tasks, task_count};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Pipeline, StreamJoinConfig};
-use crate::error::Result;
+use crate::error::{Result, WeirError};
 use crate::operator::{
     Deduplicate, Operator, OperatorContext, OperatorQuarantine, StatefulFunction, WINDOW_TIME,
     Watermarks, WindowAggregate, with_window_time,
 };
 use crate::quarantine::QuarantinedRow;
-use crate::state::{StateMetrics, StateStore};
+use crate::query::StageProgress;
+use crate::state::{KeyGroups, KeyedState, StateMetrics, split_by_group};
 
-/// One stateful operator and its state.
+/// One stateful operator: a task per range of key groups, each with its
+/// own instance of the operator and the state of its key groups.
 pub(super) struct Stateful {
-    pub(super) operator: Box<dyn Operator>,
-    pub(super) state: StateStore,
+    tasks: Vec<Task>,
+    groups: KeyGroups,
+    /// The columns rows are placed in key groups by.
+    key: Vec<String>,
     /// Whether the rows reaching it get a `window_time` column: it is a
     /// window aggregation over the windows of the one before it.
     window_time: bool,
 }
 
+/// One task of an operator.
+struct Task {
+    operator: Box<dyn Operator>,
+    state: KeyedState,
+}
+
+/// What a task's key groups emitted, dropped and set aside in a batch.
+#[derive(Default)]
+struct TaskOutput {
+    emitted: Vec<RecordBatch>,
+    dropped: u64,
+    quarantine: OperatorQuarantine,
+}
+
+impl Task {
+    /// Runs each key group of the task: its rows of the batch, if any,
+    /// then the end of the batch, with the group's state. A stateful
+    /// function's set-aside rows are numbered within their key group's
+    /// input (`input` is the key group).
+    fn run(
+        &mut self,
+        batch_id: u64,
+        watermarks: Watermarks,
+        batch_time_ms: i64,
+        rows: &BTreeMap<u16, Vec<RecordBatch>>,
+        recorded: &[QuarantinedRow],
+    ) -> Result<TaskOutput> {
+        self.operator.start_batch();
+        let mut out = TaskOutput::default();
+        for group in self.state.range() {
+            let mut ctx = OperatorContext {
+                batch_id,
+                watermark_ms: watermarks.eviction_ms,
+                late_rows_watermark_ms: watermarks.late_rows_ms,
+                batch_time_ms,
+                state: self.state.group_mut(group),
+                rows_dropped_by_watermark: 0,
+                quarantine: OperatorQuarantine {
+                    recorded: recorded
+                        .iter()
+                        .filter(|q| q.input == usize::from(group))
+                        .map(|q| QuarantinedRow {
+                            input: 0,
+                            ..q.clone()
+                        })
+                        .collect(),
+                    ..OperatorQuarantine::default()
+                },
+            };
+            for batch in rows.get(&group).into_iter().flatten() {
+                out.emitted
+                    .extend(self.operator.process_batch(batch, &mut ctx)?);
+            }
+            out.emitted
+                .extend(self.operator.handle_batch_end(&mut ctx)?);
+            out.dropped += ctx.rows_dropped_by_watermark;
+            let set_aside = ctx.quarantine;
+            out.quarantine
+                .rows
+                .extend(set_aside.rows.into_iter().map(|q| QuarantinedRow {
+                    input: usize::from(group),
+                    ..q
+                }));
+            out.quarantine.dead_letters.extend(set_aside.dead_letters);
+        }
+        Ok(out)
+    }
+}
+
 impl Stateful {
-    /// Runs one batch's rows through the operator; returns the rows it
-    /// emits and how many input rows were too late.
+    /// Runs one batch's rows through the operator, each key group's on the
+    /// task that owns it; returns the rows it emits (in key-group order,
+    /// whatever the parallelism) and how many input rows were too late.
     /// A stateful function also sets rows aside: `recorded` are those a
     /// first attempt set aside (a replay).
     fn run(
@@ -44,28 +121,63 @@ impl Stateful {
         batches: &[RecordBatch],
         recorded: Vec<QuarantinedRow>,
     ) -> Result<(Vec<RecordBatch>, u64, OperatorQuarantine)> {
-        let mut ctx = OperatorContext {
-            batch_id,
-            watermark_ms: watermarks.eviction_ms,
-            late_rows_watermark_ms: watermarks.late_rows_ms,
-            batch_time_ms,
-            state: &mut self.state,
-            rows_dropped_by_watermark: 0,
-            quarantine: OperatorQuarantine {
-                recorded,
-                ..OperatorQuarantine::default()
-            },
+        let with_time;
+        let batches = match self.window_time {
+            true => {
+                with_time = batches
+                    .iter()
+                    .filter(|b| b.num_rows() > 0)
+                    .map(with_window_time)
+                    .collect::<Result<Vec<_>>>()?;
+                &with_time
+            }
+            false => batches,
         };
+        let rows = split_by_group(self.groups, batches, &self.key)?;
+        let outputs = on_tasks(&mut self.tasks, |task| {
+            task.run(batch_id, watermarks, batch_time_ms, &rows, &recorded)
+        })?;
         let mut emitted = Vec::new();
-        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            let batch = match self.window_time {
-                true => &with_window_time(batch)?,
-                false => batch,
-            };
-            emitted.extend(self.operator.process_batch(batch, &mut ctx)?);
+        let mut dropped = 0;
+        let mut set_aside = OperatorQuarantine::default();
+        for output in outputs {
+            emitted.extend(output.emitted);
+            dropped += output.dropped;
+            set_aside.rows.extend(output.quarantine.rows);
+            set_aside
+                .dead_letters
+                .extend(output.quarantine.dead_letters);
         }
-        emitted.extend(self.operator.handle_batch_end(&mut ctx)?);
-        Ok((emitted, ctx.rows_dropped_by_watermark, ctx.quarantine))
+        Ok((one_batch(emitted), dropped, set_aside))
+    }
+
+    /// What the operator's plugin did in the latest batch, over all tasks.
+    fn stage_progress(&self) -> Option<StageProgress> {
+        self.tasks
+            .iter()
+            .filter_map(|t| t.operator.stage_progress())
+            .reduce(|mut all, task| {
+                all.calls += task.calls;
+                all.duration += task.duration;
+                for (name, value) in task.counters {
+                    *all.counters.entry(name).or_default() += value;
+                }
+                all.memory_bytes += task.memory_bytes;
+                all.quarantined_rows += task.quarantined_rows;
+                all
+            })
+    }
+}
+
+/// Key groups emit small batches: the sink gets one where their columns agree.
+fn one_batch(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    if batches.len() < 2 {
+        return batches;
+    }
+    match arrow::compute::concat_batches(&batches[0].schema(), &batches) {
+        Ok(one) => vec![one],
+        Err(_) => batches,
     }
 }
 
@@ -104,35 +216,76 @@ pub(super) struct Chain {
 impl Chain {
     /// The operators `pipeline` declares, each with its state as version
     /// `version` left it (state `0` is the first operator's, `1` the
-    /// next's); a running query's states keep `retain` versions, and its
-    /// operators must be those the checkpoint's state belongs to.
+    /// next's), partitioned into `groups` and run as `functions.len()`
+    /// tasks when the query has a stateful function (one instance per
+    /// task), else as the pipeline's parallelism; a running query's states
+    /// keep `retain` versions, and its operators must be those the
+    /// checkpoint's state belongs to.
     pub(super) async fn open(
         checkpoint: &Checkpoint,
         pipeline: &Pipeline,
-        function: Option<StatefulFunction>,
+        functions: Vec<StatefulFunction>,
+        groups: KeyGroups,
         version: u64,
         retain: Option<u64>,
     ) -> Result<Chain> {
-        let declared = operators_of(pipeline, function);
-        if retain.is_some() && !declared.is_empty() {
-            let kinds: Vec<String> = declared.iter().map(|(_, k, _)| k.to_string()).collect();
-            checkpoint.check_operators(&kinds).await?;
+        let tasks = match pipeline.stateful {
+            Some(_) if functions.is_empty() => {
+                return Err(WeirError::Internal(
+                    "a stateful function's tasks came without instances".into(),
+                ));
+            }
+            Some(_) => functions.len(),
+            None => task_count(pipeline, groups),
+        };
+        let mut functions = functions.into_iter();
+        let mut per_task: Vec<_> = (0..tasks)
+            .map(|_| operators_of(pipeline, functions.next()).into_iter())
+            .collect();
+        let kinds: Vec<(&'static str, bool)> = operators_of(pipeline, None)
+            .into_iter()
+            .map(|(_, kind, window_time)| (kind, window_time))
+            .chain(
+                pipeline
+                    .stateful
+                    .iter()
+                    .map(|_| ("stateful function", false)),
+            )
+            .collect();
+        if retain.is_some() && !kinds.is_empty() {
+            let names: Vec<String> = kinds.iter().map(|(k, _)| k.to_string()).collect();
+            checkpoint.check_operators(&names).await?;
         }
         let mut operators = Vec::new();
-        for (index, (operator, _, window_time)) in declared.into_iter().enumerate() {
-            let mut state = StateStore::open(
-                checkpoint.store(),
-                &index.to_string(),
-                pipeline.state_store,
-                version,
-            )
-            .await?;
-            if let Some(retain) = retain {
-                state = state.retaining(retain);
+        for (index, (_, window_time)) in kinds.into_iter().enumerate() {
+            let mut task_list = Vec::with_capacity(tasks);
+            for (task, declared) in per_task.iter_mut().enumerate() {
+                let (operator, _, _) = declared.next().ok_or_else(|| {
+                    WeirError::Internal("a task lacks an instance of an operator".into())
+                })?;
+                let mut state = KeyedState::open(
+                    checkpoint.store(),
+                    &index.to_string(),
+                    pipeline.state_store,
+                    groups,
+                    groups.range_of_task(task, tasks),
+                    version,
+                )
+                .await?;
+                if let Some(retain) = retain {
+                    state.discard_uncommitted().await?;
+                    state = state.retaining(retain);
+                }
+                task_list.push(Task { operator, state });
             }
+            let key = task_list
+                .first()
+                .map(|t| t.operator.key_columns())
+                .unwrap_or_default();
             operators.push(Stateful {
-                operator,
-                state,
+                tasks: task_list,
+                groups,
+                key,
                 window_time,
             });
         }
@@ -165,7 +318,8 @@ impl Chain {
         let mut each = Vec::with_capacity(self.operators.len());
         for stateful in &self.operators {
             each.push(current);
-            current = current.through(|w| stateful.operator.output_watermark(w));
+            let operator = &stateful.tasks[0].operator;
+            current = current.through(|w| operator.output_watermark(w));
         }
         each
     }
@@ -203,7 +357,9 @@ impl Chain {
     /// Commits every operator's state as version `version`.
     pub(super) async fn commit(&mut self, version: u64) -> Result<()> {
         for stateful in &mut self.operators {
-            stateful.state.commit(version).await?;
+            for task in &mut stateful.tasks {
+                task.state.commit(version).await?;
+            }
         }
         Ok(())
     }
@@ -221,12 +377,15 @@ impl Chain {
                 (w.eviction_ms, w.late_rows_ms),
                 (Some(next), Some(last)) if next > last
             );
-            if moved && stateful.operator.evicts_by_watermark()
-                || stateful
-                    .operator
-                    .has_work_at(&stateful.state, w.eviction_ms, now_ms)?
-            {
-                return Ok(true);
+            for task in &stateful.tasks {
+                if moved && task.operator.evicts_by_watermark() {
+                    return Ok(true);
+                }
+                for (_, state) in task.state.iter() {
+                    if task.operator.has_work_at(state, w.eviction_ms, now_ms)? {
+                        return Ok(true);
+                    }
+                }
             }
         }
         Ok(false)
@@ -236,7 +395,13 @@ impl Chain {
     pub(super) fn state_metrics(&self) -> Option<StateMetrics> {
         self.operators
             .iter()
-            .map(|s| s.state.metrics())
+            .flat_map(|s| &s.tasks)
+            .map(|t| t.state.metrics())
             .reduce(|a, b| a + b)
+    }
+
+    /// What each operator's plugin did in the latest batch, if it runs one.
+    pub(super) fn stage_progress(&self) -> impl Iterator<Item = StageProgress> + '_ {
+        self.operators.iter().filter_map(Stateful::stage_progress)
     }
 }

@@ -173,6 +173,7 @@ impl Runner {
             watermark_ms: None,
             rows_dropped_by_watermark: 0,
             state: None,
+            partitioning: None,
             retries: self.retries.take(),
             plugin_events: std::mem::take(&mut self.events),
         };

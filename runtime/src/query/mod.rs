@@ -10,11 +10,14 @@ mod chain;
 mod compact;
 mod continuous;
 mod dead_letters;
+mod join_tasks;
+mod plan;
 mod progress;
 mod replay;
 mod shadow;
 mod stage;
 mod swap;
+mod tasks;
 mod versions;
 
 use std::time::{Duration, Instant};
@@ -25,7 +28,8 @@ use tokio::sync::watch;
 
 pub use crate::quarantine::{QuarantineRecord, QuarantinedRow};
 pub use compact::{Compacted, compact};
-pub use progress::{BatchProgress, PhaseDurations, StageProgress};
+pub use plan::{Edge, Plan, Step};
+pub use progress::{BatchProgress, PhaseDurations, StageProgress, StatePartitioning};
 pub use replay::{Candidate, ReplayedBatch, RowDiff, replay};
 pub use shadow::ShadowReport;
 pub use stage::{TrialRun, trial_run};
@@ -47,7 +51,7 @@ use crate::plugin::PluginEngine;
 use crate::retry::Retries;
 use crate::sink::{self, CommitOutcome, Sink};
 use crate::source::{FileSource, KafkaSource, Source};
-use crate::state::StateStore;
+use join_tasks::JoinTasks;
 use serde_json::Value;
 
 /// How often a back-to-back query with no new input looks again.
@@ -150,7 +154,13 @@ impl Query {
         let query_id = query_uuid.to_string();
         let query_id_for_sink = query_id.clone();
         let retries = Retries::default();
-        let (stages, stateful_fn, plugin_sink) = off_runtime(move || {
+        let recovery = checkpoint.recover().await?;
+        let has_run = recovery.next_batch > 0 || recovery.replay.is_some();
+        let key_groups = checkpoint
+            .key_groups(pipeline.parallelism.key_groups, has_run)
+            .await?;
+        let operator_tasks = tasks::task_count(&pipeline, key_groups);
+        let (stages, stateful_fns, plugin_sink) = off_runtime(move || {
             let stages = transforms
                 .iter()
                 .map(|t| {
@@ -168,34 +178,35 @@ impl Query {
                     Ok(stage)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let stateful_fn = match stateful_config {
-                Some(config) => {
-                    let stage = &config.stage;
-                    let component = Arc::new(engine.load_stateful(&stage.name, &stage.plugin)?);
+            // A stateful function runs as one instance per task.
+            let mut stateful_fns = Vec::new();
+            if let Some(config) = stateful_config {
+                let stage = &config.stage;
+                let component = Arc::new(engine.load_stateful(&stage.name, &stage.plugin)?);
+                for _ in 0..operator_tasks {
                     let instance = component.instantiate(&stage.config_json, stage.limits)?;
-                    Some(
-                        StatefulFunction::new(config, instance)
+                    stateful_fns.push(
+                        StatefulFunction::new(config.clone(), instance)
                             .for_query(query_uuid)
-                            .with_component(component),
-                    )
+                            .with_component(component.clone()),
+                    );
                 }
-                None => None,
-            };
+            }
             let plugin_sink: Option<Box<dyn Sink>> = match foreach_batch {
                 Some(config) => Some(Box::new(sink::ForeachBatchSink::open(
                     &engine, &config, &query_id, retention,
                 )?)),
                 None => None,
             };
-            Ok((stages, stateful_fn, plugin_sink))
+            Ok((stages, stateful_fns, plugin_sink))
         })
         .await?;
-        let recovery = checkpoint.recover().await?;
         let first_batch = recovery.replay.unwrap_or(recovery.next_batch);
         let operators = Chain::open(
             &checkpoint,
             &pipeline,
-            stateful_fn,
+            stateful_fns,
+            key_groups,
             first_batch,
             Some(pipeline.retention.min_batches_to_retain),
         )
@@ -222,20 +233,14 @@ impl Query {
             });
         }
         let has_watermark = inputs.iter().any(|i| i.watermark.is_some());
-        let stream_join = match stream_join_of(&pipeline) {
-            Some(join) => {
-                let state = StateStore::open(
-                    checkpoint.store(),
-                    "join",
-                    pipeline.state_store,
-                    first_batch,
-                )
-                .await?
-                .retaining(pipeline.retention.min_batches_to_retain);
-                Some(JoinState { join, state })
-            }
-            None => None,
-        };
+        let stream_join = JoinTasks::open(
+            &checkpoint,
+            &pipeline,
+            key_groups,
+            first_batch,
+            Some(pipeline.retention.min_batches_to_retain),
+        )
+        .await?;
         let mut runner = Runner {
             inputs,
             sink: match (plugin_sink, &pipeline.sink.kafka) {
@@ -282,6 +287,10 @@ impl Query {
             stored_plugins: Default::default(),
             events: Vec::new(),
             static_join: None,
+            partitioning: StatePartitioning {
+                tasks: operator_tasks,
+                key_groups: key_groups.count(),
+            },
         };
         if let Some(config) = &runner.pipeline.static_join {
             let mut join = StaticJoin::new(config.clone());
@@ -315,12 +324,6 @@ struct Input {
     name: String,
     source: Box<dyn Source>,
     watermark: Option<EventTime>,
-}
-
-/// The stream-stream join and its state.
-struct JoinState {
-    join: StreamJoin,
-    state: StateStore,
 }
 
 /// Restores source `index`'s position from the checkpoint: its newest
@@ -447,7 +450,7 @@ struct Runner {
     stages: Vec<Stage>,
     /// The stateful operators, in the order rows reach them.
     operators: Chain,
-    stream_join: Option<JoinState>,
+    stream_join: Option<JoinTasks>,
     /// The watermark the next batch uses, if any input declares one.
     watermark_ms: Option<i64>,
     /// The watermark the previous batch used: the next batch's late rows
@@ -471,6 +474,8 @@ struct Runner {
     events: Vec<String>,
     /// The join with a table read from files, if the pipeline has one.
     static_join: Option<StaticJoin>,
+    /// How the stateful operators' state is spread.
+    partitioning: StatePartitioning,
 }
 
 impl Runner {
@@ -778,16 +783,19 @@ impl Runner {
             Vec::new()
         };
         let mut dropped = 0;
-        let joined = match &mut self.stream_join {
-            Some(JoinState { join, state }) => {
+        let joined = match self.stream_join.take() {
+            Some(mut join) => {
                 let config = self.pipeline.stream_join.as_ref().expect("a join");
-                let (rows, late) = join.process(
-                    state,
-                    batch_id,
-                    watermarks,
-                    &per_input[config.left],
-                    &per_input[config.right],
-                )?;
+                let left = std::mem::take(&mut per_input[config.left]);
+                let right = std::mem::take(&mut per_input[config.right]);
+                // Its tasks run on threads of their own: off the async runtime.
+                let (join, result) = off_runtime(move || {
+                    let result = join.process(batch_id, watermarks, &left, &right);
+                    Ok((join, result))
+                })
+                .await?;
+                self.stream_join = Some(join);
+                let (rows, late) = result?;
                 dropped += late;
                 rows
             }
@@ -890,7 +898,7 @@ impl Runner {
         let outcome = self.sink.commit(batch_id, &batches).await?;
         self.operators.commit(batch_id + 1).await?;
         if let Some(join) = &mut self.stream_join {
-            join.state.commit(batch_id + 1).await?;
+            join.commit(batch_id + 1).await?;
         }
         durations.sink = phase.elapsed() + sink_plugin;
         crash_point("before-commit", batch_id);
@@ -966,10 +974,12 @@ impl Runner {
             state: self
                 .stream_join
                 .as_ref()
-                .map(|j| j.state.metrics())
+                .map(|j| j.metrics())
                 .into_iter()
                 .chain(self.operators.state_metrics())
                 .reduce(|a, b| a + b),
+            partitioning: Some(self.partitioning)
+                .filter(|_| self.stream_join.is_some() || !self.operators.is_empty()),
             retries: self.retries.take(),
             plugin_events: std::mem::take(&mut self.events),
             durations,
@@ -977,12 +987,7 @@ impl Runner {
                 .stages
                 .iter()
                 .map(|s| s.last.clone())
-                .chain(
-                    self.operators
-                        .operators
-                        .iter()
-                        .filter_map(|s| s.operator.stage_progress()),
-                )
+                .chain(self.operators.stage_progress())
                 .chain(self.sink.stage_progress())
                 .collect(),
         };
@@ -1003,9 +1008,8 @@ impl Runner {
             (self.watermark_ms, self.late_rows_watermark_ms),
             (Some(next), Some(last)) if next > last
         );
-        if let Some(JoinState { join, state }) = &self.stream_join
-            && (moved && join.evicts_by_watermark()
-                || join.has_work_at(state, self.watermark_ms)?)
+        if let Some(join) = &self.stream_join
+            && (moved && join.evicts_by_watermark() || join.has_work_at(self.watermark_ms)?)
         {
             return Ok(true);
         }

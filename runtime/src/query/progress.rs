@@ -35,6 +35,15 @@ pub struct StageProgress {
     pub quarantined_rows: u64,
 }
 
+/// How a stateful query's state is spread over tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatePartitioning {
+    /// Tasks each stateful operator runs as.
+    pub tasks: usize,
+    /// Key groups its state is partitioned into.
+    pub key_groups: u16,
+}
+
 /// What one micro-batch did, reported when it commits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchProgress {
@@ -72,6 +81,8 @@ pub struct BatchProgress {
     pub rows_dropped_by_watermark: u64,
     /// State size after the batch, for a stateful query.
     pub state: Option<crate::state::StateMetrics>,
+    /// How the state is spread, for a stateful query.
+    pub partitioning: Option<StatePartitioning>,
     /// Outages retried since the previous batch (a broker restart, say).
     pub retries: crate::retry::RetryReport,
     /// Plugin swaps, rollbacks and replays with logged versions, since the
@@ -135,6 +146,13 @@ impl BatchProgress {
         if let Some(state) = self.state {
             json["stateOperators"] =
                 serde_json::json!([{ "numRowsTotal": state.rows, "memoryUsedBytes": state.bytes }]);
+            // Spark's names: a state store per shuffle partition (key group).
+            if let Some(p) = self.partitioning {
+                let operator = &mut json["stateOperators"][0];
+                operator["numShufflePartitions"] = p.key_groups.into();
+                operator["numStateStoreInstances"] = p.key_groups.into();
+                operator["numTasks"] = p.tasks.into();
+            }
         }
         json
     }

@@ -32,7 +32,6 @@ use crate::operator::{StatefulFunction, Watermarks};
 use crate::plugin::{BatchEnv, PluginEngine, StatefulComponent, TransformComponent};
 use crate::quarantine::QuarantineRecord;
 use crate::retry::Retries;
-use crate::state::StateStore;
 use crate::storage::Location;
 
 /// A component to run in one stage instead of the version that ran.
@@ -183,15 +182,14 @@ pub async fn replay(
             let plan: Value = checkpoint.source_log(index, batch_id).await?;
             per_input.push(source.read_committed(&plan).await?.batches);
         }
-        let input = match (&pipeline.stream_join, super::stream_join_of(pipeline)) {
+        let groups = checkpoint.recorded_key_groups().await?;
+        // The join's state as batch N found it: version N.
+        let join = super::JoinTasks::open(&checkpoint, pipeline, groups, batch_id, None).await?;
+        let input = match (&pipeline.stream_join, join) {
             (Some(config), Some(mut join)) => {
-                // The join's state as batch N found it: version N.
-                let kind = pipeline.state_store;
-                let mut state =
-                    StateStore::open(checkpoint.store(), "join", kind, batch_id).await?;
                 let left = std::mem::take(&mut per_input[config.left]);
                 let right = std::mem::take(&mut per_input[config.right]);
-                off_runtime(move || join.process(&mut state, batch_id, watermarks, &left, &right))
+                off_runtime(move || join.process(batch_id, watermarks, &left, &right))
                     .await?
                     .0
             }
@@ -309,21 +307,35 @@ impl OperatorRun {
         known: Vec<crate::quarantine::QuarantinedRow>,
     ) -> Result<(Vec<RecordBatch>, usize)> {
         let query_id = self.query_id;
-        let function = match self.function {
-            Some((config, component)) => Some(
+        let groups = checkpoint.recorded_key_groups().await?;
+        let tasks = super::tasks::task_count(&self.pipeline, groups);
+        let functions = match self.function {
+            Some((config, component)) => {
                 off_runtime(move || {
                     let stage = &config.stage;
-                    let instance = component.instantiate(&stage.config_json, stage.limits)?;
-                    Ok(StatefulFunction::new(config, instance)
-                        .for_query(query_id)
-                        .with_component(component))
+                    (0..tasks)
+                        .map(|_| {
+                            let instance =
+                                component.instantiate(&stage.config_json, stage.limits)?;
+                            Ok(StatefulFunction::new(config.clone(), instance)
+                                .for_query(query_id)
+                                .with_component(component.clone()))
+                        })
+                        .collect()
                 })
-                .await?,
-            ),
-            None => None,
+                .await?
+            }
+            None => Vec::new(),
         };
-        let mut chain =
-            Chain::open(checkpoint, &self.pipeline, function, self.batch_id, None).await?;
+        let mut chain = Chain::open(
+            checkpoint,
+            &self.pipeline,
+            functions,
+            groups,
+            self.batch_id,
+            None,
+        )
+        .await?;
         let each = chain.watermarks(self.pipeline.stream_join.as_ref(), self.watermarks);
         let (batch_id, time_ms) = (self.batch_id, self.time_ms);
         let (emitted, _late, set_aside) =

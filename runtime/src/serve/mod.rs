@@ -380,8 +380,11 @@ impl Host {
         // lowered ceiling holds on restart too.
         let policy = self.access.policy(tenant);
         let confinement = self.confinement(tenant, &policy)?;
-        let pipeline = Pipeline::parse_confined(&text, "pipeline.toml", &dir, &confinement)
+        let mut pipeline = Pipeline::parse_confined(&text, "pipeline.toml", &dir, &confinement)
             .map_err(|e| HostError::Invalid(e.to_string()))?;
+        // A tenant's batches run on at most its share of the cores: so do
+        // the tasks of one batch.
+        pipeline.parallelism.tasks = pipeline.parallelism.tasks.clamp(1, policy.max_cores.max(1));
         let memory_reserved = plugin_memory(&pipeline);
         let (running_for_tenant, memory_for_tenant) = lock(&self.queries)
             .values()
@@ -635,10 +638,12 @@ impl Host {
 /// The memory a query's plugins may use: the sum of their limits.
 fn plugin_memory(pipeline: &Pipeline) -> u64 {
     let transforms = pipeline.transforms.iter().map(|t| t.limits.memory_bytes);
+    // A stateful function runs an instance per task.
+    let tasks = pipeline.parallelism.tasks as u64;
     let stateful = pipeline
         .stateful
         .iter()
-        .map(|s| s.stage.limits.memory_bytes);
+        .map(|s| s.stage.limits.memory_bytes * tasks);
     let sink = pipeline
         .sink
         .foreach_batch

@@ -6,18 +6,25 @@
 //! the checkpoint, as in Spark's changelog checkpointing:
 //!
 //! ```text
-//! <checkpoint>/state/<operator>/0/<V>.delta      the changes batch V-1 made
-//! <checkpoint>/state/<operator>/0/<V>.snapshot   every state row at version V
+//! <checkpoint>/state/<operator>/<key group>/<V>.delta      the changes batch V-1 made
+//! <checkpoint>/state/<operator>/<key group>/<V>.snapshot   every row at version V
 //! ```
 //!
-//! Version V is the state after batch V-1 (version 0 is empty). A restart
-//! that resumes at batch N loads the newest snapshot at or below N and
-//! replays the deltas after it, so the state is exactly that of the last
-//! committed batch, whichever backend holds it. When a new snapshot is
+//! Version V is the state after batch V-1 (version 0 is empty). A key
+//! group's delta is written only by a batch that changed it, and a snapshot
+//! every [`SNAPSHOT_EVERY`] versions only if it changed since its last. A
+//! restart that resumes at batch N loads the newest snapshot at or below N
+//! and replays the deltas after it, so the state is exactly that of the
+//! last committed batch, whichever backend holds it. When a new snapshot is
 //! written, files no retained version needs are deleted: those older than
-//! the previous snapshot and than the snapshot that restores the oldest of
-//! the last `min_batches_to_retain` versions.
+//! the snapshot that restores the oldest of the last
+//! `min_batches_to_retain` versions.
+//!
+//! A query's key groups ([`KeyGroups`]) are fixed when it first starts;
+//! checkpoints from before key groups have one, `0`.
 
+mod key_groups;
+mod keyed;
 mod memory;
 mod rocks;
 
@@ -29,6 +36,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+pub use key_groups::{DEFAULT_KEY_GROUPS, KeyGroups, MAX_KEY_GROUPS, split_by_group};
+pub use keyed::KeyedState;
 pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
 
@@ -69,7 +78,7 @@ pub fn open_backend(kind: BackendKind) -> Result<Box<dyn StateBackend>> {
 /// Size of an operator's state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateMetrics {
-    /// Keys held.
+    /// Keys held, but for operators' metadata (keys starting with [`METADATA`]).
     pub rows: u64,
     /// Bytes of keys and values held.
     pub bytes: u64,
@@ -94,8 +103,12 @@ struct Change {
     value: Option<Vec<u8>>,
 }
 
+/// The first byte of an operator's metadata keys (the columns it keeps):
+/// [`StateMetrics::rows`] leaves them out.
+pub const METADATA: u8 = 0;
+
 /// A snapshot every this many versions bounds how many deltas a restart replays.
-const SNAPSHOT_EVERY: u64 = 10;
+pub const SNAPSHOT_EVERY: u64 = 10;
 
 /// An operator's state: a backend plus the changes of the current batch,
 /// committed to the checkpoint as a new version.
@@ -109,6 +122,8 @@ pub struct StateStore {
     metrics: StateMetrics,
     /// Versions kept restorable behind the latest (`min_batches_to_retain`).
     retained: u64,
+    /// Whether a delta was written since the last snapshot.
+    changed_since_snapshot: bool,
 }
 
 impl StateStore {
@@ -120,14 +135,27 @@ impl StateStore {
         kind: BackendKind,
         version: u64,
     ) -> Result<StateStore> {
+        StateStore::open_group(checkpoint, operator, 0, open_backend(kind)?, version).await
+    }
+
+    /// Opens key group `group` of operator `operator`'s state at `version`,
+    /// its working copy in `backend` (empty).
+    pub async fn open_group(
+        checkpoint: Arc<dyn ObjectStore>,
+        operator: &str,
+        group: u16,
+        backend: Box<dyn StateBackend>,
+        version: u64,
+    ) -> Result<StateStore> {
         let mut store = StateStore {
-            backend: open_backend(kind)?,
+            backend,
             pending: BTreeMap::new(),
             checkpoint,
-            dir: format!("state/{operator}/0"),
+            dir: format!("state/{operator}/{group}"),
             version: 0,
             metrics: StateMetrics::default(),
             retained: 1,
+            changed_since_snapshot: false,
         };
         store.restore(version).await?;
         Ok(store)
@@ -162,7 +190,7 @@ impl StateStore {
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let old = self.stored_len(key)?;
-        self.account(key.len(), old, Some(value.len()));
+        self.account(key, old, Some(value.len()));
         self.backend.put(key, value)?;
         self.pending.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
@@ -173,7 +201,7 @@ impl StateStore {
         let Some(old) = self.stored_len(key)? else {
             return Ok(());
         };
-        self.account(key.len(), Some(old), None);
+        self.account(key, Some(old), None);
         self.backend.delete(key)?;
         self.pending.insert(key.to_vec(), None);
         Ok(())
@@ -197,25 +225,34 @@ impl StateStore {
         self.backend.scan_from(start, visit)
     }
 
-    fn account(&mut self, key_len: usize, old: Option<usize>, new: Option<usize>) {
+    fn account(&mut self, key: &[u8], old: Option<usize>, new: Option<usize>) {
+        let key_len = key.len();
         let size = |v: Option<usize>| v.map_or(0, |v| (key_len + v) as u64);
-        match (old, new) {
-            (None, Some(_)) => self.metrics.rows += 1,
-            (Some(_), None) => self.metrics.rows -= 1,
-            _ => {}
+        // Keys starting with 0 hold what an operator records of its
+        // columns, in every key group: not rows of state.
+        if key.first() != Some(&METADATA) {
+            match (old, new) {
+                (None, Some(_)) => self.metrics.rows += 1,
+                (Some(_), None) => self.metrics.rows -= 1,
+                _ => {}
+            }
         }
         self.metrics.bytes = self.metrics.bytes + size(new) - size(old);
     }
 
     /// Makes this batch's changes durable as `version` (written again, with
-    /// the same content, if the batch is replayed).
+    /// the same content, if the batch is replayed). Nothing is written for a
+    /// batch that changed nothing, unless a snapshot is due.
     pub async fn commit(&mut self, version: u64) -> Result<()> {
-        let changes: Vec<Change> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|(key, value)| Change { key, value })
-            .collect();
-        self.write(&format!("{version}.delta"), &changes).await?;
-        if version.is_multiple_of(SNAPSHOT_EVERY) {
+        if !self.pending.is_empty() {
+            let changes: Vec<Change> = std::mem::take(&mut self.pending)
+                .into_iter()
+                .map(|(key, value)| Change { key, value })
+                .collect();
+            self.write(&format!("{version}.delta"), &changes).await?;
+            self.changed_since_snapshot = true;
+        }
+        if version.is_multiple_of(SNAPSHOT_EVERY) && self.changed_since_snapshot {
             let mut rows = Vec::new();
             self.backend.scan_from(&[], &mut |k, v| {
                 rows.push(Change {
@@ -225,23 +262,20 @@ impl StateStore {
                 true
             })?;
             self.write(&format!("{version}.snapshot"), &rows).await?;
+            self.changed_since_snapshot = false;
             crate::faults::crash_point("state-before-trim", version - 1);
             // The oldest retained version restores from the newest snapshot
-            // at or below it; a replay of this batch, from the previous one.
+            // at or below it (a replay of this batch restores the previous
+            // version, which is retained); nothing older is needed.
             let oldest_retained = version.saturating_sub(self.retained);
-            let oldest_needed = (oldest_retained - oldest_retained % SNAPSHOT_EVERY)
-                .min(version.saturating_sub(SNAPSHOT_EVERY));
-            self.remove_before(oldest_needed).await?;
+            self.remove_before_snapshot_of(oldest_retained).await?;
         }
         self.version = version;
         Ok(())
     }
 
-    /// Deletes deltas and snapshots older than version `oldest`. Called with
-    /// the previous snapshot's version once a new snapshot is written: a
-    /// replay of the batch that wrote the new one still restores from the
-    /// previous snapshot, and no restart ever needs anything older.
-    async fn remove_before(&self, oldest: u64) -> Result<()> {
+    /// This key group's files, as (version, is a snapshot), oldest first.
+    async fn files(&self) -> Result<Vec<(u64, bool, ObjectPath)>> {
         let prefix = ObjectPath::from(self.dir.as_str());
         let listed: Vec<_> = self
             .checkpoint
@@ -249,17 +283,56 @@ impl StateStore {
             .try_collect()
             .await
             .map_err(|e| WeirError::storage(&prefix, e))?;
-        for meta in listed {
-            let version = meta
-                .location
-                .filename()
-                .and_then(|name| name.split('.').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if version.is_some_and(|v| v < oldest) {
-                match self.checkpoint.delete(&meta.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(WeirError::storage(&meta.location, e)),
-                }
+        let mut files: Vec<(u64, bool, ObjectPath)> = listed
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?;
+                let (version, kind) = name.split_once('.')?;
+                let snapshot = match kind {
+                    "snapshot" => true,
+                    "delta" => false,
+                    _ => return None,
+                };
+                Some((version.parse().ok()?, snapshot, meta.location))
+            })
+            .collect();
+        files.sort_by_key(|(v, snapshot, _)| (*v, *snapshot));
+        Ok(files)
+    }
+
+    /// Deletes the files older than the newest snapshot at or below
+    /// `version`: no retained version restores from them.
+    async fn remove_before_snapshot_of(&self, version: u64) -> Result<()> {
+        let files = self.files().await?;
+        let Some(oldest) = files
+            .iter()
+            .filter(|(v, snapshot, _)| *snapshot && *v <= version)
+            .map(|(v, _, _)| *v)
+            .max()
+        else {
+            return Ok(());
+        };
+        self.remove(files.iter().filter(|(v, _, _)| *v < oldest))
+            .await
+    }
+
+    /// Deletes files a batch wrote and never committed (versions after the
+    /// one loaded), so that a replay that changes other key groups than
+    /// its first attempt leaves none of the attempt's changes behind.
+    pub async fn discard_uncommitted(&self) -> Result<()> {
+        let files = self.files().await?;
+        self.remove(files.iter().filter(|(v, _, _)| *v > self.version))
+            .await
+    }
+
+    async fn remove<'a>(
+        &self,
+        files: impl Iterator<Item = &'a (u64, bool, ObjectPath)>,
+    ) -> Result<()> {
+        for (_, _, path) in files {
+            match self.checkpoint.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(WeirError::storage(path, e)),
             }
         }
         Ok(())
@@ -294,27 +367,31 @@ impl StateStore {
             })
     }
 
-    /// Loads `version`: the newest snapshot at or below it, then the deltas.
+    /// Loads `version`: the newest snapshot at or below it, then the
+    /// deltas after it (a key group no batch changed has none).
     async fn restore(&mut self, version: u64) -> Result<()> {
-        let mut start = 0;
-        for candidate in (1..=version)
-            .rev()
-            .filter(|v| v.is_multiple_of(SNAPSHOT_EVERY))
-        {
-            if let Some(rows) = self.read(&format!("{candidate}.snapshot")).await? {
-                self.apply(rows)?;
-                start = candidate;
-                break;
-            }
+        let files = self.files().await?;
+        let start = files
+            .iter()
+            .filter(|(v, snapshot, _)| *snapshot && *v <= version)
+            .map(|(v, _, _)| *v)
+            .max();
+        if let Some(start) = start {
+            let rows = self.read(&format!("{start}.snapshot")).await?;
+            self.apply(rows.unwrap_or_default())?;
         }
-        for v in start + 1..=version {
+        let deltas = files
+            .iter()
+            .filter(|(v, snapshot, _)| !*snapshot && start.is_none_or(|s| *v > s) && *v <= version);
+        for (v, _, _) in deltas {
             let changes = self.read(&format!("{v}.delta")).await?.ok_or_else(|| {
                 WeirError::CheckpointCorrupt {
                     path: format!("{}/{v}.delta", self.dir),
-                    reason: format!("the file is missing but state version {version} needs it"),
+                    reason: format!("the file vanished while state version {version} was read"),
                 }
             })?;
             self.apply(changes)?;
+            self.changed_since_snapshot = true;
         }
         self.pending.clear();
         self.version = version;

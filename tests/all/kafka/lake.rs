@@ -137,7 +137,7 @@ fn kafka_windows_land_in_parquet_on_s3_and_restart_from_an_s3_checkpoint() {
             expected,
             "killed at {at}:\n{err}"
         );
-        let state = list(&format!("s3://{b}/ck/state/0/0"));
+        let state = list(&format!("s3://{b}/ck/state/0"));
         assert!(!state.is_empty(), "{at}: no state on S3");
     }
 }

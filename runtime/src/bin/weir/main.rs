@@ -78,6 +78,13 @@ enum Command {
         /// Pipeline file (TOML).
         pipeline: PathBuf,
     },
+    /// Print a pipeline's plan: its steps, the tasks that run each, how rows
+    /// reach it (forward, or shuffled by key into key groups) and where its
+    /// state lives. Reads the checkpoint's key groups if it has started.
+    Explain {
+        /// Pipeline file (TOML).
+        pipeline: PathBuf,
+    },
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -522,6 +529,22 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         | Command::Plugin {
             command: PluginCommand::Build { .. } | PluginCommand::Test { .. },
         } => unreachable!("handled by plugin_dev::dispatch"),
+        Command::Explain { pipeline } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let key_groups =
+                match weir::checkpoint::Checkpoint::open_read_only(&pipeline.checkpoint).await {
+                    Ok(checkpoint) => checkpoint.recorded_key_groups().await?,
+                    // Not started yet: what the first start will fix.
+                    Err(_) => weir::state::KeyGroups::try_new(
+                        pipeline
+                            .parallelism
+                            .key_groups
+                            .unwrap_or(weir::state::DEFAULT_KEY_GROUPS),
+                    )?,
+                };
+            print!("{}", weir::query::Plan::of(&pipeline, key_groups));
+            Ok(())
+        }
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let engine = PluginEngine::new()?;
