@@ -40,13 +40,26 @@ pub fn assert_kills_anywhere_change_nothing<T: PartialEq + std::fmt::Debug>(
     batches: &[u64],
     output: impl Fn(&Path) -> T,
 ) {
+    assert_kills_anywhere_change_nothing_edited(name, |_| {}, batches, output)
+}
+
+/// [`assert_kills_anywhere_change_nothing`] on copies whose pipeline file
+/// `edit` changes first.
+pub fn assert_kills_anywhere_change_nothing_edited<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    edit: impl Fn(&Path),
+    batches: &[u64],
+    output: impl Fn(&Path) -> T,
+) {
     for store in ["rocksdb", "memory"] {
         let straight = example_on(name, store);
+        edit(&straight.path().join("pipeline.toml"));
         assert_ok(&run_dir(straight.path()));
         let expected = output(straight.path());
         for point in weir::faults::CRASH_POINTS {
             for batch in batches {
                 let dir = example_on(name, store);
+                edit(&dir.path().join("pipeline.toml"));
                 run_killed_at(
                     &dir.path().join("pipeline.toml"),
                     &format!("{point}@{batch}"),

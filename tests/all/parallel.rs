@@ -9,7 +9,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::{
-    assert_ok, committed_json_batches, example, example_on, run_dir, run_killed_at, weir,
+    assert_kills_anywhere_change_nothing_edited, assert_ok, committed_json_batches, example,
+    example_on, run_dir, run_killed_at, weir,
 };
 
 /// Every example with a stateful operator: a window aggregation, session
@@ -142,30 +143,16 @@ fn a_checkpoint_continues_with_another_parallelism_and_back() {
 #[test]
 fn kills_while_four_tasks_are_mid_batch_change_nothing() {
     // A join then an aggregation: two stateful steps, both as four tasks.
-    let output = |dir: &Path| committed_json_batches(&dir.join(".weir/output"));
-    for store in ["rocksdb", "memory"] {
-        let straight = example_on("clicks-per-ad", store);
-        set_parallelism(&straight.path().join("pipeline.toml"), 4);
-        assert_ok(&run_dir(straight.path()));
-        let expected = output(straight.path());
-        assert_eq!(expected.values().map(Vec::len).sum::<usize>(), 4);
-        for point in weir::faults::CRASH_POINTS {
-            for batch in [3, 4] {
-                let dir = example_on("clicks-per-ad", store);
-                set_parallelism(&dir.path().join("pipeline.toml"), 4);
-                run_killed_at(
-                    &dir.path().join("pipeline.toml"),
-                    &format!("{point}@{batch}"),
-                );
-                let err = assert_ok(&run_dir(dir.path()));
-                assert_eq!(
-                    output(dir.path()),
-                    expected,
-                    "{store}, kill at {point}@{batch}:\n{err}"
-                );
-            }
-        }
-    }
+    assert_kills_anywhere_change_nothing_edited(
+        "clicks-per-ad",
+        |pipeline| set_parallelism(pipeline, 4),
+        &[3, 4],
+        |dir| {
+            let batches = committed_json_batches(&dir.join(".weir/output"));
+            assert_eq!(batches.values().map(Vec::len).sum::<usize>(), 4);
+            batches
+        },
+    );
 }
 
 #[test]

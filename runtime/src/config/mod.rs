@@ -1997,6 +1997,25 @@ kind = "console"
     }
 
     #[test]
+    fn parallelism_and_key_groups_are_bounded_with_their_place_in_the_file() {
+        let p = parse(MINIMAL).unwrap().parallelism;
+        assert!(p.tasks >= 1 && p.key_groups.is_none(), "{p:?}");
+        let text = format!("parallelism = 4\nkey_groups = 16\n{MINIMAL}");
+        let p = parse(&text).unwrap().parallelism;
+        assert_eq!((p.tasks, p.key_groups), (4, Some(16)));
+        for (text, line, message) in [
+            ("parallelism = 0\n", 1, "parallelism must be 1 to 64"),
+            ("parallelism = 65\n", 1, "parallelism must be 1 to 64"),
+            ("\nkey_groups = 0\n", 2, "key_groups must be 1 to 32768"),
+            ("key_groups = 40000\n", 1, "key_groups must be 1 to 32768"),
+        ] {
+            let e = parse(&format!("{text}{MINIMAL}")).unwrap_err();
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
+    }
+
+    #[test]
     fn retention_defaults_to_sparks_and_checks_its_values() {
         assert_eq!(parse(MINIMAL).unwrap().retention, Retention::default());
         let text =

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
 
-use super::tasks::{on_tasks, task_count};
+use super::tasks::{on_tasks, open_task_state, task_count};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Pipeline, StreamJoinConfig};
 use crate::error::{Result, WeirError};
@@ -263,19 +263,16 @@ impl Chain {
                 let (operator, _, _) = declared.next().ok_or_else(|| {
                     WeirError::Internal("a task lacks an instance of an operator".into())
                 })?;
-                let mut state = KeyedState::open(
-                    checkpoint.store(),
+                let state = open_task_state(
+                    checkpoint,
+                    pipeline,
                     &index.to_string(),
-                    pipeline.state_store,
                     groups,
-                    groups.range_of_task(task, tasks),
+                    (task, tasks),
                     version,
+                    retain,
                 )
                 .await?;
-                if let Some(retain) = retain {
-                    state.discard_uncommitted().await?;
-                    state = state.retaining(retain);
-                }
                 task_list.push(Task { operator, state });
             }
             let key = task_list

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
 
-use super::tasks::{on_tasks, task_count};
+use super::tasks::{on_tasks, open_task_state, task_count};
 use crate::checkpoint::Checkpoint;
 use crate::config::Pipeline;
 use crate::error::Result;
@@ -43,19 +43,16 @@ impl JoinTasks {
         let mut tasks = Vec::with_capacity(count);
         for task in 0..count {
             let join = super::stream_join_of(pipeline).expect("the pipeline declares a join");
-            let mut state = KeyedState::open(
-                checkpoint.store(),
+            let state = open_task_state(
+                checkpoint,
+                pipeline,
                 "join",
-                pipeline.state_store,
                 groups,
-                groups.range_of_task(task, count),
+                (task, count),
                 version,
+                retain,
             )
             .await?;
-            if let Some(retain) = retain {
-                state.discard_uncommitted().await?;
-                state = state.retaining(retain);
-            }
             tasks.push(JoinTask { join, state });
         }
         // Each side's columns, from whichever key group recorded them: a

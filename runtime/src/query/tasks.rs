@@ -2,9 +2,10 @@
 //! groups, each on its own thread for the batch (the first on the
 //! caller's), with its own operator instance and state.
 
+use crate::checkpoint::Checkpoint;
 use crate::config::Pipeline;
 use crate::error::{Result, WeirError};
-use crate::state::KeyGroups;
+use crate::state::{KeyGroups, KeyedState};
 
 /// How many tasks each stateful operator of `pipeline` runs as: its
 /// `parallelism`, and no more than there are key groups to own.
@@ -13,6 +14,36 @@ pub(crate) fn task_count(pipeline: &Pipeline, groups: KeyGroups) -> usize {
         .parallelism
         .tasks
         .clamp(1, usize::from(groups.count()))
+}
+
+/// Task `task` of `tasks`' state of operator `operator` (its key groups'
+/// range) at `version`; a running query's (`retain`: the versions it keeps)
+/// first drops what batches that never committed wrote.
+pub(crate) async fn open_task_state(
+    checkpoint: &Checkpoint,
+    pipeline: &Pipeline,
+    operator: &str,
+    groups: KeyGroups,
+    (task, tasks): (usize, usize),
+    version: u64,
+    retain: Option<u64>,
+) -> Result<KeyedState> {
+    let mut state = KeyedState::open(
+        checkpoint.store(),
+        operator,
+        pipeline.state_store,
+        groups,
+        groups.range_of_task(task, tasks),
+        version,
+    )
+    .await?;
+    match retain {
+        Some(retain) => {
+            state.discard_uncommitted().await?;
+            Ok(state.retaining(retain))
+        }
+        None => Ok(state),
+    }
 }
 
 /// Runs `work` on every task at once and returns their results in task

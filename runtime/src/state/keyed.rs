@@ -109,8 +109,8 @@ impl KeyedState {
 
     /// Deletes what batches after the loaded version wrote (see
     /// [`StateStore::discard_uncommitted`]).
-    pub async fn discard_uncommitted(&self) -> Result<()> {
-        for store in &self.stores {
+    pub async fn discard_uncommitted(&mut self) -> Result<()> {
+        for store in &mut self.stores {
             store.discard_uncommitted().await?;
         }
         Ok(())

@@ -124,6 +124,8 @@ pub struct StateStore {
     retained: u64,
     /// Whether a delta was written since the last snapshot.
     changed_since_snapshot: bool,
+    /// Files of versions after the one loaded, found when it was loaded.
+    uncommitted: Vec<ObjectPath>,
 }
 
 impl StateStore {
@@ -156,6 +158,7 @@ impl StateStore {
             metrics: StateMetrics::default(),
             retained: 1,
             changed_since_snapshot: false,
+            uncommitted: Vec::new(),
         };
         store.restore(version).await?;
         Ok(store)
@@ -312,24 +315,25 @@ impl StateStore {
         else {
             return Ok(());
         };
-        self.remove(files.iter().filter(|(v, _, _)| *v < oldest))
-            .await
+        self.remove(
+            files
+                .iter()
+                .filter(|(v, _, _)| *v < oldest)
+                .map(|(_, _, path)| path),
+        )
+        .await
     }
 
     /// Deletes files a batch wrote and never committed (versions after the
     /// one loaded), so that a replay that changes other key groups than
     /// its first attempt leaves none of the attempt's changes behind.
-    pub async fn discard_uncommitted(&self) -> Result<()> {
-        let files = self.files().await?;
-        self.remove(files.iter().filter(|(v, _, _)| *v > self.version))
-            .await
+    pub async fn discard_uncommitted(&mut self) -> Result<()> {
+        let uncommitted = std::mem::take(&mut self.uncommitted);
+        self.remove(uncommitted.iter()).await
     }
 
-    async fn remove<'a>(
-        &self,
-        files: impl Iterator<Item = &'a (u64, bool, ObjectPath)>,
-    ) -> Result<()> {
-        for (_, _, path) in files {
+    async fn remove<'a>(&self, files: impl Iterator<Item = &'a ObjectPath>) -> Result<()> {
+        for path in files {
             match self.checkpoint.delete(path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(WeirError::storage(path, e)),
@@ -393,6 +397,11 @@ impl StateStore {
             self.apply(changes)?;
             self.changed_since_snapshot = true;
         }
+        self.uncommitted = files
+            .into_iter()
+            .filter(|(v, _, _)| *v > version)
+            .map(|(_, _, path)| path)
+            .collect();
         self.pending.clear();
         self.version = version;
         Ok(())
