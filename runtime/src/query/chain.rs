@@ -30,7 +30,6 @@ use crate::state::{KeyGroups, KeyedState, StateMetrics, split_by_group};
 /// own instance of the operator and the state of its key groups.
 pub(super) struct Stateful {
     tasks: Vec<Task>,
-    groups: KeyGroups,
     /// The columns rows are placed in key groups by.
     key: Vec<String>,
     /// Whether the rows reaching it get a `window_time` column: it is a
@@ -133,7 +132,7 @@ impl Stateful {
             }
             false => batches,
         };
-        let rows = split_by_group(self.groups, batches, &self.key)?;
+        let rows = split_by_group(self.tasks[0].state.groups(), batches, &self.key)?;
         let outputs = on_tasks(&mut self.tasks, |task| {
             task.run(batch_id, watermarks, batch_time_ms, &rows, &recorded)
         })?;
@@ -239,19 +238,16 @@ impl Chain {
             None => task_count(pipeline, groups),
         };
         let mut functions = functions.into_iter();
-        let mut per_task: Vec<_> = (0..tasks)
-            .map(|_| operators_of(pipeline, functions.next()).into_iter())
+        let per_task: Vec<_> = (0..tasks)
+            .map(|_| operators_of(pipeline, functions.next()))
             .collect();
-        let kinds: Vec<(&'static str, bool)> = operators_of(pipeline, None)
+        let kinds: Vec<(&'static str, bool)> = per_task
+            .first()
             .into_iter()
-            .map(|(_, kind, window_time)| (kind, window_time))
-            .chain(
-                pipeline
-                    .stateful
-                    .iter()
-                    .map(|_| ("stateful function", false)),
-            )
+            .flatten()
+            .map(|(_, kind, window_time)| (*kind, *window_time))
             .collect();
+        let mut per_task: Vec<_> = per_task.into_iter().map(Vec::into_iter).collect();
         if retain.is_some() && !kinds.is_empty() {
             let names: Vec<String> = kinds.iter().map(|(k, _)| k.to_string()).collect();
             checkpoint.check_operators(&names).await?;
@@ -281,7 +277,6 @@ impl Chain {
                 .unwrap_or_default();
             operators.push(Stateful {
                 tasks: task_list,
-                groups,
                 key,
                 window_time,
             });

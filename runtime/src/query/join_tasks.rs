@@ -22,7 +22,6 @@ struct JoinTask {
 /// A query's stream-stream join, as tasks over key groups.
 pub(super) struct JoinTasks {
     tasks: Vec<JoinTask>,
-    groups: KeyGroups,
     keys: [Vec<String>; 2],
 }
 
@@ -69,7 +68,6 @@ impl JoinTasks {
         }
         let mut joins = JoinTasks {
             tasks,
-            groups,
             keys: [config.left_on.clone(), config.right_on.clone()],
         };
         for (side, columns) in known.iter().enumerate() {
@@ -103,12 +101,9 @@ impl JoinTasks {
                 self.know_columns(side, &first.schema())?;
             }
         }
-        let left = split_by_group(self.groups, left, &self.keys[0])?;
-        let right = split_by_group(self.groups, right, &self.keys[1])?;
-        let none: Vec<RecordBatch> = Vec::new();
-        let rows_of = |split: &BTreeMap<u16, Vec<RecordBatch>>, group| -> Vec<RecordBatch> {
-            split.get(&group).unwrap_or(&none).clone()
-        };
+        let groups = self.tasks[0].state.groups();
+        let left = split_by_group(groups, left, &self.keys[0])?;
+        let right = split_by_group(groups, right, &self.keys[1])?;
         let outputs = on_tasks(&mut self.tasks, |task| {
             let mut emitted = Vec::new();
             let mut dropped = 0;
@@ -117,8 +112,8 @@ impl JoinTasks {
                     task.state.group_mut(group),
                     batch_id,
                     watermarks,
-                    &rows_of(&left, group),
-                    &rows_of(&right, group),
+                    rows_of(&left, group),
+                    rows_of(&right, group),
                 )?;
                 emitted.extend(rows);
                 dropped += late;
@@ -166,4 +161,9 @@ impl JoinTasks {
             .map(|t| t.state.metrics())
             .fold(StateMetrics::default(), |a, b| a + b)
     }
+}
+
+/// Key group `group`'s rows of a split input (none if it has none).
+fn rows_of(split: &BTreeMap<u16, Vec<RecordBatch>>, group: u16) -> &[RecordBatch] {
+    split.get(&group).map_or(&[], Vec::as_slice)
 }

@@ -81,11 +81,6 @@ impl KeyedState {
         self.range.clone()
     }
 
-    /// Key group `group`'s state (one this task owns).
-    pub fn group(&self, group: u16) -> &StateStore {
-        &self.stores[usize::from(group - self.range.start)]
-    }
-
     /// Key group `group`'s state, to change (one this task owns).
     pub fn group_mut(&mut self, group: u16) -> &mut StateStore {
         &mut self.stores[usize::from(group - self.range.start)]
