@@ -95,7 +95,7 @@ fn local_paths(pipeline: &Pipeline) -> Vec<PathBuf> {
         }
         locations.extend(input.source.dead_letter());
     }
-    locations.extend(pipeline.sink.path.as_ref());
+    locations.extend(pipeline.sink.path());
     if let Some(join) = &pipeline.static_join {
         locations.push(&join.table.path);
     }

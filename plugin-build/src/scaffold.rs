@@ -5,7 +5,15 @@ use std::path::{Path, PathBuf};
 use crate::{Error, Language, Manifest};
 
 /// The WIT package every plugin is built against, as this Weir has it.
-const WIT_FILES: &[(&str, &str)] = &[("types.wit", include_str!("../../wit/types.wit"))];
+/// One file per interface group, and the worlds (see `wit/worlds.wit`).
+const WIT_FILES: &[(&str, &str)] = &[
+    ("worlds.wit", include_str!("../../wit/worlds.wit")),
+    ("types.wit", include_str!("../../wit/types.wit")),
+    ("host.wit", include_str!("../../wit/host.wit")),
+    ("transform.wit", include_str!("../../wit/transform.wit")),
+    ("stateful.wit", include_str!("../../wit/stateful.wit")),
+    ("batch-sink.wit", include_str!("../../wit/batch-sink.wit")),
+];
 
 /// The repository's Rust SDK, when this Weir was built from a checkout.
 const CHECKOUT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
@@ -105,4 +113,25 @@ pub fn new_plugin(
         written.push(path);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod wit_files {
+    /// A new file in `wit/` must travel with new plugin projects too.
+    #[test]
+    fn every_wit_file_is_scaffolded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".wit"))
+            .collect();
+        on_disk.sort();
+        let mut scaffolded: Vec<String> = super::WIT_FILES
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .collect();
+        scaffolded.sort();
+        assert_eq!(on_disk, scaffolded);
+    }
 }

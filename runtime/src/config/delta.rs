@@ -13,7 +13,13 @@
 //! vacuum_retention = "7d"          # files removed longer ago than this are deleted
 //! ```
 
+use std::time::Duration;
+
+use toml::Spanned;
+
 use super::foreach_batch::DeleteMarker;
+use super::sink::RawSink;
+use super::{ConfigError, Resolver, SinkKind};
 use crate::storage::Location;
 
 /// Settings of a Delta table written by appending.
@@ -51,7 +57,7 @@ pub struct DeltaVacuum {
     /// Run after every this many batches.
     pub every: u64,
     /// How long a removed file is kept.
-    pub retention: std::time::Duration,
+    pub retention: Duration,
 }
 
 /// How a foreachBatch Delta output applies rows.
@@ -84,8 +90,8 @@ pub struct DeltaOutputConfig {
 
 /// `merge_schema` and `partition_by` as written, for a sink or an output.
 pub(super) fn table_options(
-    merge_schema: Option<&toml::Spanned<bool>>,
-    partition_by: Option<&toml::Spanned<Vec<String>>>,
+    merge_schema: Option<&Spanned<bool>>,
+    partition_by: Option<&Spanned<Vec<String>>>,
 ) -> DeltaSinkConfig {
     DeltaSinkConfig {
         merge_schema: merge_schema.is_some_and(|m| *m.get_ref()),
@@ -99,3 +105,94 @@ pub(super) fn table_options(
 
 /// Whether this build has the Delta Lake writer.
 pub(super) const DELTA_BUILT: bool = cfg!(feature = "delta");
+
+impl Resolver<'_> {
+    pub(super) fn delta_sink(
+        &self,
+        s: &Spanned<RawSink>,
+    ) -> Result<Option<DeltaSinkConfig>, ConfigError> {
+        let raw = s.get_ref();
+        if *raw.kind.get_ref() != SinkKind::Delta {
+            let delta_only = [
+                ("merge_schema", raw.merge_schema.as_ref().map(|v| v.span())),
+                ("partition_by", raw.partition_by.as_ref().map(|v| v.span())),
+                (
+                    "optimize_every",
+                    raw.optimize_every.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "target_file_size",
+                    raw.target_file_size
+                        .as_ref()
+                        .filter(|_| !raw.kind.get_ref().is_file())
+                        .map(|v| v.span()),
+                ),
+                ("vacuum_every", raw.vacuum_every.as_ref().map(|v| v.span())),
+                (
+                    "vacuum_retention",
+                    raw.vacuum_retention.as_ref().map(|v| v.span()),
+                ),
+            ];
+            if let Some((key, Some(span))) = delta_only.into_iter().find(|(_, sp)| sp.is_some()) {
+                return Err(self.err_at(
+                    span,
+                    format!("`{key}` applies to kind = \"delta\" sinks only"),
+                ));
+            }
+            return Ok(None);
+        }
+        if !DELTA_BUILT {
+            return Err(self.err(
+                &raw.kind,
+                "this weir was built without Delta Lake support (the `delta` feature)",
+            ));
+        }
+        let mut options = table_options(raw.merge_schema.as_ref(), raw.partition_by.as_ref());
+        let every = |v: &Spanned<i64>, key: &str| {
+            u64::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| self.err(v, format!("{key} must be at least 1 (batches)")))
+        };
+        match (&raw.optimize_every, &raw.target_file_size) {
+            (Some(n), size) => {
+                options.optimize = Some(DeltaOptimize {
+                    every: every(n, "optimize_every")?,
+                    target_file_size: size
+                        .as_ref()
+                        .map(|s| self.byte_count(s, "target_file_size"))
+                        .transpose()?,
+                });
+            }
+            (None, Some(size)) => {
+                return Err(self
+                    .err(size, "`target_file_size` applies with `optimize_every`")
+                    .hint("optimize_every = 100 runs OPTIMIZE after every 100th batch"));
+            }
+            (None, None) => {}
+        }
+        match (&raw.vacuum_every, &raw.vacuum_retention) {
+            (Some(n), retention) => {
+                let retention = match retention {
+                    // Delta's default `deletedFileRetentionDuration`.
+                    None => Duration::from_secs(7 * 24 * 3600),
+                    Some(r) => humantime::parse_duration(r.get_ref()).map_err(|_| {
+                        self.err(r, format!("invalid duration {:?}", r.get_ref()))
+                            .hint("a duration such as \"7d\", \"168h\" or \"0s\"")
+                    })?,
+                };
+                options.vacuum = Some(DeltaVacuum {
+                    every: every(n, "vacuum_every")?,
+                    retention,
+                });
+            }
+            (None, Some(r)) => {
+                return Err(self
+                    .err(r, "`vacuum_retention` applies with `vacuum_every`")
+                    .hint("vacuum_every = 100 runs VACUUM after every 100th batch"));
+            }
+            (None, None) => {}
+        }
+        Ok(Some(options))
+    }
+}

@@ -181,7 +181,7 @@ impl Resolver<'_> {
             raw.timeout,
             raw.memory_limit,
         )?;
-        stage.on_error = self.on_error(super::QuarantineKeys {
+        stage.on_error = self.on_error(super::transform::QuarantineKeys {
             name,
             on_error: raw.on_error,
             max_quarantined_rows_per_batch: raw.max_quarantined_rows_per_batch,

@@ -108,7 +108,7 @@ impl Resolver<'_> {
             raw.timeout.as_ref(),
             raw.memory_limit.as_ref(),
         )?;
-        stage.on_error = self.on_error(super::QuarantineKeys {
+        stage.on_error = self.on_error(super::transform::QuarantineKeys {
             name: &raw.name,
             on_error: raw.on_error.as_ref(),
             max_quarantined_rows_per_batch: raw.max_quarantined_rows_per_batch.as_ref(),

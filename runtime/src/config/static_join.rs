@@ -17,8 +17,11 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use super::FileSourceConfig;
+use super::source::{RawSource, SourceKind};
+use super::{ConfigError, Resolver, field_names};
 
 /// Which rows a static join keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -42,4 +45,48 @@ pub struct StaticJoinConfig {
     pub how: JoinHow,
     /// Re-read the table when this much time has passed since the last read.
     pub refresh: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStaticJoin {
+    pub(super) on: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub(super) how: JoinHow,
+    pub(super) refresh: Option<Spanned<String>>,
+    pub(super) table: Spanned<RawSource>,
+}
+
+impl Resolver<'_> {
+    pub(super) fn static_join(
+        &self,
+        spanned: &Spanned<RawStaticJoin>,
+    ) -> Result<StaticJoinConfig, ConfigError> {
+        let raw = spanned.get_ref();
+        if *raw.table.get_ref().kind.get_ref() != SourceKind::File {
+            return Err(self
+                .err(&raw.table, "a static join reads its table from files")
+                .hint("kind = \"file\" with path, format and schema"));
+        }
+        let table = self.file_source(&raw.table)?;
+        if raw.on.get_ref().is_empty() {
+            return Err(self.err(&raw.on, "a static join needs at least one key in `on`"));
+        }
+        for key in raw.on.get_ref() {
+            if table.schema.field_with_name(key).is_err() {
+                return Err(self
+                    .err(
+                        &raw.on,
+                        format!("join key `{key}` is not a column of the table"),
+                    )
+                    .hint(format!("table columns: {}", field_names(&table.schema))));
+            }
+        }
+        Ok(StaticJoinConfig {
+            table,
+            on: raw.on.get_ref().clone(),
+            how: raw.how,
+            refresh: raw.refresh.as_ref().map(|r| self.duration(r)).transpose()?,
+        })
+    }
 }

@@ -1,6 +1,7 @@
 //! Stateful operators: steps that keep keyed state across micro-batches:
-//! windowed aggregation, deduplication, and Wasm stateful functions
-//! (flatMapGroupsWithState) whose state the host keeps.
+//! windowed aggregation, deduplication, Wasm stateful functions
+//! (flatMapGroupsWithState) whose state the host keeps, and the
+//! stream-stream join (an operator of two inputs).
 //!
 //! As in Arroyo, an operator has one required method, [`Operator::process_batch`],
 //! and default hooks the query loop calls at batch boundaries.
@@ -97,11 +98,26 @@ impl Watermarks {
 /// state, then calls [`Operator::handle_batch_end`] with it, one group
 /// after another (and one instance of the operator per parallel task).
 /// So an operator must keep nothing between groups but what it learns of
-/// its input's columns.
+/// its inputs' columns.
+///
+/// Most operators read one input. A join reads two ([`Operator::inputs`]):
+/// each key group's rows of input 0, then of input 1, reach
+/// [`Operator::process_input`], keyed by each input's own columns.
 pub trait Operator: Send {
     /// The columns whose values key the operator's state: rows with equal
-    /// values meet in one key group.
+    /// values meet in one key group (input 0's, for several inputs).
     fn key_columns(&self) -> Vec<String>;
+
+    /// How many inputs the operator reads.
+    fn inputs(&self) -> usize {
+        1
+    }
+
+    /// The columns keying input `input`'s rows: rows of any input with
+    /// equal key values meet in one key group.
+    fn key_columns_of(&self, _input: usize) -> Vec<String> {
+        self.key_columns()
+    }
 
     /// Called once at the start of every batch, before any key group.
     fn start_batch(&mut self) {}
@@ -112,6 +128,31 @@ pub trait Operator: Send {
         batch: &RecordBatch,
         ctx: &mut OperatorContext<'_>,
     ) -> Result<Vec<RecordBatch>>;
+
+    /// Folds one batch of input `input` into state; an operator of one
+    /// input gets [`Operator::process_batch`].
+    fn process_input(
+        &mut self,
+        _input: usize,
+        batch: &RecordBatch,
+        ctx: &mut OperatorContext<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        self.process_batch(batch, ctx)
+    }
+
+    /// Takes note of input `input`'s columns, as some task's rows or key
+    /// group's state show them: every task of an operator that needs all
+    /// its inputs' columns to emit (a join) learns them, even when its own
+    /// key groups never held a row of that input.
+    fn know_input_columns(&mut self, _input: usize, _columns: &SchemaRef) -> Result<()> {
+        Ok(())
+    }
+
+    /// The columns of each input that a key group's `state` records, for
+    /// [`Operator::know_input_columns`] at a restart (none by default).
+    fn stored_input_columns(&self, _state: &StateStore) -> Result<Vec<Option<SchemaRef>>> {
+        Ok(Vec::new())
+    }
 
     /// Called once at the end of every batch (data or no-data): emit what the
     /// output mode and watermark allow, and evict state the watermark passed.

@@ -28,7 +28,8 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 
 use super::{
-    StoredField, Watermarks, decode_i64, encode_i64, event_times_ms, load_field, store_field,
+    Operator, OperatorContext, StoredField, decode_i64, encode_i64, event_times_ms, load_field,
+    store_field,
 };
 use crate::config::{StreamJoinConfig, StreamJoinKind};
 use crate::error::{Result, WeirError};
@@ -96,6 +97,13 @@ pub struct StreamJoin {
     /// are late.
     late_columns: [Option<String>; 2],
     codecs: [Option<SideCodec>; 2],
+    /// What the key group being run joined so far, built into rows at
+    /// its batch end (so a group's rows come out as one join would emit
+    /// them: matches in input order, then evicted rows).
+    pending: Emitted,
+    /// The next row number of each side in the key group being run: a
+    /// buffered row's key ends with its batch id and this number.
+    seq: [u32; 2],
 }
 
 impl StreamJoin {
@@ -111,72 +119,13 @@ impl StreamJoin {
             names,
             late_columns,
             codecs: [None, None],
+            pending: Emitted::default(),
+            seq: [0, 0],
         }
-    }
-
-    /// Joins one batch of both inputs; returns the joined rows and the
-    /// number of input rows dropped as late.
-    pub fn process(
-        &mut self,
-        state: &mut StateStore,
-        batch_id: u64,
-        watermarks: Watermarks,
-        left: &[RecordBatch],
-        right: &[RecordBatch],
-    ) -> Result<(Vec<RecordBatch>, u64)> {
-        let mut emitted = Emitted::default();
-        let mut dropped = 0;
-        for (side, inputs) in [(Side::Left, left), (Side::Right, right)] {
-            let mut seq = 0u32;
-            for batch in inputs.iter().filter(|b| b.num_rows() > 0) {
-                self.learn_columns(state, side, &batch.schema())?;
-                dropped += self.join_input(
-                    state,
-                    side,
-                    batch,
-                    batch_id,
-                    &mut seq,
-                    watermarks.late_rows_ms,
-                    &mut emitted,
-                )?;
-            }
-        }
-        for side in [Side::Left, Side::Right] {
-            self.restore_columns(state, side)?;
-        }
-        if let Some(watermark) = watermarks.eviction_ms {
-            self.evict(state, watermark, &mut emitted)?;
-        }
-        Ok((self.build(emitted)?, dropped))
-    }
-
-    /// Whether the join evicts buffered rows by the watermark (it has a
-    /// time bound): then a batch runs without new data whenever the
-    /// watermark moves, as in Spark.
-    pub fn evicts_by_watermark(&self) -> bool {
-        self.config.time.is_some()
-    }
-
-    /// Whether the watermark lets the join evict (and so maybe emit) rows.
-    pub fn has_work_at(&self, state: &StateStore, watermark_ms: Option<i64>) -> Result<bool> {
-        let (Some(watermark), Some(_)) = (watermark_ms, &self.config.time) else {
-            return Ok(false);
-        };
-        for side in [Side::Left, Side::Right] {
-            let mut found = false;
-            self.scan_side(state, side, &mut |row| {
-                found = self.evictable(side, row.time, watermark);
-                !found
-            })?;
-            if found {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// The schema of the joined rows, once both inputs' columns are known.
-    pub fn output_schema(&self) -> Option<SchemaRef> {
+    fn joined_schema(&self) -> Option<SchemaRef> {
         let left = &self.codecs[0].as_ref()?.schema;
         if self.config.kind == StreamJoinKind::LeftSemi {
             return Some(left.clone());
@@ -244,14 +193,6 @@ impl StreamJoin {
         Ok(())
     }
 
-    /// Takes note of input `side`'s columns (0: left, 1: right) without
-    /// storing them: what the batch's rows, or another key group's state,
-    /// show. A side keeps the columns it was first seen with.
-    pub fn know_columns(&mut self, side: usize, schema: &SchemaRef) -> Result<()> {
-        let side = if side == 0 { Side::Left } else { Side::Right };
-        self.know(side, schema)
-    }
-
     fn know(&mut self, side: Side, schema: &SchemaRef) -> Result<()> {
         let stored: Vec<StoredField> = schema.fields().iter().map(|f| store_field(f)).collect();
         if let Some(codec) = &self.codecs[side.index()] {
@@ -278,8 +219,8 @@ impl StreamJoin {
 
     /// The columns of each input (left, right) that `state` records, if it
     /// records them.
-    pub fn stored_columns(state: &StateStore) -> Result<[Option<SchemaRef>; 2]> {
-        let mut columns = [None, None];
+    fn stored_columns(state: &StateStore) -> Result<Vec<Option<SchemaRef>>> {
+        let mut columns = vec![None, None];
         for (side, slot) in columns.iter_mut().enumerate() {
             let Some(bytes) = state.get(&[COLUMNS, side as u8])? else {
                 continue;
@@ -592,7 +533,7 @@ impl StreamJoin {
         if no_rows {
             return Ok(out);
         }
-        let schema = self.output_schema().ok_or_else(|| {
+        let schema = self.joined_schema().ok_or_else(|| {
             WeirError::Internal("join rows emitted before both inputs' columns are known".into())
         })?;
         let make = |columns: Vec<ArrayRef>| {
@@ -646,6 +587,126 @@ impl StreamJoin {
             out.push(make(columns)?);
         }
         Ok(out)
+    }
+}
+
+/// Input 0 is the left side, 1 the right.
+fn side_of(input: usize) -> Side {
+    if input == 0 { Side::Left } else { Side::Right }
+}
+
+impl Operator for StreamJoin {
+    fn key_columns(&self) -> Vec<String> {
+        self.config.left_on.clone()
+    }
+
+    fn inputs(&self) -> usize {
+        2
+    }
+
+    fn key_columns_of(&self, input: usize) -> Vec<String> {
+        match side_of(input) {
+            Side::Left => self.config.left_on.clone(),
+            Side::Right => self.config.right_on.clone(),
+        }
+    }
+
+    fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &mut OperatorContext<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        self.process_input(0, batch, ctx)
+    }
+
+    /// Joins the rows with what the other side buffered, then buffers
+    /// them; the joined rows come out at the key group's batch end.
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        ctx: &mut OperatorContext<'_>,
+    ) -> Result<Vec<RecordBatch>> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let side = side_of(input);
+        self.learn_columns(ctx.state, side, &batch.schema())?;
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut seq = self.seq[side.index()];
+        let dropped = self.join_input(
+            ctx.state,
+            side,
+            batch,
+            ctx.batch_id,
+            &mut seq,
+            ctx.late_rows_watermark_ms,
+            &mut pending,
+        );
+        self.pending = pending;
+        self.seq[side.index()] = seq;
+        ctx.rows_dropped_by_watermark += dropped?;
+        Ok(Vec::new())
+    }
+
+    /// Evicts what the watermark passed (emitting an outer side's rows
+    /// that never matched) and emits the key group's joined rows.
+    fn handle_batch_end(&mut self, ctx: &mut OperatorContext<'_>) -> Result<Vec<RecordBatch>> {
+        self.seq = [0, 0];
+        let mut emitted = std::mem::take(&mut self.pending);
+        for side in [Side::Left, Side::Right] {
+            self.restore_columns(ctx.state, side)?;
+        }
+        if let Some(watermark) = ctx.watermark_ms {
+            self.evict(ctx.state, watermark, &mut emitted)?;
+        }
+        self.build(emitted)
+    }
+
+    /// Whether the watermark lets the join evict (and so maybe emit) rows.
+    fn has_work_at(
+        &self,
+        state: &StateStore,
+        watermark_ms: Option<i64>,
+        _now_ms: Option<i64>,
+    ) -> Result<bool> {
+        let (Some(watermark), Some(_)) = (watermark_ms, &self.config.time) else {
+            return Ok(false);
+        };
+        for side in [Side::Left, Side::Right] {
+            let mut found = false;
+            self.scan_side(state, side, &mut |row| {
+                found = self.evictable(side, row.time, watermark);
+                !found
+            })?;
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// With a time bound the join evicts buffered rows by the watermark:
+    /// then a batch runs without new data whenever the watermark moves,
+    /// as in Spark.
+    fn evicts_by_watermark(&self) -> bool {
+        self.config.time.is_some()
+    }
+
+    fn output_watermark(&self, input_ms: i64) -> Option<i64> {
+        Some(self.config.output_watermark(input_ms))
+    }
+
+    fn output_schema(&self) -> Option<SchemaRef> {
+        self.joined_schema()
+    }
+
+    fn know_input_columns(&mut self, input: usize, columns: &SchemaRef) -> Result<()> {
+        self.know(side_of(input), columns)
+    }
+
+    fn stored_input_columns(&self, state: &StateStore) -> Result<Vec<Option<SchemaRef>>> {
+        StreamJoin::stored_columns(state)
     }
 }
 

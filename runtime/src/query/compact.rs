@@ -5,7 +5,7 @@
 //! sink's log compacted.
 
 use crate::checkpoint::Checkpoint;
-use crate::config::Pipeline;
+use crate::config::{Pipeline, SinkTarget};
 use crate::error::Result;
 use crate::retry::Retries;
 use crate::sink::FileSink;
@@ -40,8 +40,8 @@ pub async fn compact(pipeline: &Pipeline) -> Result<Compacted> {
     };
     let retries = Retries::default();
     for (index, input) in pipeline.inputs.iter().enumerate() {
-        let mut source = super::open_source(input, &retries)?;
-        super::restore_source(&checkpoint, index, source.as_mut(), until_committed).await?;
+        let mut source = crate::source::open(&input.source, &retries, 1)?;
+        super::inputs::restore_source(&checkpoint, index, source.as_mut(), until_committed).await?;
         checkpoint
             .write_source_compact(index, batch, &source.position())
             .await?;
@@ -49,9 +49,9 @@ pub async fn compact(pipeline: &Pipeline) -> Result<Compacted> {
     let purged = checkpoint
         .purge(batch, pipeline.retention, pipeline.inputs.len())
         .await?;
-    if let (Some(path), true) = (&pipeline.sink.path, pipeline.sink.kind.is_file()) {
-        FileSink::open(path, pipeline.sink.kind, pipeline.retention)?
-            .with_target_file_size(pipeline.sink.target_file_size)
+    if let SinkTarget::Files(files) = &pipeline.sink.target {
+        FileSink::open(&files.path, files.kind, pipeline.retention)?
+            .with_target_file_size(files.target_file_size)
             .compact(batch)
             .await?;
     }

@@ -54,7 +54,7 @@ impl Runner {
                 .transforms
                 .iter()
                 .chain(self.pipeline.stateful.as_ref().map(|s| &s.stage))
-                .chain(self.pipeline.sink.foreach_batch.as_ref().map(|f| &f.stage))
+                .chain(self.pipeline.sink.foreach_batch().map(|f| &f.stage))
                 .find(|t| &t.name == stage)
                 .and_then(|t| match &t.on_error {
                     crate::config::OnError::Quarantine(q) => q.dead_letter.clone(),

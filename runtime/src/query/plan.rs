@@ -155,11 +155,11 @@ impl Plan {
         }
         let stateful_steps = operator > 0;
         let sink = &pipeline.sink;
-        let mut detail = format!("{:?}", sink.kind).to_lowercase();
-        if let Some(path) = &sink.path {
+        let mut detail = format!("{:?}", sink.kind()).to_lowercase();
+        if let Some(path) = sink.path() {
             detail.push_str(&format!(" {path}"));
         }
-        if sink.kind != SinkKind::ForeachBatch {
+        if sink.kind() != SinkKind::ForeachBatch {
             detail.push_str(&format!(" ({:?})", sink.output_mode).to_lowercase());
         }
         steps.push(Step {

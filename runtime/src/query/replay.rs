@@ -24,9 +24,9 @@ use serde_json::Value;
 
 use super::chain::Chain;
 use super::stage::Stage;
-use super::{StageVersions, off_runtime, open_source};
+use super::{StageVersions, off_runtime};
 use crate::checkpoint::Checkpoint;
-use crate::config::{Pipeline, SinkKind, StatefulFunctionConfig};
+use crate::config::{Pipeline, SinkTarget, StatefulFunctionConfig};
 use crate::error::{Result, WeirError};
 use crate::operator::{StatefulFunction, Watermarks};
 use crate::plugin::{BatchEnv, PluginEngine, StatefulComponent, TransformComponent};
@@ -157,7 +157,7 @@ pub async fn replay(
     let mut sources = pipeline
         .inputs
         .iter()
-        .map(|input| open_source(input, &retries))
+        .map(|input| crate::source::open(&input.source, &retries, pipeline.parallelism.tasks))
         .collect::<Result<Vec<_>>>()?;
     // For the operator, which runs off the async runtime.
     let shared = Arc::new(pipeline.clone());
@@ -184,14 +184,17 @@ pub async fn replay(
         }
         let groups = checkpoint.recorded_key_groups().await?;
         // The join's state as batch N found it: version N.
-        let join = super::JoinTasks::open(&checkpoint, pipeline, groups, batch_id, None).await?;
+        let join =
+            super::open::open_stream_join(&checkpoint, pipeline, groups, batch_id, None).await?;
         let input = match (&pipeline.stream_join, join) {
             (Some(config), Some(mut join)) => {
                 let left = std::mem::take(&mut per_input[config.left]);
                 let right = std::mem::take(&mut per_input[config.right]);
-                off_runtime(move || join.process(batch_id, watermarks, &left, &right))
-                    .await?
-                    .0
+                off_runtime(move || {
+                    join.run(batch_id, watermarks, time_ms, &[&left, &right], Vec::new())
+                })
+                .await?
+                .0
             }
             _ => per_input.into_iter().flatten().collect(),
         };
@@ -391,7 +394,7 @@ fn refuse_unsupported(pipeline: &Pipeline) -> Result<()> {
                 .into(),
         ));
     }
-    if !matches!(pipeline.sink.kind, SinkKind::Json | SinkKind::Parquet) {
+    if !matches!(pipeline.sink.target, SinkTarget::Files(_)) {
         return Err(unsupported(
             "replay compares with a json or parquet file sink's committed files".into(),
         ));
@@ -407,8 +410,7 @@ fn unsupported(reason: String) -> WeirError {
 async fn committed_rows(pipeline: &Pipeline, batch_id: u64) -> Result<Vec<Value>> {
     let location: &Location = pipeline
         .sink
-        .path
-        .as_ref()
+        .path()
         .ok_or_else(|| unsupported("the sink has no path".into()))?;
     let files = crate::sink::batch_files(location, batch_id)
         .await?

@@ -646,8 +646,7 @@ fn plugin_memory(pipeline: &Pipeline) -> u64 {
         .map(|s| s.stage.limits.memory_bytes * tasks);
     let sink = pipeline
         .sink
-        .foreach_batch
-        .iter()
+        .foreach_batch()
         .map(|f| f.stage.limits.memory_bytes);
     transforms.chain(stateful).chain(sink).sum()
 }

@@ -13,7 +13,10 @@ mod kafka;
 mod postgres;
 mod upsert;
 
+use std::sync::Arc;
+
 use arrow::record_batch::RecordBatch;
+use object_store::ObjectStore;
 
 pub use console::ConsoleSink;
 #[cfg(feature = "delta")]
@@ -23,8 +26,10 @@ pub use foreach_batch::ForeachBatchSink;
 pub use kafka::KafkaSink;
 pub use postgres::PostgresOutput;
 
-use crate::config::{Retention, SinkConfig, SinkKind};
-use crate::error::Result;
+use crate::config::{Retention, SinkConfig, SinkTarget};
+use crate::error::{Result, WeirError};
+use crate::plugin::PluginEngine;
+use crate::retry::Retries;
 
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,29 +85,59 @@ pub(crate) fn json_lines(batches: &[RecordBatch], context: &str) -> Result<Vec<u
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer
         .write_batches(&refs)
-        .map_err(|e| crate::error::WeirError::format(context, e))?;
-    writer
-        .finish()
-        .map_err(|e| crate::error::WeirError::format(context, e))?;
+        .map_err(|e| WeirError::format(context, e))?;
+    writer.finish().map_err(|e| WeirError::format(context, e))?;
     Ok(writer.into_inner())
 }
 
-/// Opens the sink a pipeline declares (a `foreach_batch` sink is opened
-/// with [`ForeachBatchSink::open`], which loads its plugin, and a `kafka`
-/// sink with [`KafkaSink::open`], which talks to the broker).
-pub fn open(config: &SinkConfig, retention: Retention) -> Result<Box<dyn Sink>> {
-    Ok(match (config.kind, &config.path) {
-        (SinkKind::ForeachBatch | SinkKind::Kafka | SinkKind::Delta, _) => {
-            return Err(crate::error::WeirError::Internal(
-                "foreach_batch, kafka and delta sinks are opened with their own open".into(),
+/// What opening a sink needs besides its settings.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// Runs a foreachBatch sink's plugin.
+    pub engine: PluginEngine,
+    /// The query's id: names its Kafka transactions and Delta app ids.
+    pub query_id: String,
+    /// The query's checkpoint store (the Kafka sink records attempts there).
+    pub checkpoint: Arc<dyn ObjectStore>,
+    /// Where connector outages are counted.
+    pub retries: Retries,
+    /// How long file sinks keep their logs.
+    pub retention: Retention,
+}
+
+/// Opens the sink a pipeline declares: loads a foreachBatch sink's plugin
+/// (off the async runtime), connects a Kafka sink, opens a file sink's log.
+pub async fn open(config: &SinkConfig, cx: SinkContext) -> Result<Box<dyn Sink>> {
+    Ok(match &config.target {
+        SinkTarget::Files(files) => Box::new(
+            FileSink::open(&files.path, files.kind, cx.retention)?
+                .with_target_file_size(files.target_file_size),
+        ),
+        SinkTarget::Console { json } => Box::new(ConsoleSink { json: *json }),
+        SinkTarget::ForeachBatch(plugin) => {
+            let plugin = plugin.clone();
+            tokio::task::spawn_blocking(move || {
+                ForeachBatchSink::open(&cx.engine, &plugin, &cx.query_id, cx.retention)
+            })
+            .await
+            .map_err(|e| WeirError::Internal(format!("opening the foreach_batch sink: {e}")))?
+            .map(|sink| Box::new(sink) as Box<dyn Sink>)?
+        }
+        SinkTarget::Kafka(kafka) => {
+            Box::new(KafkaSink::open(kafka, &cx.query_id, cx.checkpoint, cx.retries).await?)
+        }
+        #[cfg(feature = "delta")]
+        SinkTarget::Delta { path, options } => Box::new(DeltaSink::new(
+            path.clone(),
+            options.clone(),
+            config.output_mode,
+            &cx.query_id,
+        )),
+        #[cfg(not(feature = "delta"))]
+        SinkTarget::Delta { .. } => {
+            return Err(WeirError::Internal(
+                "delta sinks are refused at load without the `delta` feature".into(),
             ));
         }
-        (SinkKind::Console, _) => Box::new(ConsoleSink {
-            json: config.console_json,
-        }),
-        (kind, Some(path)) => Box::new(
-            FileSink::open(path, kind, retention)?.with_target_file_size(config.target_file_size),
-        ),
-        (_, None) => unreachable!("config checks give file sinks a path"),
     })
 }

@@ -52,8 +52,10 @@ pub struct SeenFiles {
 
 /// The file source.
 pub struct FileSource {
-    config: FileSourceConfig,
+    config: Arc<FileSourceConfig>,
     store: Arc<dyn ObjectStore>,
+    /// How many of a batch's files are fetched and decoded at once.
+    readers: usize,
     /// Files read, by path, with their modification times.
     seen: HashMap<String, i64>,
     /// The newest modification time seen.
@@ -70,13 +72,22 @@ impl FileSource {
     pub fn open(config: FileSourceConfig) -> Result<FileSource> {
         let store = config.path.open()?;
         Ok(FileSource {
-            config,
+            config: Arc::new(config),
             store,
+            readers: 1,
             seen: HashMap::new(),
             newest_ms: None,
             forgotten_before_ms: None,
             end: None,
         })
+    }
+
+    /// Fetches and decodes up to `readers` of a batch's files at once, on
+    /// threads of their own (a query's `parallelism`); the rows keep the
+    /// files' order.
+    pub fn with_readers(mut self, readers: usize) -> FileSource {
+        self.readers = readers.max(1);
+        self
     }
 
     /// The source's settings.
@@ -256,42 +267,78 @@ impl FileSource {
 
     /// Reads and decodes `files` against the declared schema.
     pub async fn read(&self, files: &[FileEntry]) -> Result<Decoded> {
-        self.read_files(files, false).await
+        self.reader().read_files(files, false).await
+    }
+
+    /// A handle reading this source's planned batches.
+    pub fn reader(&self) -> FileReader {
+        FileReader {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            readers: self.readers,
+        }
     }
 
     /// Reads `files`, which a committed batch read, again (`weir replay`):
     /// from the source directory, or from the archive where
     /// `clean_source = "archive"` moved them.
     pub async fn read_committed(&self, files: &[FileEntry]) -> Result<Decoded> {
-        self.read_files(files, true).await
+        self.reader().read_files(files, true).await
     }
+}
 
+/// What reading a planned batch needs of a file source, without its
+/// position: read ahead, while the batch before runs.
+#[derive(Clone)]
+pub struct FileReader {
+    config: Arc<FileSourceConfig>,
+    store: Arc<dyn ObjectStore>,
+    readers: usize,
+}
+
+impl FileReader {
     async fn read_files(&self, files: &[FileEntry], committed: bool) -> Result<Decoded> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        // Decoding is CPU work: off the async workers, `readers` files at
+        // once, in the files' order.
+        let reads: Vec<_> = files
+            .iter()
+            .map(|file| self.read_file(file, committed))
+            .collect();
+        let decoded: Vec<Decoded> = stream::iter(reads)
+            .buffered(self.readers)
+            .try_collect()
+            .await?;
         let mut all = Decoded::default();
-        for file in files {
-            let name = format!("{}/{}", self.config.path, file.path);
-            let bytes = match committed {
-                false => get_bytes(&self.store, &file.path, &name).await?,
-                true => self.committed_bytes(file, &name).await?,
-            };
-            // A decoder panic on a hostile file fails this query, naming
-            // the file, instead of unwinding through the host.
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode(&self.config, &name, bytes)
-            }))
-            .unwrap_or_else(|panic| {
-                Err(WeirError::format(
-                    format!("decoding {name}"),
-                    format!(
-                        "the decoder panicked: {}",
-                        crate::error::panic_message(&*panic)
-                    ),
-                ))
-            })?;
-            all.batches.extend(decoded.batches);
-            all.bad_records.extend(decoded.bad_records);
+        for file in decoded {
+            all.batches.extend(file.batches);
+            all.bad_records.extend(file.bad_records);
         }
         Ok(all)
+    }
+}
+
+impl FileReader {
+    /// Fetches one file (a committed batch's where `clean_source` left it)
+    /// and decodes it on a blocking thread.
+    async fn read_file(&self, file: &FileEntry, committed: bool) -> Result<Decoded> {
+        let name = format!("{}/{}", self.config.path, file.path);
+        let bytes = match committed {
+            false => get_bytes(&self.store, &file.path, &name).await?,
+            true => self.committed_bytes(file, &name).await?,
+        };
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || decode_guarded(&config, &name, bytes))
+            .await
+            .map_err(|e| WeirError::Internal(format!("a decoding task failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl super::PlanReader for FileReader {
+    async fn read(&self, plan: &serde_json::Value) -> Result<Decoded> {
+        let entry: SourceLogEntry = super::parse_plan(plan)?;
+        self.read_files(&entry.files, false).await
     }
 }
 
@@ -342,6 +389,10 @@ impl super::Source for FileSource {
 
     fn plan_units(&self, plan: &serde_json::Value) -> usize {
         plan["files"].as_array().map_or(0, Vec::len)
+    }
+
+    fn reader(&self) -> Option<Arc<dyn super::PlanReader>> {
+        Some(Arc::new(FileSource::reader(self)))
     }
 
     fn position(&self) -> serde_json::Value {
@@ -404,7 +455,7 @@ async fn get_bytes(
         .map_err(|e| WeirError::storage(name, e))
 }
 
-impl FileSource {
+impl FileReader {
     /// A committed batch's `file`, where `clean_source` left it; a file
     /// that was deleted, or changed since, is refused with the reason.
     async fn committed_bytes(&self, file: &FileEntry, name: &str) -> Result<bytes::Bytes> {
@@ -443,7 +494,9 @@ impl FileSource {
         }
         Ok(found)
     }
+}
 
+impl FileSource {
     /// Deletes or archives one processed file.
     async fn clean(&self, relative: &str) -> Result<()> {
         let path = ObjectPath::from(relative);
@@ -493,4 +546,19 @@ impl FileSource {
             Err(e) => Err(WeirError::storage(&name, e)),
         }
     }
+}
+
+/// Decodes one file; a decoder panic on a hostile file fails this query,
+/// naming the file, instead of unwinding through the host.
+fn decode_guarded(config: &FileSourceConfig, name: &str, bytes: bytes::Bytes) -> Result<Decoded> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(config, name, bytes)))
+        .unwrap_or_else(|panic| {
+            Err(WeirError::format(
+                format!("decoding {name}"),
+                format!(
+                    "the decoder panicked: {}",
+                    crate::error::panic_message(&*panic)
+                ),
+            ))
+        })
 }

@@ -10,13 +10,34 @@ mod decode;
 mod file;
 mod kafka;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 pub use decode::{BadRecord, Decoded};
-pub use file::{FileEntry, FileSource, SourceLogEntry};
+pub use file::{FileEntry, FileReader, FileSource, SourceLogEntry};
 pub use kafka::KafkaSource;
 
+use crate::config::SourceConfig;
 use crate::error::Result;
+use crate::retry::Retries;
+
+/// Opens the source `config` declares: a file source decodes up to
+/// `parallelism` files at once; connector outages are counted in `retries`.
+pub fn open(
+    config: &SourceConfig,
+    retries: &Retries,
+    parallelism: usize,
+) -> Result<Box<dyn Source>> {
+    Ok(match config {
+        SourceConfig::File(config) => {
+            Box::new(FileSource::open((**config).clone())?.with_readers(parallelism))
+        }
+        SourceConfig::Kafka(config) => {
+            Box::new(KafkaSource::open(config.clone(), retries.clone())?)
+        }
+    })
+}
 
 /// A replayable input.
 #[async_trait::async_trait]
@@ -71,6 +92,20 @@ pub trait Source: Send {
     fn cleans_up(&self) -> bool {
         false
     }
+
+    /// A handle that reads planned batches apart from the source, so the
+    /// next batch is read while the one before runs; `None` when reading
+    /// needs the source itself (a Kafka consumer).
+    fn reader(&self) -> Option<Arc<dyn PlanReader>> {
+        None
+    }
+}
+
+/// Reads planned batches of a source, apart from it (see [`Source::reader`]).
+#[async_trait::async_trait]
+pub trait PlanReader: Send + Sync {
+    /// Reads a planned batch, as [`Source::read`] would.
+    async fn read(&self, plan: &Value) -> Result<Decoded>;
 }
 
 /// Decodes a logged plan, naming it when it is not what the source wrote.

@@ -550,7 +550,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             let engine = PluginEngine::new()?;
             let transforms = pipeline.transforms.clone();
             let stateful = pipeline.stateful.clone();
-            let sink_plugin = pipeline.sink.foreach_batch.clone();
+            let sink_plugin = pipeline.sink.foreach_batch().cloned();
             // Plugin code runs off the async workers (WASI's sync host calls need that).
             tokio::task::spawn_blocking(move || {
                 for t in &transforms {
@@ -601,7 +601,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 "ok: query `{}`: {source}, {} plugin stage(s), {:?} sink, trigger {:?}",
                 pipeline.name,
                 pipeline.transforms.len(),
-                pipeline.sink.kind,
+                pipeline.sink.kind(),
                 pipeline.trigger
             );
             Ok(())
