@@ -4,14 +4,13 @@
 
 use serde_json::Value;
 
+use super::watermark::EventTime;
 use super::{Runner, continuous};
 use crate::checkpoint::{Checkpoint, Recovery};
 use crate::config::Trigger;
 use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::source::{Decoded, Source};
-
-use super::watermark::EventTime;
 
 /// One input of the query.
 pub(super) struct Input {
