@@ -3,9 +3,12 @@
 
 mod attacks;
 mod bad_input;
+mod browser;
 mod chained;
 mod checkpoint_inspect;
 mod common;
+// In a real browser (Chromium): early, so it overlaps the long tests.
+mod console;
 mod continuous;
 mod crash;
 mod delta;

@@ -103,6 +103,11 @@ impl Server {
         }
     }
 
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The admin's token.
     pub(crate) fn admin_token(&self) -> &str {
         &self.admin

@@ -163,6 +163,7 @@ impl Runner {
             _ => input_max_ms,
         };
         let watermark_ms = self.watermark_ms;
+        let operators_started = Instant::now();
         if !self.operators.is_empty() {
             let stage = self
                 .pipeline
@@ -194,6 +195,7 @@ impl Runner {
                     .push((stage, set_aside.dead_letters));
             }
         }
+        durations.operator = operators_started.elapsed();
         // A foreachBatch sink runs its plugin now, so that the rows it sets
         // aside are logged with the stages' before anything is written.
         let sink_started = Instant::now();
@@ -208,7 +210,9 @@ impl Runner {
         let quarantined = self
             .set_aside(batch_id, &transformed, Record::Logged(recorded))
             .await?;
-        durations.transform = phase.elapsed().saturating_sub(sink_plugin);
+        durations.transform = phase
+            .elapsed()
+            .saturating_sub(sink_plugin + durations.operator);
         crash_point("after-transform", batch_id);
 
         let phase = Instant::now();

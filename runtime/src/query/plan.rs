@@ -180,6 +180,45 @@ impl Plan {
     }
 }
 
+impl Edge {
+    /// How the edge reads in a plan: `from outside`, `forward`, `merge`,
+    /// `shuffle by user`.
+    pub fn describe(&self) -> String {
+        match self {
+            Edge::Source => "from outside".into(),
+            Edge::Forward => "forward".into(),
+            Edge::Merge => "merge".into(),
+            Edge::Shuffle(key) if key.is_empty() => "shuffle: one key group".into(),
+            Edge::Shuffle(key) => format!("shuffle by {}", key.join(", ")),
+        }
+    }
+}
+
+impl Plan {
+    /// The plan as JSON (the console draws it): `name`, `keyGroups` and
+    /// `steps` of `kind`, `detail`, `tasks`, `edge` and `state`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .steps
+            .iter()
+            .map(|step| {
+                serde_json::json!({
+                    "kind": step.kind,
+                    "detail": step.detail,
+                    "tasks": step.tasks,
+                    "edge": step.edge.describe(),
+                    "state": step.state,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "keyGroups": self.key_groups.count(),
+            "steps": steps,
+        })
+    }
+}
+
 fn join_kind(kind: StreamJoinKind) -> &'static str {
     match kind {
         StreamJoinKind::Inner => "inner",
@@ -214,13 +253,7 @@ impl fmt::Display for Plan {
             "step", "what", "tasks", "rows arrive"
         )?;
         for step in &self.steps {
-            let edge = match &step.edge {
-                Edge::Source => "from outside".into(),
-                Edge::Forward => "forward".into(),
-                Edge::Merge => "merge".into(),
-                Edge::Shuffle(key) if key.is_empty() => "shuffle: one key group".into(),
-                Edge::Shuffle(key) => format!("shuffle by {}", key.join(", ")),
-            };
+            let edge = step.edge.describe();
             let tasks = match step.tasks {
                 1 => "1 task".to_string(),
                 n => format!("{n} tasks"),

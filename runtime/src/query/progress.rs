@@ -8,8 +8,10 @@ pub struct PhaseDurations {
     pub plan: Duration,
     /// Reading and decoding input files.
     pub read: Duration,
-    /// Plugin stages.
+    /// Plugin stages (and a static join).
     pub transform: Duration,
+    /// Stateful operators (windows, dedup, stateful functions, joins).
+    pub operator: Duration,
     /// Writing to the sink.
     pub sink: Duration,
     /// Writing `commits/N`.
@@ -23,6 +25,8 @@ pub struct PhaseDurations {
 pub struct StageProgress {
     /// Stage name.
     pub name: String,
+    /// `sha256:<hex>` of the plugin version that ran the batch.
+    pub digest: String,
     /// Plugin calls (one per non-empty input batch).
     pub calls: u64,
     /// Time in the stage, conversions included.
@@ -112,6 +116,7 @@ impl BatchProgress {
                 "planBatch": ms(d.plan),
                 "getBatch": ms(d.read),
                 "transform": ms(d.transform),
+                "operator": ms(d.operator),
                 "addBatch": ms(d.sink),
                 "walCommit": ms(d.commit),
                 "triggerExecution": ms(d.total),
@@ -120,6 +125,7 @@ impl BatchProgress {
             "sink": { "numOutputRows": self.output_rows, "alreadyCommitted": self.sink_skipped },
             "plugins": self.stages.iter().map(|s| serde_json::json!({
                 "name": s.name,
+                "digest": s.digest,
                 "calls": s.calls,
                 "durationMs": ms(s.duration),
                 "memoryBytes": s.memory_bytes,

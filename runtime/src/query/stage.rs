@@ -157,6 +157,7 @@ impl Stage {
         let dead_letters = self.dead_letters(batch_id, inputs, &quarantined)?;
         self.last = StageProgress {
             name: self.name.clone(),
+            digest: self.version.digest.clone(),
             calls,
             duration: started.elapsed(),
             counters: self.instance.counters().clone(),

@@ -13,7 +13,10 @@
 //! | `POST /queries/{tenant}/{name}/swap` (`{"stage", "plugin": "sha256:…", "config"?, "shadow"?: N}`) | owner, admin | hot-swaps a transform plugin; with `shadow`, runs it beside the live one for N batches instead (report in the query's `shadow`) |
 //! | `POST /tenants/{tenant}/tokens` | admin | issues a token for a tenant (shown once) |
 //! | `DELETE /tenants/{tenant}/tokens` | admin | revokes the tenant's issued tokens |
+//! | `GET /queries/{tenant}/{name}/plan` | owner, admin | its physical plan (as `weir explain` prints it) |
+//! | `GET /events` (`?query=tenant/name`) | any | server-sent events: `progress` per committed batch, `status` per change of state, of the caller's queries (or that one); `resync` when the listener fell behind |
 //! | `GET /metrics` | admin | Prometheus metrics of every query |
+//! | `GET /console/` | anyone | the web console (a static page; it asks for a token and calls the API with it) |
 //!
 //! Before any of that, a request must name an allowed `Host` (no DNS
 //! rebinding) and, if it has an `Origin`, the same one (no cross-site
@@ -22,19 +25,23 @@
 //! of another tenant), 409 (running already), 413 (too large), 415 (wrong
 //! content type) or 429 (tenant quota).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::access::Caller;
+use super::events::{HostEvent, MAX_STREAMS_PER_CALLER};
 use super::{Host, HostError};
 
 /// The largest pipeline text accepted.
@@ -74,6 +81,8 @@ pub fn router(host: Arc<Host>, gate: Gate) -> axum::Router {
             put(upload).layer(DefaultBodyLimit::max(super::MAX_PLUGIN_UPLOAD)),
         )
         .route("/queries/{tenant}/{name}", get(detail))
+        .route("/queries/{tenant}/{name}/plan", get(plan))
+        .route("/events", get(events))
         .route("/queries/{tenant}/{name}/stop", post(stop))
         .route("/queries/{tenant}/{name}/start", post(start))
         .route("/queries/{tenant}/{name}/swap", post(swap))
@@ -84,7 +93,53 @@ pub fn router(host: Arc<Host>, gate: Gate) -> axum::Router {
         .with_state(host)
         .merge(metrics)
         .layer(DefaultBodyLimit::max(MAX_PIPELINE_BYTES))
-        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .merge(
+            super::console::router().layer(axum::middleware::from_fn_with_state(state, gate_only)),
+        )
+}
+
+/// A refusal unless `Host` is one the host answers to and `Origin`, if
+/// any, is the same.
+fn gate_refusal(gate: &Gate, headers: &HeaderMap) -> Option<Response> {
+    let host_header = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !gate.hosts.iter().any(|h| h == host_header) {
+        return Some(refuse(
+            StatusCode::FORBIDDEN,
+            "this host does not answer to that Host header (start it with --public-name)",
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let same = ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(scheme) == Some(host_header));
+        if !same {
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                "cross-origin requests are refused",
+            ));
+        }
+    }
+    None
+}
+
+/// The console's static files carry no data: only the gate applies.
+async fn gate_only(
+    State((_, gate)): State<(Arc<Host>, Arc<Gate>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match gate_refusal(&gate, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -98,24 +153,8 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let host_header = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    if !gate.hosts.iter().any(|h| h == host_header) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "this host does not answer to that Host header (start it with --public-name)",
-        );
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        let same = ["http://", "https://"]
-            .iter()
-            .any(|scheme| origin.strip_prefix(scheme) == Some(host_header));
-        if !same {
-            return refuse(StatusCode::FORBIDDEN, "cross-origin requests are refused");
-        }
+    if let Some(refused) = gate_refusal(&gate, headers) {
+        return refused;
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -337,4 +376,101 @@ async fn revoke_tokens(
     admin_only(&caller)?;
     let revoked = host.access().revoke(&tenant)?;
     Ok(Json(json!({ "tenant": tenant, "revoked": revoked })))
+}
+
+async fn plan(
+    State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<impl IntoResponse, HostError> {
+    let plan = host.plan(&owned_id(&caller, &tenant, &name)?).await?;
+    Ok(Json(plan.to_json()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsFilter {
+    /// Only this query's events (`tenant/name`).
+    query: Option<String>,
+}
+
+/// One caller's event stream and what it may see.
+struct Listener {
+    receiver: tokio::sync::broadcast::Receiver<HostEvent>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    caller: Caller,
+    query: Option<String>,
+    /// Counts against the caller's open streams until the stream ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Listener {
+    fn sees(&self, event: &HostEvent) -> bool {
+        let owned = match &self.caller {
+            Caller::Admin => true,
+            Caller::Tenant(tenant) => *tenant == event.tenant,
+        };
+        owned && self.query.as_ref().is_none_or(|id| *id == event.id)
+    }
+
+    /// The next event for this caller; `None` when the host shuts down.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Listener)> {
+        loop {
+            if *self.closing.borrow() {
+                return None;
+            }
+            let received = tokio::select! {
+                received = self.receiver.recv() => received,
+                _ = self.closing.changed() => return None,
+            };
+            let event = match received {
+                Ok(event) if self.sees(&event) => Event::default()
+                    .event(event.kind.name())
+                    .json_data(&event.data)
+                    .unwrap_or_else(|_| Event::default().comment("an event that is not JSON")),
+                Ok(_) => continue,
+                // Fell behind: the page fetches the state again.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    Event::default().event("resync").data(missed.to_string())
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((Ok(event), self));
+        }
+    }
+}
+
+async fn events(
+    State(host): State<Arc<Host>>,
+    Extension(caller): Extension<Caller>,
+    Query(filter): Query<EventsFilter>,
+) -> Result<Response, HostError> {
+    if let Some(id) = &filter.query {
+        let (tenant, name) = id
+            .split_once('/')
+            .ok_or_else(|| HostError::NotFound(id.clone()))?;
+        host.get(&owned_id(&caller, tenant, name)?)?;
+    }
+    let holder = match &caller {
+        Caller::Admin => "admin".to_string(),
+        Caller::Tenant(tenant) => format!("tenant {tenant}"),
+    };
+    let permit = host
+        .events()
+        .stream_permit(&holder)
+        .ok_or_else(|| HostError::Quota {
+            tenant: holder.clone(),
+            reason: format!("{MAX_STREAMS_PER_CALLER} event streams open"),
+        })?;
+    let listener = Listener {
+        receiver: host.events().subscribe(),
+        closing: host.events().closing(),
+        caller,
+        query: filter.query,
+        _permit: permit,
+    };
+    let stream = futures::stream::unfold(listener, Listener::next);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }

@@ -9,6 +9,8 @@
 
 pub mod access;
 pub mod api;
+pub mod console;
+pub mod events;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -28,6 +30,7 @@ use crate::plugin::PluginEngine;
 use crate::query::{Query, QueryControl, QueryOutcome, SwapAccepted};
 use crate::storage::write_file_durably;
 use access::{Access, PolicyDefaults, TenantPolicy};
+use events::{EventHub, EventKind, HostEvent};
 
 /// How many progress events each query keeps for the API.
 const RECENT_PROGRESS: usize = 100;
@@ -118,6 +121,8 @@ pub struct QueryInfo {
 struct Running {
     tenant: String,
     name: String,
+    /// The pipeline as checked when it started (for its plan).
+    pipeline: Arc<Pipeline>,
     /// Plugin memory the query may use (the sum of its memory limits).
     memory_reserved: u64,
     status: Mutex<Status>,
@@ -166,6 +171,7 @@ pub struct Host {
     cores: Mutex<BTreeMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
     metrics: Arc<QueryMetrics>,
     registry: Arc<Registry>,
+    events: Arc<EventHub>,
 }
 
 impl Host {
@@ -195,12 +201,29 @@ impl Host {
             cores: Mutex::new(BTreeMap::new()),
             metrics: Arc::new(metrics),
             registry: Arc::new(registry),
+            events: Arc::new(EventHub::default()),
         }))
     }
 
     /// The access rules: who a token is, what a tenant may do.
     pub fn access(&self) -> &Access {
         &self.access
+    }
+
+    /// Every query's progress and state changes, as they happen.
+    pub fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    /// Tells listeners that `running`'s state is what it is now.
+    fn announce_status(events: &EventHub, running: &Running) {
+        let info = running.info();
+        events.publish(HostEvent {
+            id: info.id.clone(),
+            tenant: info.tenant.clone(),
+            kind: EventKind::Status,
+            data: serde_json::to_value(&info).unwrap_or(Value::Null),
+        });
     }
 
     /// What `tenant`'s pipelines may reach: its query directories, its
@@ -411,6 +434,7 @@ impl Host {
             });
         }
         let (stop, stop_rx) = watch::channel(false);
+        let checked = Arc::new(pipeline.clone());
         let mut query = Query::new(pipeline, self.engine.clone())
             .with_stop_signal(stop_rx)
             .with_cores(self.tenant_cores(tenant, policy.max_cores));
@@ -418,6 +442,7 @@ impl Host {
         let running = Arc::new(Running {
             tenant: tenant.to_string(),
             name: name.to_string(),
+            pipeline: checked,
             memory_reserved,
             status: Mutex::new(Status::Running),
             stop,
@@ -435,6 +460,7 @@ impl Host {
                 source,
             })?;
         let (metrics, label, recent) = (self.metrics.clone(), id.clone(), running.clone());
+        let (events, owner) = (self.events.clone(), tenant.to_string());
         let (mut host_batches, mut host_quarantined) = (0u64, 0u64);
         let query = query.on_progress(move |p| {
             host_batches += 1;
@@ -451,9 +477,17 @@ impl Host {
             if progress.len() == RECENT_PROGRESS {
                 progress.pop_front();
             }
-            progress.push_back(json);
+            progress.push_back(json.clone());
+            drop(progress);
+            events.publish(HostEvent {
+                id: label.clone(),
+                tenant: owner.clone(),
+                kind: EventKind::Progress,
+                data: json,
+            });
         });
         let finished = running.clone();
+        let events = self.events.clone();
         // A query's future is not `Send` (its state and plugin handles stay
         // on one thread): each is driven on a thread of the blocking pool,
         // sharing the runtime's timers and I/O.
@@ -480,11 +514,13 @@ impl Host {
                     }
                 };
                 *lock(&finished.status) = status;
+                Host::announce_status(&events, &finished);
             })
         });
         *lock(&running.task) = Some(task);
         tracing::info!(query = id, "query started");
-        lock(&self.queries).insert(id, running);
+        lock(&self.queries).insert(id, running.clone());
+        Host::announce_status(&self.events, &running);
         Ok(())
     }
 
@@ -613,6 +649,24 @@ impl Host {
         Ok((running.info(), progress))
     }
 
+    /// The physical plan of query `id` (as `weir explain` prints it), with
+    /// the key groups its checkpoint recorded.
+    pub async fn plan(&self, id: &str) -> Result<crate::query::Plan, HostError> {
+        let pipeline = self.known(id)?.pipeline.clone();
+        let key_groups =
+            match crate::checkpoint::Checkpoint::open_read_only(&pipeline.checkpoint).await {
+                Ok(checkpoint) => checkpoint.recorded_key_groups().await?,
+                // Not started yet: what the first start will fix.
+                Err(_) => crate::state::KeyGroups::try_new(
+                    pipeline
+                        .parallelism
+                        .key_groups
+                        .unwrap_or(crate::state::DEFAULT_KEY_GROUPS),
+                )?,
+            };
+        Ok(crate::query::Plan::of(&pipeline, key_groups))
+    }
+
     fn known(&self, id: &str) -> Result<Arc<Running>, HostError> {
         lock(&self.queries)
             .get(id)
@@ -622,6 +676,7 @@ impl Host {
 
     /// Stops every query (after its current batch), as a host shutdown.
     pub async fn shutdown(&self) {
+        self.events.close();
         let all: Vec<Arc<Running>> = lock(&self.queries).values().cloned().collect();
         for running in &all {
             let _ = running.stop.send(true);

@@ -26,12 +26,17 @@ pub async fn serve(
     let listener = weir::metrics::bind(addr).await?;
     let resumed = host.resume()?;
     eprintln!(
-        "weir serve: admin API on http://{addr} ({resumed} queries resumed); admin token in {}",
+        "weir serve: admin API on http://{addr} (console: http://{addr}/console/; {resumed} queries resumed); admin token in {}",
         config.state_dir.join("access/admin.token").display()
     );
     let gate = weir::serve::api::Gate::for_address(addr, public_names);
     let app = weir::serve::api::router(host.clone(), gate);
-    let server = axum::serve(listener, app).with_graceful_shutdown(super::shutdown_signal());
+    let closing = host.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        super::shutdown_signal().await;
+        // Open console streams end now, or the server would wait on them.
+        closing.events().close();
+    });
     server
         .await
         .map_err(|e| WeirError::Internal(format!("admin server: {e}")))?;

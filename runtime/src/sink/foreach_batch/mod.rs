@@ -83,12 +83,17 @@ impl ForeachBatchSink {
         }
         let stage = &config.stage;
         let component = engine.load_batch_sink(&stage.name, &stage.plugin)?;
+        let digest = component.digest().to_string();
         let plugin = SinkPlugin::start(stage.clone(), component, config.outputs.clone())?;
         Ok(ForeachBatchSink {
             stage: stage.name.clone(),
             plugin: Arc::new(Mutex::new(plugin)),
             outputs,
-            last: StageProgress::default(),
+            last: StageProgress {
+                name: stage.name.clone(),
+                digest,
+                ..StageProgress::default()
+            },
             query_id: query_id.parse().unwrap_or_default(),
             env: None,
             prepared: None,
@@ -121,6 +126,7 @@ impl Sink for ForeachBatchSink {
         self.prepared = None;
         self.last = StageProgress {
             name: self.stage.clone(),
+            digest: std::mem::take(&mut self.last.digest),
             ..StageProgress::default()
         };
         let Some(first) = batches.iter().find(|b| b.num_rows() > 0) else {
