@@ -6,14 +6,16 @@
 //! checks both pages for accessibility. The screenshots land in
 //! `target/tmp/console/` (the README's are copies).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
 use crate::common::free_port;
-use crate::serve::{Server, hosted_pipeline_text, rows_by_batch, wait_until, write_input};
+use crate::serve::{
+    Server, acme_orders, hosted_pipeline_text, rows_by_batch, wait_until, write_input,
+};
 
 fn sign_in(browser: &Browser, server: &Server, token: &str) {
     browser.goto(&format!("{}/console/", server.url()));
@@ -27,21 +29,6 @@ fn sign_in(browser: &Browser, server: &Server, token: &str) {
         "signed in",
         "return !document.getElementById('sign-out').hidden",
     );
-}
-
-/// A host with tenant acme's `orders` query (the `double` stage) over
-/// `<tmp>/in`, and a few files committed.
-fn host_with_orders() -> (tempfile::TempDir, PathBuf, PathBuf, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let state = dir.path().join("state");
-    let server = Server::start(&state, free_port(), &dir.path().join("serve.log"));
-    let pipeline = dir.path().join("orders.toml");
-    std::fs::write(&pipeline, hosted_pipeline_text(&input)).unwrap();
-    server.cli_as("acme", &["submit", pipeline.to_str().unwrap()]);
-    let query = state.join("tenants/acme/orders");
-    (dir, input, query, server)
 }
 
 /// The query's progress log: one event per committed batch (a line the
@@ -90,7 +77,7 @@ fn assert_close(a: f64, b: f64, what: &str) {
 
 #[test]
 fn the_console_lists_queries_and_its_charts_follow_the_progress_log() {
-    let (_dir, input, query, server) = host_with_orders();
+    let (_dir, input, query, server) = acme_orders();
     feed(&input, &query, 0..3);
     // Another tenant's query, which acme's token must not see.
     let other_input = _dir.path().join("other-in");
@@ -195,7 +182,7 @@ fn the_console_lists_queries_and_its_charts_follow_the_progress_log() {
 
 #[test]
 fn a_swap_from_the_console_takes_effect_at_the_next_batch() {
-    let (_dir, input, query, server) = host_with_orders();
+    let (_dir, input, query, server) = acme_orders();
     feed(&input, &query, 0..2);
     let browser = Browser::start();
     sign_in(&browser, &server, &server.token("acme"));
@@ -349,7 +336,7 @@ fn read_events(stream: &mut std::net::TcpStream, done: impl Fn(&str) -> bool) ->
 
 #[test]
 fn the_event_stream_carries_only_the_callers_queries_and_is_bounded() {
-    let (dir, input, query, server) = host_with_orders();
+    let (dir, input, query, server) = acme_orders();
     let globex_input = dir.path().join("globex-in");
     std::fs::create_dir(&globex_input).unwrap();
     let globex = dir.path().join("globex.toml");

@@ -294,7 +294,7 @@ fn logged_multipliers(query: &Path) -> Vec<(u64, f64)> {
 /// A host running tenant acme's `orders` query over `<tmp>/in`: the
 /// temporary directory (kept while it lives), the input directory, the
 /// query's directory and the server.
-fn acme_orders() -> (tempfile::TempDir, PathBuf, PathBuf, Server) {
+pub(crate) fn acme_orders() -> (tempfile::TempDir, PathBuf, PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();

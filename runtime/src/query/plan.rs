@@ -180,6 +180,24 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The plan of `pipeline` with the key groups its checkpoint recorded
+    /// (or, before its first start, those the first start will record).
+    pub async fn of_checkpointed(pipeline: &Pipeline) -> crate::error::Result<Plan> {
+        let key_groups =
+            match crate::checkpoint::Checkpoint::open_read_only(&pipeline.checkpoint).await {
+                Ok(checkpoint) => checkpoint.recorded_key_groups().await?,
+                Err(_) => KeyGroups::try_new(
+                    pipeline
+                        .parallelism
+                        .key_groups
+                        .unwrap_or(crate::state::DEFAULT_KEY_GROUPS),
+                )?,
+            };
+        Ok(Plan::of(pipeline, key_groups))
+    }
+}
+
 impl Edge {
     /// How the edge reads in a plan: `from outside`, `forward`, `merge`,
     /// `shuffle by user`.

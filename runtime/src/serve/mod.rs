@@ -653,18 +653,7 @@ impl Host {
     /// the key groups its checkpoint recorded.
     pub async fn plan(&self, id: &str) -> Result<crate::query::Plan, HostError> {
         let pipeline = self.known(id)?.pipeline.clone();
-        let key_groups =
-            match crate::checkpoint::Checkpoint::open_read_only(&pipeline.checkpoint).await {
-                Ok(checkpoint) => checkpoint.recorded_key_groups().await?,
-                // Not started yet: what the first start will fix.
-                Err(_) => crate::state::KeyGroups::try_new(
-                    pipeline
-                        .parallelism
-                        .key_groups
-                        .unwrap_or(crate::state::DEFAULT_KEY_GROUPS),
-                )?,
-            };
-        Ok(crate::query::Plan::of(&pipeline, key_groups))
+        Ok(crate::query::Plan::of_checkpointed(&pipeline).await?)
     }
 
     fn known(&self, id: &str) -> Result<Arc<Running>, HostError> {

@@ -531,18 +531,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         } => unreachable!("handled by plugin_dev::dispatch"),
         Command::Explain { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
-            let key_groups =
-                match weir::checkpoint::Checkpoint::open_read_only(&pipeline.checkpoint).await {
-                    Ok(checkpoint) => checkpoint.recorded_key_groups().await?,
-                    // Not started yet: what the first start will fix.
-                    Err(_) => weir::state::KeyGroups::try_new(
-                        pipeline
-                            .parallelism
-                            .key_groups
-                            .unwrap_or(weir::state::DEFAULT_KEY_GROUPS),
-                    )?,
-                };
-            print!("{}", weir::query::Plan::of(&pipeline, key_groups));
+            print!("{}", weir::query::Plan::of_checkpointed(&pipeline).await?);
             Ok(())
         }
         Command::Validate { pipeline } => {
