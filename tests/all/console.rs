@@ -6,7 +6,7 @@
 //! checks both pages for accessibility. The screenshots land in
 //! `target/tmp/console/` (the README's are copies).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -278,6 +278,8 @@ fn a_failing_plugins_error_shows_on_its_page() {
     let failure = failure.as_str().unwrap();
     assert!(failure.contains("the plugin trapped"), "{failure}");
     assert!(failure.contains("panicking on purpose"), "{failure}");
+    // With the Wasm backtrace, as the host reports it.
+    assert!(failure.contains("wasm backtrace"), "{failure}");
     assert_eq!(
         browser.js(
             "return document.querySelector('[data-state]').dataset.state",
@@ -417,4 +419,80 @@ fn the_event_stream_carries_only_the_callers_queries_and_is_bounded() {
     let log = server.terminate();
     assert!(log.contains("stopping every query"), "{log}");
     drop((held, acme_stream, admin_stream));
+}
+
+#[test]
+fn weir_run_serves_the_console_of_its_one_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let pipeline = dir.path().join("orders.toml");
+    std::fs::write(&pipeline, crate::serve::pipeline_text(&input)).unwrap();
+    let port = free_port();
+    let log = dir.path().join("run.log");
+    let mut run = crate::common::weir()
+        .current_dir(dir.path())
+        .args(["run", pipeline.to_str().unwrap(), "--ui"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The token is in a file (mode 0600) whose path is printed; the token is not.
+    let mut token_file = None;
+    wait_until("the console's address", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        token_file = text
+            .split("sign in with the token in ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .map(PathBuf::from);
+        token_file.is_some()
+    });
+    let token_file = token_file.unwrap();
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the token file is readable by others");
+    assert!(!std::fs::read_to_string(&log).unwrap().contains(&token));
+
+    write_input(&input, 0);
+    let browser = Browser::start();
+    let url = format!("http://127.0.0.1:{port}");
+    browser.goto(&format!("{url}/console/"));
+    browser.until(
+        "the sign-in form",
+        "return document.getElementById('token')",
+    );
+    browser.type_into("#token", &token);
+    browser.click("#login button[type=submit]");
+    browser.until(
+        "the query listed",
+        "return document.querySelector(\"tr[data-query='local/orders']\")",
+    );
+    browser.click("tr[data-query='local/orders'] a");
+    write_input(&input, 1);
+    browser.until(
+        "two batches on the chart",
+        "return document.querySelectorAll(\"svg[data-chart='rates'] circle[data-series='input']\").length >= 2",
+    );
+    assert!(browser.text("#plan").contains("double"));
+    // Stop from the page: the run stops after its batch and exits.
+    browser.click("#stop");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "weir run did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("query `orders`: stopped after 2 batch(es)"),
+        "{text}"
+    );
+    assert!(!token_file.exists(), "the token file outlived the run");
+    let out = dir.path().join("out");
+    assert_eq!(rows_by_batch(&out).len(), 2);
 }

@@ -163,7 +163,7 @@ enum RawConnection {
 }
 
 /// SHA-256 of a token.
-fn digest(token: &str) -> [u8; 32] {
+pub(crate) fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -188,7 +188,7 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 }
 
 /// Compares digests without an early exit, so timing tells nothing.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -104,7 +104,7 @@ pub fn router(host: Arc<Host>, gate: Gate) -> axum::Router {
 
 /// A refusal unless `Host` is one the host answers to and `Origin`, if
 /// any, is the same.
-fn gate_refusal(gate: &Gate, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn gate_refusal(gate: &Gate, headers: &HeaderMap) -> Option<Response> {
     let host_header = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -142,7 +142,7 @@ async fn gate_only(
     }
 }
 
-fn refuse(status: StatusCode, message: &str) -> Response {
+pub(crate) fn refuse(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
@@ -451,22 +451,31 @@ async fn events(
             .ok_or_else(|| HostError::NotFound(id.clone()))?;
         host.get(&owned_id(&caller, tenant, name)?)?;
     }
+    event_stream(host.events(), caller, filter.query)
+}
+
+/// A server-sent event stream of `events` for `caller` (only `query`'s, if
+/// given; the caller was checked to see it).
+pub(crate) fn event_stream(
+    events: &super::events::EventHub,
+    caller: Caller,
+    query: Option<String>,
+) -> Result<Response, HostError> {
     let holder = match &caller {
         Caller::Admin => "admin".to_string(),
         Caller::Tenant(tenant) => format!("tenant {tenant}"),
     };
-    let permit = host
-        .events()
+    let permit = events
         .stream_permit(&holder)
         .ok_or_else(|| HostError::Quota {
             tenant: holder.clone(),
             reason: format!("{MAX_STREAMS_PER_CALLER} event streams open"),
         })?;
     let listener = Listener {
-        receiver: host.events().subscribe(),
-        closing: host.events().closing(),
+        receiver: events.subscribe(),
+        closing: events.closing(),
         caller,
-        query: filter.query,
+        query,
         _permit: permit,
     };
     let stream = futures::stream::unfold(listener, Listener::next);

@@ -11,6 +11,7 @@ pub mod access;
 pub mod api;
 pub mod console;
 pub mod events;
+pub mod local;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;

@@ -45,6 +45,39 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves the console of the query `weir run` runs (`--ui ADDR`).
+pub async fn serve_console(
+    addr: std::net::SocketAddr,
+    pipeline: &weir::Pipeline,
+    control: weir::query::QueryControl,
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+) -> Result<std::sync::Arc<weir::serve::local::LocalConsole>, WeirError> {
+    if !addr.ip().is_loopback() {
+        return Err(WeirError::Internal(format!(
+            "--ui binds loopback addresses only ({addr} is not): the console has no TLS of its own"
+        )));
+    }
+    let token_file = std::env::temp_dir().join(format!(
+        "weir-ui-{}-{}.token",
+        pipeline.name,
+        std::process::id()
+    ));
+    let console = weir::serve::local::LocalConsole::new(pipeline, control, stop, &token_file)?;
+    let listener = weir::metrics::bind(addr).await?;
+    let gate = weir::serve::api::Gate::for_address(addr, &[]);
+    let app = console.clone().router(gate);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("console server: {e}");
+        }
+    });
+    eprintln!(
+        "weir run: console on http://{addr}/console/ (sign in with the token in {})",
+        token_file.display()
+    );
+    Ok(console)
+}
+
 /// Where a client command finds the host, and its token.
 #[derive(clap::Args)]
 pub struct Remote {

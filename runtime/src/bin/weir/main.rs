@@ -45,6 +45,11 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Serve the web console for this query at http://ADDR/console/
+        /// (loopback only, e.g. 127.0.0.1:7071); its token goes to a file
+        /// only you can read, whose path is printed.
+        #[arg(long, value_name = "ADDR")]
+        ui: Option<std::net::SocketAddr>,
     },
     /// Run committed batches again offline, from what the checkpoint
     /// recorded (input plans, plugin versions, quarantined rows, clock and
@@ -600,6 +605,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             quiet,
             progress_log,
             metrics_addr,
+            ui,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let metrics = match metrics_addr {
@@ -633,32 +639,49 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 None => None,
             };
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stop_tx = std::sync::Arc::new(stop_tx);
+            let stopper = stop_tx.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
                 tracing::info!("stop requested: finishing the current batch");
-                let _ = stop_tx.send(true);
+                let _ = stopper.send(true);
             });
             let name = pipeline.name.clone();
             let query_name = name.clone();
-            let query = Query::new(pipeline, PluginEngine::new()?)
-                .with_stop_signal(stop_rx)
-                .on_progress(move |p| {
-                    if !quiet {
-                        eprintln!("{p}");
+            let mut query =
+                Query::new(pipeline.clone(), PluginEngine::new()?).with_stop_signal(stop_rx);
+            let console = match ui {
+                Some(addr) => {
+                    Some(admin::serve_console(addr, &pipeline, query.control(), stop_tx).await?)
+                }
+                None => None,
+            };
+            let observer = console.clone();
+            let query = query.on_progress(move |p| {
+                if let Some(console) = &observer {
+                    console.observe(p);
+                }
+                if !quiet {
+                    eprintln!("{p}");
+                }
+                if let Some(metrics) = &metrics {
+                    metrics.observe(&query_name, p);
+                }
+                if let Some(file) = &mut log {
+                    let mut json = p.to_json();
+                    json["name"] = query_name.clone().into();
+                    // A full disk must not stop the query; say so and go on.
+                    if let Err(e) = writeln!(file, "{json}") {
+                        tracing::warn!("cannot write the progress log: {e}");
                     }
-                    if let Some(metrics) = &metrics {
-                        metrics.observe(&query_name, p);
-                    }
-                    if let Some(file) = &mut log {
-                        let mut json = p.to_json();
-                        json["name"] = query_name.clone().into();
-                        // A full disk must not stop the query; say so and go on.
-                        if let Err(e) = writeln!(file, "{json}") {
-                            tracing::warn!("cannot write the progress log: {e}");
-                        }
-                    }
-                });
-            match query.run().await? {
+                }
+            });
+            let outcome = query.run().await;
+            if let Some(console) = &console {
+                console.finished(&outcome);
+                console.close();
+            }
+            match outcome? {
                 QueryOutcome::Drained { batches } => {
                     eprintln!(
                         "query `{name}`: all available input processed in {batches} batch(es)"
