@@ -20,6 +20,9 @@ use crate::common::free_port;
 
 /// The key of an element reference in WebDriver's JSON.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// WebDriver's key codes (W3C WebDriver, "keyboard actions").
+pub(crate) const TAB: &str = "\u{E004}";
+pub(crate) const ENTER: &str = "\u{E007}";
 
 /// Chromium and chromedriver: Debian's by default.
 fn tool(variable: &str, default: &str) -> PathBuf {
@@ -195,6 +198,32 @@ impl Browser {
             &self.session_path(&format!("/element/{element}/click")),
             Some(&json!({})),
         );
+    }
+
+    /// Presses `key` (a WebDriver key code, e.g. [`TAB`]) on the keyboard.
+    pub(crate) fn press(&self, key: &str) {
+        let actions = json!({ "actions": [{
+            "type": "key",
+            "id": "keyboard",
+            "actions": [{ "type": "keyDown", "value": key }, { "type": "keyUp", "value": key }],
+        }]});
+        self.request("POST", &self.session_path("/actions"), Some(&actions));
+    }
+
+    /// Moves the focus with Tab, as a keyboard user does, until it is on
+    /// the element `css` selects (a panic if 50 presses do not reach it).
+    pub(crate) fn tab_to(&self, css: &str) {
+        let focused = format!(
+            "return document.activeElement === document.querySelector({})",
+            serde_json::to_string(css).unwrap()
+        );
+        for _ in 0..50 {
+            if self.js(&focused, Vec::new()) == json!(true) {
+                return;
+            }
+            self.press(TAB);
+        }
+        panic!("Tab never reaches {css}");
     }
 
     /// Types `text` into the element (for a file input: the file's path).

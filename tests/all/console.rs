@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::browser::Browser;
+use crate::browser::{Browser, ENTER};
 use crate::common::free_port;
 use crate::serve::{
     Server, acme_orders, hosted_pipeline_text, rows_by_batch, wait_until, write_input,
@@ -463,13 +463,17 @@ fn weir_run_serves_the_console_of_its_one_query() {
         "the sign-in form",
         "return document.getElementById('token')",
     );
+    // By keyboard alone, this time: type the token, Enter; Tab to the
+    // query's link, Enter; later Tab to Stop, Enter.
+    browser.tab_to("#token");
     browser.type_into("#token", &token);
-    browser.click("#login button[type=submit]");
+    browser.press(ENTER);
     browser.until(
         "the query listed",
         "return document.querySelector(\"tr[data-query='local/orders']\")",
     );
-    browser.click("tr[data-query='local/orders'] a");
+    browser.tab_to("tr[data-query='local/orders'] a");
+    browser.press(ENTER);
     write_input(&input, 1);
     browser.until(
         "two batches on the chart",
@@ -477,7 +481,8 @@ fn weir_run_serves_the_console_of_its_one_query() {
     );
     assert!(browser.text("#plan").contains("double"));
     // Stop from the page: the run stops after its batch and exits.
-    browser.click("#stop");
+    browser.tab_to("#stop");
+    browser.press(ENTER);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = run.try_wait().unwrap() {
