@@ -40,10 +40,13 @@ for dir in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
     [ -e "$bin/$name" ] || ln -s "$tool" "$bin/$name"
   done
 done
-# Rust as rustup installs it: its proxies, nothing else from ~/.cargo/bin.
+# Rust as rustup installs it: its proxies, nothing else from their
+# directory (~/.cargo/bin, or wherever the `cargo` on PATH lives: a
+# CARGO_HOME of its own need not hold them).
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+rust_bin=$(dirname "$(command -v cargo)")
 for tool in cargo rustc rustup rustdoc rustfmt cargo-fmt cargo-clippy clippy-driver; do
-  [ -e "$cargo_home/bin/$tool" ] && ln -sf "$cargo_home/bin/$tool" "$bin/$tool"
+  [ -e "$rust_bin/$tool" ] && ln -sf "$rust_bin/$tool" "$bin/$tool"
 done
 
 # The clippy-driver that compiled the workspace for the tests (./dev test).

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -125,6 +127,21 @@ fn rows_flow_through_as_they_arrive_and_epochs_are_checkpointed() {
     );
 }
 
+/// Writes input files from 0, one every 10 ms, on another thread, until
+/// `stop` is set (or 3,000 files); returns how many it wrote.
+fn write_files_until(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop.load(Ordering::Acquire) && n < 3_000 {
+            write_file(&dir, n);
+            n += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n
+    })
+}
+
 /// Writes input files `from..to`, one every 10 ms, on another thread.
 fn write_files_paced(dir: &Path, from: u64, to: u64) -> std::thread::JoinHandle<()> {
     let dir = dir.to_path_buf();
@@ -152,8 +169,10 @@ fn a_kill_9_anywhere_in_an_epoch_loses_nothing() {
             pipeline().replace("max_files_per_trigger = 1\n", ""),
         )
         .unwrap();
-        // 600 ms of input arriving while the query runs: about 12 epochs.
-        let writer = write_files_paced(dir.path(), 0, 60);
+        // Input arrives until the kill, however slowly a loaded machine
+        // runs the epochs up to it.
+        let killed = Arc::new(AtomicBool::new(false));
+        let writer = write_files_until(dir.path(), killed.clone());
         let mut crashed = start(dir.path(), Some(at));
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
@@ -175,17 +194,21 @@ fn a_kill_9_anywhere_in_an_epoch_loses_nothing() {
             !delivered(dir.path()).is_empty(),
             "{at}: rows before the kill"
         );
-        writer.join().unwrap();
+        killed.store(true, Ordering::Release);
+        let files = writer.join().unwrap();
 
         // Restarted, with more input arriving.
         let mut child = start(dir.path(), None);
-        write_files_paced(dir.path(), 60, 80).join().unwrap();
-        wait_for(dir.path(), 800, &mut child);
+        write_files_paced(dir.path(), files, files + 20)
+            .join()
+            .unwrap();
+        let ids = (files + 20) * 10;
+        wait_for(dir.path(), ids as i64, &mut child);
         stop_gracefully(child);
         let seen = delivered(dir.path());
         assert_eq!(
             seen.keys().copied().collect::<Vec<_>>(),
-            (0..800).collect::<Vec<_>>(),
+            (0..ids as i64).collect::<Vec<_>>(),
             "{at}: every row at least once"
         );
     }

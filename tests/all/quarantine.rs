@@ -109,6 +109,81 @@ fn poison_rows_are_quarantined_once_and_replays_repeat_time_and_randomness_acros
     assert_kills_repeat(&clean, scenario, points, &expected, "trap");
 }
 
+/// [`scenario`] with `parallelism = tasks` (a top-level key: first in the file).
+fn scenario_with_tasks(tasks: usize) -> Scenario {
+    let s = scenario();
+    let text = fs::read_to_string(s.pipeline_path()).unwrap();
+    fs::write(s.pipeline_path(), format!("parallelism = {tasks}\n{text}")).unwrap();
+    s
+}
+
+fn four_tasks() -> Scenario {
+    scenario_with_tasks(4)
+}
+
+/// Each batch's `plugins` entry for `stage`, from a progress log.
+fn stage_progress(log: &Path, stage: &str) -> Vec<Value> {
+    fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let progress: Value = serde_json::from_str(line).unwrap();
+            progress["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == stage)
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+#[test]
+fn transform_tasks_change_no_row_clock_reading_random_number_or_quarantined_row() {
+    // One task goes through a batch's two parts (files) in turn ...
+    let one = scenario_with_tasks(1);
+    let log = one.path("progress.jsonl");
+    assert_ok(
+        &one.command("run")
+            .arg("--progress-log")
+            .arg(&log)
+            .output()
+            .unwrap(),
+    );
+    let expected = checked_clean_run(&one, "trap");
+    let stamp = stage_progress(&log, "stamp");
+    assert!(stamp.iter().all(|p| p["tasks"] == 1), "{stamp:?}");
+
+    // ... four tasks run them at once, each with an instance of its own.
+    let four = four_tasks();
+    fs::create_dir_all(four.path("ck")).unwrap();
+    fs::copy(one.path("ck/metadata"), four.path("ck/metadata")).unwrap();
+    let log = four.path("progress.jsonl");
+    assert_ok(
+        &four
+            .command("run")
+            .arg("--progress-log")
+            .arg(&log)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(rows_by_batch(&four), expected);
+    assert_eq!(
+        quarantined_ids(&four.path("ck/dead_letter"), "trap"),
+        vec![7, 14, 21, 28]
+    );
+    let stamp = stage_progress(&log, "stamp");
+    assert_eq!(stamp.len(), 3, "{stamp:?}");
+    assert!(
+        stamp.iter().all(|p| p["tasks"] == 2 && p["calls"] == 2),
+        "two parts a batch, one per task: {stamp:?}"
+    );
+    // Killed anywhere in a batch the four tasks are running: the same.
+    let points = CRASH_POINTS.iter().copied().chain(["after-quarantine-log"]);
+    assert_kills_repeat(&one, four_tasks, points, &expected, "trap");
+}
+
 /// The batches `clean` committed, checked: every row but the poison ids
 /// (7, 14, 21, 28) once, in order, each with a clock reading of its batch's
 /// time and a random number of its own, and each poison row once in
@@ -443,12 +518,14 @@ fn weir_replay_rebuilds_committed_batches_exactly_and_diffs_a_candidate_version(
     );
     assert!(
         candidate.starts_with(
-            "batch 0: 6 rows the same, 3 committed rows not replayed (-), 2 new rows (+), 2 rows quarantined"
+            "batch 0: 5 rows the same, 4 committed rows not replayed (-), 3 new rows (+), 2 rows quarantined"
         ),
         "{candidate}"
     );
-    assert_eq!(diff_ids(&candidate, "-"), vec![5, 6, 10], "{candidate}");
-    assert_eq!(diff_ids(&candidate, "+"), vec![6, 7], "{candidate}");
+    // `stamp`'s clock and random stream start again in each part (file):
+    // ids 1-4 and 6 keep their places; 8 and 9 move up one in the second.
+    assert_eq!(diff_ids(&candidate, "-"), vec![5, 8, 9, 10], "{candidate}");
+    assert_eq!(diff_ids(&candidate, "+"), vec![7, 8, 9], "{candidate}");
     let failed = s
         .command("replay")
         .args([

@@ -831,19 +831,30 @@ fn tenant_quotas_refuse_queries_over_them() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
+    // Two cores a tenant, whatever this machine has: a query's tasks.
+    let state = dir.path().join("state");
+    let access = access_file(&state, "");
+    let text = std::fs::read_to_string(&access).unwrap();
+    std::fs::write(
+        &access,
+        text.replace("[defaults]\n", "[defaults]\nmax_cores = 2\n"),
+    )
+    .unwrap();
     let server = Server::start_with(
-        &dir.path().join("state"),
+        &state,
         free_port(),
         &dir.path().join("serve.log"),
         &[],
         &[
+            "--access",
+            access.to_str().unwrap(),
             "--max-queries-per-tenant",
             "2",
             "--max-memory-per-tenant",
             "1536MiB",
         ],
     );
-    let submit = |name: &str, tenant: &str, memory: &str| {
+    let submit = |name: &str, tenant: &str, memory: &str, tasks: usize| {
         let file = dir.path().join(format!("{name}.toml"));
         let text = hosted_pipeline_text(&input)
             .replace("name = \"orders\"", &format!("name = \"{name}\""))
@@ -851,25 +862,33 @@ fn tenant_quotas_refuse_queries_over_them() {
                 "multiply = 2.0 }",
                 &format!("multiply = 2.0 }}\nmemory_limit = \"{memory}\""),
             );
-        std::fs::write(&file, text).unwrap();
+        std::fs::write(&file, format!("parallelism = {tasks}\n{text}")).unwrap();
         server.try_cli_as(tenant, &["submit", file.to_str().unwrap()])
     };
-    assert!(submit("a", "acme", "1GiB").status.success());
+    let refused = |out: std::process::Output| {
+        let err = crate::common::stderr(&out);
+        assert!(
+            !out.status.success() && err.contains("answered 429"),
+            "{err}"
+        );
+        err
+    };
+    assert!(submit("a", "acme", "1GiB", 1).status.success());
     // Memory: 1 GiB + 1 GiB of memory limits is over 1.5 GiB.
-    let out = submit("b", "acme", "1GiB");
-    let err = crate::common::stderr(&out);
-    assert!(
-        !out.status.success() && err.contains("answered 429"),
-        "{err}"
-    );
+    let err = refused(submit("b", "acme", "1GiB", 1));
+    assert!(err.contains("this one 1073741824 more"), "{err}");
     assert!(err.contains("over its 1610612736 bytes"), "{err}");
-    // Within memory, but a third query is over the count.
-    assert!(submit("c", "acme", "256MiB").status.success());
-    let out = submit("d", "acme", "64MiB");
-    let err = crate::common::stderr(&out);
+    // Each task runs an instance of the stage: 2 x 384 MiB is over too ...
+    let err = refused(submit("b", "acme", "384MiB", 2));
+    assert!(err.contains("this one 805306368 more"), "{err}");
+    assert!(err.contains("2 tasks"), "{err}");
+    // ... 2 x 256 MiB is not; but a third query is over the count.
+    assert!(submit("c", "acme", "256MiB", 2).status.success());
+    let out = submit("d", "acme", "64MiB", 1);
+    let err = refused(out);
     assert!(err.contains("2 running queries (at most 2)"), "{err}");
     // Other tenants have their own quota.
-    assert!(submit("e", "other", "1GiB").status.success());
+    assert!(submit("e", "other", "1GiB", 1).status.success());
     server.terminate();
 }
 

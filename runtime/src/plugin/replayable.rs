@@ -11,6 +11,12 @@
 //! - `wasi:random` (secure and insecure) is a ChaCha stream seeded from the
 //!   query id, the stage and the batch id.
 //!
+//! A transform stage calls its plugin once per part of the batch (an input
+//! batch), on whichever task is free: each call starts again at the batch's
+//! time with a stream of the part's own ([`BatchEnv::for_part`]), and a
+//! stateful function's call per key has the key's ([`BatchEnv::for_key`]),
+//! so what a plugin reads never depends on how many tasks ran the batch.
+//!
 //! The batch time is logged in `offsets/N` and the query id in `metadata`,
 //! so a replay of batch N after a crash gives the plugin exactly the values
 //! the first attempt got, and its output is byte for byte the same.
@@ -59,6 +65,21 @@ impl BatchEnv {
         let mut hash = sha2::Sha256::new();
         hash.update(self.seed);
         hash.update(key);
+        BatchEnv {
+            time_us: self.time_us,
+            seed: hash.finalize().into(),
+        }
+    }
+
+    /// The values of one part of a stage's input (one of the batch's
+    /// input batches): a stream of the part's own, so the part draws the
+    /// same numbers whichever task runs it and whatever ran before it, and
+    /// the clock starts again at the batch's time.
+    pub fn for_part(&self, part: usize) -> Self {
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"part");
+        hash.update(self.seed);
+        hash.update((part as u64).to_le_bytes());
         BatchEnv {
             time_us: self.time_us,
             seed: hash.finalize().into(),

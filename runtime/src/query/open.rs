@@ -63,6 +63,7 @@ impl Runner {
                         t.on_error.clone(),
                     );
                     stage.on_failure = t.on_swap_failure;
+                    stage.tasks = pipeline.parallelism.tasks;
                     Ok(stage)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -133,6 +134,7 @@ impl Runner {
                     checkpoint: checkpoint.store(),
                     retries: retries.clone(),
                     retention: pipeline.retention,
+                    tasks: pipeline.parallelism.tasks,
                 },
             )
             .await?,

@@ -96,7 +96,7 @@ impl Plan {
             steps.push(Step {
                 kind: "transform",
                 detail: format!("{} ({})", transform.name, file_name(&transform.plugin)),
-                tasks: 1,
+                tasks: pipeline.parallelism.tasks,
                 edge: std::mem::replace(&mut edge_after, Edge::Forward),
                 state: None,
             });

@@ -29,6 +29,8 @@ pub struct StageProgress {
     pub digest: String,
     /// Plugin calls (one per non-empty input batch).
     pub calls: u64,
+    /// Tasks that made calls (each with an instance of its own).
+    pub tasks: usize,
     /// Time in the stage, conversions included.
     pub duration: Duration,
     /// The plugin's counters (`counter-add`), totals since the query started.
@@ -127,6 +129,7 @@ impl BatchProgress {
                 "name": s.name,
                 "digest": s.digest,
                 "calls": s.calls,
+                "tasks": s.tasks,
                 "durationMs": ms(s.duration),
                 "memoryBytes": s.memory_bytes,
                 "numQuarantinedRows": s.quarantined_rows,

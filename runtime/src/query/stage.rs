@@ -1,4 +1,13 @@
-//! Transform stages: one plugin instance per stage, run over a batch's rows.
+//! Transform stages: a plugin run over a batch's rows by `tasks` tasks,
+//! each with an instance of its own.
+//!
+//! A batch reaches a stage as a list of input batches (parts); task `t` of
+//! `n` runs parts `t`, `t + n`, ... (so which instance sees which rows is
+//! fixed too) and the outputs are kept in the parts' order.
+//! Each part is a call of its own with a clock and random stream of its
+//! own ([`BatchEnv::for_part`]), so a part's output is the same whichever
+//! task runs it: the rows are the same with one task or eight, in a replay
+//! or a `weir plugin test`.
 //!
 //! A stage with `on_error = "quarantine"` keeps one bad row from failing
 //! its batch. When a call traps (or runs out of time or memory) or returns
@@ -12,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -45,6 +55,11 @@ pub(super) struct Stage {
     pub previous: Option<Box<PluginVersion>>,
     /// A candidate version running beside this one, if any.
     pub shadow: Option<super::shadow::Shadow>,
+    /// Tasks a batch's parts are spread over.
+    pub tasks: usize,
+    /// The instances of tasks 2, 3, ... (task 1 runs `instance`), made
+    /// when a batch first needs them and dropped with their version.
+    helpers: Vec<TransformInstance>,
 }
 
 /// A stage's plugin, swapped out but kept.
@@ -96,6 +111,8 @@ impl Stage {
             on_error,
             previous: None,
             shadow: None,
+            tasks: 1,
+            helpers: Vec::new(),
         }
     }
 
@@ -103,6 +120,7 @@ impl Stage {
     /// version may emit other columns: its first output sets the schema.)
     pub fn replace(&mut self, next: PluginVersion) -> PluginVersion {
         self.schema = None;
+        self.helpers.clear();
         let instance = std::mem::replace(&mut self.instance, next.instance);
         let version = std::mem::replace(&mut self.version, next.version);
         let component = std::mem::replace(&mut self.component, next.component);
@@ -125,10 +143,9 @@ impl Stage {
     ) -> Result<StageRun> {
         let started = Instant::now();
         let mut quarantined = recorded.to_vec();
-        let mut calls = 0;
+        let (mut calls, mut busy) = (0, 0);
         let outputs = loop {
-            self.instance.begin_batch(env);
-            let failed = match self.run_inputs(inputs, &quarantined, &mut calls) {
+            let failed = match self.run_inputs(inputs, &quarantined, env, &mut calls, &mut busy) {
                 Ok(outputs) => break outputs,
                 Err(failed) => failed,
             };
@@ -142,7 +159,8 @@ impl Stage {
             let kept = kept_rows(inputs[failed.input].num_rows(), failed.input, &quarantined);
             let batch = take_rows(&inputs[failed.input], &kept)?;
             let budget = limit.saturating_sub(quarantined.len());
-            let found = self.failing_rows(&batch, failed.error, env, budget, &mut calls)?;
+            let part_env = env.for_part(failed.input);
+            let found = self.failing_rows(&batch, failed.error, part_env, budget, &mut calls)?;
             record_found(
                 found,
                 failed.input,
@@ -155,13 +173,24 @@ impl Stage {
         };
         quarantined.sort_by_key(|q| (q.input, q.row));
         let dead_letters = self.dead_letters(batch_id, inputs, &quarantined)?;
+        let mut counters = self.instance.counters().clone();
+        for helper in &self.helpers {
+            for (name, value) in helper.counters() {
+                let sum = counters.entry(name.clone()).or_default();
+                *sum = sum.saturating_add(*value);
+            }
+        }
         self.last = StageProgress {
             name: self.name.clone(),
             digest: self.version.digest.clone(),
             calls,
+            tasks: busy,
             duration: started.elapsed(),
-            counters: self.instance.counters().clone(),
-            memory_bytes: self.instance.memory_bytes(),
+            counters,
+            memory_bytes: std::iter::once(&self.instance)
+                .chain(&self.helpers)
+                .map(TransformInstance::memory_bytes)
+                .sum(),
             quarantined_rows: quarantined.len() as u64,
         };
         Ok(StageRun {
@@ -171,36 +200,97 @@ impl Stage {
         })
     }
 
-    /// One pass over the inputs without the rows set aside; the first
-    /// failing call stops it.
+    /// One pass over the inputs without the rows set aside, the parts
+    /// spread over the stage's tasks; the failing call of the lowest part
+    /// stops it (as one task going through the parts in order would).
     fn run_inputs(
         &mut self,
         inputs: &[RecordBatch],
         quarantined: &[QuarantinedRow],
+        env: BatchEnv,
         calls: &mut u64,
+        busy: &mut usize,
     ) -> std::result::Result<Vec<RecordBatch>, CallFailed> {
+        let tasks = self.tasks.clamp(1, inputs.len().max(1));
+        self.add_helpers(tasks - 1)
+            .map_err(|error| CallFailed { input: 0, error })?;
+        let caller = Caller {
+            component: &self.component,
+            config_json: &self.version.config_json,
+            limits: self.limits,
+            fresh_after_trap: matches!(self.on_error, OnError::Quarantine(_)),
+        };
+        let parts = Parts {
+            inputs,
+            quarantined,
+            env,
+            tasks,
+            lowest_failed: AtomicUsize::new(usize::MAX),
+        };
+        let mut results: Vec<Option<Result<Vec<RecordBatch>>>> = Vec::new();
+        results.resize_with(inputs.len(), || None);
+        let mut pass_busy = 0;
+        let mut collect = |(done, task_calls): TaskRun| {
+            *calls += task_calls;
+            pass_busy += usize::from(task_calls > 0);
+            for (index, result) in done {
+                results[index] = Some(result);
+            }
+        };
+        if tasks == 1 {
+            collect(parts.run(0, &mut self.instance, &caller));
+        } else {
+            let helpers = &mut self.helpers[..tasks - 1];
+            let instance = &mut self.instance;
+            let (parts, caller) = (&parts, &caller);
+            let runs = std::thread::scope(|scope| {
+                let others: Vec<_> = helpers
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, helper)| scope.spawn(move || parts.run(i + 1, helper, caller)))
+                    .collect();
+                let mine = parts.run(0, instance, caller);
+                let mut runs = vec![mine];
+                for other in others {
+                    // A task panicking is a bug of the host's; it fails the
+                    // batch, not the process.
+                    runs.push(other.join().map_err(|_| CallFailed {
+                        input: 0,
+                        error: WeirError::Internal(format!(
+                            "stage `{}`: a task panicked",
+                            self.name
+                        )),
+                    })?);
+                }
+                Ok(runs)
+            })?;
+            runs.into_iter().for_each(&mut collect);
+        }
+        *busy = (*busy).max(pass_busy);
         let mut outputs = Vec::new();
-        for (index, input) in inputs.iter().enumerate() {
+        for (index, result) in results.into_iter().enumerate() {
+            let Some(result) = result else { continue };
             let failed = |error| CallFailed {
                 input: index,
                 error,
             };
-            let kept = kept_rows(input.num_rows(), index, quarantined);
-            if kept.is_empty() {
-                continue;
-            }
-            let input = if kept.len() == input.num_rows() {
-                input.clone()
-            } else {
-                take_rows(input, &kept).map_err(failed)?
-            };
-            *calls += 1;
-            for output in self.call(&input).map_err(failed)? {
+            for output in result.map_err(failed)? {
                 self.check_schema(&output).map_err(failed)?;
                 outputs.push(output);
             }
         }
         Ok(outputs)
+    }
+
+    /// Makes sure tasks 2 to `count + 1` have an instance.
+    fn add_helpers(&mut self, count: usize) -> Result<()> {
+        while self.helpers.len() < count {
+            let instance = self
+                .component
+                .instantiate(&self.version.config_json, self.limits)?;
+            self.helpers.push(instance);
+        }
+        Ok(())
     }
 
     /// Finds the rows of `batch` that fail alone; `error` is what the call
@@ -224,19 +314,15 @@ impl Stage {
         })
     }
 
-    /// One plugin call; after a trap the instance is replaced by a fresh
-    /// one (a trapped instance must not run again).
+    /// One plugin call on the first task's instance.
     fn call(&mut self, input: &RecordBatch) -> Result<Vec<RecordBatch>> {
-        let result = self.instance.process(input);
-        if let Err(WeirError::Plugin { failure, .. }) = &result
-            && failure.leaves_instance_unusable()
-            && matches!(self.on_error, OnError::Quarantine(_))
-        {
-            self.instance = self
-                .component
-                .instantiate(&self.version.config_json, self.limits)?;
-        }
-        result
+        let caller = Caller {
+            component: &self.component,
+            config_json: &self.version.config_json,
+            limits: self.limits,
+            fresh_after_trap: matches!(self.on_error, OnError::Quarantine(_)),
+        };
+        caller.call(&mut self.instance, input)
     }
 
     fn check_schema(&mut self, output: &RecordBatch) -> Result<()> {
@@ -284,6 +370,86 @@ impl Stage {
             stage: self.name.clone(),
             failure: PluginFailure::Quarantine { reason },
         }
+    }
+}
+
+/// What a task needs to call the stage's plugin.
+struct Caller<'a> {
+    component: &'a TransformComponent,
+    config_json: &'a str,
+    limits: PluginLimits,
+    /// Replace an instance a call left unusable (a trap, say) by a fresh
+    /// one: when the stage quarantines rows and so goes on after one.
+    fresh_after_trap: bool,
+}
+
+impl Caller<'_> {
+    fn call(
+        &self,
+        instance: &mut TransformInstance,
+        input: &RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
+        let result = instance.process(input);
+        if let Err(WeirError::Plugin { failure, .. }) = &result
+            && failure.leaves_instance_unusable()
+            && self.fresh_after_trap
+        {
+            *instance = self.component.instantiate(self.config_json, self.limits)?;
+        }
+        result
+    }
+}
+
+/// A pass's parts, dealt out to the tasks in turn.
+struct Parts<'a> {
+    inputs: &'a [RecordBatch],
+    quarantined: &'a [QuarantinedRow],
+    env: BatchEnv,
+    tasks: usize,
+    /// The lowest part whose call failed so far: parts above it need not run.
+    lowest_failed: AtomicUsize,
+}
+
+/// The outputs of the parts one task ran (by part), and its calls.
+type TaskRun = (Vec<(usize, Result<Vec<RecordBatch>>)>, u64);
+
+impl Parts<'_> {
+    /// Runs task `task`'s parts on `instance`, in order, until one fails
+    /// or a lower part than the next one failed on another task.
+    fn run(&self, task: usize, instance: &mut TransformInstance, caller: &Caller) -> TaskRun {
+        let (mut done, mut calls) = (Vec::new(), 0);
+        for (index, input) in self
+            .inputs
+            .iter()
+            .enumerate()
+            .skip(task)
+            .step_by(self.tasks)
+        {
+            if index > self.lowest_failed.load(Ordering::Acquire) {
+                break;
+            }
+            let kept = kept_rows(input.num_rows(), index, self.quarantined);
+            if kept.is_empty() {
+                continue;
+            }
+            let result = if kept.len() == input.num_rows() {
+                Ok(input.clone())
+            } else {
+                take_rows(input, &kept)
+            }
+            .and_then(|input| {
+                calls += 1;
+                instance.begin_batch(self.env.for_part(index));
+                caller.call(instance, &input)
+            });
+            let failed = result.is_err();
+            done.push((index, result));
+            if failed {
+                self.lowest_failed.fetch_min(index, Ordering::AcqRel);
+                break;
+            }
+        }
+        (done, calls)
     }
 }
 

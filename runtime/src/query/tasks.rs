@@ -298,8 +298,13 @@ impl OperatorTasks {
         self.tasks
             .iter()
             .filter_map(|t| t.operator.stage_progress())
+            .map(|mut task| {
+                task.tasks = usize::from(task.calls > 0);
+                task
+            })
             .reduce(|mut all, task| {
                 all.calls += task.calls;
+                all.tasks += task.tasks;
                 all.duration += task.duration;
                 for (name, value) in task.counters {
                     *all.counters.entry(name).or_default() += value;

@@ -430,7 +430,13 @@ impl Host {
                 tenant: tenant.to_string(),
                 reason: format!(
                     "its running queries' plugins may use {memory_for_tenant} bytes and this one \
-                     {memory_reserved} more, over its {max} bytes (lower the stages' memory_limit)"
+                     {memory_reserved} more ({} an instance of each transform and stateful \
+                     function), over its {max} bytes (lower the stages' memory_limit, or the \
+                     parallelism)",
+                    match pipeline.parallelism.tasks {
+                        1 => "its one task runs".to_string(),
+                        n => format!("each of its {n} tasks runs"),
+                    }
                 ),
             });
         }
@@ -682,9 +688,12 @@ impl Host {
 
 /// The memory a query's plugins may use: the sum of their limits.
 fn plugin_memory(pipeline: &Pipeline) -> u64 {
-    let transforms = pipeline.transforms.iter().map(|t| t.limits.memory_bytes);
-    // A stateful function runs an instance per task.
+    // Transform stages and stateful functions run an instance per task.
     let tasks = pipeline.parallelism.tasks as u64;
+    let transforms = pipeline
+        .transforms
+        .iter()
+        .map(|t| t.limits.memory_bytes * tasks);
     let stateful = pipeline
         .stateful
         .iter()

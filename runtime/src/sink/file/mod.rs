@@ -76,6 +76,8 @@ pub struct FileSink {
     target_file_size: Option<u64>,
     /// The newest compact entry's batch id, once looked up.
     compacted_through: Option<Option<u64>>,
+    /// Threads a batch's JSON lines are encoded by.
+    encoders: usize,
 }
 
 impl FileSink {
@@ -88,6 +90,7 @@ impl FileSink {
             retention,
             target_file_size: None,
             compacted_through: None,
+            encoders: 1,
         })
     }
 
@@ -96,6 +99,13 @@ impl FileSink {
     /// `roll`). `None` keeps one file per batch.
     pub fn with_target_file_size(mut self, target: Option<u64>) -> FileSink {
         self.target_file_size = target;
+        self
+    }
+
+    /// Encodes a batch's JSON lines with up to `threads` threads (the
+    /// bytes are the same as with one).
+    pub fn with_encoders(mut self, threads: usize) -> FileSink {
+        self.encoders = threads.max(1);
         self
     }
 
@@ -244,7 +254,7 @@ impl FileSink {
                     .into_inner()
                     .map_err(|e| WeirError::format(context(), e))
             }
-            _ => super::json_lines(batches, &context()),
+            _ => super::json_lines_by(self.encoders, batches, &context()),
         }
     }
 }

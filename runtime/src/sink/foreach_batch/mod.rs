@@ -151,6 +151,7 @@ impl Sink for ForeachBatchSink {
         .await
         .map_err(|e| WeirError::Internal(format!("plugin task failed: {e}")))??;
         self.last.calls = prepared.calls;
+        self.last.tasks = usize::from(prepared.calls > 0);
         self.last.counters = prepared.counters.clone();
         self.last.quarantined_rows = prepared.quarantined.len() as u64;
         self.last.duration = started.elapsed();
