@@ -19,7 +19,7 @@ use weir::operator::{
     AggregateFn, AggregateSpec, Operator, OperatorContext, WindowAggregate, WindowAggregateConfig,
     WindowKind,
 };
-use weir::state::{BackendKind, StateStore};
+use weir::state::{BackendKind, KeyedState};
 use weir::storage::Location;
 
 #[global_allocator]
@@ -59,12 +59,12 @@ async fn main() {
     let ck_dir = tempfile::tempdir().unwrap();
     let location = Location::Local(ck_dir.path().to_path_buf());
     let checkpoint = Checkpoint::open(&location, "bench").await.unwrap();
-    let mut store = StateStore::open(checkpoint.store(), "bench", BackendKind::Rocksdb, 0)
+    let mut store = KeyedState::open_single(checkpoint.store(), "bench", BackendKind::Rocksdb, 0)
         .await
         .unwrap();
     let t = Instant::now();
     for i in 0..updates as u64 {
-        store.put(&key(i % keys), &value).unwrap();
+        store.group_mut(0).put(&key(i % keys), &value).unwrap();
     }
     let t_store = t.elapsed();
     let t = Instant::now();
@@ -106,7 +106,7 @@ async fn main() {
     for backend in [BackendKind::Rocksdb, BackendKind::Memory] {
         let mut operator = WindowAggregate::new(config.clone());
         let mut state =
-            StateStore::open(checkpoint.store(), &format!("agg-{backend:?}"), backend, 0)
+            KeyedState::open_single(checkpoint.store(), &format!("agg-{backend:?}"), backend, 0)
                 .await
                 .unwrap();
         let per_batch = events / batches;
@@ -143,7 +143,7 @@ async fn main() {
                 batch_id: b as u64,
                 watermark_ms: Some(b as i64 * 60_000 - 120_000),
                 late_rows_watermark_ms: Some(b as i64 * 60_000 - 120_000),
-                state: &mut state,
+                state: state.group_mut(0),
                 rows_dropped_by_watermark: 0,
                 quarantine: Default::default(),
             };
@@ -167,7 +167,7 @@ async fn main() {
 
     // 3. Fixed cost of an empty batch.
     let rounds = 200 / scale.min(100) as u64;
-    let mut state = StateStore::open(checkpoint.store(), "empty", BackendKind::Rocksdb, 0)
+    let mut state = KeyedState::open_single(checkpoint.store(), "empty", BackendKind::Rocksdb, 0)
         .await
         .unwrap();
     let t = Instant::now();

@@ -22,7 +22,7 @@ use weir::operator::{
     AggregateFn, AggregateSpec, Operator, OperatorContext, StatefulFunction, WindowAggregate,
     WindowAggregateConfig, WindowKind,
 };
-use weir::state::{BackendKind, StateStore};
+use weir::state::{BackendKind, KeyedState};
 use weir::storage::Location;
 
 #[global_allocator]
@@ -177,7 +177,7 @@ fn run(
     input: &[RecordBatch],
 ) -> (Duration, usize) {
     let mut state = rt
-        .block_on(StateStore::open(
+        .block_on(KeyedState::open_single(
             checkpoint.store(),
             &name.replace(' ', "-"),
             BackendKind::Rocksdb,
@@ -198,7 +198,7 @@ fn run(
             }),
             late_rows_watermark_ms: Some(watermark),
             batch_time_ms: 0,
-            state: &mut state,
+            state: state.group_mut(0),
             rows_dropped_by_watermark: 0,
             quarantine: Default::default(),
         };

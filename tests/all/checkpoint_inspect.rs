@@ -2,6 +2,7 @@
 //! files, for an in-flight batch, a finished run, a stateful query and
 //! logs that do not line up.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
@@ -107,30 +108,30 @@ fn inspect_shows_state_versions_and_the_watermark() {
             .unwrap();
     assert!(commit["next_watermark_ms"].is_i64(), "{commit}");
     assert_eq!(report["watermarkMs"], commit["next_watermark_ms"]);
-    // One entry per key group that holds state files, all of operator 0.
+    // One entry per task's range of key groups with state files (a file
+    // per task and version, `<V>.<first>-<last>.<kind>`), all of operator 0.
     let state = report["state"].as_object().unwrap();
-    let mut groups_on_disk: Vec<String> = std::fs::read_dir(ck.join("state/0"))
-        .unwrap()
-        .map(|e| format!("0/{}", e.unwrap().file_name().to_string_lossy()))
-        .filter(|g| {
-            std::fs::read_dir(ck.join("state").join(g))
-                .unwrap()
-                .next()
-                .is_some()
-        })
-        .collect();
-    groups_on_disk.sort();
-    let mut reported_groups: Vec<String> = state.keys().cloned().collect();
-    reported_groups.sort();
-    assert_eq!(reported_groups, groups_on_disk, "{report}");
-    for (group, versions) in state {
+    let mut on_disk: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(ck.join("state/0")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let parts: Vec<&str> = name.split('.').collect();
+        assert_eq!(parts.len(), 3, "{name}");
+        assert!(["delta", "snapshot"].contains(&parts[2]), "{name}");
+        on_disk
+            .entry(format!("0/{}", parts[1]))
+            .or_default()
+            .push(format!("{}.{}", parts[0], parts[2]));
+    }
+    let mut reported_ranges: Vec<&String> = state.keys().collect();
+    reported_ranges.sort();
+    assert_eq!(
+        reported_ranges,
+        on_disk.keys().collect::<Vec<_>>(),
+        "{report}"
+    );
+    for (range, versions) in state {
         // Every version file on disk is reported, and nothing else.
-        let dir = ck.join("state").join(group);
-        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".delta") || n.ends_with(".snapshot"))
-            .collect();
+        let mut on_disk = on_disk[range].clone();
         on_disk.sort();
         let mut reported: Vec<String> = versions["snapshots"]
             .as_array()

@@ -210,13 +210,13 @@ fn explain_prints_the_plan_with_its_tasks_shuffles_and_state() {
         join.contains("inner join on impressions.ad_id = clicks.ad_id")
             && join.contains("3 tasks")
             && join.contains("shuffle by ad_id")
-            && join.contains("state/join/<key group>"),
+            && join.contains("state/join/<version>.<key groups>"),
         "{plan}"
     );
     let aggregate = line("aggregate");
     assert!(
         aggregate.contains("30m tumbling windows of click_time by ad_id")
-            && aggregate.contains("state/0/<key group>"),
+            && aggregate.contains("state/0/<version>.<key groups>"),
         "{plan}"
     );
     assert!(line("write").contains("merge"), "{plan}");

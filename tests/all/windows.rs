@@ -507,7 +507,7 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
             run_killed_at(&dir.path().join("pipeline.toml"), point);
             assert!(
                 dir.path()
-                    .join(".weir/checkpoint/state/0/0/20.snapshot")
+                    .join(".weir/checkpoint/state/0/20.0-0.snapshot")
                     .is_file()
             );
         }
@@ -552,11 +552,16 @@ fn restart_restores_state_from_a_snapshot_and_deltas() {
         let mut want: Vec<String> = expected.values().flatten().cloned().collect();
         want.sort();
         assert_eq!(rows, want, "{retained} retained, {crash:?}");
-        let mut kept: Vec<String> =
-            std::fs::read_dir(dir.path().join(".weir/checkpoint/state/0/0"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
+        // One key group, one task: files `<V>.0-0.<kind>`.
+        let mut kept: Vec<String> = std::fs::read_dir(dir.path().join(".weir/checkpoint/state/0"))
+            .unwrap()
+            .map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                let parts: Vec<&str> = name.split('.').collect();
+                assert_eq!(parts.get(1), Some(&"0-0"), "{name}");
+                format!("{}.{}", parts[0], parts[2])
+            })
+            .collect();
         kept.sort_by_key(|n| n.split('.').next().unwrap().parse::<u64>().unwrap());
         let first = kept.first().unwrap().split('.').next().unwrap().to_string();
         assert_eq!(first, oldest, "{retained} retained: {kept:?}");

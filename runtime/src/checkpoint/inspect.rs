@@ -151,13 +151,28 @@ pub async fn inspect(location: &Location) -> Result<Inspection> {
                 }
             }
             ("state", n, _) if n >= 3 => {
-                let operator = parts[1..n - 1].join("/");
+                // `<op>/<V>.<first>-<last>.<kind>`: a task's key groups,
+                // reported as `<op>/<first>-<last>`; `<op>/<g>/<V>.<kind>`:
+                // one group's, from before tasks shared files, as `<op>/<g>`.
                 let file = &parts[n - 1];
-                let versions = state.entry(operator).or_default();
-                if let Some(v) = file.strip_suffix(".snapshot").and_then(|v| v.parse().ok()) {
-                    versions.snapshots.push(v);
-                } else if let Some(v) = file.strip_suffix(".delta").and_then(|v| v.parse().ok()) {
-                    versions.deltas.push(v);
+                let mut name = file.split('.');
+                let (version, middle, kind) = match (name.next(), name.next(), name.next()) {
+                    (Some(v), Some(groups), Some(kind)) => (v, Some(groups), kind),
+                    (Some(v), Some(kind), None) => (v, None, kind),
+                    _ => continue,
+                };
+                let Ok(version) = version.parse::<u64>() else {
+                    continue;
+                };
+                let owner = match middle {
+                    Some(groups) => format!("{}/{groups}", parts[1..n - 1].join("/")),
+                    None => parts[1..n - 1].join("/"),
+                };
+                let versions = state.entry(owner).or_default();
+                match kind {
+                    "snapshot" => versions.snapshots.push(version),
+                    "delta" => versions.deltas.push(version),
+                    _ => {}
                 }
             }
             _ => {}

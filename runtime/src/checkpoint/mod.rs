@@ -11,7 +11,8 @@
 //! ├── quarantine/N      rows transform stages set aside in batch N (only batches with some)
 //! ├── operators         the stateful operators, in order, whose state `state/<i>` is
 //! ├── key_groups        how many key groups the state is partitioned into, fixed at the first start
-//! ├── state/<op>/<g>/   key group g's operator state: `<V>.snapshot` and `<V>.delta` files
+//! ├── state/<op>/       operator state, a file per task and version: `<V>.<g1>-<g2>.delta`
+//! │                     and `<V>.<g1>-<g2>.snapshot` hold key groups g1..=g2
 //! ├── .lock             held while a query runs (local checkpoints)
 //! └── .lease            held while a query runs (object storage; see `lease`)
 //! ```

@@ -88,7 +88,7 @@ impl Plan {
                 detail: format!("{} join on {}", join_kind(join.kind), on.join(" and ")),
                 tasks,
                 edge: Edge::Shuffle(join.left_on.clone()),
-                state: Some("state/join/<key group>".into()),
+                state: Some("state/join/<version>.<key groups>".into()),
             });
             edge_after = Edge::Merge;
         }
@@ -117,7 +117,7 @@ impl Plan {
                 detail,
                 tasks,
                 edge: Edge::Shuffle(key.to_vec()),
-                state: Some(format!("state/{operator}/<key group>")),
+                state: Some(format!("state/{operator}/<version>.<key groups>")),
             };
             operator += 1;
             step

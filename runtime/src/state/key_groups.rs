@@ -3,9 +3,9 @@
 //! A row belongs to key group `xxhash64(key) mod count`, where `count` is
 //! fixed when the query first starts and recorded in its checkpoint (Flink's
 //! max parallelism, Spark's shuffle partitions). State is kept per key group
-//! (`state/<operator>/<key group>/`), and a task owns a contiguous range of
-//! them, so a restart with another parallelism hands key groups to other
-//! tasks without rewriting any state.
+//! (a task's file holds its groups' entries apart), and a task owns a
+//! contiguous range of them, so a restart with another parallelism hands
+//! key groups to other tasks without rewriting any state.
 //!
 //! The hash must never change: a key's state lives in its group's files.
 //! Values are hashed in a canonical form that does not depend on Arrow's
