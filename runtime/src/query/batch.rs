@@ -216,11 +216,18 @@ impl Runner {
         crash_point("after-transform", batch_id);
 
         let phase = Instant::now();
-        let outcome = self.sink.commit(batch_id, &batches).await?;
-        self.operators.commit(batch_id + 1).await?;
-        if let Some(join) = &mut self.stream_join {
-            join.commit(batch_id + 1).await?;
-        }
+        // The sink's write and the state's are independent (a restart
+        // loads the state of the last batch in `commits/`, whichever got
+        // written): they overlap, each waiting on its own fsyncs.
+        let (sink, operators, join) = (&mut self.sink, &mut self.operators, &mut self.stream_join);
+        let state = async {
+            operators.commit(batch_id + 1).await?;
+            if let Some(join) = join {
+                join.commit(batch_id + 1).await?;
+            }
+            Ok(())
+        };
+        let (outcome, ()) = tokio::try_join!(sink.commit(batch_id, &batches), state)?;
         durations.sink = phase.elapsed() + sink_plugin;
         crash_point("before-commit", batch_id);
 
