@@ -164,6 +164,15 @@ pub enum WeirError {
         reason: String,
     },
 
+    /// Another writer created a checkpoint entry this query was about to
+    /// create (two hosts ran the query at once: a stalled replica and the
+    /// one that replaced it); this one stops, having committed nothing.
+    #[error("checkpoint entry {path} was written by another host meanwhile; this query stops")]
+    CheckpointRaced {
+        /// The entry.
+        path: String,
+    },
+
     /// A checkpoint file cannot be read as what it must be.
     #[error(
         "checkpoint file {path} is corrupt: {reason}; restore it from a backup, or start the \
@@ -324,7 +333,9 @@ impl WeirError {
             | WeirError::OperatorsChanged { .. }
             | WeirError::KeyGroupsChanged { .. }
             | WeirError::Replay { .. } => ErrorDomain::User,
-            WeirError::CheckpointLeaseLost { .. } => ErrorDomain::External,
+            WeirError::CheckpointLeaseLost { .. } | WeirError::CheckpointRaced { .. } => {
+                ErrorDomain::External
+            }
             WeirError::CheckpointCorrupt { .. }
             | WeirError::Storage { .. }
             | WeirError::Sink { .. }

@@ -11,9 +11,11 @@
 //! - [`operator`]: stateful steps (windowed aggregation) over [`state`];
 //! - [`sink`]: where rows go, exactly once (one module per sink kind);
 //! - [`checkpoint`]: the offset/commit logs that make restarts exact;
-//! - [`query`]: the micro-batch loop tying them together.
+//! - [`query`]: the micro-batch loop tying them together;
+//! - [`cluster`]: a query across replicas, sharded by a Kafka consumer group.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod faults;

@@ -6,12 +6,14 @@ mod bad_input;
 mod browser;
 mod chained;
 mod checkpoint_inspect;
+mod cluster;
 mod common;
 // In a real browser (Chromium): early, so it overlaps the long tests.
 mod console;
 mod continuous;
 mod crash;
 mod delta;
+mod deploy;
 // Against Apache Spark; early in the order, so its minutes overlap the
 // many short tests rather than follow the long ones at the end.
 mod differential;

@@ -142,30 +142,23 @@ pub(crate) fn read(url: &str, name: &str) -> Vec<u8> {
     })
 }
 
-/// Rows the JSON sink at `url` committed: the files its `_weir_log` lists.
+/// Rows the file sink at `url` committed: the files its `_weir_log` lists
+/// (the newest compact entry's and the batch entries' after it).
 pub(crate) fn committed_rows(url: &str) -> Vec<Value> {
+    let location = Location::parse_with(url, Path::new("/"), Some(&options())).unwrap();
+    let files = block_on(weir::sink::committed_files(&location)).unwrap();
     let mut rows = Vec::new();
-    let mut batches: Vec<u64> = list(&format!("{url}/_weir_log"))
-        .iter()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    batches.sort();
-    for batch in batches {
-        let entry: Value =
-            serde_json::from_slice(&read(&format!("{url}/_weir_log"), &batch.to_string())).unwrap();
-        for file in entry["files"].as_array().unwrap() {
-            let name = file.as_str().unwrap();
-            let bytes = read(url, name);
-            if name.ends_with(".parquet") {
-                rows.extend(parquet_rows(bytes));
-                continue;
-            }
-            let text = String::from_utf8(bytes).unwrap();
-            rows.extend(
-                text.lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-            );
+    for name in files {
+        let bytes = read(url, &name);
+        if name.ends_with(".parquet") {
+            rows.extend(parquet_rows(bytes));
+            continue;
         }
+        let text = String::from_utf8(bytes).unwrap();
+        rows.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
     }
     rows
 }

@@ -77,9 +77,13 @@ struct LeaseState {
 }
 
 impl Lease {
-    /// Takes the lease on the checkpoint in `store` or reports who holds it.
-    pub async fn acquire(store: Arc<dyn ObjectStore>, location: String) -> Result<Lease> {
-        let ttl = ttl();
+    /// Takes the lease on the checkpoint in `store`, lasting `ttl` between
+    /// renewals, or reports who holds it.
+    pub async fn acquire(
+        store: Arc<dyn ObjectStore>,
+        location: String,
+        ttl: Duration,
+    ) -> Result<Lease> {
         let path = ObjectPath::from(LEASE);
         let mine = LeaseFile {
             host: host_name(),

@@ -133,11 +133,23 @@ impl Checkpoint {
     /// Opens (creating if new) the checkpoint at `location` for query
     /// `name`, refusing if another query holds it.
     pub async fn open(location: &Location, name: &str) -> Result<Checkpoint> {
+        Checkpoint::open_leased(location, name, lease::ttl()).await
+    }
+
+    /// [`Checkpoint::open`], with an object-storage checkpoint's lease
+    /// lasting `lease_ttl` between renewals (a replica's shard: its
+    /// group's session timeout, so a replaced replica is fenced as soon as
+    /// the group has replaced it).
+    pub async fn open_leased(
+        location: &Location,
+        name: &str,
+        lease_ttl: std::time::Duration,
+    ) -> Result<Checkpoint> {
         let store = location.open()?;
         let lock = CheckpointLock::acquire(location)?;
         let lease = match location.local_dir() {
             Some(_) => None,
-            None => Some(Lease::acquire(store.clone(), location.to_string()).await?),
+            None => Some(Lease::acquire(store.clone(), location.to_string(), lease_ttl).await?),
         };
         let mut checkpoint = Checkpoint {
             location: location.clone(),
@@ -477,9 +489,8 @@ impl Checkpoint {
             .await
         {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(WeirError::CheckpointCorrupt {
+            Err(object_store::Error::AlreadyExists { .. }) => Err(WeirError::CheckpointRaced {
                 path: self.describe(name),
-                reason: "it already exists: another writer used this checkpoint".into(),
             }),
             Err(e) => Err(WeirError::storage(self.describe(name), e)),
         }

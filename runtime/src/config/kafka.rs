@@ -31,7 +31,7 @@
 //!                            # (idempotent producer, at-least-once)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -106,6 +106,9 @@ pub struct KafkaSourceConfig {
     pub fail_on_data_loss: bool,
     /// With `format = "json"`: the columns parsed from each record's value.
     pub value_schema: Option<SchemaRef>,
+    /// Only these partitions (a replica's shard, see `cluster`); every
+    /// partition of the topics when unset.
+    pub partitions: Option<BTreeSet<(String, i32)>>,
 }
 
 /// A checked Kafka sink.
@@ -222,6 +225,7 @@ impl Resolver<'_> {
             max_offsets_per_trigger: max_offsets,
             fail_on_data_loss: s.fail_on_data_loss.unwrap_or(true),
             value_schema,
+            partitions: None,
         })
     }
 

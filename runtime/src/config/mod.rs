@@ -25,6 +25,7 @@
 //! path = "out/orders"
 //! ```
 
+mod cluster;
 mod confine;
 mod delta;
 mod error;
@@ -51,6 +52,7 @@ use arrow::datatypes::Schema;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use cluster::ClusterConfig;
 pub use confine::{Ceilings, Confinement, Connection, plugin_digest};
 pub use delta::{DeltaOptimize, DeltaOutputConfig, DeltaOutputMode, DeltaSinkConfig, DeltaVacuum};
 pub use error::ConfigError;
@@ -139,6 +141,11 @@ pub struct Pipeline {
     pub retention: Retention,
     /// The output.
     pub sink: SinkConfig,
+    /// `[cluster]`: the query runs on several replicas, if declared.
+    pub cluster: Option<ClusterConfig>,
+    /// The key groups this query's stateful operators own: all of them
+    /// when unset; a replica's state shard owns one range (see `cluster`).
+    pub key_group_range: Option<std::ops::Range<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +174,7 @@ struct RawPipeline {
     key_groups: Option<Spanned<i64>>,
     retention: Option<Spanned<RawRetention>>,
     sink: Spanned<RawSink>,
+    cluster: Option<Spanned<cluster::RawCluster>>,
 }
 
 #[derive(Deserialize)]
@@ -416,7 +424,7 @@ impl Resolver<'_> {
         if let (Trigger::Continuous(_), Some(spanned)) = (&trigger, &raw.trigger) {
             self.check_continuous(spanned, &raw, &sink, inputs.len())?;
         }
-        Ok(Pipeline {
+        let mut pipeline = Pipeline {
             name,
             checkpoint: self.location(&raw.checkpoint)?,
             trigger,
@@ -442,7 +450,21 @@ impl Resolver<'_> {
             parallelism: self.parallelism(raw.parallelism.as_ref(), raw.key_groups.as_ref())?,
             retention,
             sink,
-        })
+            cluster: None,
+            key_group_range: None,
+        };
+        if let Some(cluster) = &raw.cluster {
+            if self.confine.is_some() {
+                return Err(self
+                    .err(
+                        cluster,
+                        "a [cluster] query runs as replicas, not in weir serve",
+                    )
+                    .hint("start it with `weir run PIPELINE.toml --replica ID` on each host"));
+            }
+            pipeline.cluster = Some(self.cluster(cluster, &pipeline)?);
+        }
+        Ok(pipeline)
     }
 
     fn duration(&self, raw: &Spanned<String>) -> Result<Duration, ConfigError> {

@@ -16,6 +16,7 @@ use crate::error::{Result, WeirError};
 use crate::faults::crash_point;
 use crate::operator::Watermarks;
 use crate::sink::CommitOutcome;
+use crate::source::EventTimeProgress;
 
 impl Runner {
     pub(super) async fn run_batch(
@@ -77,9 +78,11 @@ impl Runner {
 
         let phase = Instant::now();
         let mut per_input = Vec::with_capacity(self.inputs.len());
+        let mut progress = Vec::with_capacity(self.inputs.len());
         let mut bad_records = 0;
         for (index, decoded) in self.read_inputs(&plans).await?.into_iter().enumerate() {
             bad_records += decoded.bad_records.len() as u64;
+            progress.push(decoded.event_time);
             self.write_dead_letters(index, batch_id, &decoded.bad_records)
                 .await?;
             per_input.push(decoded.batches);
@@ -158,8 +161,15 @@ impl Runner {
                 .map(|b| join.join(b))
                 .collect::<Result<_>>()?;
         }
-        let max_event_ms = match (self.inputs.len(), &self.inputs[0].watermark) {
-            (1, Some(w)) => vec![max_event_time(&w.column, &batches)?],
+        let max_event_ms = match (
+            self.inputs.len(),
+            &self.inputs[0].watermark,
+            progress.as_slice(),
+        ) {
+            // A source that knows better (a repartition topic's partition)
+            // vouches for how far its input has got.
+            (1, Some(_), [EventTimeProgress::Vouched(max)]) => vec![*max],
+            (1, Some(w), _) => vec![max_event_time(&w.column, &batches)?],
             _ => input_max_ms,
         };
         let watermark_ms = self.watermark_ms;

@@ -38,6 +38,7 @@ pub use replay::{Candidate, ReplayedBatch, RowDiff, replay};
 pub use shadow::ShadowReport;
 pub use stage::{TrialRun, trial_run};
 pub use swap::{QueryControl, StageVersion, StageVersions, SwapAccepted};
+pub(crate) use watermark::max_event_time;
 
 use chain::Chain;
 use inputs::Input;
@@ -81,6 +82,10 @@ pub struct Query {
     stop: Option<watch::Receiver<bool>>,
     swaps: Option<tokio::sync::mpsc::UnboundedReceiver<SwapRequest>>,
     cores: Option<Arc<tokio::sync::Semaphore>>,
+    /// Replaces the pipeline's one source (see [`Query::with_source`]).
+    source: Option<Box<dyn crate::source::Source>>,
+    /// Replaces the pipeline's sink (see [`Query::with_sink`]).
+    sink: Option<Box<dyn Sink>>,
 }
 
 impl Query {
@@ -93,7 +98,24 @@ impl Query {
             stop: None,
             swaps: None,
             cores: None,
+            source: None,
+            sink: None,
         }
+    }
+
+    /// Reads the pipeline's one input from `source` instead of the source
+    /// its `[source]` declares (whose watermark still applies): a replica's
+    /// state shard reads the repartition topic.
+    pub fn with_source(mut self, source: Box<dyn crate::source::Source>) -> Query {
+        self.source = Some(source);
+        self
+    }
+
+    /// Writes to `sink` instead of the pipeline's `[sink]`: a replica's
+    /// source shard writes the repartition topic.
+    pub fn with_sink(mut self, sink: Box<dyn Sink>) -> Query {
+        self.sink = Some(sink);
+        self
     }
 
     /// Runs each batch holding one permit of `cores`: queries sharing it

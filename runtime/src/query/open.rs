@@ -34,9 +34,21 @@ impl Runner {
             stop,
             swaps,
             cores,
+            source: given_source,
+            sink: given_sink,
         } = query;
         let engine_for_runner = engine.clone();
-        let checkpoint = Checkpoint::open(&pipeline.checkpoint, &pipeline.name).await?;
+        let checkpoint = match &pipeline.cluster {
+            Some(cluster) => {
+                Checkpoint::open_leased(
+                    &pipeline.checkpoint,
+                    &pipeline.name,
+                    cluster.session_timeout,
+                )
+                .await?
+            }
+            None => Checkpoint::open(&pipeline.checkpoint, &pipeline.name).await?,
+        };
         let transforms = pipeline.transforms.clone();
         let stateful_config = pipeline.stateful.clone();
         let query_uuid = checkpoint.metadata().id;
@@ -99,8 +111,17 @@ impl Runner {
             restored_late_rows_watermark(&checkpoint, recovery, watermark_ms).await?;
         let input_watermarks = restored_input_watermarks(&checkpoint, recovery).await?;
         let mut inputs = Vec::new();
+        let mut given_source = given_source;
         for (index, input) in pipeline.inputs.iter().enumerate() {
-            let source = source::open(&input.source, &retries, pipeline.parallelism.tasks)?;
+            let source = match given_source.take() {
+                Some(source) if pipeline.inputs.len() == 1 => source,
+                Some(_) => {
+                    return Err(crate::error::WeirError::Internal(
+                        "a source given to a query of several inputs".into(),
+                    ));
+                }
+                None => source::open(&input.source, &retries, pipeline.parallelism.tasks)?,
+            };
             inputs.push(Input {
                 name: input.name.clone(),
                 source,
@@ -124,20 +145,26 @@ impl Runner {
             Some(pipeline.retention.min_batches_to_retain),
         )
         .await?;
+        let sink = match given_sink {
+            Some(sink) => sink,
+            None => {
+                sink::open(
+                    &pipeline.sink,
+                    SinkContext {
+                        engine: engine_for_runner.clone(),
+                        query_id,
+                        checkpoint: checkpoint.store(),
+                        retries: retries.clone(),
+                        retention: pipeline.retention,
+                        tasks: pipeline.parallelism.tasks,
+                    },
+                )
+                .await?
+            }
+        };
         let mut runner = Runner {
             inputs,
-            sink: sink::open(
-                &pipeline.sink,
-                SinkContext {
-                    engine: engine_for_runner.clone(),
-                    query_id,
-                    checkpoint: checkpoint.store(),
-                    retries: retries.clone(),
-                    retention: pipeline.retention,
-                    tasks: pipeline.parallelism.tasks,
-                },
-            )
-            .await?,
+            sink,
             checkpoint,
             pipeline,
             stages,

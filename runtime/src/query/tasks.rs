@@ -226,6 +226,19 @@ impl OperatorTasks {
             };
             split.push(split_by_group(groups, rows, key)?);
         }
+        // Rows of key groups no task owns would vanish: a state shard got
+        // rows another shard owns (its writers routed by other key groups).
+        let owned =
+            self.tasks[0].state.range().start..self.tasks.last().map_or(0, |t| t.state.range().end);
+        if let Some(stray) = split
+            .iter()
+            .flat_map(|groups| groups.keys())
+            .find(|group| !owned.contains(*group))
+        {
+            return Err(WeirError::Internal(format!(
+                "rows of key group {stray} reached tasks owning key groups {owned:?}"
+            )));
+        }
         let outputs = on_tasks(&mut self.tasks, |task| {
             task.run(batch_id, watermarks, batch_time_ms, &split, &recorded)
         })?;
@@ -331,10 +344,34 @@ fn one_batch(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
 /// How many tasks each stateful operator of `pipeline` runs as: its
 /// `parallelism`, and no more than there are key groups to own.
 pub(crate) fn task_count(pipeline: &Pipeline, groups: KeyGroups) -> usize {
-    pipeline
-        .parallelism
-        .tasks
-        .clamp(1, usize::from(groups.count()))
+    let owned = owned_groups(pipeline, groups);
+    pipeline.parallelism.tasks.clamp(1, owned.len().max(1))
+}
+
+/// The key groups the query's operators own: all, or a state shard's range.
+fn owned_groups(pipeline: &Pipeline, groups: KeyGroups) -> std::ops::Range<u16> {
+    match &pipeline.key_group_range {
+        Some(range) => range.start.min(groups.count())..range.end.min(groups.count()),
+        None => 0..groups.count(),
+    }
+}
+
+/// The key groups task `task` of `tasks` owns: a contiguous share of the
+/// groups the query owns, as even as it can be.
+fn task_groups(
+    pipeline: &Pipeline,
+    groups: KeyGroups,
+    (task, tasks): (usize, usize),
+) -> std::ops::Range<u16> {
+    match pipeline.key_group_range {
+        None => groups.range_of_task(task, tasks),
+        Some(_) => {
+            let owned = owned_groups(pipeline, groups);
+            let len = owned.len();
+            let at = |t: usize| owned.start + (t * len / tasks) as u16;
+            at(task)..at(task + 1)
+        }
+    }
 }
 
 /// Task `task` of `tasks`' state of operator `operator` (its key groups'
@@ -354,7 +391,7 @@ pub(crate) async fn open_task_state(
         operator,
         pipeline.state_store,
         groups,
-        groups.range_of_task(task, tasks),
+        task_groups(pipeline, groups, (task, tasks)),
         version,
     )
     .await?;

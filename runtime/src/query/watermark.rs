@@ -70,7 +70,7 @@ pub(super) async fn restored_input_watermarks(
 }
 
 /// The latest event time in `column` among `batches`, for a watermark.
-pub(super) fn max_event_time(column: &str, batches: &[RecordBatch]) -> Result<Option<i64>> {
+pub(crate) fn max_event_time(column: &str, batches: &[RecordBatch]) -> Result<Option<i64>> {
     let mut max = None;
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
         let values = batch

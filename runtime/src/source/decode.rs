@@ -81,6 +81,20 @@ pub struct Decoded {
     pub batches: Vec<RecordBatch>,
     /// Rows set aside (with `on_bad_record = "dead_letter"`).
     pub bad_records: Vec<BadRecord>,
+    /// How far the input has got in event time, for its watermark.
+    pub event_time: EventTimeProgress,
+}
+
+/// How far a batch's input has got in event time, for its watermark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EventTimeProgress {
+    /// As far as its rows' latest event time (Spark's rule).
+    #[default]
+    Rows,
+    /// As far as the source vouches, whatever the rows: a repartition
+    /// topic's partition has got as far as the least of its writers' latest
+    /// event times (`None` while a writer has not reported any).
+    Vouched(Option<i64>),
 }
 
 pub(crate) fn decode(config: &FileSourceConfig, file: &str, bytes: Bytes) -> Result<Decoded> {
@@ -89,12 +103,14 @@ pub(crate) fn decode(config: &FileSourceConfig, file: &str, bytes: Bytes) -> Res
         FileFormat::Parquet => Ok(Decoded {
             batches: decode_parquet(schema, file, bytes)?,
             bad_records: vec![],
+            event_time: EventTimeProgress::Rows,
         }),
         FileFormat::Json | FileFormat::Csv => {
             if let Ok(batches) = decode_text(config, &bytes, config.csv_header) {
                 return Ok(Decoded {
                     batches,
                     bad_records: vec![],
+                    event_time: EventTimeProgress::Rows,
                 });
             }
             decode_lines(config, file, &bytes)
@@ -187,6 +203,7 @@ fn decode_lines(config: &FileSourceConfig, file: &str, bytes: &[u8]) -> Result<D
     Ok(Decoded {
         batches,
         bad_records,
+        event_time: EventTimeProgress::Rows,
     })
 }
 

@@ -128,6 +128,7 @@ impl KafkaSource {
     async fn watermarks_once(&self) -> Result<BTreeMap<TopicPartition, (i64, i64)>> {
         let consumer = self.planner.clone();
         let topics = self.config.topics.clone();
+        let only = self.config.partitions.clone();
         let servers = self.config.bootstrap_servers.clone();
         tokio::task::spawn_blocking(move || {
             let metadata_error = |e| unavailable(&servers, "cannot read topic metadata", e);
@@ -165,6 +166,11 @@ impl KafkaSource {
             let mut marks = BTreeMap::new();
             for (topic, ids) in partitions {
                 for partition in ids {
+                    if let Some(only) = &only
+                        && !only.contains(&(topic.clone(), partition))
+                    {
+                        continue;
+                    }
                     let (low, high) = consumer
                         .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
                         .map_err(|e| unavailable(&servers, "cannot read partition offsets", e))?;
@@ -472,6 +478,7 @@ fn read_ranges(
     Ok(Decoded {
         batches: vec![batch],
         bad_records: Vec::new(),
+        event_time: super::EventTimeProgress::Rows,
     })
 }
 

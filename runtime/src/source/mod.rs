@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use decode::{BadRecord, Decoded};
+pub use decode::{BadRecord, Decoded, EventTimeProgress};
 pub use file::{FileEntry, FileReader, FileSource, SourceLogEntry};
 pub use kafka::KafkaSource;
 

@@ -9,6 +9,7 @@ mod plugin_dev;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use weir::cluster::Replica;
 use weir::{Pipeline, PluginEngine, Query, QueryOutcome, WeirError};
 use weir_plugin_build::Language;
 
@@ -50,6 +51,10 @@ enum Command {
         /// only you can read, whose path is printed.
         #[arg(long, value_name = "ADDR")]
         ui: Option<std::net::SocketAddr>,
+        /// Run as this replica of a `[cluster]` query (its static group
+        /// membership; default: $WEIR_REPLICA_ID, else the host name).
+        #[arg(long, value_name = "ID")]
+        replica: Option<String>,
     },
     /// Run committed batches again offline, from what the checkpoint
     /// recorded (input plans, plugin versions, quarantined rows, clock and
@@ -606,8 +611,30 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             progress_log,
             metrics_addr,
             ui,
+            replica,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            let refuse = |message: &str, hint: &str| {
+                WeirError::Config(weir::config::ConfigError {
+                    file: pipeline.name.clone(),
+                    line: None,
+                    column: None,
+                    message: message.to_string(),
+                    hint: Some(hint.to_string()),
+                })
+            };
+            if pipeline.cluster.is_none() && replica.is_some() {
+                return Err(refuse(
+                    "--replica runs a query that declares [cluster]",
+                    "add [cluster] with a group_id, or run without --replica",
+                ));
+            }
+            if pipeline.cluster.is_some() && ui.is_some() {
+                return Err(refuse(
+                    "--ui shows one process's query; a [cluster] query runs as replicas",
+                    "watch each replica's --progress-log or --metrics-addr",
+                ));
+            }
             let metrics = match metrics_addr {
                 Some(addr) => {
                     let listener = weir::metrics::bind(addr).await?;
@@ -646,6 +673,37 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 tracing::info!("stop requested: finishing the current batch");
                 let _ = stopper.send(true);
             });
+            if pipeline.cluster.is_some() {
+                let id = replica
+                    .or_else(|| std::env::var("WEIR_REPLICA_ID").ok())
+                    .unwrap_or_else(host_name);
+                let name = pipeline.name.clone();
+                let replica = Replica::new(pipeline, PluginEngine::new()?, &id)?
+                    .with_stop_signal(stop_rx)
+                    .on_progress(move |shard, p| {
+                        let label = format!("{name}/{shard}");
+                        if !quiet {
+                            eprintln!("[{shard}] {p}");
+                        }
+                        if let Some(metrics) = &metrics {
+                            metrics.observe(&label, p);
+                        }
+                        if let Some(file) = &mut log {
+                            let mut json = p.to_json();
+                            json["name"] = name.clone().into();
+                            json["shard"] = shard.to_string().into();
+                            if let Err(e) = writeln!(file, "{json}") {
+                                tracing::warn!("cannot write the progress log: {e}");
+                            }
+                        }
+                    });
+                let outcome = replica.run().await?;
+                eprintln!(
+                    "replica `{id}`: stopped after {} batch(es) of its shards",
+                    outcome.batches
+                );
+                return Ok(());
+            }
             let name = pipeline.name.clone();
             let query_name = name.clone();
             let mut query =
@@ -702,4 +760,11 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// The host's name: a replica's default id (a StatefulSet pod's name).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "replica".into())
 }
