@@ -462,29 +462,15 @@ fn windows(rows: &[Value]) -> Vec<String> {
     lines
 }
 
-#[test]
-fn three_replicas_aggregate_windows_as_one_process_does() {
-    let b = bucket("cluster-windows");
-    let topic = topic_named("cluster-windows", PARTITIONS);
-    let mut replicas = Replicas::new(&windowed_pipeline(&b, &topic, &format!("{topic}-g"), false));
-    for id in ["r0", "r1", "r2"] {
-        replicas.start(id);
-    }
-    replicas.wait_for(
-        "every replica to hold shards",
-        Duration::from_secs(90),
-        || {
-            ["r0", "r1", "r2"]
-                .iter()
-                .all(|id| replicas.holds_shards(id))
-        },
-    );
-    produce_timed(&topic, 0..=60, Duration::ZERO);
-    produce_timed(&topic, 1001..=1006, Duration::ZERO);
-    // One process over the same topic: the windows every replica must emit.
+/// Closes every window with one late-enough order per partition, runs one
+/// process over the same topic, waits for the replicas to emit as many
+/// windows, stops them and asserts they emitted exactly those windows with
+/// no shard's batch committed twice.
+fn assert_windows_as_one_process(replicas: &mut Replicas, b: &str, topic: &str) {
+    produce_timed(topic, 1001..=1006, Duration::ZERO);
     let single = tempfile::tempdir().unwrap();
     let file = single.path().join("pipeline.toml");
-    std::fs::write(&file, windowed_pipeline(&b, &topic, "", true)).unwrap();
+    std::fs::write(&file, windowed_pipeline(b, topic, "", true)).unwrap();
     assert_ok(&run(&file));
     let expected = windows(&committed_rows(&format!("s3://{b}/single/out")));
     assert!(
@@ -492,31 +478,35 @@ fn three_replicas_aggregate_windows_as_one_process_does() {
         "too few windows to compare: {expected:?}"
     );
     let out = format!("s3://{b}/replicated/out");
-    replicas.wait_for("the replicas' windows", Duration::from_secs(120), || {
-        windows(&shard_rows(&out)).len() >= expected.len()
-    });
+    // On a time-out the comparison below shows what is missing.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while windows(&shard_rows(&out)).len() < expected.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs: String = replicas
+        .running
+        .keys()
+        .map(|id| format!("--- replica {id}:\n{}\n", tail(&replicas.stderr(id))))
+        .collect();
     replicas.stop_all();
-    assert_eq!(windows(&shard_rows(&out)), expected);
-    // The work was shared: state shards ran on more than one replica.
-    let state_shards = |id: &str| -> BTreeSet<String> {
-        replicas
-            .commits(id)
-            .into_iter()
-            .map(|(shard, _)| shard)
-            .filter(|shard| shard.contains("-repartition-"))
-            .collect()
-    };
-    let holders = ["r0", "r1", "r2"]
-        .iter()
-        .filter(|id| !state_shards(id).is_empty())
-        .count();
-    assert!(holders >= 2, "state shards ran on {holders} replica(s)");
+    assert_eq!(windows(&shard_rows(&out)), expected, "{logs}");
+    assert_no_batch_committed_twice(replicas, &["r0", "r1", "r2"]);
 }
 
-#[test]
-fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same() {
-    let b = bucket("cluster-windows-kill");
-    let topic = topic_named("cluster-windows-kill", PARTITIONS);
+/// The state shards replica `id` committed batches of.
+fn state_shards(replicas: &Replicas, id: &str) -> BTreeSet<String> {
+    replicas
+        .commits(id)
+        .into_iter()
+        .map(|(shard, _)| shard)
+        .filter(|shard| shard.contains("-repartition-"))
+        .collect()
+}
+
+/// Three replicas of the windowed query, once each holds shards.
+fn three_windowed_replicas(hint: &str) -> (Replicas, String, String) {
+    let b = bucket(hint);
+    let topic = topic_named(hint, PARTITIONS);
     let mut replicas = Replicas::new(&windowed_pipeline(&b, &topic, &format!("{topic}-g"), false));
     for id in ["r0", "r1", "r2"] {
         replicas.start(id);
@@ -530,19 +520,30 @@ fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same(
                 .all(|id| replicas.holds_shards(id))
         },
     );
+    (replicas, b, topic)
+}
+
+#[test]
+fn three_replicas_aggregate_windows_as_one_process_does() {
+    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows");
+    produce_timed(&topic, 0..=60, Duration::ZERO);
+    assert_windows_as_one_process(&mut replicas, &b, &topic);
+    // The work was shared: state shards ran on more than one replica.
+    let holders = ["r0", "r1", "r2"]
+        .iter()
+        .filter(|id| !state_shards(&replicas, id).is_empty())
+        .count();
+    assert!(holders >= 2, "state shards ran on {holders} replica(s)");
+}
+
+#[test]
+fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same() {
+    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows-kill");
     let feeder_topic = topic.clone();
     // Orders keep arriving, one every 60 ms, across the kill.
     let feeder = std::thread::spawn(move || {
         produce_timed(&feeder_topic, 0..=400, Duration::from_millis(60));
     });
-    let state_shards = |replicas: &Replicas, id: &str| -> BTreeSet<String> {
-        replicas
-            .commits(id)
-            .into_iter()
-            .map(|(shard, _)| shard)
-            .filter(|shard| shard.contains("-repartition-"))
-            .collect()
-    };
     replicas.wait_for(
         "r1 to commit state batches",
         Duration::from_secs(60),
@@ -566,25 +567,7 @@ fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same(
         killed.elapsed().as_secs_f64()
     );
     feeder.join().unwrap();
-    produce_timed(&topic, 1001..=1006, Duration::ZERO);
-    let single = tempfile::tempdir().unwrap();
-    let file = single.path().join("pipeline.toml");
-    std::fs::write(&file, windowed_pipeline(&b, &topic, "", true)).unwrap();
-    assert_ok(&run(&file));
-    let expected = windows(&committed_rows(&format!("s3://{b}/single/out")));
-    let out = format!("s3://{b}/replicated/out");
-    // On a time-out the comparison below shows what is missing.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while windows(&shard_rows(&out)).len() < expected.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let logs: String = ["r0", "r2"]
-        .iter()
-        .map(|id| format!("--- replica {id}:\n{}\n", tail(&replicas.stderr(id))))
-        .collect();
-    replicas.stop_all();
-    assert_eq!(windows(&shard_rows(&out)), expected, "{logs}");
-    assert_no_batch_committed_twice(&replicas, &["r0", "r1", "r2"]);
+    assert_windows_as_one_process(&mut replicas, &b, &topic);
 }
 
 #[test]
@@ -613,34 +596,76 @@ fn scaling_from_one_replica_to_three_and_back_to_two_keeps_the_windows() {
         || !replicas.commits("r1").is_empty() && !replicas.commits("r2").is_empty(),
     );
     // 3 → 2: r1 leaves; its shards finish their batch and move.
-    let leaving = replicas.running.remove("r1").unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(leaving.id() as i32, libc::SIGTERM);
-    }
-    let mut leaving = leaving;
+    replicas.signal("r1", libc::SIGTERM);
+    let mut leaving = replicas.running.remove("r1").unwrap();
     assert!(
         leaving.wait().unwrap().success(),
         "{}",
         tail(&replicas.stderr("r1"))
     );
     feeder.join().unwrap();
-    produce_timed(&topic, 1001..=1006, Duration::ZERO);
-    let single = tempfile::tempdir().unwrap();
-    let file = single.path().join("pipeline.toml");
-    std::fs::write(&file, windowed_pipeline(&b, &topic, "", true)).unwrap();
-    assert_ok(&run(&file));
-    let expected = windows(&committed_rows(&format!("s3://{b}/single/out")));
-    let out = format!("s3://{b}/replicated/out");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while windows(&shard_rows(&out)).len() < expected.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let logs: String = ["r0", "r2"]
-        .iter()
-        .map(|id| format!("--- replica {id}:\n{}\n", tail(&replicas.stderr(id))))
-        .collect();
-    replicas.stop_all();
-    assert_eq!(windows(&shard_rows(&out)), expected, "{logs}");
-    assert_no_batch_committed_twice(&replicas, &["r0", "r1", "r2"]);
+    assert_windows_as_one_process(&mut replicas, &b, &topic);
+}
+
+#[test]
+fn a_replicated_pipeline_is_refused_where_replicas_cannot_keep_their_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let original = windowed_pipeline("bucket", "orders", "orders-g", false);
+    crate::common::assert_refusals(
+        &file,
+        &original,
+        &[
+            (
+                "checkpoint = \"s3://bucket/replicated/ck\"",
+                "checkpoint = \"ck\"",
+                "keeps its checkpoint on object storage",
+            ),
+            (
+                "processing_time = \"200ms\"",
+                "available_now = true",
+                "replicas run until stopped",
+            ),
+            (
+                "topics = [\"orders\"]",
+                "topic_pattern = \"orders.*\"",
+                "names its topics",
+            ),
+            (
+                "group_id = \"orders-g\"",
+                "group_id = \"orders g\"",
+                "invalid group_id",
+            ),
+            (
+                "session_timeout = \"6s\"",
+                "session_timeout = \"1s\"",
+                "session_timeout must be between 6s and 5m",
+            ),
+            (
+                "repartition_partitions = 6",
+                "repartition_partitions = 500",
+                "repartition_partitions must be 1 to 128",
+            ),
+            (
+                "checkpoint = \"s3://bucket/replicated/ck\"",
+                "checkpoint = \"s3://bucket/replicated/ck\"\n\
+                 drop_duplicates_within_watermark = [\"id\"]",
+                "one stateful operator",
+            ),
+        ],
+    );
+    // --replica runs only a [cluster] query.
+    let single = windowed_pipeline("bucket", "orders", "", true);
+    std::fs::write(&file, single).unwrap();
+    let out = weir()
+        .arg("run")
+        .arg(&file)
+        .args(["--replica", "a"])
+        .output()
+        .unwrap();
+    let err = crate::common::assert_exit(&out, 2);
+    assert!(
+        err.contains("--replica runs a query that declares [cluster]"),
+        "{err}"
+    );
 }
