@@ -21,22 +21,24 @@ const SESSION_TIMEOUT_S: u64 = 6;
 /// replicas join as dynamic members here.
 const DYNAMIC: &str = "static_membership = false\n";
 
+/// A pipeline's name, trigger and `[cluster]` table (with `extra`
+/// settings): one process draining the topic, or replicas of group `group`.
+fn run_as(single: bool, group: &str, extra: &str) -> (&'static str, &'static str, String) {
+    if single {
+        return ("single", "available_now = true", String::new());
+    }
+    let cluster = format!(
+        "[cluster]\ngroup_id = \"{group}\"\nsession_timeout = \"{SESSION_TIMEOUT_S}s\"\n\
+         {extra}{DYNAMIC}"
+    );
+    ("replicated", "processing_time = \"200ms\"", cluster)
+}
+
 /// The pipeline: orders from `topic` through the enrich plugin into JSON
 /// files, checkpoint and output in bucket `b`; with `[cluster]` unless
 /// `single`.
 fn pipeline(b: &str, topic: &str, group: &str, single: bool) -> String {
-    let (name, trigger, tail) = if single {
-        ("single", "available_now = true", String::new())
-    } else {
-        (
-            "replicated",
-            "processing_time = \"200ms\"",
-            format!(
-                "[cluster]\ngroup_id = \"{group}\"\nsession_timeout = \"{SESSION_TIMEOUT_S}s\"\n\
-                 {DYNAMIC}"
-            ),
-        )
-    };
+    let (name, trigger, tail) = run_as(single, group, "");
     format!(
         r#"name = "{name}"
 checkpoint = "s3://{b}/{name}/ck"
@@ -333,18 +335,7 @@ fn a_stalled_replica_commits_nothing_once_replaced() {
 /// through the enrich plugin, counted and summed per user in 10-second
 /// tumbling windows (10-second watermark delay) into Parquet on S3.
 fn windowed_pipeline(b: &str, topic: &str, group: &str, single: bool) -> String {
-    let (name, trigger, tail) = if single {
-        ("single", "available_now = true", String::new())
-    } else {
-        (
-            "replicated",
-            "processing_time = \"200ms\"",
-            format!(
-                "[cluster]\ngroup_id = \"{group}\"\nsession_timeout = \"{SESSION_TIMEOUT_S}s\"\n\
-                 repartition_partitions = 6\n{DYNAMIC}"
-            ),
-        )
-    };
+    let (name, trigger, tail) = run_as(single, group, "repartition_partitions = 6\n");
     format!(
         r#"name = "{name}"
 checkpoint = "s3://{b}/{name}/ck"

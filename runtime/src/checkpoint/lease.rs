@@ -288,7 +288,8 @@ fn version_of(put: PutResult) -> UpdateVersion {
     }
 }
 
-fn host_name() -> String {
+/// This machine's host name (a lease's holder; a replica's default id).
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

@@ -45,6 +45,7 @@ use crate::state::{DEFAULT_KEY_GROUPS, KeyGroups};
 use crate::storage::{Location, get_if_exists};
 
 pub use lease::Lease;
+pub(crate) use lease::host_name;
 pub use lock::CheckpointLock;
 pub use retention::Purged;
 

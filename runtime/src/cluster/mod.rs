@@ -36,5 +36,5 @@ mod repartition;
 mod replica;
 mod shard;
 
-pub use replica::{Replica, ReplicaOutcome};
+pub use replica::{Replica, ReplicaOutcome, default_replica_id};
 pub use shard::Shard;

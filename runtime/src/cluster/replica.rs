@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, watch};
 use super::Shard;
 use super::membership::{Change, Membership};
 use super::repartition::ensure_topic;
-use super::shard::{ShardQuery, repartitions};
-use crate::config::{ClusterConfig, ConfigError, Pipeline, SourceConfig, TopicSelection};
+use super::shard::{ShardQuery, repartitions, source_topics};
+use crate::config::{ClusterConfig, ConfigError, Pipeline, is_kafka_name};
 use crate::error::{Result, WeirError};
 use crate::plugin::PluginEngine;
 use crate::query::BatchProgress;
@@ -41,6 +41,12 @@ pub struct ReplicaOutcome {
     pub batches: u64,
 }
 
+/// A replica's id when none is given: `$WEIR_REPLICA_ID`, else the host
+/// name (a StatefulSet pod's name).
+pub fn default_replica_id() -> String {
+    std::env::var("WEIR_REPLICA_ID").unwrap_or_else(|_| crate::checkpoint::host_name())
+}
+
 impl Replica {
     /// Replica `id` of `pipeline`, which must declare `[cluster]`. The id
     /// is its static group membership: a replica restarted with the same
@@ -63,12 +69,7 @@ impl Replica {
                 "add [cluster] with a group_id to run the query as replicas",
             ));
         };
-        if id.is_empty()
-            || id.len() > 200
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
+        if !is_kafka_name(id, 200) {
             return Err(refuse(
                 format!("invalid replica id {id:?}"),
                 "up to 200 letters, digits, `_`, `-` and `.` (a StatefulSet's pod name fits)",
@@ -104,23 +105,13 @@ impl Replica {
     /// group hands this replica's shards to the others, which meet the same
     /// input — a failing query fails everywhere, as in one process).
     pub async fn run(self) -> Result<ReplicaOutcome> {
-        let (servers, topics) = match self.pipeline.inputs.as_slice() {
-            [input] => match &input.source {
-                SourceConfig::Kafka(kafka) => match &kafka.topics {
-                    TopicSelection::Topics(topics) => {
-                        (kafka.bootstrap_servers.clone(), topics.clone())
-                    }
-                    TopicSelection::Pattern(_) => {
-                        return Err(WeirError::Internal("checked at load: named topics".into()));
-                    }
-                },
-                SourceConfig::File(_) => {
-                    return Err(WeirError::Internal(
-                        "checked at load: a kafka source".into(),
-                    ));
-                }
-            },
-            _ => return Err(WeirError::Internal("checked at load: one source".into())),
+        let (servers, topics) = match source_topics(&self.pipeline) {
+            Some((kafka, topics)) => (kafka.bootstrap_servers.clone(), topics.clone()),
+            None => {
+                return Err(WeirError::Internal(
+                    "checked at load: one kafka source naming its topics".into(),
+                ));
+            }
         };
         let (changes_tx, mut changes) = mpsc::unbounded_channel();
         let mut memberships = vec![Membership::join(

@@ -9,7 +9,8 @@ use std::fmt;
 
 use super::repartition::{RepartitionSink, RepartitionSource, Routing};
 use crate::config::{
-    ClusterConfig, OutputMode, Pipeline, SinkConfig, SinkTarget, SourceConfig, TopicSelection,
+    ClusterConfig, KafkaSourceConfig, OutputMode, Pipeline, SinkConfig, SinkTarget, SourceConfig,
+    TopicSelection,
 };
 use crate::error::Result;
 use crate::plugin::PluginEngine;
@@ -85,6 +86,21 @@ pub(super) struct ShardQuery {
     role: Role,
 }
 
+/// The replicated query's Kafka source and the topics it names (`None`
+/// for a pipeline the `[cluster]` checks would refuse).
+pub(super) fn source_topics(pipeline: &Pipeline) -> Option<(&KafkaSourceConfig, &Vec<String>)> {
+    let [input] = pipeline.inputs.as_slice() else {
+        return None;
+    };
+    let SourceConfig::Kafka(kafka) = &input.source else {
+        return None;
+    };
+    match &kafka.topics {
+        TopicSelection::Topics(topics) => Some((kafka, topics)),
+        TopicSelection::Pattern(_) => None,
+    }
+}
+
 /// Whether rows go through the repartition topic: the query has a
 /// stateful operator.
 pub(super) fn repartitions(pipeline: &Pipeline) -> bool {
@@ -110,15 +126,11 @@ impl ShardQuery {
         pipeline: &Pipeline,
         cluster: &ClusterConfig,
     ) -> Option<ShardQuery> {
-        let [input] = pipeline.inputs.as_slice() else {
-            return None;
-        };
-        let SourceConfig::Kafka(kafka) = &input.source else {
-            return None;
-        };
-        let TopicSelection::Topics(topics) = &kafka.topics else {
-            return None;
-        };
+        let (kafka, topics) = source_topics(pipeline)?;
+        let event_time = pipeline.inputs[0]
+            .watermark
+            .as_ref()
+            .map(|w| w.column.clone());
         if shard.partition < 0 {
             return None;
         }
@@ -153,7 +165,7 @@ impl ShardQuery {
                 Role::Source {
                     routing,
                     key,
-                    event_time: input.watermark.as_ref().map(|w| w.column.clone()),
+                    event_time,
                 }
             }
             Some(_) if shard.topic == cluster.repartition_topic => {

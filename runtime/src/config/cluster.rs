@@ -27,6 +27,16 @@ use super::{ConfigError, Pipeline, Resolver, SourceConfig, TopicSelection, Trigg
 const SESSION_TIMEOUT_BOUNDS: (Duration, Duration) =
     (Duration::from_secs(6), Duration::from_secs(300));
 
+/// Whether `name` is up to `max` of Kafka's name characters (letters,
+/// digits, `_`, `-`, `.`): group ids, topic names, replica ids.
+pub(crate) fn is_kafka_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// A checked `[cluster]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -73,12 +83,7 @@ impl Resolver<'_> {
     ) -> Result<ClusterConfig, ConfigError> {
         let raw = spanned.get_ref();
         let group_id = raw.group_id.get_ref().trim().to_string();
-        if group_id.is_empty()
-            || group_id.len() > 200
-            || !group_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
+        if !is_kafka_name(&group_id, 200) {
             return Err(self
                 .err(&raw.group_id, format!("invalid group_id {group_id:?}"))
                 .hint("up to 200 letters, digits, `_`, `-` and `.`"));
@@ -99,13 +104,7 @@ impl Resolver<'_> {
         let repartition_topic = match &raw.repartition_topic {
             Some(topic) => {
                 let name = topic.get_ref();
-                let legal = !name.is_empty()
-                    && name.len() <= 249
-                    && name != "."
-                    && name != ".."
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                let legal = is_kafka_name(name, 249) && name != "." && name != "..";
                 if !legal {
                     return Err(self
                         .err(topic, format!("invalid topic name {name:?}"))

@@ -53,6 +53,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use cluster::ClusterConfig;
+pub(crate) use cluster::is_kafka_name;
 pub use confine::{Ceilings, Confinement, Connection, plugin_digest};
 pub use delta::{DeltaOptimize, DeltaOutputConfig, DeltaOutputMode, DeltaSinkConfig, DeltaVacuum};
 pub use error::ConfigError;

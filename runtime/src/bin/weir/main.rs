@@ -674,9 +674,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
                 let _ = stopper.send(true);
             });
             if pipeline.cluster.is_some() {
-                let id = replica
-                    .or_else(|| std::env::var("WEIR_REPLICA_ID").ok())
-                    .unwrap_or_else(host_name);
+                let id = replica.unwrap_or_else(weir::cluster::default_replica_id);
                 let name = pipeline.name.clone();
                 let replica = Replica::new(pipeline, PluginEngine::new()?, &id)?
                     .with_stop_signal(stop_rx)
@@ -760,11 +758,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
-}
-
-/// The host's name: a replica's default id (a StatefulSet pod's name).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "replica".into())
 }
