@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{assert_ok, run, weir};
+use crate::delta::{read_delta, s3_log_txns, s3_reader_options};
 use crate::kafka::{broker, produce, topic_named};
 use crate::s3::{bucket, committed_rows, list, s3_table};
 
@@ -68,6 +69,8 @@ path = "s3://{b}/{name}/out"
 struct Replicas {
     dir: tempfile::TempDir,
     running: BTreeMap<String, Child>,
+    /// Every replica started, running or not.
+    started: BTreeSet<String>,
 }
 
 impl Replicas {
@@ -77,6 +80,7 @@ impl Replicas {
         Replicas {
             dir,
             running: BTreeMap::new(),
+            started: BTreeSet::new(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Replicas {
             .spawn()
             .unwrap();
         self.running.insert(id.to_string(), child);
+        self.started.insert(id.to_string());
     }
 
     fn progress_log(&self, id: &str) -> PathBuf {
@@ -213,11 +218,12 @@ fn assert_each_once(rows: &[Value], ids: std::ops::RangeInclusive<i64>) {
 
 /// No batch of any shard was committed by two replicas (its checkpoint
 /// entries are created once, and a replaced replica is fenced).
-fn assert_no_batch_committed_twice(replicas: &Replicas, ids: &[&str]) {
+fn assert_no_batch_committed_twice(replicas: &Replicas, ids: &[impl AsRef<str>]) {
     let mut seen = BTreeMap::new();
     for id in ids {
+        let id = id.as_ref();
         for commit in replicas.commits(id) {
-            if let Some(other) = seen.insert(commit.clone(), *id) {
+            if let Some(other) = seen.insert(commit.clone(), id) {
                 panic!("batch {commit:?} committed by both {other} and {id}");
             }
         }
@@ -275,67 +281,39 @@ fn replicas_share_the_partitions_and_write_what_one_process_writes() {
     assert_eq!(sorted(replicated), sorted(one));
 }
 
-#[test]
-fn a_stalled_replica_commits_nothing_once_replaced() {
-    let b = bucket("cluster-zombie");
-    let topic = topic_named("cluster-zombie", PARTITIONS);
-    let mut replicas = Replicas::new(&pipeline(&b, &topic, &format!("{topic}-g"), false));
-    replicas.start("r0");
-    replicas.start("r1");
-    replicas.wait_for(
-        "both replicas to hold shards",
-        Duration::from_secs(60),
-        || replicas.holds_shards("r0") && replicas.holds_shards("r1"),
-    );
-    produce(&topic, PARTITIONS as i64, 1..=60);
-    replicas.wait_for(
-        "both replicas to commit batches",
-        Duration::from_secs(90),
-        || !replicas.commits("r0").is_empty() && !replicas.commits("r1").is_empty(),
-    );
-    let r1_shards: BTreeSet<String> = replicas
-        .commits("r1")
-        .into_iter()
-        .map(|(shard, _)| shard)
-        .collect();
-    replicas.signal("r1", libc::SIGSTOP);
-    let before = replicas.commits("r0").len();
-    produce(&topic, PARTITIONS as i64, 61..=120);
-    // r0 takes the stalled replica's shards (after the session timeout and
-    // the lease's expiry) and commits their new orders.
-    replicas.wait_for(
-        "r0 to take over the stalled replica's shards",
-        Duration::from_secs(SESSION_TIMEOUT_S * 3 + 30),
-        || {
-            replicas.commits("r0")[before..]
-                .iter()
-                .any(|(shard, _)| r1_shards.contains(shard))
-        },
-    );
-    replicas.signal("r1", libc::SIGCONT);
-    produce(&topic, PARTITIONS as i64, 121..=180);
-    let out = format!("s3://{b}/replicated/out");
-    replicas.wait_for("all 180 orders", Duration::from_secs(120), || {
-        shard_rows(&out).len() >= 180
-    });
-    let r1_log = replicas.stderr("r1");
-    replicas.stop_all();
-    assert_each_once(&shard_rows(&out), 1..=180);
-    assert_no_batch_committed_twice(&replicas, &["r0", "r1"]);
-    // Woken, the replaced replica found its shards gone: it committed no
-    // batch of theirs until the group gave one back to it, if it did.
-    assert!(
-        r1_log.contains("taken over") || r1_log.contains("shards revoked"),
-        "the stalled replica did not notice it was replaced:\n{}",
-        tail(&r1_log)
-    );
+/// Where the windowed query writes: Parquet files, or one Delta table
+/// that every state shard commits to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sink {
+    Parquet,
+    Delta,
+}
+
+impl Sink {
+    /// The windows committed at `url` (every shard's, for Parquet).
+    fn windows(self, url: &str) -> Vec<String> {
+        match self {
+            Sink::Parquet if url.contains("/single/") => windows(&committed_rows(url)),
+            Sink::Parquet => windows(&shard_rows(url)),
+            Sink::Delta => {
+                if list(&format!("{url}/_delta_log")).is_empty() {
+                    return Vec::new();
+                }
+                windows(&read_delta(url, &s3_reader_options(), "").rows)
+            }
+        }
+    }
 }
 
 /// Windowed totals per user across replicas: orders with event times
 /// through the enrich plugin, counted and summed per user in 10-second
-/// tumbling windows (10-second watermark delay) into Parquet on S3.
-fn windowed_pipeline(b: &str, topic: &str, group: &str, single: bool) -> String {
+/// tumbling windows (10-second watermark delay) into `sink` on S3.
+fn windowed_pipeline(b: &str, topic: &str, group: &str, single: bool, sink: Sink) -> String {
     let (name, trigger, tail) = run_as(single, group, "repartition_partitions = 6\n");
+    let kind = match sink {
+        Sink::Parquet => "parquet",
+        Sink::Delta => "delta",
+    };
     format!(
         r#"name = "{name}"
 checkpoint = "s3://{b}/{name}/ck"
@@ -374,7 +352,7 @@ aggregates = [
 ]
 
 [sink]
-kind = "parquet"
+kind = "{kind}"
 path = "s3://{b}/{name}/out"
 output_mode = "append"
 
@@ -454,16 +432,17 @@ fn windows(rows: &[Value]) -> Vec<String> {
 }
 
 /// Closes every window with one late-enough order per partition, runs one
-/// process over the same topic, waits for the replicas to emit as many
-/// windows, stops them and asserts they emitted exactly those windows with
-/// no shard's batch committed twice.
-fn assert_windows_as_one_process(replicas: &mut Replicas, b: &str, topic: &str) {
+/// process over the same topic into the same kind of sink, waits for the
+/// replicas to emit as many windows, stops them and asserts they emitted
+/// exactly those windows with no shard's batch committed twice (and, in a
+/// Delta table, no state shard's batch committed twice).
+fn assert_windows_as_one_process(replicas: &mut Replicas, b: &str, topic: &str, sink: Sink) {
     produce_timed(topic, 1001..=1006, Duration::ZERO);
     let single = tempfile::tempdir().unwrap();
     let file = single.path().join("pipeline.toml");
-    std::fs::write(&file, windowed_pipeline(b, topic, "", true)).unwrap();
+    std::fs::write(&file, windowed_pipeline(b, topic, "", true, sink)).unwrap();
     assert_ok(&run(&file));
-    let expected = windows(&committed_rows(&format!("s3://{b}/single/out")));
+    let expected = sink.windows(&format!("s3://{b}/single/out"));
     assert!(
         expected.len() > 20,
         "too few windows to compare: {expected:?}"
@@ -471,8 +450,8 @@ fn assert_windows_as_one_process(replicas: &mut Replicas, b: &str, topic: &str) 
     let out = format!("s3://{b}/replicated/out");
     // On a time-out the comparison below shows what is missing.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while windows(&shard_rows(&out)).len() < expected.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    while sink.windows(&out).len() < expected.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
     }
     let logs: String = replicas
         .running
@@ -480,8 +459,23 @@ fn assert_windows_as_one_process(replicas: &mut Replicas, b: &str, topic: &str) 
         .map(|id| format!("--- replica {id}:\n{}\n", tail(&replicas.stderr(id))))
         .collect();
     replicas.stop_all();
-    assert_eq!(windows(&shard_rows(&out)), expected, "{logs}");
-    assert_no_batch_committed_twice(replicas, &["r0", "r1", "r2"]);
+    assert_eq!(sink.windows(&out), expected, "{logs}");
+    let ids: Vec<String> = replicas.started.iter().cloned().collect();
+    assert_no_batch_committed_twice(replicas, &ids);
+    if sink == Sink::Delta {
+        // Each state shard commits under its own application id; a batch
+        // replayed after a crash or a move is skipped, never committed again.
+        let mut seen = BTreeSet::new();
+        for (version, txns) in s3_log_txns(&out) {
+            for txn in txns {
+                assert!(
+                    seen.insert(txn.clone()),
+                    "{txn:?} committed again in table version {version}"
+                );
+            }
+        }
+        assert!(seen.len() > 1, "too few Delta commits: {seen:?}");
+    }
 }
 
 /// The state shards replica `id` committed batches of.
@@ -495,10 +489,16 @@ fn state_shards(replicas: &Replicas, id: &str) -> BTreeSet<String> {
 }
 
 /// Three replicas of the windowed query, once each holds shards.
-fn three_windowed_replicas(hint: &str) -> (Replicas, String, String) {
+fn three_windowed_replicas(hint: &str, sink: Sink) -> (Replicas, String, String) {
     let b = bucket(hint);
     let topic = topic_named(hint, PARTITIONS);
-    let mut replicas = Replicas::new(&windowed_pipeline(&b, &topic, &format!("{topic}-g"), false));
+    let mut replicas = Replicas::new(&windowed_pipeline(
+        &b,
+        &topic,
+        &format!("{topic}-g"),
+        false,
+        sink,
+    ));
     for id in ["r0", "r1", "r2"] {
         replicas.start(id);
     }
@@ -516,9 +516,9 @@ fn three_windowed_replicas(hint: &str) -> (Replicas, String, String) {
 
 #[test]
 fn three_replicas_aggregate_windows_as_one_process_does() {
-    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows");
+    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows", Sink::Parquet);
     produce_timed(&topic, 0..=60, Duration::ZERO);
-    assert_windows_as_one_process(&mut replicas, &b, &topic);
+    assert_windows_as_one_process(&mut replicas, &b, &topic, Sink::Parquet);
     // The work was shared: state shards ran on more than one replica.
     let holders = ["r0", "r1", "r2"]
         .iter()
@@ -527,9 +527,10 @@ fn three_replicas_aggregate_windows_as_one_process_does() {
     assert!(holders >= 2, "state shards ran on {holders} replica(s)");
 }
 
+/// Into a Delta table on S3, which every state shard commits to.
 #[test]
 fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same() {
-    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows-kill");
+    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows-kill", Sink::Delta);
     let feeder_topic = topic.clone();
     // Orders keep arriving, one every 60 ms, across the kill.
     let feeder = std::thread::spawn(move || {
@@ -558,14 +559,82 @@ fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same(
         killed.elapsed().as_secs_f64()
     );
     feeder.join().unwrap();
-    assert_windows_as_one_process(&mut replicas, &b, &topic);
+    assert_windows_as_one_process(&mut replicas, &b, &topic, Sink::Delta);
+}
+
+/// A zombie: a replica paused (`SIGSTOP`) past its session timeout while it
+/// holds source and state shards, then resumed once the other replica has
+/// taken them over. It commits no batch the other committed — no offsets,
+/// no repartition batch taken twice, no state, no output — and the windows
+/// are still one process's.
+#[test]
+fn a_stalled_replica_commits_nothing_once_replaced() {
+    let b = bucket("cluster-zombie");
+    let topic = topic_named("cluster-zombie", PARTITIONS);
+    let mut replicas = Replicas::new(&windowed_pipeline(
+        &b,
+        &topic,
+        &format!("{topic}-g"),
+        false,
+        Sink::Parquet,
+    ));
+    replicas.start("r0");
+    replicas.start("r1");
+    replicas.wait_for(
+        "both replicas to hold shards",
+        Duration::from_secs(60),
+        || replicas.holds_shards("r0") && replicas.holds_shards("r1"),
+    );
+    let feeder_topic = topic.clone();
+    let feeder = std::thread::spawn(move || {
+        produce_timed(&feeder_topic, 0..=400, Duration::from_millis(60));
+    });
+    replicas.wait_for(
+        "r1 to commit state batches",
+        Duration::from_secs(60),
+        || !state_shards(&replicas, "r1").is_empty(),
+    );
+    let r1_shards: BTreeSet<String> = replicas
+        .commits("r1")
+        .into_iter()
+        .map(|(shard, _)| shard)
+        .collect();
+    replicas.signal("r1", libc::SIGSTOP);
+    let before = replicas.commits("r0").len();
+    // r0 takes the stalled replica's shards (after the session timeout and
+    // the lease's expiry) and commits their batches.
+    replicas.wait_for(
+        "r0 to take over the stalled replica's state shards",
+        Duration::from_secs(SESSION_TIMEOUT_S * 3 + 30),
+        || {
+            replicas.commits("r0")[before..]
+                .iter()
+                .any(|(shard, _)| r1_shards.contains(shard) && shard.contains("-repartition-"))
+        },
+    );
+    replicas.signal("r1", libc::SIGCONT);
+    feeder.join().unwrap();
+    let r1_log = replicas.stderr("r1");
+    assert_windows_as_one_process(&mut replicas, &b, &topic, Sink::Parquet);
+    // Woken, the replaced replica found its shards gone.
+    assert!(
+        r1_log.contains("taken over") || r1_log.contains("shards revoked"),
+        "the stalled replica did not notice it was replaced:\n{}",
+        tail(&r1_log)
+    );
 }
 
 #[test]
 fn scaling_from_one_replica_to_three_and_back_to_two_keeps_the_windows() {
     let b = bucket("cluster-scale");
     let topic = topic_named("cluster-scale", PARTITIONS);
-    let mut replicas = Replicas::new(&windowed_pipeline(&b, &topic, &format!("{topic}-g"), false));
+    let mut replicas = Replicas::new(&windowed_pipeline(
+        &b,
+        &topic,
+        &format!("{topic}-g"),
+        false,
+        Sink::Parquet,
+    ));
     replicas.start("r0");
     replicas.wait_for("r0 to hold shards", Duration::from_secs(60), || {
         replicas.holds_shards("r0")
@@ -595,14 +664,14 @@ fn scaling_from_one_replica_to_three_and_back_to_two_keeps_the_windows() {
         tail(&replicas.stderr("r1"))
     );
     feeder.join().unwrap();
-    assert_windows_as_one_process(&mut replicas, &b, &topic);
+    assert_windows_as_one_process(&mut replicas, &b, &topic, Sink::Parquet);
 }
 
 #[test]
 fn a_replicated_pipeline_is_refused_where_replicas_cannot_keep_their_promises() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
-    let original = windowed_pipeline("bucket", "orders", "orders-g", false);
+    let original = windowed_pipeline("bucket", "orders", "orders-g", false, Sink::Parquet);
     crate::common::assert_refusals(
         &file,
         &original,
@@ -646,7 +715,7 @@ fn a_replicated_pipeline_is_refused_where_replicas_cannot_keep_their_promises() 
         ],
     );
     // --replica runs only a [cluster] query.
-    let single = windowed_pipeline("bucket", "orders", "", true);
+    let single = windowed_pipeline("bucket", "orders", "", true, Sink::Parquet);
     std::fs::write(&file, single).unwrap();
     let out = weir()
         .arg("run")

@@ -537,7 +537,7 @@ fn merge_rows_without_the_key_fail_before_anything_is_written() {
 }
 
 /// The reader's storage options for the test S3 server.
-fn s3_reader_options() -> Value {
+pub(crate) fn s3_reader_options() -> Value {
     json!({
         "AWS_ENDPOINT_URL": crate::s3::moto().endpoint,
         "AWS_REGION": "us-east-1",
@@ -548,7 +548,7 @@ fn s3_reader_options() -> Value {
 }
 
 /// The application transactions of each commit of the table at `url`.
-fn s3_log_txns(url: &str) -> BTreeMap<u64, Vec<(String, i64)>> {
+pub(crate) fn s3_log_txns(url: &str) -> BTreeMap<u64, Vec<(String, i64)>> {
     let log = format!("{url}/_delta_log");
     crate::s3::list(&log)
         .iter()
