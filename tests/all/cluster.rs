@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{assert_ok, run, weir};
+use crate::common::{assert_ok, free_port, metric_value, run, scrape_metrics, weir};
 use crate::delta::{read_delta, s3_log_txns, s3_reader_options};
 use crate::kafka::{broker, produce, topic_named};
 use crate::s3::{bucket, committed_rows, list, s3_table};
@@ -85,11 +85,17 @@ impl Replicas {
     }
 
     fn start(&mut self, id: &str) {
+        self.start_with(id, &[]);
+    }
+
+    /// Starts replica `id` with more arguments for `weir run`.
+    fn start_with(&mut self, id: &str, args: &[String]) {
         let child = weir()
             .arg("run")
             .arg(self.dir.path().join("pipeline.toml"))
             .args(["--replica", id, "--quiet", "--progress-log"])
             .arg(self.progress_log(id))
+            .args(args)
             .env("RUST_LOG", "weir=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.stderr_path(id)).unwrap())
@@ -146,6 +152,28 @@ impl Replicas {
             let log = self.stderr(&id);
             assert!(status.success(), "replica {id}: {status}\n{}", tail(&log));
         }
+    }
+
+    /// `weir status PIPELINE.toml`'s output (as JSON with `--json`).
+    fn status(&self, json: bool) -> String {
+        let mut command = weir();
+        command
+            .arg("status")
+            .arg(self.dir.path().join("pipeline.toml"));
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().unwrap();
+        assert_ok(&out);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status_json(&self) -> Value {
+        serde_json::from_str(&self.status(true)).unwrap()
+    }
+
+    fn status_text(&self) -> String {
+        self.status(false)
     }
 
     /// Whether the group has assigned replica `id` shards.
@@ -478,6 +506,25 @@ fn assert_windows_as_one_process(replicas: &mut Replicas, b: &str, topic: &str, 
     }
 }
 
+/// Whether `weir status --json` shows each of the six source shards of
+/// `topic` and six state shards on exactly one live replica.
+fn every_shard_held_once(status: &Value, topic: &str) -> bool {
+    let mut held = BTreeMap::new();
+    for replica in status["replicas"].as_array().into_iter().flatten() {
+        if replica["live"] != true {
+            continue;
+        }
+        for shard in replica["shards"].as_array().into_iter().flatten() {
+            let name = shard["shard"].as_str().unwrap_or_default().to_string();
+            *held.entry(name).or_insert(0) += 1;
+        }
+    }
+    let expected: BTreeSet<String> = (0..PARTITIONS)
+        .flat_map(|p| [format!("{topic}-{p}"), format!("{topic}-g-repartition-{p}")])
+        .collect();
+    held.keys().cloned().collect::<BTreeSet<_>>() == expected && held.values().all(|n| *n == 1)
+}
+
 /// The state shards replica `id` committed batches of.
 fn state_shards(replicas: &Replicas, id: &str) -> BTreeSet<String> {
     replicas
@@ -489,7 +536,11 @@ fn state_shards(replicas: &Replicas, id: &str) -> BTreeSet<String> {
 }
 
 /// Three replicas of the windowed query, once each holds shards.
-fn three_windowed_replicas(hint: &str, sink: Sink) -> (Replicas, String, String) {
+fn three_windowed_replicas(
+    hint: &str,
+    sink: Sink,
+    metrics_port: u16,
+) -> (Replicas, String, String) {
     let b = bucket(hint);
     let topic = topic_named(hint, PARTITIONS);
     let mut replicas = Replicas::new(&windowed_pipeline(
@@ -499,7 +550,12 @@ fn three_windowed_replicas(hint: &str, sink: Sink) -> (Replicas, String, String)
         false,
         sink,
     ));
-    for id in ["r0", "r1", "r2"] {
+    // r0 serves its Prometheus metrics too.
+    replicas.start_with(
+        "r0",
+        &["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")],
+    );
+    for id in ["r1", "r2"] {
         replicas.start(id);
     }
     replicas.wait_for(
@@ -516,9 +572,92 @@ fn three_windowed_replicas(hint: &str, sink: Sink) -> (Replicas, String, String)
 
 #[test]
 fn three_replicas_aggregate_windows_as_one_process_does() {
-    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows", Sink::Parquet);
+    let metrics_port = free_port();
+    let (mut replicas, b, topic) =
+        three_windowed_replicas("cluster-windows", Sink::Parquet, metrics_port);
     produce_timed(&topic, 0..=60, Duration::ZERO);
+    // `weir status` shows each replica and its shards: every source and
+    // state shard on exactly one live replica, the state shards' key
+    // groups together covering the query's 128 once.
+    let mut shown = Value::Null;
+    replicas.wait_for(
+        "weir status to show the 12 shards on the 3 replicas",
+        Duration::from_secs(30),
+        || {
+            shown = replicas.status_json();
+            every_shard_held_once(&shown, &topic)
+        },
+    );
+    let mut groups: Vec<[u64; 2]> = shown["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["shards"].as_array().unwrap().clone())
+        .filter(|s| s["role"] == "state")
+        .map(|s| serde_json::from_value(s["key_groups"].clone()).unwrap())
+        .collect();
+    groups.sort();
+    assert_eq!(groups.first().map(|g| g[0]), Some(0), "{shown:#}");
+    assert_eq!(groups.last().map(|g| g[1]), Some(127), "{shown:#}");
+    assert!(
+        groups.windows(2).all(|w| w[0][1] + 1 == w[1][0]),
+        "key groups overlap or leave a gap: {groups:?}"
+    );
+    // A replica's /metrics has a series per shard it runs.
+    let r0_shards: Vec<String> = shown["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["replica"] == "r0")
+        .flat_map(|r| r["shards"].as_array().unwrap().clone())
+        .map(|s| format!("replicated/{}", s["shard"].as_str().unwrap()))
+        .collect();
+    assert!(!r0_shards.is_empty(), "{shown:#}");
+    replicas.wait_for(
+        "r0's /metrics to count a committed batch of each of its shards",
+        Duration::from_secs(30),
+        || {
+            scrape_metrics(metrics_port).is_ok_and(|m| {
+                r0_shards.iter().all(|query| {
+                    metric_value(&m, "weir_batches_total", &[("query", query)])
+                        .is_some_and(|n| n >= 1.0)
+                })
+            })
+        },
+    );
+    let text = replicas.status_text();
+    for expected in [
+        "3 live replica(s)",
+        "replica r0",
+        "replica r2",
+        "state shards:",
+        "key groups 0-",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
     assert_windows_as_one_process(&mut replicas, &b, &topic, Sink::Parquet);
+    // A report that is not one is named, and the rest still shown.
+    crate::s3::block_on(async {
+        use object_store::ObjectStoreExt;
+        crate::s3::store(&format!("s3://{b}/replicated/ck"))
+            .put(
+                &object_store::path::Path::from("replicas/junk.json"),
+                "{\"replica\": 7}".into(),
+            )
+            .await
+            .unwrap();
+    });
+    // Stopped, the replicas say so, and no shard is held.
+    let text = replicas.status_text();
+    assert!(
+        text.contains("unreadable report replicas/junk.json: not a replica report"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 live replica(s)") && text.matches(": stopped").count() == 3,
+        "{text}"
+    );
+    assert!(text.contains("shards no live replica runs:"), "{text}");
     // The work was shared: state shards ran on more than one replica.
     let holders = ["r0", "r1", "r2"]
         .iter()
@@ -530,7 +669,8 @@ fn three_replicas_aggregate_windows_as_one_process_does() {
 /// Into a Delta table on S3, which every state shard commits to.
 #[test]
 fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same() {
-    let (mut replicas, b, topic) = three_windowed_replicas("cluster-windows-kill", Sink::Delta);
+    let (mut replicas, b, topic) =
+        three_windowed_replicas("cluster-windows-kill", Sink::Delta, free_port());
     let feeder_topic = topic.clone();
     // Orders keep arriving, one every 60 ms, across the kill.
     let feeder = std::thread::spawn(move || {

@@ -27,6 +27,10 @@
 //!   entries are created once (`If-None-Match`), so two owners can never
 //!   both commit a batch.
 //!
+//! - **Status.** Each replica reports the shards it runs to
+//!   `<checkpoint>/replicas/<id>.json` (see `status.rs`); `weir status
+//!   PIPELINE.toml` reads the reports.
+//!
 //! File sinks write each shard's output under `shard=<topic>-<partition>/`
 //! of the sink's directory (each with its own exactly-once log); Delta
 //! tables and Kafka topics receive every shard's batches as they are.
@@ -35,6 +39,8 @@ mod membership;
 mod repartition;
 mod replica;
 mod shard;
+mod status;
 
 pub use replica::{Replica, ReplicaOutcome, default_replica_id};
 pub use shard::Shard;
+pub use status::{ClusterStatus, ReplicaReport, ReplicaStatus, ShardReport, cluster_status};

@@ -13,6 +13,7 @@ use super::Shard;
 use super::membership::{Change, Membership};
 use super::repartition::ensure_topic;
 use super::shard::{ShardQuery, repartitions, source_topics};
+use super::status::Reporter;
 use crate::config::{ClusterConfig, ConfigError, Pipeline, is_kafka_name};
 use crate::error::{Result, WeirError};
 use crate::plugin::PluginEngine;
@@ -143,6 +144,20 @@ impl Replica {
         } else {
             drop(changes_tx);
         }
+        let reporter = Reporter::start(&self.pipeline, &self.cluster, &self.id)?;
+        let listener: Listener = {
+            let user = self.listener.clone();
+            let reporter = reporter.clone();
+            Arc::new(Mutex::new(Box::new(
+                move |shard: &Shard, progress: &BatchProgress| {
+                    reporter.committed(shard, progress);
+                    if let Some(user) = &user {
+                        let mut user = user.lock().unwrap_or_else(|p| p.into_inner());
+                        user(shard, progress);
+                    }
+                },
+            )))
+        };
         let (failed_tx, mut failed) = mpsc::unbounded_channel::<(Shard, WeirError)>();
         let batches = Arc::new(AtomicU64::new(0));
         let mut running: BTreeMap<Shard, RunningShard> = BTreeMap::new();
@@ -165,11 +180,13 @@ impl Replica {
                                 tracing::warn!(%shard, "the group assigned a partition this query does not read");
                                 continue;
                             };
+                            let (role, key_groups) = query.describe();
+                            reporter.assigned(&shard, role, key_groups);
                             let started = RunningShard::start(
                                 shard.clone(),
                                 query,
                                 self.engine.clone(),
-                                self.listener.clone(),
+                                Some(listener.clone()),
                                 failed_tx.clone(),
                                 batches.clone(),
                             );
@@ -180,6 +197,7 @@ impl Replica {
                         let stopping: Vec<RunningShard> =
                             shards.iter().filter_map(|s| running.remove(s)).collect();
                         stop_all(stopping).await;
+                        reporter.revoked(&shards);
                         let _ = done.send(());
                     }
                 },
@@ -201,6 +219,7 @@ impl Replica {
         tokio::task::spawn_blocking(move || drop(memberships))
             .await
             .map_err(|e| WeirError::Internal(format!("group thread: {e}")))?;
+        reporter.stopped(&self.pipeline).await;
         result.map(|()| ReplicaOutcome {
             batches: batches.load(Ordering::Relaxed),
         })

@@ -198,6 +198,23 @@ impl ShardQuery {
         })
     }
 
+    /// What the shard runs (`query`, `source` or `state`), and a state
+    /// shard's key groups (first and last).
+    pub(super) fn describe(&self) -> (&'static str, Option<[u16; 2]>) {
+        match &self.role {
+            Role::Whole => ("query", None),
+            Role::Source { .. } => ("source", None),
+            Role::State { .. } => (
+                "state",
+                self.pipeline
+                    .key_group_range
+                    .as_ref()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| [r.start, r.end - 1]),
+            ),
+        }
+    }
+
     /// The shard's query, ready to run.
     pub(super) fn query(&self, engine: &PluginEngine) -> Result<Query> {
         let query = Query::new(self.pipeline.clone(), engine.clone());

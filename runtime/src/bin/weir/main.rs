@@ -1,7 +1,7 @@
 //! The `weir` command line.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
@@ -151,9 +151,16 @@ enum Command {
         #[command(flatten)]
         remote: admin::Remote,
     },
-    /// Show the queries of a `weir serve` host, or one (`tenant/name`).
+    /// Show the queries of a `weir serve` host, or one (`tenant/name`); or,
+    /// given a `[cluster]` pipeline file (`*.toml`), its replicas: each
+    /// one's shards, a state shard's key groups, and the shards no live
+    /// replica runs (read from the reports replicas keep in the checkpoint).
     Status {
+        /// `tenant/name` on a `weir serve` host, or a pipeline file.
         id: Option<String>,
+        /// A pipeline's replicas as JSON (a host's answer is always JSON).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: admin::Remote,
     },
@@ -402,7 +409,24 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             println!("{}", remote.client()?.upload(&plugin).await?);
             Ok(())
         }
-        Command::Status { id, remote } => remote.client()?.status(id.as_deref()).await,
+        Command::Status {
+            id: Some(file),
+            json,
+            ..
+        } if file.ends_with(".toml") => {
+            let pipeline = Pipeline::load(Path::new(&file))?;
+            let status = weir::cluster::cluster_status(&pipeline).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+            } else {
+                print!("{status}");
+            }
+            Ok(())
+        }
+        Command::Status { id, remote, .. } => remote.client()?.status(id.as_deref()).await,
         Command::Swap {
             id,
             stage,

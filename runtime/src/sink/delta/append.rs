@@ -7,9 +7,9 @@ use arrow::array::{ArrayRef, new_null_array};
 use arrow::compute::cast;
 use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
-use deltalake::DeltaTable;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
 
 use super::{DeltaTarget, delta_types, schema_change, table_schema};
 use crate::config::{DeltaSinkConfig, OutputMode};
@@ -27,7 +27,8 @@ pub struct DeltaSink {
     overwrite: bool,
     /// The table as of our last commit (we are its only writer for this
     /// app id; another writer's commits are picked up by `deltalake`'s
-    /// conflict resolution at commit time).
+    /// conflict resolution at commit time, or by reading the table again
+    /// when that gives up: see [`lost_a_race`]).
     table: Option<DeltaTable>,
 }
 
@@ -160,6 +161,30 @@ impl DeltaSink {
     }
 }
 
+/// Writers of one table (a replicated query's shards, or several queries)
+/// race for each version. delta-rs resolves a lost race between appends by
+/// itself, but not one lost to a commit that created the table or changed
+/// its metadata: such a batch is written again on the newest version, up
+/// to this many attempts in all.
+const CONFLICT_ATTEMPTS: u32 = 10;
+/// The wait before the next attempt, times the attempts so far.
+const CONFLICT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a write failed only because another writer committed first
+/// (nothing of it was committed).
+fn lost_a_race(error: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(
+        error,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_)
+                    | TransactionError::VersionAlreadyExists(_)
+                    | TransactionError::MaxCommitAttempts(_)
+            }
+    )
+}
+
 #[async_trait::async_trait]
 impl Sink for DeltaSink {
     async fn commit(&mut self, batch_id: u64, batches: &[RecordBatch]) -> Result<CommitOutcome> {
@@ -185,41 +210,111 @@ impl DeltaSink {
         if batches.is_empty() && !self.overwrite {
             return Ok(CommitOutcome::Written);
         }
-        let table = self.table().await?;
-        if self
-            .target
-            .committed_version(&table)
-            .await?
-            .is_some_and(|v| v >= batch_id)
-        {
-            return Ok(CommitOutcome::AlreadyCommitted);
+        let mut attempt = 1;
+        loop {
+            let table = self.table().await?;
+            if self
+                .target
+                .committed_version(&table)
+                .await?
+                .is_some_and(|v| v >= batch_id)
+            {
+                return Ok(CommitOutcome::AlreadyCommitted);
+            }
+            let rows = match table_schema(&table) {
+                Some(schema) => batches
+                    .iter()
+                    .map(|b| self.conform(&schema, b.clone()))
+                    .collect::<Result<Vec<_>>>()?,
+                // Nothing to create a table from (a complete-mode batch with no rows).
+                None if batches.is_empty() => return Ok(CommitOutcome::Written),
+                None => batches.clone(),
+            };
+            let mut write = table
+                .write(rows)
+                .with_save_mode(if self.overwrite {
+                    SaveMode::Overwrite
+                } else {
+                    SaveMode::Append
+                })
+                .with_commit_properties(self.target.commit_properties(batch_id));
+            if !self.config.partition_by.is_empty() {
+                write = write.with_partition_columns(self.config.partition_by.clone());
+            }
+            if self.config.merge_schema {
+                write = write.with_schema_mode(SchemaMode::Merge);
+            }
+            match write.await {
+                Ok(table) => {
+                    self.table = Some(table);
+                    break;
+                }
+                Err(e) if lost_a_race(&e) && attempt < CONFLICT_ATTEMPTS => {
+                    // Nothing was committed: read the newest version (it
+                    // may hold this batch, if a previous owner of the
+                    // query's checkpoint wrote it) and write again.
+                    tracing::info!(
+                        batch_id,
+                        attempt,
+                        error = %e,
+                        "delta commit lost a race with another writer; writing again on the newest version"
+                    );
+                    self.table = None;
+                    tokio::time::sleep(CONFLICT_BACKOFF * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.target.error(e)),
+            }
         }
-        let rows = match table_schema(&table) {
-            Some(schema) => batches
-                .into_iter()
-                .map(|b| self.conform(&schema, b))
-                .collect::<Result<Vec<_>>>()?,
-            // Nothing to create a table from (a complete-mode batch with no rows).
-            None if batches.is_empty() => return Ok(CommitOutcome::Written),
-            None => batches,
-        };
-        let mut write = table
-            .write(rows)
-            .with_save_mode(if self.overwrite {
-                SaveMode::Overwrite
-            } else {
-                SaveMode::Append
-            })
-            .with_commit_properties(self.target.commit_properties(batch_id));
-        if !self.config.partition_by.is_empty() {
-            write = write.with_partition_columns(self.config.partition_by.clone());
-        }
-        if self.config.merge_schema {
-            write = write.with_schema_mode(SchemaMode::Merge);
-        }
-        let table = write.await.map_err(|e| self.target.error(e))?;
-        self.table = Some(table);
         crash_point("delta-after-commit", batch_id);
         Ok(CommitOutcome::Written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field};
+
+    /// Writers that all found no table race to create it (as a replicated
+    /// query's shards do at their first batch): every one commits its
+    /// batch, in a version of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_racing_to_create_a_table_all_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(dir.path().to_str().unwrap(), dir.path()).unwrap();
+        let mut sinks = Vec::new();
+        for i in 0..6 {
+            let mut sink = DeltaSink::new(
+                location.clone(),
+                DeltaSinkConfig::default(),
+                OutputMode::Append,
+                &format!("query-{i}"),
+            );
+            // Each reads the table (absent) before any writes it.
+            sink.table().await.unwrap();
+            sinks.push(sink);
+        }
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let writes = sinks.iter_mut().enumerate().map(|(i, sink)| {
+            let rows = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(vec![i as i64]))],
+            )
+            .unwrap();
+            async move { sink.commit(0, &[rows]).await }
+        });
+        for outcome in futures::future::join_all(writes).await {
+            assert_eq!(outcome.unwrap(), CommitOutcome::Written);
+        }
+        let table = sinks[0].target.open().await.unwrap();
+        assert_eq!(table.version(), Some(5));
+        for sink in &sinks {
+            assert_eq!(
+                sink.target.committed_version(&table).await.unwrap(),
+                Some(0)
+            );
+        }
     }
 }
