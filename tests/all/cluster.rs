@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::common::{assert_ok, free_port, metric_value, run, scrape_metrics, weir};
 use crate::delta::{read_delta, s3_log_txns, s3_reader_options};
-use crate::kafka::{broker, produce, topic_named};
+use crate::kafka::{broker, create_topic, produce, topic_named};
 use crate::s3::{bucket, committed_rows, list, s3_table};
 
 const PARTITIONS: i32 = 6;
@@ -35,9 +35,10 @@ fn run_as(single: bool, group: &str, extra: &str) -> (&'static str, &'static str
     ("replicated", "processing_time = \"200ms\"", cluster)
 }
 
-/// The pipeline: orders from `topic` through the enrich plugin into JSON
-/// files, checkpoint and output in bucket `b`; with `[cluster]` unless
-/// `single`.
+/// The pipeline: orders from `topic` through the enrich plugin into the
+/// Kafka topic `<topic>-<name>`, exactly once (a transaction per batch, under
+/// each shard's own transactional id), checkpoint in bucket `b`; with
+/// `[cluster]` unless `single`.
 fn pipeline(b: &str, topic: &str, group: &str, single: bool) -> String {
     let (name, trigger, tail) = run_as(single, group, "");
     format!(
@@ -55,8 +56,10 @@ topics = ["{topic}"]
 format = "json"
 {middle}
 [sink]
-kind = "json"
-path = "s3://{b}/{name}/out"
+kind = "kafka"
+bootstrap_servers = "{servers}"
+topic = "{topic}-{name}"
+exactly_once = true
 
 {tail}"#,
         s3 = s3_table(),
@@ -263,6 +266,19 @@ fn sorted(mut rows: Vec<Value>) -> Vec<Value> {
     rows
 }
 
+/// Ids of the orders in output topic `topic` (read_committed), with each
+/// record's shard (its query id): no batch is aborted in this test, so
+/// every record is a committed one (the test broker would also deliver
+/// aborted ones; see `kafka/sink.rs`).
+fn output_rows(topic: &str) -> Vec<Value> {
+    crate::kafka::sink::read_topic_on(&broker().servers, topic)
+        .into_iter()
+        .map(|record| record.row)
+        .collect()
+}
+
+/// Into a Kafka topic, exactly once: two replicas share the partitions,
+/// and their transactions hold exactly the rows one process writes.
 #[test]
 fn replicas_share_the_partitions_and_write_what_one_process_writes() {
     let b = bucket("cluster");
@@ -270,9 +286,13 @@ fn replicas_share_the_partitions_and_write_what_one_process_writes() {
     produce(&topic, PARTITIONS as i64, 1..=60);
     let mut replicas = Replicas::new(&pipeline(&b, &topic, &format!("{topic}-g"), false));
     replicas.start("r0");
-    let out = format!("s3://{b}/replicated/out");
+    let out = format!("{topic}-replicated");
+    for output in [&out, &format!("{topic}-single")] {
+        create_topic(&broker().servers, output, 2);
+    }
+    let delivered = |n: usize| output_rows(&out).len() >= n;
     replicas.wait_for("the first 60 orders", Duration::from_secs(120), || {
-        shard_rows(&out).len() >= 60
+        delivered(60)
     });
     // A second replica joins: the group moves some shards to it.
     replicas.start("r1");
@@ -280,11 +300,9 @@ fn replicas_share_the_partitions_and_write_what_one_process_writes() {
         replicas.holds_shards("r1")
     });
     produce(&topic, PARTITIONS as i64, 61..=90);
-    replicas.wait_for("all 90 orders", Duration::from_secs(60), || {
-        shard_rows(&out).len() >= 90
-    });
+    replicas.wait_for("all 90 orders", Duration::from_secs(60), || delivered(90));
     replicas.stop_all();
-    let replicated = shard_rows(&out);
+    let replicated = output_rows(&out);
     assert_each_once(&replicated, 1..=90);
     let shards = |id: &str| -> BTreeSet<String> {
         replicas
@@ -299,13 +317,20 @@ fn replicas_share_the_partitions_and_write_what_one_process_writes() {
         shards("r0"),
         shards("r1")
     );
+    assert_no_batch_committed_twice(&replicas, &["r0", "r1"]);
+    // Each shard is a query of its own, with its own transactional id.
+    let writers: BTreeSet<String> = crate::kafka::sink::read_topic_on(&broker().servers, &out)
+        .into_iter()
+        .map(|record| record.query)
+        .collect();
+    assert_eq!(writers.len(), PARTITIONS as usize, "{writers:?}");
 
     // One process over the same topic writes the same rows.
     let single = tempfile::tempdir().unwrap();
     let file = single.path().join("pipeline.toml");
     std::fs::write(&file, pipeline(&b, &topic, "", true)).unwrap();
     assert_ok(&run(&file));
-    let one = committed_rows(&format!("s3://{b}/single/out"));
+    let one = output_rows(&format!("{topic}-single"));
     assert_eq!(sorted(replicated), sorted(one));
 }
 

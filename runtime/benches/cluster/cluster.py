@@ -10,8 +10,14 @@ Every replica is a `weir run --replica` process on this machine's 2 cores,
 so more replicas add coordination, not cores: the numbers say what the
 machinery costs, not how a cluster of machines scales.
 
-Measured per replica count: the events the state shards took in after the
-last rebalance, over the time from that rebalance to their last commit.
+The topic is loaded once, before any replica starts (so the producer's
+speed bounds nothing), and every replica count reads it from the start
+under a group and a checkpoint of its own. Measured per replica count:
+- steady: the events the state shards took in in batches that started after
+  the group's last rebalance, over the time from that rebalance to the end
+  of their last batch;
+- drain: all the events over the time from starting the replicas to the
+  state shards' last commit (joining the group and rebalances included).
 """
 
 import argparse
@@ -114,12 +120,12 @@ def produce(servers, topic, events, first=0):
     partitions by user; then one record per partition on its own, so the
     test broker's "latest offset" (the last produce batch's base + 1)
     covers every batched record."""
-    producer = Producer({"bootstrap.servers": servers, "linger.ms": 20})
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": 20,
+                         "queue.buffering.max.messages": 1_000_000})
     r = random.Random(7)
     for n in range(first, first + events):
         user = f"u{r.randrange(1000)}"
-        value = json.dumps({"id": n, "user": user, "amount": n % 97 + 0.5,
-                            "event_time": iso(BASE_MS + n)})
+        value = f'{{"id": {n}, "user": "{user}", "amount": {n % 97 + 0.5}, "event_time": "{iso(BASE_MS + n)}"}}'
         while True:
             try:
                 producer.produce(topic, value=value, key=user, partition=int(user[1:]) % PARTITIONS)
@@ -183,34 +189,38 @@ def settled(work, replicas, quiet=5.0):
     return time.time() - last_rebalance(work, replicas) > quiet
 
 
-def run(weir, work, servers, s3, bucket, replicas, events):
+def batch_end(p):
+    """When a batch ended (epoch s), from its progress."""
+    started = datetime.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+    return started + p["durationMs"]["triggerExecution"] / 1000
+
+
+def run(weir, work, servers, s3, bucket, replicas, topic, total):
     name = f"bench-{replicas}"
-    topic = f"{name}-orders"
-    admin = AdminClient({"bootstrap.servers": servers})
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
     os.makedirs(work, exist_ok=True)
     pipeline_file = os.path.join(work, "pipeline.toml")
     with open(pipeline_file, "w") as f:
         f.write(pipeline(name, servers, topic, s3, bucket))
+    started = time.time()
     children = start_replicas(weir, work, pipeline_file, replicas)
     ids = list(children)
     try:
-        deadline = time.time() + 120
-        while not settled(work, ids):
-            if time.time() > deadline:
-                sys.exit(f"{replicas} replica(s) did not settle; see {work}")
-            time.sleep(0.5)
-        started = time.time()
-        total = produce(servers, topic, events)
-        deadline = time.time() + 600
+        deadline = time.time() + 900
         while sum(p["numInputRows"] for _, p in state_batches(work, ids)) < total:
             if time.time() > deadline:
                 sys.exit(f"{replicas} replica(s) did not take in {total} events; see {work}")
             time.sleep(0.2)
-        elapsed = time.time() - started
+        batches = [p for _, p in state_batches(work, ids)]
+        end = max(batch_end(p) for p in batches)
+        drain = total / (end - started)
+        rebalanced = last_rebalance(work, ids)
+        after = [p for p in batches
+                 if batch_end(p) - p["durationMs"]["triggerExecution"] / 1000 >= rebalanced]
+        steady_events = sum(p["numInputRows"] for p in after)
+        steady = steady_events / (end - rebalanced) if end > rebalanced and steady_events else None
         # A kill: how long until the killed replica's state shards commit
         # elsewhere (with a few more orders to commit).
-        moved = None
+        moved, produced = None, 0
         if replicas > 1:
             victim = ids[-1]
             theirs = {p["shard"] for _, p in state_batches(work, [victim])}
@@ -218,7 +228,7 @@ def run(weir, work, servers, s3, bucket, replicas, events):
             children[victim].send_signal(signal.SIGKILL)
             children[victim].wait()
             killed = time.time()
-            produce(servers, topic, 6 * 50, first=events)
+            produced = produce(servers, topic, 6 * 50, first=10_000_000 * replicas)
             deadline = killed + 120
             while moved is None and time.time() < deadline:
                 for r in ids[:-1]:
@@ -226,7 +236,9 @@ def run(weir, work, servers, s3, bucket, replicas, events):
                         moved = time.time() - killed
                 time.sleep(0.1)
             del children[victim]
-        return events / elapsed, elapsed, moved
+        return {"steady": steady, "steady_events": steady_events, "drain": drain,
+                "elapsed": end - started, "settled_after": rebalanced - started, "moved": moved,
+                "produced": produced}
     finally:
         for child in children.values():
             child.send_signal(signal.SIGTERM)
@@ -238,7 +250,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weir", required=True)
     parser.add_argument("--work", required=True)
-    parser.add_argument("--events", type=int, default=600_000)
+    parser.add_argument("--events", type=int, default=3_000_000)
     args = parser.parse_args()
     venv = os.environ["WEIR_TEST_VENV"]
     shutil.rmtree(args.work, ignore_errors=True)
@@ -259,19 +271,33 @@ def main():
         wait_port(kafka_port, "tansu")
         s3 = f"http://127.0.0.1:{s3_port}"
         servers = f"127.0.0.1:{kafka_port}"
+        topic = "bench-orders"
+        admin = AdminClient({"bootstrap.servers": servers})
+        admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+        loading = time.time()
+        total = produce(servers, topic, args.events)
+        print(f"loaded {total:,} events into {topic} in {time.time() - loading:.1f} s "
+              "(before any replica starts)", flush=True)
         results = []
         for replicas in (1, 2, 3):
             bucket = f"bench-{replicas}"
             urllib.request.urlopen(urllib.request.Request(f"{s3}/{bucket}", method="PUT")).read()
-            rate, elapsed, moved = run(args.weir, os.path.join(args.work, str(replicas)), servers, s3, bucket,
-                                       replicas, args.events)
-            results.append((replicas, rate, elapsed, moved))
-            print(f"{replicas} replica(s): {rate:,.0f} events/s ({args.events:,} events in {elapsed:.1f} s)"
-                  + (f"; a killed replica's state shards committed elsewhere after {moved:.1f} s"
-                     if moved is not None else ""), flush=True)
+            r = run(args.weir, os.path.join(args.work, str(replicas)), servers, s3, bucket,
+                    replicas, topic, total)
+            results.append((replicas, r))
+            steady = (f"{r['steady']:,.0f} events/s steady ({r['steady_events']:,} events after the group "
+                      f"settled at {r['settled_after']:.1f} s)" if r["steady"] else "no batch after the group settled")
+            print(f"{replicas} replica(s): {steady}; drained {total:,} in {r['elapsed']:.1f} s "
+                  f"({r['drain']:,.0f} events/s, joining included)"
+                  + (f"; a killed replica's state shards committed elsewhere after {r['moved']:.1f} s"
+                     if r["moved"] is not None else ""), flush=True)
+            total += r["produced"]  # the kill's orders: the next replica count reads them too
         one = results[0][1]
-        for replicas, rate, _, _ in results[1:]:
-            print(f"{replicas} replicas / 1: {rate / one:.2f}x (2 cores on one machine)")
+        for replicas, r in results[1:]:
+            ratios = f"drain {r['drain'] / one['drain']:.2f}x"
+            if r["steady"] and one["steady"]:
+                ratios = f"steady {r['steady'] / one['steady']:.2f}x, " + ratios
+            print(f"{replicas} replicas / 1: {ratios} (2 cores on one machine)")
     finally:
         for server in servers_up:
             server.kill()

@@ -4,7 +4,7 @@
 mod continuous;
 mod lake;
 mod outage;
-mod sink;
+pub(crate) mod sink;
 mod source;
 
 use std::path::{Path, PathBuf};

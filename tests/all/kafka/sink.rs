@@ -29,12 +29,12 @@ use crate::common::{assert_ok, run, run_killed_at};
 
 /// One record of the output topic.
 #[derive(Debug, Clone)]
-pub(super) struct OutRecord {
-    query: String,
-    batch: u64,
-    attempt: String,
-    key: String,
-    row: Value,
+pub(crate) struct OutRecord {
+    pub(crate) query: String,
+    pub(crate) batch: u64,
+    pub(crate) attempt: String,
+    pub(crate) key: String,
+    pub(crate) row: Value,
 }
 
 /// A pipeline reading `input` through the enrich plugin into `output`.
@@ -71,7 +71,7 @@ fn read_topic(topic: &str) -> Vec<OutRecord> {
 }
 
 /// [`read_topic`] on the broker at `servers`.
-pub(super) fn read_topic_on(servers: &str, topic: &str) -> Vec<OutRecord> {
+pub(crate) fn read_topic_on(servers: &str, topic: &str) -> Vec<OutRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
@@ -110,7 +110,7 @@ pub(super) fn read_topic_on(servers: &str, topic: &str) -> Vec<OutRecord> {
             query: header("weir.query"),
             batch: header("weir.batch").parse().unwrap(),
             attempt: header("weir.attempt"),
-            key: String::from_utf8(message.key().unwrap().to_vec()).unwrap(),
+            key: String::from_utf8(message.key().unwrap_or_default().to_vec()).unwrap(),
             row: serde_json::from_slice(message.payload().unwrap()).unwrap(),
         };
         by_partition.insert((message.partition(), message.offset()), record);
