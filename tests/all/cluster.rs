@@ -847,6 +847,11 @@ fn a_replicated_pipeline_is_refused_where_replicas_cannot_keep_their_promises() 
                 "keeps its checkpoint on object storage",
             ),
             (
+                "path = \"s3://bucket/replicated/out\"",
+                "path = \"out\"",
+                "writes its output to object storage, not to the local directory",
+            ),
+            (
                 "processing_time = \"200ms\"",
                 "available_now = true",
                 "replicas run until stopped",

@@ -9,8 +9,8 @@ use std::fmt;
 
 use super::repartition::{RepartitionSink, RepartitionSource, Routing};
 use crate::config::{
-    ClusterConfig, KafkaSourceConfig, OutputMode, Pipeline, SinkConfig, SinkTarget, SourceConfig,
-    TopicSelection,
+    ClusterConfig, KafkaSourceConfig, OutputConfig, OutputMode, Pipeline, SinkConfig, SinkTarget,
+    SourceConfig, TopicSelection,
 };
 use crate::error::Result;
 use crate::plugin::PluginEngine;
@@ -146,8 +146,19 @@ impl ShardQuery {
         let mut query = pipeline.clone();
         let folder = shard.folder();
         query.checkpoint = pipeline.checkpoint.join(&format!("shards/{folder}"));
-        if let SinkTarget::Files(files) = &mut query.sink.target {
-            files.path = files.path.join(&format!("shard={folder}"));
+        // Each shard's files go to a folder of their own, with their own
+        // exactly-once log (shards number their batches independently).
+        let own = format!("shard={folder}");
+        match &mut query.sink.target {
+            SinkTarget::Files(files) => files.path = files.path.join(&own),
+            SinkTarget::ForeachBatch(foreach) => {
+                for output in foreach.outputs.values_mut() {
+                    if let OutputConfig::Files { path, .. } = output {
+                        *path = path.join(&own);
+                    }
+                }
+            }
+            SinkTarget::Console { .. } | SinkTarget::Kafka(_) | SinkTarget::Delta { .. } => {}
         }
         let role = match key {
             None if topics.contains(&shard.topic) => Role::Whole,

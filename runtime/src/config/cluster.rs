@@ -19,7 +19,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Pipeline, Resolver, SourceConfig, TopicSelection, Trigger};
+use super::{
+    ConfigError, OutputConfig, Pipeline, Resolver, SinkTarget, SourceConfig, TopicSelection,
+    Trigger,
+};
+use crate::storage::Location;
 
 /// Kafka refuses a session timeout outside its brokers' bounds (6 s to 5
 /// min by default), and a shorter one makes replicas drop out on a GC or
@@ -178,6 +182,16 @@ impl Resolver<'_> {
                  (a local file lock never does)",
             );
         }
+        if let Some(local) = local_output(&pipeline.sink.target) {
+            return refuse(
+                &format!(
+                    "a query across replicas writes its output to object storage, not to the \
+                     local directory {local}"
+                ),
+                "path = \"s3://bucket/prefix\": a shard that moves to another host must find \
+                 its output and that output's log where it left them",
+            );
+        }
         if matches!(
             pipeline.trigger,
             Trigger::AvailableNow | Trigger::Once | Trigger::Continuous(_)
@@ -207,5 +221,22 @@ impl Resolver<'_> {
             );
         }
         Ok(())
+    }
+}
+
+/// A file or Delta output of `sink` on a local disk, if any.
+fn local_output(sink: &SinkTarget) -> Option<String> {
+    let local = |path: &Location| path.local_dir().map(|dir| dir.display().to_string());
+    match sink {
+        SinkTarget::Files(files) => local(&files.path),
+        SinkTarget::Delta { path, .. } => local(path),
+        SinkTarget::ForeachBatch(foreach) => {
+            foreach.outputs.values().find_map(|output| match output {
+                OutputConfig::Files { path, .. } => local(path),
+                OutputConfig::Delta(delta) => local(&delta.path),
+                OutputConfig::Postgres(_) => None,
+            })
+        }
+        SinkTarget::Console { .. } | SinkTarget::Kafka(_) => None,
     }
 }
