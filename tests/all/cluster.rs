@@ -832,6 +832,172 @@ fn scaling_from_one_replica_to_three_and_back_to_two_keeps_the_windows() {
     assert_windows_as_one_process(&mut replicas, &b, &topic, Sink::Parquet);
 }
 
+/// CDC changes from `topic` into the cdc-upsert foreachBatch plugin: its
+/// `users` output upserts into PostgreSQL at `url` (newest `ts_ms` wins,
+/// deletes leave tombstones; each shard's epochs in the ledger under its
+/// own query id), its `raw` output archives every change as Parquet on S3.
+fn cdc_pipeline(b: &str, topic: &str, url: &str) -> String {
+    let (name, trigger, tail) = run_as(false, &format!("{topic}-g"), "");
+    format!(
+        r#"name = "{name}"
+checkpoint = "s3://{b}/{name}/ck"
+
+{s3}
+[trigger]
+{trigger}
+
+[source]
+kind = "kafka"
+bootstrap_servers = "{servers}"
+topics = ["{topic}"]
+format = "json"
+schema = [
+  {{ name = "op", type = "string" }},
+  {{ name = "user_id", type = "long" }},
+  {{ name = "email", type = "string" }},
+  {{ name = "ts_ms", type = "long" }},
+]
+
+[sink]
+kind = "foreach_batch"
+name = "cdc"
+plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_cdc_upsert.wasm"
+config = {{ key = "user_id", output = "users", archive = "raw" }}
+
+[sink.outputs.users]
+kind = "postgres"
+url = "{url}"
+table = "users"
+mode = "upsert"
+key = ["user_id"]
+newer_than = "ts_ms"
+delete_when = {{ column = "op", equals = "d" }}
+
+[sink.outputs.raw]
+kind = "parquet"
+path = "s3://{b}/{name}/raw"
+
+{tail}"#,
+        s3 = s3_table(),
+        servers = broker().servers,
+    )
+}
+
+/// foreachBatch across replicas into PostgreSQL: two replicas share a
+/// topic whose changes of one user are spread over every partition (so
+/// shards race on the same rows), one is killed mid-stream; the table ends
+/// as every user's latest state, the ledger has each shard's epoch once,
+/// and the archive holds every change once.
+#[test]
+fn replicas_upsert_into_postgresql_exactly_once() {
+    use crate::foreach_batch::{cdc_stream, latest_state};
+    let stream = cdc_stream(43, 24);
+    let changes: Vec<_> = stream.iter().flatten().collect();
+    // Some change is sent after a newer one of the same user (which the
+    // newer_than guard must keep), and some user is deleted.
+    assert!(changes.iter().enumerate().any(|(i, late)| {
+        changes[..i]
+            .iter()
+            .any(|c| c.user_id == late.user_id && c.ts_ms > late.ts_ms)
+    }));
+    assert!(changes.iter().any(|c| c.op == "d"));
+    let url = crate::pg::database("cluster_cdc");
+    crate::pg::query(
+        &url,
+        "CREATE TABLE users (user_id bigint PRIMARY KEY, email text, ts_ms bigint NOT NULL)",
+    );
+    let b = bucket("cluster-cdc");
+    let topic = topic_named("cluster-cdc", PARTITIONS);
+    let mut replicas = Replicas::new(&cdc_pipeline(&b, &topic, &url));
+    replicas.start("r0");
+    replicas.start("r1");
+    replicas.wait_for(
+        "both replicas to hold shards",
+        Duration::from_secs(60),
+        || replicas.holds_shards("r0") && replicas.holds_shards("r1"),
+    );
+    let send = |from: usize, to: usize| {
+        use rdkafka::config::ClientConfig;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        // One record per produce request: the test broker's latest offset
+        // is the last request's first offset + 1.
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &broker().servers)
+            .set("batch.num.messages", "1")
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        for (i, change) in changes.iter().enumerate().take(to).skip(from) {
+            let value = change.json();
+            producer
+                .send(
+                    BaseRecord::<(), _>::to(&topic)
+                        .partition(i as i32 % PARTITIONS)
+                        .payload(&value),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    };
+    let half = changes.len() / 2;
+    send(0, half);
+    replicas.wait_for("r1 to commit batches", Duration::from_secs(60), || {
+        !replicas.commits("r1").is_empty()
+    });
+    replicas.kill("r1");
+    send(half, changes.len());
+    let raw = format!("s3://{b}/replicated/raw");
+    replicas.wait_for(
+        "every change in the archive",
+        Duration::from_secs(120),
+        || shard_rows(&raw).len() >= changes.len(),
+    );
+    replicas.stop_all();
+    let table: Vec<String> = crate::pg::query(
+        &url,
+        "SELECT user_id, email, ts_ms FROM users ORDER BY user_id",
+    )
+    .into_iter()
+    .map(|row| {
+        row.into_iter()
+            .map(|v| v.unwrap_or_else(|| "NULL".into()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+    .collect();
+    assert_eq!(table, latest_state(&stream));
+    let twice = crate::pg::query(
+        &url,
+        "SELECT query_id, epoch FROM weir_epochs GROUP BY query_id, output, epoch \
+         HAVING count(*) > 1",
+    );
+    assert!(twice.is_empty(), "epochs recorded twice: {twice:?}");
+    let writers = crate::pg::query(&url, "SELECT DISTINCT query_id FROM weir_epochs");
+    assert_eq!(
+        writers.len(),
+        PARTITIONS as usize,
+        "one ledger writer per shard"
+    );
+    let key = |op: &str, user: i64, ts: i64| format!("{op} {user} {ts}");
+    let mut archived: Vec<String> = shard_rows(&raw)
+        .iter()
+        .map(|r| {
+            key(
+                r["op"].as_str().unwrap(),
+                r["user_id"].as_i64().unwrap(),
+                r["ts_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sent: Vec<String> = changes
+        .iter()
+        .map(|c| key(c.op, c.user_id, c.ts_ms))
+        .collect();
+    archived.sort();
+    sent.sort();
+    assert_eq!(archived, sent, "the archive holds every change once");
+}
+
 #[test]
 fn a_replicated_pipeline_is_refused_where_replicas_cannot_keep_their_promises() {
     let dir = tempfile::tempdir().unwrap();

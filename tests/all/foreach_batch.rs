@@ -17,14 +17,15 @@ use crate::pg;
 /// One Debezium-style change.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Change {
-    op: &'static str,
-    user_id: i64,
-    email: Option<String>,
-    ts_ms: i64,
+    pub(crate) op: &'static str,
+    pub(crate) user_id: i64,
+    pub(crate) email: Option<String>,
+    pub(crate) ts_ms: i64,
 }
 
 impl Change {
-    fn json(&self) -> String {
+    /// The change as one JSON line (a Kafka record's value, a file's line).
+    pub(crate) fn json(&self) -> String {
         serde_json::json!({
             "op": self.op,
             "user_id": self.user_id,
