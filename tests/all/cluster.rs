@@ -35,12 +35,20 @@ fn run_as(single: bool, group: &str, extra: &str) -> (&'static str, &'static str
     ("replicated", "processing_time = \"200ms\"", cluster)
 }
 
-/// The pipeline: orders from `topic` through the enrich plugin into the
-/// Kafka topic `<topic>-<name>`, exactly once (a transaction per batch, under
-/// each shard's own transactional id), checkpoint in bucket `b`; with
-/// `[cluster]` unless `single`.
-fn pipeline(b: &str, topic: &str, group: &str, single: bool) -> String {
-    let (name, trigger, tail) = run_as(single, group, "");
+/// A pipeline reading `topic` (JSON) from a Kafka source, then what
+/// `body` makes of the pipeline's name (schema, transforms, operator,
+/// sink), checkpoint in bucket `b`: one process draining the topic
+/// (`single`), or replicas of group `group` with `extra` `[cluster]`
+/// settings.
+fn kafka_pipeline(
+    b: &str,
+    topic: &str,
+    group: &str,
+    single: bool,
+    extra: &str,
+    body: impl FnOnce(&str) -> String,
+) -> String {
+    let (name, trigger, tail) = run_as(single, group, extra);
     format!(
         r#"name = "{name}"
 checkpoint = "s3://{b}/{name}/ck"
@@ -54,18 +62,27 @@ kind = "kafka"
 bootstrap_servers = "{servers}"
 topics = ["{topic}"]
 format = "json"
-{middle}
-[sink]
-kind = "kafka"
-bootstrap_servers = "{servers}"
-topic = "{topic}-{name}"
-exactly_once = true
-
+{body}
 {tail}"#,
         s3 = s3_table(),
         servers = broker().servers,
-        middle = crate::common::ORDERS_SCHEMA_AND_DOUBLE,
+        body = body(name),
     )
+}
+
+/// The pipeline: orders from `topic` through the enrich plugin into the
+/// Kafka topic `<topic>-<name>`, exactly once (a transaction per batch, under
+/// each shard's own transactional id), checkpoint in bucket `b`; with
+/// `[cluster]` unless `single`.
+fn pipeline(b: &str, topic: &str, group: &str, single: bool) -> String {
+    kafka_pipeline(b, topic, group, single, "", |name| {
+        format!(
+            "{}\n[sink]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\n\
+             topic = \"{topic}-{name}\"\nexactly_once = true\n",
+            crate::common::ORDERS_SCHEMA_AND_DOUBLE,
+            broker().servers
+        )
+    })
 }
 
 /// Running replicas of one pipeline.
@@ -88,17 +105,19 @@ impl Replicas {
     }
 
     fn start(&mut self, id: &str) {
-        self.start_with(id, &[]);
+        self.start_with(id, &[], &[]);
     }
 
-    /// Starts replica `id` with more arguments for `weir run`.
-    fn start_with(&mut self, id: &str, args: &[String]) {
+    /// Starts replica `id` with more arguments for `weir run`, and more
+    /// environment.
+    fn start_with(&mut self, id: &str, args: &[String], env: &[(&str, &str)]) {
         let child = weir()
             .arg("run")
             .arg(self.dir.path().join("pipeline.toml"))
             .args(["--replica", id, "--quiet", "--progress-log"])
             .arg(self.progress_log(id))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "weir=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.stderr_path(id)).unwrap())
@@ -137,6 +156,19 @@ impl Replicas {
         unsafe {
             libc::kill(self.running[id].id() as i32, signal);
         }
+    }
+
+    /// Waits for replica `id`, which was to kill itself at a crash point
+    /// (`WEIR_CRASH_AT`), and checks it died by SIGKILL.
+    fn reap_crashed(&mut self, id: &str) {
+        let mut child = self.running.remove(id).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{}",
+            tail(&self.stderr(id))
+        );
     }
 
     fn kill(&mut self, id: &str) {
@@ -362,25 +394,14 @@ impl Sink {
 /// through the enrich plugin, counted and summed per user in 10-second
 /// tumbling windows (10-second watermark delay) into `sink` on S3.
 fn windowed_pipeline(b: &str, topic: &str, group: &str, single: bool, sink: Sink) -> String {
-    let (name, trigger, tail) = run_as(single, group, "repartition_partitions = 6\n");
     let kind = match sink {
         Sink::Parquet => "parquet",
         Sink::Delta => "delta",
     };
-    format!(
-        r#"name = "{name}"
-checkpoint = "s3://{b}/{name}/ck"
-
-{s3}
-[trigger]
-{trigger}
-
-[source]
-kind = "kafka"
-bootstrap_servers = "{servers}"
-topics = ["{topic}"]
-format = "json"
-schema = [
+    let extra = "repartition_partitions = 6\n";
+    kafka_pipeline(b, topic, group, single, extra, |name| {
+        format!(
+            r#"schema = [
   {{ name = "id", type = "long", nullable = false }},
   {{ name = "user", type = "string" }},
   {{ name = "amount", type = "double" }},
@@ -408,11 +429,9 @@ aggregates = [
 kind = "{kind}"
 path = "s3://{b}/{name}/out"
 output_mode = "append"
-
-{tail}"#,
-        s3 = s3_table(),
-        servers = broker().servers,
-    )
+"#
+        )
+    })
 }
 
 /// Orders `ids` with event times 0.5 s apart from 2026-01-01T00:00:00Z,
@@ -560,11 +579,14 @@ fn state_shards(replicas: &Replicas, id: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Three replicas of the windowed query, once each holds shards.
+/// Three replicas of the windowed query, once each holds shards; r0
+/// serves `/metrics` on `metrics_port`, and r1 kills itself at `r1_crash`
+/// (`WEIR_CRASH_AT`), if given.
 fn three_windowed_replicas(
     hint: &str,
     sink: Sink,
     metrics_port: u16,
+    r1_crash: Option<&str>,
 ) -> (Replicas, String, String) {
     let b = bucket(hint);
     let topic = topic_named(hint, PARTITIONS);
@@ -579,10 +601,14 @@ fn three_windowed_replicas(
     replicas.start_with(
         "r0",
         &["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")],
+        &[],
     );
-    for id in ["r1", "r2"] {
-        replicas.start(id);
-    }
+    let crash: Vec<(&str, &str)> = r1_crash
+        .map(|at| ("WEIR_CRASH_AT", at))
+        .into_iter()
+        .collect();
+    replicas.start_with("r1", &[], &crash);
+    replicas.start("r2");
     replicas.wait_for(
         "every replica to hold shards",
         Duration::from_secs(90),
@@ -599,7 +625,7 @@ fn three_windowed_replicas(
 fn three_replicas_aggregate_windows_as_one_process_does() {
     let metrics_port = free_port();
     let (mut replicas, b, topic) =
-        three_windowed_replicas("cluster-windows", Sink::Parquet, metrics_port);
+        three_windowed_replicas("cluster-windows", Sink::Parquet, metrics_port, None);
     produce_timed(&topic, 0..=60, Duration::ZERO);
     // `weir status` shows each replica and its shards: every source and
     // state shard on exactly one live replica, the state shards' key
@@ -691,24 +717,36 @@ fn three_replicas_aggregate_windows_as_one_process_does() {
     assert!(holders >= 2, "state shards ran on {holders} replica(s)");
 }
 
-/// Into a Delta table on S3, which every state shard commits to.
+/// Into a Delta table on S3, which every state shard commits to. r1 is
+/// killed (SIGKILL) in the middle of a batch: the first of its shards to
+/// reach batch 12 kills the process after writing that batch's output (its
+/// repartition records, or its Delta commit) and before committing the
+/// batch to its checkpoint; the next owner replays it.
 #[test]
 fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same() {
-    let (mut replicas, b, topic) =
-        three_windowed_replicas("cluster-windows-kill", Sink::Delta, free_port());
+    let (mut replicas, b, topic) = three_windowed_replicas(
+        "cluster-windows-kill",
+        Sink::Delta,
+        free_port(),
+        Some("before-commit@12"),
+    );
     let feeder_topic = topic.clone();
     // Orders keep arriving, one every 60 ms, across the kill.
     let feeder = std::thread::spawn(move || {
         produce_timed(&feeder_topic, 0..=400, Duration::from_millis(60));
     });
-    replicas.wait_for(
-        "r1 to commit state batches",
-        Duration::from_secs(60),
-        || replicas.commits("r1").len() > 4 && !state_shards(&replicas, "r1").is_empty(),
-    );
-    let moved = state_shards(&replicas, "r1");
+    replicas.wait_for("r1 to die mid-batch", Duration::from_secs(90), || {
+        replicas
+            .stderr("r1")
+            .contains("WEIR_CRASH_AT=before-commit@12 reached")
+    });
     let killed = Instant::now();
-    replicas.kill("r1");
+    replicas.reap_crashed("r1");
+    let moved = state_shards(&replicas, "r1");
+    assert!(
+        !moved.is_empty(),
+        "r1 committed no state batch before it died"
+    );
     replicas.wait_for(
         "the killed replica's state shards to commit elsewhere",
         Duration::from_secs(SESSION_TIMEOUT_S * 2 + 40),
@@ -837,50 +875,14 @@ fn scaling_from_one_replica_to_three_and_back_to_two_keeps_the_windows() {
 /// deletes leave tombstones; each shard's epochs in the ledger under its
 /// own query id), its `raw` output archives every change as Parquet on S3.
 fn cdc_pipeline(b: &str, topic: &str, url: &str) -> String {
-    let (name, trigger, tail) = run_as(false, &format!("{topic}-g"), "");
-    format!(
-        r#"name = "{name}"
-checkpoint = "s3://{b}/{name}/ck"
-
-{s3}
-[trigger]
-{trigger}
-
-[source]
-kind = "kafka"
-bootstrap_servers = "{servers}"
-topics = ["{topic}"]
-format = "json"
-schema = [
-  {{ name = "op", type = "string" }},
-  {{ name = "user_id", type = "long" }},
-  {{ name = "email", type = "string" }},
-  {{ name = "ts_ms", type = "long" }},
-]
-
-[sink]
-kind = "foreach_batch"
-name = "cdc"
-plugin = "${{WEIR_PLUGIN_DIR}}/weir_plugin_cdc_upsert.wasm"
-config = {{ key = "user_id", output = "users", archive = "raw" }}
-
-[sink.outputs.users]
-kind = "postgres"
-url = "{url}"
-table = "users"
-mode = "upsert"
-key = ["user_id"]
-newer_than = "ts_ms"
-delete_when = {{ column = "op", equals = "d" }}
-
-[sink.outputs.raw]
-kind = "parquet"
-path = "s3://{b}/{name}/raw"
-
-{tail}"#,
-        s3 = s3_table(),
-        servers = broker().servers,
-    )
+    let users = format!(
+        "kind = \"postgres\"\nurl = \"{url}\"\ntable = \"users\"\nmode = \"upsert\"\n\
+         key = [\"user_id\"]\nnewer_than = \"ts_ms\"\n\
+         delete_when = {{ column = \"op\", equals = \"d\" }}"
+    );
+    kafka_pipeline(b, topic, &format!("{topic}-g"), false, "", |name| {
+        crate::foreach_batch::cdc_schema_and_sink(&users, &format!("s3://{b}/{name}/raw"))
+    })
 }
 
 /// foreachBatch across replicas into PostgreSQL: two replicas share a

@@ -148,8 +148,15 @@ pub(crate) fn write_cdc_inputs(dir: &Path, stream: &[Vec<Change>]) {
 /// its table) and whose `raw` output is a Parquet archive.
 pub(crate) fn cdc_pipeline(users_output: &str) -> String {
     let head = crate::common::json_files_head("cdc", "available_now = true");
+    format!("{head}{}", cdc_schema_and_sink(users_output, "raw"))
+}
+
+/// The change rows' schema and the cdc-upsert sink: its `users` output is
+/// `users_output` (the body of its table), its `raw` output a Parquet
+/// archive at `raw`.
+pub(crate) fn cdc_schema_and_sink(users_output: &str, raw: &str) -> String {
     format!(
-        r#"{head}schema = [
+        r#"schema = [
   {{ name = "op", type = "string" }},
   {{ name = "user_id", type = "long" }},
   {{ name = "email", type = "string" }},
@@ -167,7 +174,7 @@ config = {{ key = "user_id", output = "users", archive = "raw" }}
 
 [sink.outputs.raw]
 kind = "parquet"
-path = "raw"
+path = "{raw}"
 "#
     )
 }

@@ -219,7 +219,7 @@ impl Replica {
         tokio::task::spawn_blocking(move || drop(memberships))
             .await
             .map_err(|e| WeirError::Internal(format!("group thread: {e}")))?;
-        reporter.stopped(&self.pipeline).await;
+        reporter.stopped().await;
         result.map(|()| ReplicaOutcome {
             batches: batches.load(Ordering::Relaxed),
         })

@@ -25,6 +25,8 @@ use crate::query::BatchProgress;
 const REPORTS: &str = "replicas";
 /// A larger report is not one Weir wrote: skipped, and said so.
 const MAX_REPORT_BYTES: u64 = 1 << 20;
+/// How long a stopping replica waits for its last report to be written.
+const LAST_REPORT_WAIT: Duration = Duration::from_secs(10);
 /// At most this many reports are read (a hostile bucket cannot make the
 /// command read forever).
 const MAX_REPORTS: usize = 10_000;
@@ -76,6 +78,9 @@ pub struct ShardReport {
 pub(super) struct Reporter {
     report: Arc<Mutex<ReplicaReport>>,
     changed: Arc<Notify>,
+    /// The task writing the reports: their only writer, so the last one
+    /// written is the last one made.
+    writer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Reporter {
@@ -97,16 +102,17 @@ impl Reporter {
                 shards: Vec::new(),
             })),
             changed: Arc::new(Notify::new()),
+            writer: Arc::new(Mutex::new(None)),
         };
         let heartbeat = (cluster.session_timeout / 3).max(Duration::from_secs(1));
         let path = report_path(id);
         let (report, changed) = (reporter.report.clone(), reporter.changed.clone());
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             loop {
-                let payload = {
+                let (payload, stopped) = {
                     let mut report = report.lock().unwrap_or_else(|p| p.into_inner());
                     report.updated_ms = now_ms();
-                    serde_json::to_vec_pretty(&*report)
+                    (serde_json::to_vec_pretty(&*report), report.stopped)
                 };
                 match payload {
                     Ok(bytes) => {
@@ -116,7 +122,7 @@ impl Reporter {
                     }
                     Err(e) => tracing::warn!(error = %e, "could not encode the status report"),
                 }
-                if report.lock().unwrap_or_else(|p| p.into_inner()).stopped {
+                if stopped {
                     return;
                 }
                 tokio::select! {
@@ -125,6 +131,7 @@ impl Reporter {
                 }
             }
         });
+        *reporter.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
         Ok(reporter)
     }
 
@@ -171,27 +178,22 @@ impl Reporter {
         // write per shard per trigger.
     }
 
-    /// The replica stopped: its last report says so, written before it
-    /// returns.
-    pub(super) async fn stopped(&self, pipeline: &Pipeline) {
-        let bytes = {
+    /// The replica stopped: its last report says so, written before this
+    /// returns (or given up after [`LAST_REPORT_WAIT`]).
+    pub(super) async fn stopped(&self) {
+        {
             let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
             report.stopped = true;
             report.shards.clear();
-            report.updated_ms = now_ms();
-            serde_json::to_vec_pretty(&*report)
-        };
-        let id = self
-            .report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replica
-            .clone();
+        }
         self.changed.notify_one();
-        if let (Ok(store), Ok(bytes)) = (pipeline.checkpoint.open(), bytes)
-            && let Err(e) = store.put(&report_path(&id), bytes.into()).await
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer
+            && tokio::time::timeout(LAST_REPORT_WAIT, writer)
+                .await
+                .is_err()
         {
-            tracing::warn!(error = %e, "could not write the replica's last status report");
+            tracing::warn!("the replica's last status report was not written in time");
         }
     }
 }
