@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::common::{assert_ok, free_port, metric_value, run, scrape_metrics, weir};
 use crate::delta::{read_delta, s3_log_txns, s3_reader_options};
-use crate::kafka::{broker, create_topic, produce, topic_named};
+use crate::kafka::{broker, create_topic, produce, topic_named, unbatched_producer};
 use crate::s3::{bucket, committed_rows, list, s3_table};
 
 const PARTITIONS: i32 = 6;
@@ -439,14 +439,8 @@ output_mode = "append"
 /// partition `id % PARTITIONS`, `pace` apart; ids above 1000 are one per
 /// partition, minutes on, closing every earlier window.
 fn produce_timed(topic: &str, ids: impl Iterator<Item = i64>, pace: Duration) {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker().servers)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer = unbatched_producer(&broker().servers);
     const BASE_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
     for id in ids {
         let offset_ms = if id > 1000 {
@@ -579,6 +573,21 @@ fn state_shards(replicas: &Replicas, id: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Replicas (none started yet) of the windowed query into Parquet, over a
+/// new topic in a new bucket named after `hint`.
+fn windowed_replicas(hint: &str, sink: Sink) -> (Replicas, String, String) {
+    let b = bucket(hint);
+    let topic = topic_named(hint, PARTITIONS);
+    let replicas = Replicas::new(&windowed_pipeline(
+        &b,
+        &topic,
+        &format!("{topic}-g"),
+        false,
+        sink,
+    ));
+    (replicas, b, topic)
+}
+
 /// Three replicas of the windowed query, once each holds shards; r0
 /// serves `/metrics` on `metrics_port`, and r1 kills itself at `r1_crash`
 /// (`WEIR_CRASH_AT`), if given.
@@ -588,15 +597,7 @@ fn three_windowed_replicas(
     metrics_port: u16,
     r1_crash: Option<&str>,
 ) -> (Replicas, String, String) {
-    let b = bucket(hint);
-    let topic = topic_named(hint, PARTITIONS);
-    let mut replicas = Replicas::new(&windowed_pipeline(
-        &b,
-        &topic,
-        &format!("{topic}-g"),
-        false,
-        sink,
-    ));
+    let (mut replicas, b, topic) = windowed_replicas(hint, sink);
     // r0 serves its Prometheus metrics too.
     replicas.start_with(
         "r0",
@@ -772,15 +773,7 @@ fn a_killed_replicas_state_shards_restore_from_s3_and_the_windows_stay_the_same(
 /// are still one process's.
 #[test]
 fn a_stalled_replica_commits_nothing_once_replaced() {
-    let b = bucket("cluster-zombie");
-    let topic = topic_named("cluster-zombie", PARTITIONS);
-    let mut replicas = Replicas::new(&windowed_pipeline(
-        &b,
-        &topic,
-        &format!("{topic}-g"),
-        false,
-        Sink::Parquet,
-    ));
+    let (mut replicas, b, topic) = windowed_replicas("cluster-zombie", Sink::Parquet);
     replicas.start("r0");
     replicas.start("r1");
     replicas.wait_for(
@@ -829,15 +822,7 @@ fn a_stalled_replica_commits_nothing_once_replaced() {
 
 #[test]
 fn scaling_from_one_replica_to_three_and_back_to_two_keeps_the_windows() {
-    let b = bucket("cluster-scale");
-    let topic = topic_named("cluster-scale", PARTITIONS);
-    let mut replicas = Replicas::new(&windowed_pipeline(
-        &b,
-        &topic,
-        &format!("{topic}-g"),
-        false,
-        Sink::Parquet,
-    ));
+    let (mut replicas, b, topic) = windowed_replicas("cluster-scale", Sink::Parquet);
     replicas.start("r0");
     replicas.wait_for("r0 to hold shards", Duration::from_secs(60), || {
         replicas.holds_shards("r0")
@@ -892,7 +877,7 @@ fn cdc_pipeline(b: &str, topic: &str, url: &str) -> String {
 /// and the archive holds every change once.
 #[test]
 fn replicas_upsert_into_postgresql_exactly_once() {
-    use crate::foreach_batch::{cdc_stream, latest_state};
+    use crate::foreach_batch::{cdc_stream, latest_state, users_table};
     let stream = cdc_stream(43, 24);
     let changes: Vec<_> = stream.iter().flatten().collect();
     // Some change is sent after a newer one of the same user (which the
@@ -919,16 +904,8 @@ fn replicas_upsert_into_postgresql_exactly_once() {
         || replicas.holds_shards("r0") && replicas.holds_shards("r1"),
     );
     let send = |from: usize, to: usize| {
-        use rdkafka::config::ClientConfig;
-        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-        // One record per produce request: the test broker's latest offset
-        // is the last request's first offset + 1.
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &broker().servers)
-            .set("batch.num.messages", "1")
-            .set("linger.ms", "0")
-            .create()
-            .unwrap();
+        use rdkafka::producer::{BaseRecord, Producer};
+        let producer = unbatched_producer(&broker().servers);
         for (i, change) in changes.iter().enumerate().take(to).skip(from) {
             let value = change.json();
             producer
@@ -955,19 +932,7 @@ fn replicas_upsert_into_postgresql_exactly_once() {
         || shard_rows(&raw).len() >= changes.len(),
     );
     replicas.stop_all();
-    let table: Vec<String> = crate::pg::query(
-        &url,
-        "SELECT user_id, email, ts_ms FROM users ORDER BY user_id",
-    )
-    .into_iter()
-    .map(|row| {
-        row.into_iter()
-            .map(|v| v.unwrap_or_else(|| "NULL".into()))
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
-    .collect();
-    assert_eq!(table, latest_state(&stream));
+    assert_eq!(users_table(&url), latest_state(&stream));
     let twice = crate::pg::query(
         &url,
         "SELECT query_id, epoch FROM weir_epochs GROUP BY query_id, output, epoch \

@@ -179,6 +179,23 @@ path = "{raw}"
     )
 }
 
+/// The `users` table of the database at `url`, a "user_id email ts_ms"
+/// line per row (NULL for a null), by user id.
+pub(crate) fn users_table(url: &str) -> Vec<String> {
+    pg::query(
+        url,
+        "SELECT user_id, email, ts_ms FROM users ORDER BY user_id",
+    )
+    .into_iter()
+    .map(|r| {
+        r.into_iter()
+            .map(|v| v.unwrap_or_else(|| "NULL".into()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+    .collect()
+}
+
 struct CdcScenario {
     dir: tempfile::TempDir,
     url: String,
@@ -214,18 +231,7 @@ delete_when = {{ column = "op", equals = "d" }}
     }
 
     fn table(&self) -> Vec<String> {
-        pg::query(
-            &self.url,
-            "SELECT user_id, email, ts_ms FROM users ORDER BY user_id",
-        )
-        .into_iter()
-        .map(|r| {
-            r.into_iter()
-                .map(|v| v.unwrap_or_else(|| "NULL".into()))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+        users_table(&self.url)
     }
 
     /// Epochs in the ledger for output `users`, with how often each appears.

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::{Value, json};
 
 use super::{broker, topic};
@@ -26,12 +25,7 @@ const CLICKS: &[(&str, u32)] = &[
 ];
 
 fn produce_clicks(topic: &str) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker().servers)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
+    let producer = super::unbatched_producer(&broker().servers);
     for (user, minute) in CLICKS {
         let value =
             json!({ "user_id": user, "event_time": format!("2026-11-25T12:{minute:02}:00Z") })

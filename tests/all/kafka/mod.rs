@@ -153,6 +153,19 @@ pub fn produce_on(servers: &str, topic: &str, partitions: i64, ids: std::ops::Ra
     produce_paced(servers, topic, partitions, ids, Duration::ZERO);
 }
 
+/// A producer sending one record per produce batch: this tansu build
+/// answers "latest offset" (ListOffsets) with the last *batch's* base
+/// offset + 1, which would hide records from any consumer that plans by
+/// these offsets (as Spark's Kafka source does too).
+pub fn unbatched_producer(servers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap()
+}
+
 /// [`produce_on`], waiting `pace` after each round of one record per
 /// partition. A tansu broker on S3 storage answers "latest offset" by the
 /// broker's clock in whole seconds (the first batch of the latest second,
@@ -164,16 +177,7 @@ pub fn produce_paced(
     ids: std::ops::RangeInclusive<i64>,
     pace: Duration,
 ) {
-    // One record per produce batch: this tansu build answers "latest
-    // offset" (ListOffsets) with the last *batch's* base offset + 1, which
-    // would hide records from any consumer that plans by these offsets (as
-    // Spark's Kafka source does too).
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
+    let producer = unbatched_producer(servers);
     for id in ids {
         let value = format!("{{\"id\": {id}, \"name\": \"n{id}\", \"amount\": {id}.5}}");
         let key = id.to_string();
