@@ -216,6 +216,15 @@ impl Replicas {
         self.stderr(id).contains("shards assigned")
     }
 
+    /// Waits until the group has assigned each of `ids` shards.
+    fn wait_for_shards(&self, ids: &[&str]) {
+        self.wait_for(
+            &format!("{ids:?} to hold shards"),
+            Duration::from_secs(90),
+            || ids.iter().all(|id| self.holds_shards(id)),
+        );
+    }
+
     /// Waits until `condition` holds, or fails with every replica's log.
     fn wait_for(&self, what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
@@ -610,15 +619,7 @@ fn three_windowed_replicas(
         .collect();
     replicas.start_with("r1", &[], &crash);
     replicas.start("r2");
-    replicas.wait_for(
-        "every replica to hold shards",
-        Duration::from_secs(90),
-        || {
-            ["r0", "r1", "r2"]
-                .iter()
-                .all(|id| replicas.holds_shards(id))
-        },
-    );
+    replicas.wait_for_shards(&["r0", "r1", "r2"]);
     (replicas, b, topic)
 }
 
@@ -776,11 +777,7 @@ fn a_stalled_replica_commits_nothing_once_replaced() {
     let (mut replicas, b, topic) = windowed_replicas("cluster-zombie", Sink::Parquet);
     replicas.start("r0");
     replicas.start("r1");
-    replicas.wait_for(
-        "both replicas to hold shards",
-        Duration::from_secs(60),
-        || replicas.holds_shards("r0") && replicas.holds_shards("r1"),
-    );
+    replicas.wait_for_shards(&["r0", "r1"]);
     let feeder_topic = topic.clone();
     let feeder = std::thread::spawn(move || {
         produce_timed(&feeder_topic, 0..=400, Duration::from_millis(60));
@@ -898,11 +895,7 @@ fn replicas_upsert_into_postgresql_exactly_once() {
     let mut replicas = Replicas::new(&cdc_pipeline(&b, &topic, &url));
     replicas.start("r0");
     replicas.start("r1");
-    replicas.wait_for(
-        "both replicas to hold shards",
-        Duration::from_secs(60),
-        || replicas.holds_shards("r0") && replicas.holds_shards("r1"),
-    );
+    replicas.wait_for_shards(&["r0", "r1"]);
     let send = |from: usize, to: usize| {
         use rdkafka::producer::{BaseRecord, Producer};
         let producer = unbatched_producer(&broker().servers);

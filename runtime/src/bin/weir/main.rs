@@ -416,14 +416,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         } if file.ends_with(".toml") => {
             let pipeline = Pipeline::load(Path::new(&file))?;
             let status = weir::cluster::cluster_status(&pipeline).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                );
-            } else {
-                print!("{status}");
-            }
+            print_report(&status, json);
             Ok(())
         }
         Command::Status { id, remote, .. } => remote.client()?.status(id.as_deref()).await,
@@ -460,14 +453,7 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
             )
             .map_err(WeirError::Internal)?;
             let inspection = weir::checkpoint::inspect::inspect(&location).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&inspection).unwrap_or_default()
-                );
-            } else {
-                println!("{inspection}");
-            }
+            print_report(&inspection, json);
             Ok(())
         }
         Command::Replay {
@@ -781,5 +767,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Prints `report` as text, or as pretty JSON with `--json`.
+fn print_report<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        let text = report.to_string();
+        println!("{}", text.trim_end());
     }
 }
