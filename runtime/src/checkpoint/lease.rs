@@ -19,6 +19,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, WeirError};
+use crate::query::now_ms;
 
 /// The lease object, inside the checkpoint.
 const LEASE: &str = ".lease";
@@ -299,11 +300,4 @@ fn process_alive(pid: u32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the process exists.
     let result = unsafe { libc::kill(pid as libc::pid_t, 0) };
     result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -23,7 +23,9 @@ use crate::query::BatchProgress;
 /// holds again (it expires within the session timeout).
 const LEASE_RETRY: Duration = Duration::from_millis(500);
 
-type Listener = Arc<Mutex<Box<dyn FnMut(&Shard, &BatchProgress) + Send>>>;
+type ProgressFn = Box<dyn FnMut(&Shard, &BatchProgress) + Send>;
+/// The replica's progress callback, shared by its shards.
+type Listener = Arc<Mutex<ProgressFn>>;
 
 /// A replica of a `[cluster]` query.
 pub struct Replica {
@@ -32,7 +34,7 @@ pub struct Replica {
     engine: PluginEngine,
     id: String,
     stop: Option<watch::Receiver<bool>>,
-    listener: Option<Listener>,
+    listener: Option<ProgressFn>,
 }
 
 /// What a replica did before it stopped.
@@ -57,13 +59,8 @@ impl Replica {
         engine: PluginEngine,
         id: &str,
     ) -> std::result::Result<Replica, ConfigError> {
-        let refuse = |message: String, hint: &str| ConfigError {
-            file: pipeline.name.clone(),
-            line: None,
-            column: None,
-            message,
-            hint: Some(hint.to_string()),
-        };
+        let refuse =
+            |message: String, hint: &str| ConfigError::unplaced(&pipeline.name, message).hint(hint);
         let Some(cluster) = pipeline.cluster.clone() else {
             return Err(refuse(
                 format!("query `{}` declares no [cluster]", pipeline.name),
@@ -97,7 +94,7 @@ impl Replica {
         mut self,
         listener: impl FnMut(&Shard, &BatchProgress) + Send + 'static,
     ) -> Replica {
-        self.listener = Some(Arc::new(Mutex::new(Box::new(listener))));
+        self.listener = Some(Box::new(listener));
         self
     }
 
@@ -146,13 +143,12 @@ impl Replica {
         }
         let reporter = Reporter::start(&self.pipeline, &self.cluster, &self.id)?;
         let listener: Listener = {
-            let user = self.listener.clone();
+            let mut user = self.listener;
             let reporter = reporter.clone();
             Arc::new(Mutex::new(Box::new(
                 move |shard: &Shard, progress: &BatchProgress| {
                     reporter.committed(shard, progress);
-                    if let Some(user) = &user {
-                        let mut user = user.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(user) = &mut user {
                         user(shard, progress);
                     }
                 },
@@ -186,7 +182,7 @@ impl Replica {
                                 shard.clone(),
                                 query,
                                 self.engine.clone(),
-                                Some(listener.clone()),
+                                listener.clone(),
                                 failed_tx.clone(),
                                 batches.clone(),
                             );
@@ -251,7 +247,7 @@ impl RunningShard {
         shard: Shard,
         query: ShardQuery,
         engine: PluginEngine,
-        listener: Option<Listener>,
+        listener: Listener,
         failed: mpsc::UnboundedSender<(Shard, WeirError)>,
         batches: Arc<AtomicU64>,
     ) -> RunningShard {
@@ -304,7 +300,7 @@ async fn run_shard(
     shard_query: ShardQuery,
     engine: PluginEngine,
     mut stop: watch::Receiver<bool>,
-    listener: Option<Listener>,
+    listener: Listener,
     batches: Arc<AtomicU64>,
 ) -> Result<()> {
     let mut waiting = false;
@@ -320,10 +316,8 @@ async fn run_shard(
             .with_stop_signal(stop.clone())
             .on_progress(move |progress| {
                 counted.fetch_add(1, Ordering::Relaxed);
-                if let Some(listener) = &listener {
-                    let mut listener = listener.lock().unwrap_or_else(|p| p.into_inner());
-                    listener(&this, progress);
-                }
+                let mut listener = listener.lock().unwrap_or_else(|p| p.into_inner());
+                listener(&this, progress);
             });
         match query.run().await {
             Ok(_) => return Ok(()),

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use super::Shard;
 use crate::config::{ClusterConfig, Pipeline};
 use crate::error::{Result, WeirError};
-use crate::query::BatchProgress;
+use crate::query::{BatchProgress, now_ms};
 
 /// Folder of the reports, inside the query's checkpoint.
 const REPORTS: &str = "replicas";
@@ -235,18 +235,16 @@ pub struct ReplicaStatus {
 /// checkpoint folders, to name the shards no live replica runs).
 pub async fn cluster_status(pipeline: &Pipeline) -> Result<ClusterStatus> {
     let Some(cluster) = &pipeline.cluster else {
-        return Err(WeirError::Config(crate::config::ConfigError {
-            file: pipeline.name.clone(),
-            line: None,
-            column: None,
-            message: format!(
-                "query `{}` declares no [cluster]: it has no replicas",
-                pipeline.name
-            ),
-            hint: Some(
-                "`weir status` of a pipeline file shows a [cluster] query's replicas".into(),
-            ),
-        }));
+        return Err(WeirError::Config(
+            crate::config::ConfigError::unplaced(
+                &pipeline.name,
+                format!(
+                    "query `{}` declares no [cluster]: it has no replicas",
+                    pipeline.name
+                ),
+            )
+            .hint("`weir status` of a pipeline file shows a [cluster] query's replicas"),
+        ));
     };
     let store = pipeline.checkpoint.open()?;
     let read_ms = now_ms();
@@ -392,11 +390,4 @@ impl fmt::Display for ClusterStatus {
 fn ago(now_ms: i64, then_ms: i64) -> String {
     let ms = (now_ms - then_ms).max(0);
     format!("{:.1}s ago", ms as f64 / 1000.0)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

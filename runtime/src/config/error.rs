@@ -41,8 +41,19 @@ impl ConfigError {
         }
     }
 
+    /// An error about pipeline `file` as a whole (no place in its text).
+    pub fn unplaced(file: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
     /// Adds a hint.
-    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }

@@ -365,7 +365,8 @@ fn field_list(schema: &SchemaRef) -> Vec<String> {
         .collect()
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock milliseconds since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -625,13 +625,9 @@ async fn dispatch(command: Command) -> Result<(), WeirError> {
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let refuse = |message: &str, hint: &str| {
-                WeirError::Config(weir::config::ConfigError {
-                    file: pipeline.name.clone(),
-                    line: None,
-                    column: None,
-                    message: message.to_string(),
-                    hint: Some(hint.to_string()),
-                })
+                WeirError::Config(
+                    weir::config::ConfigError::unplaced(&pipeline.name, message).hint(hint),
+                )
             };
             if pipeline.cluster.is_none() && replica.is_some() {
                 return Err(refuse(
